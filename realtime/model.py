@@ -1,0 +1,204 @@
+"""The Mini-Omni language model: a Qwen2 decoder that reads 8 token streams and writes 8.
+
+Every position carries 7 audio ids and 1 text id; their embeddings are averaged (whisper
+features overwrite the audio streams where the user spoke). One head of 181120 rows scores the
+text range and the 7 audio ranges. Parameter names are litgpt's, so `lit_model.pth` loads as is.
+
+The arithmetic follows the reference op for op (fused QKV in litgpt's per-group interleave,
+fp32 RMSNorm, rotate-half RoPE, the same summation order) so float32 greedy tokens match it.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from realtime import tokens
+from realtime.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32, scale in the model dtype (as litgpt does).
+        xf = x.float()
+        xf = xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + self.eps)
+        return xf.to(x.dtype) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """proj(silu(fc_1 x) * fc_2 x): litgpt's LLaMAMLP, also the whisper adapter."""
+
+    def __init__(self, n_in: int, n_hidden: int, n_out: int) -> None:
+        super().__init__()
+        self.fc_1 = nn.Linear(n_in, n_hidden, bias=False)
+        self.fc_2 = nn.Linear(n_in, n_hidden, bias=False)
+        self.proj = nn.Linear(n_hidden, n_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+
+
+class KVCache:
+    """Keys and values for `slots` independent rows, allocated once and reused.
+
+    A row's entries past its length are never read (the attention mask stops at each row's own
+    position), so freeing a slot needs no clearing.
+    """
+
+    def __init__(self, cfg: ModelConfig, slots: int, max_seq: int, device, dtype) -> None:
+        shape = (cfg.n_layer, slots, cfg.n_query_groups, max_seq, cfg.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.slots, self.max_seq = slots, max_seq
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        qkv_rows = (cfg.n_head + 2 * cfg.n_query_groups) * cfg.head_size
+        self.attn = nn.Linear(cfg.n_embd, qkv_rows, bias=cfg.add_qkv_bias)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_size, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache, layer: int, slots, positions, mask):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q_per_kv = cfg.n_head // cfg.n_query_groups
+        # litgpt packs each query group as [q_0 .. q_{q_per_kv-1}, k, v].
+        qkv = self.attn(x).view(B, T, cfg.n_query_groups, q_per_kv + 2, cfg.head_size)
+        qkv = qkv.permute(0, 2, 3, 1, 4)  # (B, groups, q_per_kv + 2, T, hs)
+        q, k, v = qkv.split((q_per_kv, 1, 1), dim=2)
+        q = apply_rope(q.reshape(B, cfg.n_head, T, cfg.head_size), cos, sin)
+        k = apply_rope(k.reshape(B, cfg.n_query_groups, T, cfg.head_size), cos, sin)
+        v = v.reshape(B, cfg.n_query_groups, T, cfg.head_size)
+
+        k_all, v_all = _cache_write_read(cache, layer, slots, positions, k, v, mask.shape[-1])
+        y = F.scaled_dot_product_attention(
+            q,
+            k_all,
+            v_all,
+            attn_mask=mask,
+            scale=1.0 / math.sqrt(cfg.head_size),
+            enable_gqa=True,
+        )  # (B, n_head, T, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_size))
+
+
+def _cache_write_read(cache: KVCache, layer, slots, positions, k, v, length: int):
+    """Store k/v (B, groups, T, hs) at each row's positions; return each row's first `length`."""
+    k_layer, v_layer = cache.k[layer], cache.v[layer]  # (slots, groups, max_seq, hs)
+    rows = slots[:, None]  # (B, 1) broadcasts against positions (B, T)
+    k_layer[rows, :, positions] = k.transpose(1, 2).to(k_layer.dtype)  # indexed as (B, T, g, hs)
+    v_layer[rows, :, positions] = v.transpose(1, 2).to(v_layer.dtype)
+    return k_layer[slots, :, :length], v_layer[slots, :, :length]  # (B, groups, length, hs)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm_1 = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm_2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.n_embd, cfg.intermediate_size, cfg.n_embd)
+
+    def forward(self, x, cos, sin, cache, layer, slots, positions, mask):
+        x = self.attn(self.norm_1(x), cos, sin, cache, layer, slots, positions, mask) + x
+        return self.mlp(self.norm_2(x)) + x
+
+
+class OmniLM(nn.Module):
+    """Decoder over (B, T, 8) token streams with an optional whisper-feature overwrite."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.whisper_adapter = SwiGLU(cfg.whisper_adapter_dim, cfg.intermediate_size, cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=RMSNorm(cfg.n_embd, cfg.norm_eps),
+            )
+        )
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in the checkpoint
+        cos, sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def adapt(self, features: torch.Tensor) -> torch.Tensor:
+        """Whisper features (..., whisper_dim) -> audio-stream embeddings (..., n_embd)."""
+        return self.whisper_adapter(features.to(self.lm_head.weight.dtype))
+
+    def embed(
+        self,
+        ids: torch.Tensor,
+        audio: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean of the 8 stream embeddings; (B, T, 8) ids -> (B, T, C).
+
+        Where `audio_mask` (B, T) is set, the 7 audio streams take `audio` (B, T, C) (adapted
+        whisper features) instead of their ids' embeddings; the text stream keeps its id.
+        """
+        emb = self.transformer.wte(ids)  # (B, T, 8, C)
+        if audio is not None:
+            audio_streams = audio[:, :, None, :].expand(-1, -1, tokens.AUDIO_LAYERS, -1)
+            keep = emb[:, :, : tokens.AUDIO_LAYERS]
+            emb = torch.cat(
+                (
+                    torch.where(audio_mask[..., None, None], audio_streams, keep),
+                    emb[:, :, tokens.AUDIO_LAYERS :],
+                ),
+                dim=2,
+            )
+        x = emb[:, :, 0]
+        for stream in range(1, tokens.STREAMS):  # left to right, like the reference's sum
+            x = x + emb[:, :, stream]
+        return x / tokens.STREAMS
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """Run the blocks over embeddings x (B, T, C) at `positions` (B, T) of cache rows `slots`
+        (B,), writing their keys/values. Returns the final-norm hidden states (B, T, C)."""
+        length = int(positions.max()) + 1
+        key_pos = torch.arange(length, device=x.device)
+        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, hs)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cos, sin, cache, layer, slots, positions, mask)
+        return self.transformer.ln_f(x)
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, 152000): the text range of the head."""
+        return F.linear(h, self.lm_head.weight[: tokens.TEXT_VOCAB_PADDED])
+
+    def audio_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, 7, 4160): the 7 audio ranges, layer-local ids."""
+        logits = F.linear(h, self.lm_head.weight[tokens.TEXT_VOCAB_PADDED :])
+        return logits.view(h.shape[0], tokens.AUDIO_LAYERS, tokens.AUDIO_LAYER_VOCAB)
+
+    def new_cache(self, slots: int, max_seq: int | None = None) -> KVCache:
+        w = self.lm_head.weight
+        return KVCache(self.cfg, slots, max_seq or self.cfg.block_size, w.device, w.dtype)
+
+
+def rope_cache(seq_len: int, n_elem: int, base: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (seq_len, n_elem) for neox rotate-half RoPE, computed as litgpt does."""
+    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2).float() / n_elem))
+    angles = torch.outer(torch.arange(seq_len) / 1, theta).repeat(1, 2)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x (B, H, T, hs) with cos/sin broadcastable to it."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return ((x * cos) + (rotated * sin)).to(x.dtype)
