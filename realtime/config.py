@@ -54,6 +54,7 @@ class SnacConfig:
     sampling_rate: int = tokens.OUTPUT_SAMPLE_RATE_HZ
     encoder_dim: int = 48
     encoder_rates: tuple[int, ...] = (2, 4, 8, 8)
+    latent_dim: int | None = None  # None: encoder_dim * 2 ** len(encoder_rates)
     decoder_dim: int = 1024
     decoder_rates: tuple[int, ...] = (8, 8, 4, 2)
     attn_window_size: int | None = None
@@ -82,28 +83,47 @@ class Preset:
     model: ModelConfig
     whisper: WhisperDims = field(default_factory=WhisperDims)
     snac: SnacConfig = field(default_factory=SnacConfig)
-    tokenizer_vocab: int | None = None  # None: a Qwen2-sized vocabulary; else a small trained BPE
+    # The real Qwen2 tokenizer cannot be made offline: both presets get a small real BPE
+    # with the same layout (byte-level, Qwen2 pre-tokenizer, <|endoftext|>).
+    tokenizer_vocab: int = 1000
+    # Random weights rarely pick a stop token; scaling the _eot and layer-6 _eoa rows of the
+    # tied table makes test models stop now and then, so the stop rules get exercised.
+    stop_token_gain: float = 1.0
 
 
 PRESETS: dict[str, Preset] = {
     # The released gpt-omni/mini-omni shapes (Qwen2-0.5B backbone, whisper small, SNAC 24 kHz).
     "mini-omni": Preset(
         model=ModelConfig(
-            n_layer=24, n_head=14, n_query_groups=2, head_size=64, n_embd=896,
+            n_layer=24,
+            n_head=14,
+            n_query_groups=2,
+            head_size=64,
+            n_embd=896,
             intermediate_size=4864,
         ),
     ),
     # Few layers and a narrow width, but the official token layout, ids and audio rates.
     "tiny": Preset(
         model=ModelConfig(
-            n_layer=2, n_head=4, n_query_groups=2, head_size=16, n_embd=64,
-            intermediate_size=128, whisper_adapter_dim=64,
+            n_layer=2,
+            n_head=4,
+            n_query_groups=2,
+            head_size=16,
+            n_embd=64,
+            intermediate_size=128,
+            whisper_adapter_dim=64,
         ),
         whisper=WhisperDims(
-            n_audio_state=64, n_audio_head=2, n_audio_layer=2,
-            n_text_ctx=64, n_text_state=64, n_text_head=2, n_text_layer=1,
+            n_audio_state=64,
+            n_audio_head=2,
+            n_audio_layer=2,
+            n_text_ctx=64,
+            n_text_state=64,
+            n_text_head=2,
+            n_text_layer=1,
         ),
         snac=SnacConfig(encoder_dim=8, decoder_dim=64),
-        tokenizer_vocab=2000,
+        stop_token_gain=2.5,
     ),
 }
