@@ -1,0 +1,222 @@
+"""The streamed vocoder against its offline twin, the whole-utterance decode."""
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from snac import SNAC
+
+from realtime import tokens
+from realtime.config import PRESETS, SnacConfig
+from realtime.vocoder import (
+    Vocoder,
+    VocoderStream,
+    disable_noise,
+    frames_to_codes,
+    load_snac,
+    repair_codes,
+)
+
+MAX_REL_L2 = 1e-3  # ||stream - full|| / ||full||
+MAX_SEAM_ERROR = 5e-3  # max |stream - full| near a window edge, relative to max |full|
+GEOMETRIES = [(2, 2, 1), (2, 2, 2), (3, 3, 1), (2, 3, 4), (4, 2, 3)]  # (left, lookahead, hop)
+BURSTS = [1, 3, 1000]  # frames per push: one at a time, bursts, all at once
+
+
+def random_snac(config: SnacConfig) -> SNAC:
+    torch.manual_seed(0)
+    snac = SNAC(**asdict(config)).eval()
+    assert disable_noise(snac) > 0
+    return snac
+
+
+def random_frames(num_frames: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (num_frames, tokens.AUDIO_LAYERS)  # (N, 7)
+    return torch.randint(0, tokens.CODEBOOK_SIZE, shape, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def vocoder() -> Vocoder:
+    return Vocoder(random_snac(PRESETS["tiny"].snac))
+
+
+def stream_audio(vocoder, stream, frames, burst: int) -> tuple[np.ndarray, list[int]]:
+    """Push `frames` `burst` at a time, stepping after each push; flush. Also the chunk sizes."""
+    chunks = []
+    for start in range(0, len(frames), burst):
+        stream.push(frames[start : start + burst])
+        chunks += vocoder.step([stream])
+    chunks += vocoder.flush([stream])
+    return np.concatenate(chunks), [len(chunk) for chunk in chunks]
+
+
+def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def test_frames_to_codes_matches_reference_order():
+    frames = torch.tensor([[[0, 1, 2, 3, 4, 5, 6], [10, 11, 12, 13, 14, 15, 16]]])  # (1, 2, 7)
+    coarse, mid, fine = frames_to_codes(frames)
+    # reconstruct_tensors: tensor1 += [L0]; tensor2 += [L1]; tensor3 += [L2, L3];
+    # tensor2 += [L4]; tensor3 += [L5, L6], frame after frame.
+    assert coarse.tolist() == [[0, 10]]
+    assert mid.tolist() == [[1, 4, 11, 14]]
+    assert fine.tolist() == [[2, 3, 5, 6, 12, 13, 15, 16]]
+
+
+@pytest.mark.parametrize("burst", BURSTS)
+@pytest.mark.parametrize("left, lookahead, hop", GEOMETRIES)
+def test_stream_matches_full_decode(vocoder, left, lookahead, hop, burst):
+    frames = random_frames(23)
+    full = vocoder.decode_full(frames)
+    stream = VocoderStream(left, lookahead, hop)
+    streamed, _ = stream_audio(vocoder, stream, frames, burst)
+    assert streamed.dtype == np.float32 and streamed.shape == full.shape
+    assert relative_l2(streamed, full) <= MAX_REL_L2
+    # No seams: the error stays small right where one window's kept audio meets the next.
+    margin = tokens.FRAME_SAMPLES // 4
+    for edge in range(hop * tokens.FRAME_SAMPLES, len(full), hop * tokens.FRAME_SAMPLES):
+        near = slice(edge - margin, edge + margin)
+        assert np.abs(streamed[near] - full[near]).max() <= MAX_SEAM_ERROR * np.abs(full).max()
+
+
+def test_batched_streams_equal_each_alone(vocoder):
+    # (frames, first tick, frames per tick, geometry): different lengths, phases and windows.
+    plans = [
+        (random_frames(17, 2), 0, 1, (2, 2, 1)),
+        (random_frames(9, 3), 4, 2, (2, 2, 1)),
+        (random_frames(12, 4), 2, 5, (3, 1, 2)),
+    ]
+    streams = [VocoderStream(*geometry) for *_, geometry in plans]
+    chunks = [[] for _ in plans]
+    for tick in range(20):
+        for stream, (frames, start, burst, _) in zip(streams, plans, strict=True):
+            if tick >= start:
+                stream.push(frames[(tick - start) * burst : (tick - start + 1) * burst])
+        for out, audio in zip(chunks, vocoder.step(streams), strict=True):
+            out.append(audio)
+    for out, audio in zip(chunks, vocoder.flush(streams), strict=True):
+        out.append(audio)
+    for (frames, _, burst, geometry), out in zip(plans, chunks, strict=True):
+        alone, _ = stream_audio(vocoder, VocoderStream(*geometry), frames, burst)
+        np.testing.assert_allclose(np.concatenate(out), alone, rtol=0, atol=1e-5)
+
+
+def test_equal_windows_of_many_streams_share_one_call(vocoder, monkeypatch):
+    streams = [VocoderStream(2, 2, 1) for _ in range(4)]
+    for stream in streams:
+        stream.push(random_frames(10))
+    calls = []  # (windows, frames per window) of each SNAC call
+    decode = vocoder.decode_frames
+
+    def counting_decode(frames: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(frames.shape[:2]))
+        return decode(frames)
+
+    monkeypatch.setattr(vocoder, "decode_frames", counting_decode)
+    vocoder.step(streams)
+    # Per stream: windows of 3 and 4 frames while left context builds up, then six of 5.
+    assert sorted(calls) == [(4, 3), (4, 4), (4 * 6, 5)]
+
+
+def test_repair_codes_uses_previous_valid_code_of_the_layer():
+    frames = torch.tensor([[tokens.PAD_A, 5], [7, tokens.EOA], [-1, 9]])  # (N=3, 2 layers)
+    repaired, replaced = repair_codes(frames, last_valid=torch.tensor([3, 4]))
+    assert repaired.tolist() == [[3, 5], [7, 5], [7, 9]]
+    assert int(replaced) == 3
+
+
+def test_invalid_codes_do_not_crash_and_are_counted(vocoder):
+    frames = random_frames(11)
+    frames[0, 3] = tokens.PAD_A  # no earlier valid code: becomes 0
+    frames[5, :] = tokens.EOA
+    frames[6, 0] = tokens.AUDIO_LAYER_VOCAB + 17
+    repaired = frames.clone()
+    repaired[0, 3] = 0
+    repaired[5, :] = frames[4, :]
+    repaired[6, 0] = frames[4, 0]
+    stream = VocoderStream()
+    streamed, _ = stream_audio(vocoder, stream, frames, burst=2)
+    assert stream.replaced_codes == 1 + tokens.AUDIO_LAYERS + 1
+    np.testing.assert_allclose(vocoder.decode_full(frames), vocoder.decode_full(repaired))
+    assert relative_l2(streamed, vocoder.decode_full(repaired)) <= MAX_REL_L2
+
+
+def test_reset_lets_a_stream_be_reused(vocoder):
+    first, second = random_frames(8, 5), random_frames(13, 6)
+    stream = VocoderStream()
+    stream.push(first)
+    vocoder.step([stream])  # interrupted mid-utterance: no flush
+    stream.reset()
+    reused, _ = stream_audio(vocoder, stream, second, burst=1)
+    fresh, _ = stream_audio(vocoder, VocoderStream(), second, burst=1)
+    np.testing.assert_array_equal(reused, fresh)
+    assert stream.received == len(second) and stream.replaced_codes == 0
+
+
+@pytest.mark.parametrize("left, lookahead, hop", GEOMETRIES)
+def test_first_audio_delay_is_what_the_stream_needs(vocoder, left, lookahead, hop):
+    stream = VocoderStream(left, lookahead, hop)
+    frames = random_frames(10)
+    for pushed in range(1, len(frames) + 1):
+        stream.push(frames[pushed - 1])
+        audio = vocoder.step([stream])[0]
+        if len(audio):
+            break
+    assert pushed == stream.first_audio_delay_frames
+    assert len(audio) == hop * tokens.FRAME_SAMPLES
+
+
+def test_decode_full_batches_and_handles_empty(vocoder):
+    frames = torch.stack([random_frames(6, 7), random_frames(6, 8)])  # (2, 6, 7)
+    both = vocoder.decode_full(frames)
+    assert both.shape == (2, 6 * tokens.FRAME_SAMPLES)
+    np.testing.assert_allclose(both[1], vocoder.decode_full(frames[1]), atol=1e-5)
+    assert vocoder.decode_full(random_frames(0)).shape == (0,)
+    assert vocoder.decode_full(frames[:, :0]).shape == (2, 0)
+
+
+def test_load_snac_strict_and_old_weight_norm_names(tmp_path, vocoder):
+    config = PRESETS["tiny"].snac
+    snac = SNAC(**asdict(config))
+    (tmp_path / "config.json").write_text(json.dumps(asdict(config)))
+    # Checkpoints saved before parametrized weight_norm name the halves weight_g / weight_v.
+    old_names = {
+        key.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): value
+        for key, value in snac.state_dict().items()
+    }
+    torch.save(old_names, tmp_path / "pytorch_model.bin")
+    loaded = load_snac(tmp_path, "cpu")
+    assert not loaded.training
+    for name, value in snac.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)
+
+
+def test_load_snac_names_the_bad_file(tmp_path):
+    config = PRESETS["tiny"].snac
+    (tmp_path / "config.json").write_text(json.dumps(asdict(config)))
+    with pytest.raises(ValueError, match="pytorch_model.bin"):
+        load_snac(tmp_path, "cpu")  # missing
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="pytorch_model.bin"):
+        load_snac(tmp_path, "cpu")
+    torch.save({"unexpected": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="do not match"):
+        load_snac(tmp_path, "cpu")
+    (tmp_path / "config.json").write_text('{"sampling_rate": 44100}')
+    with pytest.raises(ValueError, match="config.json"):
+        load_snac(tmp_path, "cpu")
+
+
+def test_real_24khz_shapes_default_window():
+    vocoder = Vocoder(random_snac(SnacConfig()))
+    frames = random_frames(9)
+    full = vocoder.decode_full(frames)
+    streamed, _ = stream_audio(vocoder, VocoderStream(), frames, burst=1000)
+    assert streamed.shape == full.shape
+    assert relative_l2(streamed, full) <= MAX_REL_L2
