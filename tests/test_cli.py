@@ -1,0 +1,177 @@
+"""`realtime generate` and `realtime init-random` as a user runs them, bad input included."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import yaml
+
+from realtime import tokens
+from realtime.cli import EXIT_BAD_INPUT, main
+
+from .conftest import DATA
+
+CLIP = DATA / "q_capital.wav"
+
+
+def generate(tiny_dir, *args):
+    return main(
+        [
+            "generate",
+            "--model",
+            str(tiny_dir),
+            "--offline",
+            "--max-new-tokens",
+            "12",
+            *map(str, args),
+        ]
+    )
+
+
+@pytest.mark.parametrize("task", ["a2a", "a2t", "asr", "a2a-batch"])
+def test_speech_tasks_write_json_and_wav(tiny_dir, tmp_path, task):
+    out_json, out_wav = tmp_path / "out.json", tmp_path / "out.wav"
+    assert (
+        generate(
+            tiny_dir,
+            "--task",
+            task,
+            "--input-wav",
+            CLIP,
+            "--json",
+            out_json,
+            "--output-wav",
+            out_wav,
+        )
+        == 0
+    )
+    doc = json.loads(out_json.read_text())
+    assert doc["task"] == task and 1 <= doc["steps"] <= 12
+    assert set(doc["timings"]) == {
+        "encode_ms",
+        "prefill_ms",
+        "first_audio_ms",
+        "decode_ms_per_step",
+        "total_ms",
+    }
+    assert len(doc["audio_codes"]) == tokens.AUDIO_LAYERS
+    if task in ("a2a", "a2a-batch"):
+        frames = max(0, doc["steps"] - tokens.MAX_AUDIO_DELAY)
+        assert all(len(layer) == frames for layer in doc["audio_codes"])
+        pcm, rate = soundfile.read(out_wav)
+        assert rate == tokens.OUTPUT_SAMPLE_RATE_HZ and len(pcm) == frames * tokens.FRAME_SAMPLES
+        assert frames == 0 or np.abs(pcm).max() > 0
+    else:
+        assert doc["audio_codes"] == [[]] * tokens.AUDIO_LAYERS and not out_wav.exists()
+
+
+@pytest.mark.parametrize("task", ["t2a", "t2t"])
+def test_text_tasks(tiny_dir, tmp_path, task, capsys):
+    out_json = tmp_path / "out.json"
+    assert (
+        generate(
+            tiny_dir,
+            "--task",
+            task,
+            "--input-text",
+            "Hello there!",
+            "--json",
+            out_json,
+            "--encoder",
+            "chunked",
+            "--dtype",
+            "float32",
+        )
+        == 0
+    )
+    doc = json.loads(out_json.read_text())
+    assert 1 <= doc["steps"] <= 12 and doc["timings"]["encode_ms"] == 0
+    assert capsys.readouterr().out.strip() == doc["text"]
+
+
+def test_chunked_encoder_and_any_input_format(tiny_dir, tmp_path):
+    stereo = tmp_path / "stereo44k.flac"
+    pcm, _ = soundfile.read(CLIP)
+    soundfile.write(stereo, np.stack([pcm, pcm], axis=1), 44100)  # "wrong" rate on purpose
+    assert generate(tiny_dir, "--task", "a2t", "--input-wav", stereo, "--encoder", "chunked") == 0
+
+
+def bad_input_cases(tmp_path, tiny_dir):
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("hello")
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, np.float32), 16000)
+    long = tmp_path / "long.wav"
+    soundfile.write(long, np.zeros(16000 * 31, np.float32), 16000)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    data = (broken / "lit_model.pth").read_bytes()
+    (broken / "lit_model.pth").write_bytes(data[: len(data) // 2])
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny_dir, mismatched)
+    cfg = yaml.safe_load((mismatched / "model_config.yaml").read_text())
+    cfg["n_layer"] += 1
+    (mismatched / "model_config.yaml").write_text(yaml.safe_dump(cfg))
+    return {
+        "not audio": ["--task", "a2t", "--input-wav", not_audio],
+        "empty": ["--task", "a2t", "--input-wav", empty],
+        "too long": ["--task", "a2t", "--input-wav", long],
+        "missing file": ["--task", "a2t", "--input-wav", tmp_path / "nope.wav"],
+        "wrong input kind": ["--task", "t2t", "--input-wav", CLIP],
+        "unknown task": ["--task", "a3a", "--input-wav", CLIP],
+        "bad top-p": ["--task", "t2t", "--input-text", "hi", "--top-p", "0"],
+        "no cuda": ["--task", "t2t", "--input-text", "hi", "--device", "cuda"],
+        "corrupt checkpoint": ["--task", "t2t", "--input-text", "hi", "--model", broken],
+        "mismatched checkpoint": ["--task", "t2t", "--input-text", "hi", "--model", mismatched],
+        "no such model": ["--task", "t2t", "--input-text", "hi", "--model", tmp_path / "none"],
+    }
+
+
+def test_bad_input_exits_2_with_one_line(tiny_dir, tmp_path, capsys):
+    for name, args in bad_input_cases(tmp_path, tiny_dir).items():
+        try:
+            code = generate(tiny_dir, *args)
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+        err = capsys.readouterr().err.strip()
+        assert code == EXIT_BAD_INPUT, name
+        assert len(err.splitlines()) == 1 and "error" in err, (name, err)
+
+
+def test_offline_hub_name_not_cached(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "realtime", "generate", "--task", "t2t", "--input-text", "hi"],
+        capture_output=True,
+        text=True,
+        env={**_base_env(), **env},
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert len(proc.stderr.strip().splitlines()) == 1 and "gpt-omni/mini-omni" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_init_random_writes_the_official_layout(tmp_path):
+    assert main(["init-random", str(tmp_path / "m"), "--preset", "tiny", "--seed", "3"]) == 0
+    names = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*"))
+    assert names == [
+        "lit_model.pth",
+        "model_config.yaml",
+        "small.pt",
+        "snac",
+        "snac/config.json",
+        "snac/pytorch_model.bin",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+
+
+def _base_env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
