@@ -75,3 +75,15 @@ def whisper_frames(num_samples: int) -> int:
     """Feature frames the reference keeps for `num_samples` of 16 kHz audio: int(ms / 20) + 1."""
     duration_ms = num_samples / INPUT_SAMPLE_RATE_HZ * 1000
     return int(duration_ms / WHISPER_FRAME_MS) + 1
+
+
+# --- Whisper log-mel front end (openai-whisper's audio.py) -----------------------------------
+MEL_HOP_MS = 10
+MEL_HOP_SAMPLES = INPUT_SAMPLE_RATE_HZ * MEL_HOP_MS // 1000  # 160
+MEL_WINDOW_SAMPLES = 400  # n_fft: a 25 ms Hann window centred on each hop
+MEL_FRAMES_PER_WHISPER_FRAME = WHISPER_FRAME_MS // MEL_HOP_MS  # 2: conv2's stride
+WHISPER_MEL_FRAMES = WHISPER_MAX_FRAMES * MEL_FRAMES_PER_WHISPER_FRAME  # 3000
+WHISPER_INPUT_SAMPLES = WHISPER_MEL_FRAMES * MEL_HOP_SAMPLES  # 480000: pad_or_trim's 30 s
+# The longest input whose whisper_frames() still fits the positional table: exactly 30 s would
+# ask for 1501 frames.
+WHISPER_MAX_SAMPLES = WHISPER_INPUT_SAMPLES - 1
