@@ -98,16 +98,20 @@ def write_random_model(directory: Path, preset: Preset, seed: int = 0, log=None)
     )
 
     log(f"writing {checkpoint.WHISPER_FILE} (openai-whisper format)")
-    _write_whisper(directory / checkpoint.WHISPER_FILE, preset)
+    _write_whisper(directory / checkpoint.WHISPER_FILE, preset, seed)
 
     log(f"writing {checkpoint.SNAC_DIR}/ (SNAC {preset.snac.sampling_rate} Hz)")
     _write_snac(directory / checkpoint.SNAC_DIR, preset)
     log(f"done: {directory}")
 
 
-def _write_whisper(path: Path, preset: Preset) -> None:
+def _write_whisper(path: Path, preset: Preset, seed: int) -> None:
     dims = asdict(preset.whisper)
     model = whisper.model.Whisper(whisper.model.ModelDimensions(**dims))
+    # whisper allocates the text decoder's positions with torch.empty: fill them, from a
+    # generator of their own so the global stream (and SNAC's weights after) stay as they were.
+    positions = model.decoder.positional_embedding
+    positions.data.normal_(0.0, BIAS_STD, generator=torch.Generator().manual_seed(seed))
     # The released checkpoints store fp16 weights; whisper.load_model upcasts them.
     state = {name: t.half() for name, t in model.state_dict().items()}
     torch.save({"dims": dims, "model_state_dict": state}, path)

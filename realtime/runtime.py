@@ -95,7 +95,7 @@ class Runtime:
     def run(self, request: Request) -> Iterator[TextDelta | AudioChunk | Result]:
         """Serve one request; yields text and audio as they are produced, then the Result."""
         clock = _Clock()
-        inp = self._prepare(request, clock)
+        inp = self.prepare(request, clock)
         gen, steps = None, generate_tokens(self.lm, self.cache, inp, request.task, request.options)
         detok = IncrementalDetokenizer(self.tokenizer)
         stream = vocoder.VocoderStream(device=self.device)
@@ -112,7 +112,9 @@ class Runtime:
             yield from self._audio(self.vocoder.flush([stream])[0], clock)
         yield self._result(request, gen, stream, clock)
 
-    def _prepare(self, request: Request, clock: "_Clock") -> PrefillInput:
+    def prepare(self, request: Request, clock: "_Clock | None" = None) -> PrefillInput:
+        """Encode the input and build the prompt: everything before the first model step."""
+        clock = clock or _Clock()
         spec = TASKS[request.task]
         if spec.audio_in:
             features = clock.timed("encode", self._encode, request)
