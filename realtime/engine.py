@@ -1,0 +1,255 @@
+"""The multi-session engine: one inference thread owns the model and serves every conversation.
+
+Network code talks to it through `SessionHandle` methods, which only enqueue and return; the
+thread loops over: control commands (cancel, close: they overtake queued audio), then input
+(audio, end of turn, text: encoded and prefilled while the caller talks), then ONE batched
+decode step for every session that is answering, then one batched vocoder call. Sessions join
+the batch after their prefill and leave when they finish or are cancelled, between steps.
+
+    gateway ──push_audio/end_turn──► inputs ─┐
+    gateway ──cancel/close─────────► control ┤  inference thread: encode, prefill, step, vocode
+    gateway ◄──────────── sink(event) ───────┘  (events: text, audio, timings, errors)
+"""
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from realtime import events
+from realtime.generate import decode_step, sample
+from realtime.prompts import TASKS
+from realtime.runtime import MAX_ROWS, Runtime
+from realtime.session import Session, SessionError, SessionOptions
+
+IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_sessions: int = 4  # each may hold up to MAX_ROWS KV rows
+
+
+class EngineBusy(Exception):
+    """Every session slot is taken."""
+
+
+class SessionHandle:
+    """The network side's grip on one session: every method is thread-safe and non-blocking."""
+
+    def __init__(self, engine: "Engine", sid: int) -> None:
+        self._engine, self.id = engine, sid
+
+    def push_audio(self, samples: np.ndarray) -> None:
+        """16 kHz mono float32 samples of the caller's current turn."""
+        self._engine._inputs.put((self.id, "audio", np.asarray(samples, np.float32)))
+        self._engine._wake.set()
+
+    def end_turn(self) -> None:
+        self._engine._put_input(self.id, "end_turn", None)
+
+    def submit_text(self, text: str) -> None:
+        self._engine._put_input(self.id, "text", text)
+
+    def clear_input(self) -> None:
+        self._engine._put_input(self.id, "clear", None)
+
+    def cancel(self, played_frames: int | None = None) -> None:
+        """Barge-in: stop the answer before the next step; `played_frames` of it were heard."""
+        self._engine._put_control(self.id, "cancel", played_frames)
+
+    def close(self) -> None:
+        self._engine._put_control(self.id, "close", None)
+
+
+class Engine:
+    def __init__(self, runtime: Runtime, options: EngineOptions = EngineOptions()) -> None:
+        self.runtime, self.options = runtime, options
+        self.cache = runtime.lm.new_cache(options.max_sessions * MAX_ROWS)
+        self._free_slots = list(range(self.cache.slots))
+        self._sessions: dict[int, Session] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()  # guards slot allocation (open_session runs elsewhere)
+        self._inputs: queue.SimpleQueue = queue.SimpleQueue()
+        self._control: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self.steps = 0  # batched decode steps run
+
+    # --- lifecycle (any thread) ---------------------------------------------------------------
+
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def open_session(
+        self, options: SessionOptions, sink: Callable[[events.Event], None]
+    ) -> SessionHandle:
+        """A new conversation; raises EngineBusy when every slot is taken."""
+        rows = TASKS[options.task].rows
+        with self._lock:
+            if len(self._free_slots) < rows or len(self._sessions) >= self.options.max_sessions:
+                raise EngineBusy(f"all {self.options.max_sessions} sessions are in use")
+            slots = [self._free_slots.pop() for _ in range(rows)]
+            sid, self._next_id = self._next_id, self._next_id + 1
+            rt = self.runtime
+            try:
+                session = Session(
+                    sid, slots, options, sink, rt.lm, self.cache, rt.whisper, rt.tokenizer
+                )
+            except Exception:
+                self._free_slots += slots
+                raise
+            self._sessions[sid] = session
+        return SessionHandle(self, sid)
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    def _put_input(self, sid: int, kind: str, payload) -> None:
+        self._inputs.put((sid, kind, payload))
+        self._wake.set()
+
+    def _put_control(self, sid: int, kind: str, payload) -> None:
+        self._control.put((sid, kind, payload))
+        self._wake.set()
+
+    # --- the inference thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._stopping:
+                self._wake.clear()
+                worked = self._drain(self._control, self._on_control)
+                worked |= self._drain(self._inputs, self._on_input)
+                answering = [s for s in self._sessions.values() if s.generating]
+                if answering:
+                    self._step(answering)
+                elif not worked:
+                    self._wake.wait(IDLE_WAIT_S)
+
+    def _drain(self, q: queue.SimpleQueue, handle) -> bool:
+        worked = False
+        while True:
+            try:
+                sid, kind, payload = q.get_nowait()
+            except queue.Empty:
+                return worked
+            worked = True
+            session = self._sessions.get(sid)
+            if session is not None:  # commands for a closed session are dropped
+                self._guarded(session, handle, session, kind, payload)
+
+    def _guarded(self, session: Session, fn, *args) -> None:
+        """Run fn; a failure ends this session's turn with an Error event, nothing else."""
+        try:
+            fn(*args)
+        except (SessionError, ValueError) as exc:
+            session.fail(str(exc).splitlines()[0])
+        except Exception as exc:  # a bug must not take the other sessions down
+            session.fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _on_control(self, session: Session, kind: str, payload) -> None:
+        if kind == "cancel":
+            session.cancel(payload)
+        elif kind == "close":
+            if session.generating:
+                session.cancel()
+            with self._lock:
+                del self._sessions[session.sid]
+                self._free_slots += session.slots.tolist()
+
+    def _on_input(self, session: Session, kind: str, payload) -> None:
+        if kind == "audio":
+            session.feed_audio(payload)
+        elif kind == "end_turn":
+            session.end_turn()
+        elif kind == "text":
+            session.start_text(payload)
+        elif kind == "clear":
+            session.clear_input()
+        self._finish_if_done([session])
+
+    def _step(self, answering: list[Session]) -> None:
+        """One decode step for every answering session, then their audio."""
+        rows = [s.gen.next_input() for s in answering]  # (rows_i, 8) each
+        ids = torch.cat(rows).to(self.cache.k.device)
+        positions = torch.cat(
+            [
+                torch.full((len(r),), s.gen.next_position)
+                for s, r in zip(answering, rows, strict=True)
+            ]
+        )
+        slots = torch.cat([s.slots for s in answering])
+        try:
+            hidden = decode_step(self.runtime.lm, self.cache, ids, positions.to(ids.device), slots)
+        except Exception as exc:
+            for s in answering:
+                s.fail(f"decode step failed: {type(exc).__name__}: {exc}")
+            return
+        self.steps += 1
+        self._sample(answering, hidden, [len(r) for r in rows])
+        self._vocode(answering)
+        self._finish_if_done(answering)
+
+    def _sample(self, answering: list[Session], hidden: torch.Tensor, counts: list[int]) -> None:
+        """Batched heads: text logits for rows that still need them, audio for speaking rows."""
+        lm = self.runtime.lm
+        starts = np.cumsum([0, *counts[:-1]])
+        text_rows = [
+            int(b) + s.spec.text_row
+            for s, b in zip(answering, starts, strict=True)
+            if s.gen.needs_text_logits
+        ]
+        audio_rows = [
+            int(b) + s.spec.audio_row
+            for s, b in zip(answering, starts, strict=True)
+            if s.spec.audio_out
+        ]
+        text_logits = lm.text_logits(hidden[text_rows]) if text_rows else None
+        audio_logits = lm.audio_logits(hidden[audio_rows]) if audio_rows else None
+        t_i = a_i = 0
+        for s in answering:
+            text = None
+            if s.gen.needs_text_logits:
+                text, t_i = (
+                    int(sample(text_logits[t_i : t_i + 1], s.options.decoding, s.generator)),
+                    t_i + 1,
+                )
+            audio = None
+            if s.spec.audio_out:
+                audio = sample(audio_logits[a_i], s.options.decoding, s.generator).tolist()
+                a_i += 1
+            self._guarded(s, s.accept, text if text is not None else _PAD_T, audio)
+
+    def _vocode(self, sessions: list[Session]) -> None:
+        speaking = [s for s in sessions if s.spec.audio_out and s.gen is not None]
+        if not speaking:
+            return
+        streams = [s.vocoder for s in speaking]
+        for s, pcm in zip(speaking, self.runtime.vocoder.step(streams), strict=True):
+            s.emit_audio(pcm)
+
+    def _finish_if_done(self, sessions: list[Session]) -> None:
+        done = [s for s in sessions if s.gen is not None and s.gen.done]
+        if not done:
+            return
+        speaking = [s for s in done if s.spec.audio_out]
+        tails = dict(
+            zip(speaking, self.runtime.vocoder.flush([s.vocoder for s in speaking]), strict=True)
+        )
+        for s in done:
+            self._guarded(s, s.finish, tails.get(s, np.zeros(0, np.float32)))
+
+
+_PAD_T = __import__("realtime.tokens", fromlist=["PAD_T"]).PAD_T

@@ -1,0 +1,269 @@
+"""One live conversation inside the engine: its turn's encoding and prefill, its decoding state
+and its output streams. Lives on the inference thread only; the engine drives it.
+
+A turn goes: audio arrives -> the chunked encoder emits 2 s blocks -> each block is prefilled
+into this session's KV rows at once (the caller is still talking) -> at the end of the turn only
+the last partial block and the two closing prompt positions remain -> step 0 is sampled and the
+session joins the engine's batched decode.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from realtime import events, tokens
+from realtime.config import DecodingOptions
+from realtime.encoder import ChunkedEncoder, encode_exact
+from realtime.generate import Generation, StepOutput, sample_step
+from realtime.model import KVCache, OmniLM
+from realtime.prompts import PROMPT_HEAD, PROMPT_TAIL, TASKS, Task, build_prompt
+from realtime.tokenizer import IncrementalDetokenizer
+from realtime.vocoder import VocoderStream
+
+ENCODER_MODES = ("chunked", "exact")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Per-conversation choices (the model's dimensions and the server's limits live elsewhere)."""
+
+    task: Task = Task.A2A
+    encoder: str = "chunked"  # "exact" waits for the end of the turn, as the reference does
+    keep_history: bool = False  # earlier turns stay in context while they fit
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+
+
+class SessionError(ValueError):
+    """Something this session asked for cannot be done; it ends the turn, not the engine."""
+
+
+class Session:
+    def __init__(
+        self,
+        sid: int,
+        slots: list[int],
+        options: SessionOptions,
+        sink: Callable[[events.Event], None],
+        lm: OmniLM,
+        cache: KVCache,
+        whisper,
+        tokenizer,
+    ) -> None:
+        if options.encoder not in ENCODER_MODES:
+            raise SessionError(f"unknown encoder mode {options.encoder!r}: {ENCODER_MODES}")
+        self.sid, self.options, self.sink = sid, options, sink
+        self.spec = TASKS[options.task]
+        if len(slots) != self.spec.rows:
+            raise SessionError(f"task {options.task} needs {self.spec.rows} rows")
+        self.lm, self.cache, self.whisper, self.tokenizer = lm, cache, whisper, tokenizer
+        self.slots = torch.tensor(slots, device=cache.k.device)
+        self.encoder = ChunkedEncoder(whisper) if options.encoder == "chunked" else None
+        self.vocoder = VocoderStream(device=cache.k.device)
+        self.history = 0  # KV positions kept from earlier turns
+        self.discarding = False  # a turn failed midway: drop its audio until its end
+        self.generator = torch.Generator(cache.k.device).manual_seed(options.decoding.seed)
+        self._reset_input()
+        self._reset_answer()
+
+    # --- turn input -----------------------------------------------------------------------
+
+    def _reset_input(self) -> None:
+        """Forget the caller's current turn (its audio, features and prefill progress)."""
+        self.audio: list[np.ndarray] = []  # exact mode's whole utterance
+        self.features: list[torch.Tensor] = []  # adapted frames of this turn, (n, C) each
+        self.samples = 0  # audio samples heard this turn
+        self.frames = 0  # feature frames so far
+        self.prefilled = 0  # prompt positions of this turn already in the KV cache
+        self.base = 0  # where this turn's prompt starts; set when its prefill begins
+        if self.encoder is not None:
+            self.encoder.reset()
+
+    def _reset_answer(self) -> None:
+        self.gen: Generation | None = None
+        self.detok = IncrementalDetokenizer(self.tokenizer)
+        self.vocoder.reset()
+        self.marks: dict[type, float] = {}
+
+    @property
+    def generating(self) -> bool:
+        return self.gen is not None and not self.gen.done
+
+    def feed_audio(self, samples: np.ndarray) -> None:
+        """16 kHz mono samples of the caller's turn; prefill whatever blocks they complete."""
+        if not self.spec.audio_in:
+            raise SessionError(f"task {self.options.task} takes text, not audio")
+        if self.discarding:
+            return
+        self.samples += len(samples)
+        if self.encoder is None:
+            self.audio.append(samples)
+            return
+        self._add_features(self.encoder.push(samples))
+        if not self.generating:  # a running answer owns the KV rows until it ends
+            self._prefill_features()
+
+    def clear_input(self) -> None:
+        """Drop a half-heard turn."""
+        self._reset_input()
+
+    def end_turn(self) -> None:
+        """The caller stopped talking: finish the prompt and sample the answer's first step.
+
+        A turn that ends while an answer still runs supersedes it (the caller spoke over it).
+        """
+        if self.discarding:  # this turn already failed
+            self.discarding = False
+            return
+        self._emit(events.TurnEnded)
+        if self.generating:
+            self.cancel()
+        if self.samples == 0:
+            raise SessionError("the turn ended before any speech arrived")
+        if self.encoder is not None:
+            self._add_features(self.encoder.flush())
+        else:
+            self._add_features(encode_exact(self.whisper, np.concatenate(self.audio or [[]])))
+        try:
+            self._prefill_features()
+            prompt = build_prompt(self.options.task, audio_frames=self.frames).ids
+            self._finish_prompt(prompt[:, self.prefilled :])
+        finally:
+            self._reset_input()  # the next turn starts from fresh input state
+
+    def start_text(self, text: str) -> None:
+        """A text turn (t2a, t2t): prefill it whole and sample the answer's first step."""
+        if self.spec.audio_in:
+            raise SessionError(f"task {self.options.task} takes audio, not text")
+        prompt = build_prompt(self.options.task, text_ids=self.tokenizer.encode(text).ids)
+        self._emit(events.TurnEnded)
+        if self.generating:
+            self.cancel()
+        self._begin_prefill()
+        self._ensure_room(prompt.length)
+        self._finish_prompt(prompt.ids)
+        self._reset_input()
+
+    def _add_features(self, features: torch.Tensor) -> None:
+        if features.shape[0]:
+            self.features.append(self.lm.adapt(features))
+            self.frames += features.shape[0]
+
+    def _prefill_features(self) -> None:
+        """Prefill the features not yet in the cache (with the prompt's opening position)."""
+        self._begin_prefill()
+        self._ensure_room(PROMPT_HEAD + self.frames + PROMPT_TAIL)
+        done = max(self.prefilled - PROMPT_HEAD, 0)
+        if self.frames == done:
+            return
+        new = torch.cat(self.features)[done:]  # (n, C)
+        ids = build_prompt(self.options.task, audio_frames=self.frames).ids
+        ids = ids[:, self.prefilled : PROMPT_HEAD + self.frames]
+        audio = torch.cat([new.new_zeros(ids.shape[1] - len(new), new.shape[1]), new])
+        mask = torch.zeros(ids.shape[1], dtype=torch.bool, device=new.device)
+        mask[ids.shape[1] - len(new) :] = True
+        self._forward(ids, audio[None].expand(self.spec.rows, -1, -1), mask)
+
+    def _finish_prompt(self, ids: torch.Tensor) -> None:
+        """Prefill the closing positions (rows, n, 8) and sample step 0."""
+        hidden = self._forward(ids, None, None)[:, -1]
+        self._emit(events.PrefillDone, positions=self.base + self.prefilled)
+        length = self.base + self.prefilled
+        room = self.cache.max_seq - length
+        limit = self.options.decoding.max_new_tokens or room
+        self.gen = Generation(self.options.task, length, min(limit, room))
+        self.accept(*sample_step(self.lm, hidden, self.gen, self.options.decoding, self.generator))
+
+    def _forward(self, ids, audio, mask) -> torch.Tensor:
+        """Run prompt positions ids (rows, n, 8) of this turn through the model."""
+        start = self.base + self.prefilled
+        ids = ids.to(self.slots.device)
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        x = self.lm.embed(ids, audio, None if mask is None else mask.expand(ids.shape[0], -1))
+        hidden = self.lm(x, positions.expand(ids.shape[0], -1), self.slots, self.cache)
+        self.prefilled += ids.shape[1]
+        return hidden
+
+    def _begin_prefill(self) -> None:
+        if self.prefilled == 0:  # earlier turns are settled by now: place this one after them
+            self.base = self.history if self.options.keep_history else 0
+
+    def _ensure_room(self, turn_positions: int) -> None:
+        """Leave room for at least one answer token; earlier turns give way if they must."""
+        if self.base + turn_positions < self.cache.max_seq:
+            return
+        if self.base == 0:
+            raise SessionError(
+                f"the turn needs {turn_positions} positions; the model's context "
+                f"holds {self.cache.max_seq}"
+            )
+        self.history = self.base = 0  # start this turn over at position 0
+        self.prefilled = 0
+
+    # --- decoding -----------------------------------------------------------------------------
+
+    def accept(self, text_token: int, audio: list[int] | None) -> StepOutput:
+        """Take this step's sampled ids; stream text; queue completed frames for the vocoder."""
+        out = self.gen.accept(text_token, audio)
+        if out.text_token is not None:
+            self._mark(events.FirstText)
+            if delta := self.detok.push(out.text_token):
+                self.sink(events.TextDelta(self.sid, time.monotonic(), delta))
+        if out.frame is not None:
+            self.vocoder.push(torch.tensor([out.frame]))
+        return out
+
+    def emit_audio(self, pcm: np.ndarray) -> None:
+        if pcm.size:
+            self._mark(events.FirstAudio)
+            self.sink(events.AudioChunk(self.sid, time.monotonic(), pcm))
+
+    def finish(self, tail_pcm: np.ndarray) -> None:
+        """The answer ended: last text and audio, then Done; ready for the next turn."""
+        if tail := self.detok.flush():
+            self.sink(events.TextDelta(self.sid, time.monotonic(), tail))
+        self.emit_audio(tail_pcm)
+        gen, text_ids = self.gen, self.gen.text_tokens()
+        self._emit(
+            events.Done,
+            reason=gen.stop_reason,
+            steps=gen.steps,
+            text=self.tokenizer.decode(text_ids).strip(),
+            text_tokens=text_ids,
+            frames=gen.frames(),
+        )
+        self.history = gen.next_position  # the prompt and every token fed back
+        self._reset_answer()
+        self._prefill_features()  # a next turn heard meanwhile can go in now
+
+    def cancel(self, played_frames: int | None = None) -> None:
+        """Barge-in: drop the answer at once; conversation memory keeps what was played."""
+        steps = self.gen.steps if self.gen is not None else 0
+        if self.gen is not None and self.options.keep_history:
+            # Tokens of steps 0 .. steps-2 were fed back; frame f needs steps up to f + 7.
+            fed = max(steps - 1, 0)
+            heard = fed if played_frames is None else played_frames + tokens.MAX_AUDIO_DELAY
+            self.history = self.gen.prompt_length + min(fed, heard)
+        self._emit(events.Cancelled, steps=steps)
+        self._reset_answer()
+        self._prefill_features()
+
+    def fail(self, message: str) -> None:
+        """End the turn with an Error; the rest of a half-heard turn is ignored until its end."""
+        self._emit(events.Error, message=message)
+        self.history = 0  # the cache rows may hold a half-written turn
+        self.discarding = self.samples > 0
+        self._reset_answer()
+        self._reset_input()
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _emit(self, kind, **fields) -> None:
+        self.sink(kind(self.sid, time.monotonic(), **fields))
+
+    def _mark(self, kind) -> None:
+        if kind not in self.marks:
+            self.marks[kind] = time.monotonic()
+            self._emit(kind)

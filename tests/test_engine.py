@@ -1,0 +1,183 @@
+"""The multi-session engine against its offline twin (Runtime.run) and against itself alone.
+
+float32 on the tiny model, so greedy tokens are comparable exactly: a batch step, a streamed
+prefill or a neighbour's failure must not change a session's answer.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from realtime import checkpoint, events
+from realtime.audio import load_audio
+from realtime.config import DecodingOptions
+from realtime.engine import Engine, EngineBusy, EngineOptions
+from realtime.prompts import Task
+from realtime.runtime import Request, Result, Runtime
+from realtime.session import SessionOptions
+
+from .conftest import DATA
+
+PUSH = 320  # 20 ms at 16 kHz, as a network caller pushes
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_dir):
+    return Runtime(checkpoint.resolve(str(tiny_dir), offline=True), "cpu", torch.float32)
+
+
+@pytest.fixture
+def engine(runtime):
+    engine = Engine(runtime, EngineOptions(max_sessions=8)).start()
+    yield engine
+    engine.stop()
+
+
+class Recorder:
+    """A sink per session that remembers events and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[events.Event] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: events.Event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, kind, count: int = 1) -> list:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.of(kind)) >= count, TIMEOUT_S)
+        assert ok, f"no {kind.__name__} within {TIMEOUT_S} s: {self.kinds()}"
+        return self.of(kind)
+
+    def of(self, kind) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def kinds(self) -> list[str]:
+        return [type(e).__name__ for e in self.events]
+
+
+def speak(handle, pcm: np.ndarray) -> None:
+    for start in range(0, len(pcm), PUSH):
+        handle.push_audio(pcm[start : start + PUSH])
+    handle.end_turn()
+
+
+CLIPS = ["q_capital.wav", "mini_omni_sample_1.wav", "q_story.wav", "q_weather.wav"]
+
+
+def clip(name: str, seconds: float | None = None) -> np.ndarray:
+    pcm = load_audio(DATA / name)
+    return pcm if seconds is None else pcm[: int(seconds * 16000)]
+
+
+def offline(runtime, task, pcm, max_new_tokens) -> Result:
+    opts = DecodingOptions(max_new_tokens=max_new_tokens)
+    request = Request(task, audio=pcm, options=opts, encoder="chunked")
+    return [e for e in runtime.run(request) if isinstance(e, Result)][0]
+
+
+def frames_of(result: Result) -> list[list[int]]:
+    return [list(frame) for frame in zip(*result.audio_codes, strict=True)]
+
+
+def test_streamed_prefill_equals_the_one_shot_twin(runtime, engine):
+    # 3.6 s: one whole 2 s block is prefilled while "the caller talks", the rest at the end.
+    pcm = clip("q_story.wav")
+    for task in (Task.A2A, Task.A2A_BATCH):
+        rec = Recorder()
+        options = SessionOptions(task=task, decoding=DecodingOptions(max_new_tokens=24))
+        speak(engine.open_session(options, rec), pcm)
+        done = rec.wait_for(events.Done)[0]
+        twin = offline(runtime, task, pcm, 24)
+        assert done.text_tokens == twin.text_tokens
+        assert done.frames == frames_of(twin)
+        assert rec.kinds()[:3] == ["TurnEnded", "PrefillDone", "FirstText"]
+
+
+def test_a_batch_of_eight_changes_no_session_s_tokens(runtime, engine):
+    """Eight sessions of different lengths and tasks join and leave at different steps."""
+    plan = [(Task.A2A, CLIPS[i % 4], 1.0 + 0.4 * i, 10 + 4 * i) for i in range(6)]
+    plan += [(Task.A2A_BATCH, "q_weather.wav", None, 20), (Task.A2T, "q_capital.wav", None, 30)]
+    alone = [offline(runtime, task, clip(name, s), n) for task, name, s, n in plan]
+    recorders = [Recorder() for _ in plan]
+    handles = [
+        engine.open_session(
+            SessionOptions(task=task, decoding=DecodingOptions(max_new_tokens=n)), rec
+        )
+        for (task, _, _, n), rec in zip(plan, recorders, strict=True)
+    ]
+    for (_, name, seconds, _), handle in zip(plan, handles, strict=True):
+        speak(handle, clip(name, seconds))
+        time.sleep(0.05)  # stagger the joins
+    for rec, twin in zip(recorders, alone, strict=True):
+        done = rec.wait_for(events.Done)[0]
+        assert done.text_tokens == twin.text_tokens and done.steps == twin.steps
+        assert done.frames == frames_of(twin)
+    assert engine.steps < sum(twin.steps for twin in alone)  # they really shared steps
+
+
+def test_cancel_stops_audio_at_once_and_frees_the_slot(runtime, tiny_dir):
+    engine = Engine(runtime, EngineOptions(max_sessions=1)).start()
+    try:
+        rec = Recorder()
+        handle = engine.open_session(
+            SessionOptions(decoding=DecodingOptions(max_new_tokens=400)), rec
+        )
+        speak(handle, clip("q_capital.wav"))
+        rec.wait_for(events.AudioChunk, count=2)
+        handle.cancel()
+        cancelled = rec.wait_for(events.Cancelled)[0]
+        time.sleep(0.3)
+        after = [e for e in rec.events if e.t > cancelled.t]
+        assert not [e for e in after if isinstance(e, (events.AudioChunk, events.TextDelta))]
+        assert not rec.of(events.Done)
+        with pytest.raises(EngineBusy):
+            engine.open_session(SessionOptions(), Recorder())
+        handle.close()
+        deadline = time.monotonic() + 5
+        while engine.active_sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rec2 = Recorder()
+        options = SessionOptions(decoding=DecodingOptions(max_new_tokens=12))
+        speak(engine.open_session(options, rec2), clip("q_capital.wav"))
+        assert rec2.wait_for(events.Done)[0].steps == 12
+    finally:
+        engine.stop()
+
+
+def test_a_failing_session_does_not_disturb_the_others(runtime, engine):
+    good = Recorder()
+    speak(
+        engine.open_session(SessionOptions(decoding=DecodingOptions(max_new_tokens=20)), good),
+        clip("q_capital.wav"),
+    )
+    too_long = Recorder()
+    speak(engine.open_session(SessionOptions(), too_long), np.zeros(16000 * 31, np.float32))
+    wrong_kind = Recorder()
+    engine.open_session(SessionOptions(task=Task.T2A), wrong_kind).push_audio(np.zeros(320))
+    silent = Recorder()
+    engine.open_session(SessionOptions(encoder="exact"), silent).end_turn()
+    for rec in (too_long, wrong_kind, silent):
+        assert rec.wait_for(events.Error)[0].message
+    time.sleep(0.2)
+    assert not too_long.of(events.Done)  # the rest of the failed turn was not answered
+    done = good.wait_for(events.Done)[0]
+    assert done.text_tokens == offline(runtime, Task.A2A, clip("q_capital.wav"), 20).text_tokens
+
+
+def test_a_session_serves_turn_after_turn(engine):
+    rec = Recorder()
+    handle = engine.open_session(
+        SessionOptions(keep_history=True, decoding=DecodingOptions(max_new_tokens=8)), rec
+    )
+    for turn in range(3):
+        speak(handle, clip("q_capital.wav", 1.0))
+        rec.wait_for(events.Done, count=turn + 1)
+    positions = [e.positions for e in rec.of(events.PrefillDone)]
+    assert positions[0] < positions[1] < positions[2]  # earlier turns stayed in context
