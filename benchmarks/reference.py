@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -513,6 +514,68 @@ def write_goldens(ref: Reference, args: argparse.Namespace) -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
+# --- speed: the reference's own per-step forward and its streaming server path, timed ---------
+
+
+def time_steps(ref: Reference, task: str, inputs: Inputs, steps: int) -> dict:
+    """Prefill and `steps` decode steps of `task` through the reference's next_token_* calls
+    (forward plus its sampling), each step timed; the inputs fed are _pad ids, which cost the
+    same as any others."""
+    ids = step_ids(ref, task)
+    with kv_cache(ref, RECIPES[task].rows):
+        began = time.perf_counter()
+        prompt_forward(ref, task, inputs)
+        prefill_ms = (time.perf_counter() - began) * 1000
+        times = []
+        for step in range(steps):
+            began = time.perf_counter()
+            step_forward(ref, task, ids, inputs.prompt_length + step)
+            times.append((time.perf_counter() - began) * 1000)
+    return {"prompt_length": inputs.prompt_length, "prefill_ms": prefill_ms} | _summary(times)
+
+
+def _summary(times_ms: list[float]) -> dict:
+    ordered = sorted(times_ms)
+    return {
+        "step_ms_mean": sum(ordered) / len(ordered),
+        "step_ms_median": ordered[len(ordered) // 2],
+        "step_ms_min": ordered[0],
+        "steps": len(ordered),
+    }
+
+
+def time_first_audio(ref: Reference, clip: Path) -> dict:
+    """What the reference's server does per request (`OmniInference.run_AT_batch_stream`, the
+    a2a-batch streaming path behind server.py): time from the WAV path to its first audio chunk.
+    The object is assembled from the loaded models instead of its hub-downloading __init__."""
+    omni = ref.inference.OmniInference.__new__(ref.inference.OmniInference)
+    omni.device, omni.fabric, omni.model = ref.device, ref.fabric, ref.model
+    omni.text_tokenizer, omni.snacmodel, omni.whispermodel = ref.tokenizer, ref.snac, ref.whisper
+    began = time.perf_counter()
+    with _audio_reader(), contextlib.redirect_stdout(sys.stderr):
+        stream = omni.run_AT_batch_stream(str(clip))
+        first = next(stream, None)
+        ms = (time.perf_counter() - began) * 1000
+        stream.close()  # GeneratorExit skips its clear_kv_cache: do it as a finished run would
+    ref.model.clear_kv_cache()
+    return {"first_audio_ms": ms if first is not None else None,
+            "first_chunk_bytes": len(first) if first is not None else 0}
+
+
+def speed(ref: Reference, args: argparse.Namespace) -> dict:
+    clip = args.clip or DATA / "q_capital.wav"
+    result = {"versions": versions(), "threads": torch.get_num_threads(), "clip": clip.name}
+    for task in args.tasks:
+        inputs = task_inputs(ref, task, clip=clip, text=args.text)
+        time_steps(ref, task, inputs, 2)  # warm-up
+        result[task] = time_steps(ref, task, inputs, args.steps)
+        print(f"{task}: {result[task]}", file=sys.stderr)
+    time_first_audio(ref, clip)  # warm-up
+    runs = [time_first_audio(ref, clip) for _ in range(args.repeats)]
+    result["server_stream"] = min(runs, key=lambda r: r["first_audio_ms"] or float("inf"))
+    return result
+
+
 def to_json(obj) -> str:
     """Indented JSON with every list of numbers on one line."""
     text = json.dumps(obj, indent=2, ensure_ascii=False)
@@ -539,12 +602,21 @@ def main() -> None:
     goldens.add_argument("--preset", default="tiny", help="recorded: the init-random preset")
     goldens.add_argument("--seed", type=int, default=0, help="recorded: the init-random seed")
     goldens.add_argument("--reference-commit", help="recorded (default: git rev-parse HEAD)")
+    timing = commands.add_parser("speed", help="time the reference's steps and first audio")
+    timing.add_argument("--tasks", nargs="+", default=["a2a", "a2a-batch"])
+    timing.add_argument("--clip", type=Path, help="speech input (default tests/data/q_capital)")
+    timing.add_argument("--text", default="What is the capital of France?")
+    timing.add_argument("--steps", type=int, default=24)
+    timing.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
     ref = load_reference(args.reference_dir, args.model, args.device)
     if args.command == "goldens":
         write_goldens(ref, args)
+        return
+    if args.command == "speed":
+        print(json.dumps(speed(ref, args), indent=1))
         return
     inputs = task_inputs(ref, args.task, clip=args.clip, text=args.text)
     print(to_json(asdict(run_task(ref, args.task, inputs, args.max_new_tokens))), end="")

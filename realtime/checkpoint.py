@@ -185,7 +185,7 @@ def load_lm(files: ModelFiles, device: torch.device | str, dtype: torch.dtype) -
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
     model.cos, model.sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)
-    return model.to(device).eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False).fuse()
 
 
 def _check_state(model: OmniLM, state: object, path: Path) -> None:

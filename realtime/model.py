@@ -8,14 +8,21 @@ The arithmetic follows the reference op for op (fused QKV in litgpt's per-group 
 fp32 RMSNorm, rotate-half RoPE, the same summation order) so float32 greedy tokens match it.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import cpu_gemv
 from realtime import tokens
 from realtime.config import ModelConfig
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """x W^T + b; a decode step's few rows of bf16 on a CPU go to our GEMV kernel, which
+    streams the weights faster than torch's bf16 matmul there (kernels/cpu_gemv.py)."""
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16 and cpu_gemv.usable(x, weight):
+        return cpu_gemv.gemv_bf16(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class RMSNorm(nn.Module):
@@ -39,9 +46,21 @@ class SwiGLU(nn.Module):
         self.fc_1 = nn.Linear(n_in, n_hidden, bias=False)
         self.fc_2 = nn.Linear(n_in, n_hidden, bias=False)
         self.proj = nn.Linear(n_hidden, n_out, bias=False)
+        self.fc_12: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """Store fc_1 and fc_2 as halves of one (2 hidden, in) matrix: one product per call
+        instead of two. The parameters become views of it, so the state dict is unchanged."""
+        fused = torch.cat([self.fc_1.weight.data, self.fc_2.weight.data])
+        self.fc_12 = fused
+        self.fc_1.weight.data, self.fc_2.weight.data = fused.chunk(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+        if self.fc_12 is None:
+            gate, up = F.linear(x, self.fc_1.weight), F.linear(x, self.fc_2.weight)
+        else:
+            gate, up = linear(x, self.fc_12).chunk(2, dim=-1)
+        return linear(F.silu(gate) * up, self.proj.weight)
 
 
 class KVCache:
@@ -71,28 +90,51 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         q_per_kv = cfg.n_head // cfg.n_query_groups
         # litgpt packs each query group as [q_0 .. q_{q_per_kv-1}, k, v].
-        qkv = self.attn(x).view(B, T, cfg.n_query_groups, q_per_kv + 2, cfg.head_size)
+        qkv = linear(x, self.attn.weight, self.attn.bias)
+        qkv = qkv.view(B, T, cfg.n_query_groups, q_per_kv + 2, cfg.head_size)
         qkv = qkv.permute(0, 2, 3, 1, 4)  # (B, groups, q_per_kv + 2, T, hs)
-        q, k, v = qkv.split((q_per_kv, 1, 1), dim=2)
-        q = apply_rope(q.reshape(B, cfg.n_head, T, cfg.head_size), cos, sin)
-        k = apply_rope(k.reshape(B, cfg.n_query_groups, T, cfg.head_size), cos, sin)
-        v = v.reshape(B, cfg.n_query_groups, T, cfg.head_size)
+        # RoPE on queries and keys together: (B, groups * (q_per_kv + 1), T, hs)
+        qk = apply_rope(qkv[:, :, : q_per_kv + 1].reshape(B, -1, T, cfg.head_size), cos, sin)
+        qk = qk.view(B, cfg.n_query_groups, q_per_kv + 1, T, cfg.head_size)
+        q = qk[:, :, :q_per_kv].reshape(B, cfg.n_head, T, cfg.head_size)
+        k = qk[:, :, q_per_kv]  # (B, groups, T, hs)
+        v = qkv[:, :, q_per_kv + 1]
 
         k_all, v_all = _cache_write_read(cache, layer, slots, positions, k, v, mask.shape[-1])
-        y = F.scaled_dot_product_attention(
-            q,
-            k_all,
-            v_all,
-            attn_mask=mask,
-            scale=1.0 / math.sqrt(cfg.head_size),
-            enable_gqa=True,
-        )  # (B, n_head, T, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_size))
+        if T == 1:
+            y = _decode_attention(q, k_all, v_all, mask, cfg)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k_all, v_all, attn_mask=mask, scale=cfg.head_size**-0.5, enable_gqa=True
+            )  # (B, n_head, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_size)
+        return linear(y, self.proj.weight)
+
+
+def _decode_attention(q, k, v, mask, cfg: ModelConfig) -> torch.Tensor:
+    """One query per row: q (B, n_head, 1, hs), k/v (B, groups, L, hs), mask (B, 1, 1, L).
+
+    Three small matmuls beat SDPA's flash kernel's fixed cost on a CPU at this size; the
+    grouped queries of one key/value head are its rows.
+    """
+    B, groups, L, hs = k.shape
+    q = q.view(B, groups, -1, hs)  # (B, groups, q_per_kv, hs)
+    scores = (q @ k.transpose(-1, -2)).float() * hs**-0.5  # (B, groups, q_per_kv, L)
+    if B > 1:  # a lone row attends to everything cached before it
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(v.dtype)
+    return (weights @ v).view(B, cfg.n_head, 1, hs)
 
 
 def _cache_write_read(cache: KVCache, layer, slots, positions, k, v, length: int):
     """Store k/v (B, groups, T, hs) at each row's positions; return each row's first `length`."""
     k_layer, v_layer = cache.k[layer], cache.v[layer]  # (slots, groups, max_seq, hs)
+    if slots.shape[0] == 1 and slots.device.type == "cpu":
+        # One row at consecutive positions (a CPU step or a prefill): plain slices, no gathers.
+        slot, start = int(slots[0]), int(positions[0, 0])
+        k_layer[slot, :, start : start + k.shape[2]] = k[0]
+        v_layer[slot, :, start : start + v.shape[2]] = v[0]
+        return k_layer[slot : slot + 1, :, :length], v_layer[slot : slot + 1, :, :length]
     rows = slots[:, None]  # (B, 1) broadcasts against positions (B, T)
     k_layer[rows, :, positions] = k.transpose(1, 2).to(k_layer.dtype)  # indexed as (B, T, g, hs)
     v_layer[rows, :, positions] = v.transpose(1, 2).to(v_layer.dtype)
@@ -178,12 +220,19 @@ class OmniLM(nn.Module):
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, 152000): the text range of the head."""
-        return F.linear(h, self.lm_head.weight[: tokens.TEXT_VOCAB_PADDED])
+        return linear(h, self.lm_head.weight[: tokens.TEXT_VOCAB_PADDED])
 
     def audio_logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, 7, 4160): the 7 audio ranges, layer-local ids."""
-        logits = F.linear(h, self.lm_head.weight[tokens.TEXT_VOCAB_PADDED :])
+        logits = linear(h, self.lm_head.weight[tokens.TEXT_VOCAB_PADDED :])
         return logits.view(h.shape[0], tokens.AUDIO_LAYERS, tokens.AUDIO_LAYER_VOCAB)
+
+    def fuse(self) -> "OmniLM":
+        """Fuse each SwiGLU's fc_1/fc_2 (in place, state dict unchanged); call after .to()."""
+        for module in self.modules():
+            if isinstance(module, SwiGLU):
+                module.fuse()
+        return self
 
     def new_cache(self, slots: int, max_seq: int | None = None) -> KVCache:
         w = self.lm_head.weight

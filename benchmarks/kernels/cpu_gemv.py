@@ -1,0 +1,86 @@
+"""GB/s of weight streamed by our CPU bf16 GEMV against torch's bf16 linear, at the released
+model's shapes and for 1..8 activation rows, cycling through more weight than the caches hold
+(as a decode step does). Writes benchmarks/results/cpu_gemv-<machine>.json.
+
+    python benchmarks/kernels/cpu_gemv.py [--repeats 6]
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kernels import cpu_gemv
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+# One decode step's products at the released shapes: 24 x (qkv, attn proj, fc_1+fc_2, mlp
+# proj), then the whole head.
+LAYER_SHAPES = [(1152, 896), (896, 896), (9728, 896), (896, 4864)]
+HEAD_SHAPE = (181120, 896)
+
+
+def step_weights(layers: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    weights = [
+        torch.randn(shape, generator=gen).bfloat16()
+        for _ in range(layers)
+        for shape in LAYER_SHAPES
+    ]
+    return weights + [torch.randn(HEAD_SHAPE, generator=gen).bfloat16()]
+
+
+def time_step(weights, rows: int, linear) -> float:
+    inputs = {k: torch.randn(rows, k).bfloat16() for k in {w.shape[1] for w in weights}}
+    began = time.perf_counter()
+    for w in weights:
+        linear(inputs[w.shape[1]], w)
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args()
+    if not cpu_gemv.available():
+        raise SystemExit("the CPU GEMV kernel is not available here (no AVX2/FMA or compiler)")
+    weights = step_weights(args.layers)
+    gigabytes = sum(w.numel() * w.element_size() for w in weights) / 1e9
+    rows_results = {}
+    for rows in (1, 2, 4, 8):
+        best = {"ours": float("inf"), "torch": float("inf")}
+        for _ in range(args.repeats):  # interleaved, best of: robust to a noisy neighbour
+            best["ours"] = min(best["ours"], time_step(weights, rows, cpu_gemv.gemv_bf16))
+            best["torch"] = min(best["torch"], time_step(weights, rows, F.linear))
+        rows_results[rows] = {
+            name: {"ms": t * 1000, "GB_per_s": gigabytes / t} for name, t in best.items()
+        }
+        print(
+            f"rows {rows}: "
+            + ", ".join(
+                f"{n} {r['ms']:.1f} ms {r['GB_per_s']:.1f} GB/s"
+                for n, r in rows_results[rows].items()
+            )
+        )
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "weights_GB": gigabytes,
+        "rows": rows_results,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"cpu_gemv-{platform.machine()}-{torch.get_num_threads()}cpu.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

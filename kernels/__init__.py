@@ -1,0 +1,1 @@
+"""Our own kernels: a CPU bf16 GEMV now; the Triton GPU decode kernels join it here."""
