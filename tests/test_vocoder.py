@@ -193,8 +193,12 @@ def test_load_snac_strict_and_old_weight_norm_names(tmp_path, vocoder):
     torch.save(old_names, tmp_path / "pytorch_model.bin")
     loaded = load_snac(tmp_path, "cpu")
     assert not loaded.training
-    for name, value in snac.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[name], value)
+    disable_noise(snac), disable_noise(loaded)
+    frames = random_frames(4)[None]
+    # Loading bakes weight norm into plain weights: the same decode, cheaper.
+    torch.testing.assert_close(
+        Vocoder(loaded).decode_frames(frames), Vocoder(snac.eval()).decode_frames(frames)
+    )
 
 
 def test_load_snac_names_the_bad_file(tmp_path):
