@@ -5,7 +5,7 @@ live `ChunkedEncoder` streams (pushed 20 ms at a time) and `encode_exact`'s, and
 costs: exact mode's whole run (it starts when the caller stops talking), the streaming run's
 total compute and its flush (the latency left after the caller stops).
 
-    python benchmarks/encoder_drift.py [--whisper small.pt] [--audio-dir DIR] [--device cuda]
+    python -m benchmarks.encoder_drift [--whisper small.pt] [--audio-dir DIR] [--device cuda]
 
 Without --whisper the encoder has the released whisper-small shapes and a seeded random init:
 timings are real, drift numbers only exercise the mechanism (a random model attends almost

@@ -13,6 +13,8 @@ the batch after their prefill and leave when they finish or are cancelled, betwe
 
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ from realtime.runtime import MAX_ROWS, Runtime
 from realtime.session import Session, SessionError, SessionOptions
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
+STEP_LOG = 4096  # recent steps kept for benchmarks and monitoring
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Engine:
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self.steps = 0  # batched decode steps run
+        self.step_log: deque[tuple[int, float]] = deque(maxlen=STEP_LOG)  # (rows, ms) per step
 
     # --- lifecycle (any thread) ---------------------------------------------------------------
 
@@ -182,6 +186,7 @@ class Engine:
 
     def _step(self, answering: list[Session]) -> None:
         """One decode step for every answering session, then their audio."""
+        began = time.perf_counter()
         rows = [s.gen.next_input() for s in answering]  # (rows_i, 8) each
         ids = torch.cat(rows).to(self.cache.k.device)
         positions = torch.cat(
@@ -201,6 +206,7 @@ class Engine:
         self._sample(answering, hidden, [len(r) for r in rows])
         self._vocode(answering)
         self._finish_if_done(answering)
+        self.step_log.append((len(ids), (time.perf_counter() - began) * 1000))
 
     def _sample(self, answering: list[Session], hidden: torch.Tensor, counts: list[int]) -> None:
         """Batched heads: text logits for rows that still need them, audio for speaking rows."""

@@ -16,12 +16,20 @@ from kernels import cpu_gemv
 from realtime import tokens
 from realtime.config import ModelConfig
 
+# Above this many rows a bf16 product on a CPU without native bf16 runs faster upcast to fp32
+# (MKL's sgemm) than in torch's bf16 kernel, which slows down about linearly with the rows.
+CPU_UPCAST_ROWS = 32
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-    """x W^T + b; a decode step's few rows of bf16 on a CPU go to our GEMV kernel, which
-    streams the weights faster than torch's bf16 matmul there (kernels/cpu_gemv.py)."""
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16 and cpu_gemv.usable(x, weight):
-        return cpu_gemv.gemv_bf16(x, weight, bias)
+    """x W^T + b, routed to the fastest path for bf16 on a CPU: our GEMV kernel for a decode
+    step's few rows (kernels/cpu_gemv.py), fp32 for a prefill's many."""
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        if cpu_gemv.usable(x, weight):
+            return cpu_gemv.gemv_bf16(x, weight, bias)
+        if x.numel() // x.shape[-1] > CPU_UPCAST_ROWS:
+            bias = None if bias is None else bias.float()
+            return F.linear(x.float(), weight.float(), bias).to(x.dtype)
     return F.linear(x, weight, bias)
 
 

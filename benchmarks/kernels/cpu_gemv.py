@@ -2,7 +2,7 @@
 model's shapes and for 1..8 activation rows, cycling through more weight than the caches hold
 (as a decode step does). Writes benchmarks/results/cpu_gemv-<machine>.json.
 
-    python benchmarks/kernels/cpu_gemv.py [--repeats 6]
+    python -m benchmarks.kernels.cpu_gemv [--repeats 6]
 """
 
 import argparse
