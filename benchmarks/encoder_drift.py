@@ -5,13 +5,14 @@ live `ChunkedEncoder` streams (pushed 20 ms at a time) and `encode_exact`'s, and
 costs: exact mode's whole run (it starts when the caller stops talking), the streaming run's
 total compute and its flush (the latency left after the caller stops).
 
-    python -m benchmarks.encoder_drift [--whisper small.pt] [--audio-dir DIR] [--device cuda]
+    python -m benchmarks.encoder_drift [--model DIR] [--audio-dir DIR] [--device cuda]
 
-Without --whisper the encoder has the released whisper-small shapes and a seeded random init:
-timings are real, drift numbers only exercise the mechanism (a random model attends almost
-uniformly, so the padding frames exact mode sees weigh more than in a trained one). Token
-agreement between the modes needs the language model; it belongs beside `feature_drift`, which
-compares the two feature tensors of one clip.
+With --model (a model directory) the encoder is its small.pt, and the language model decodes
+each clip greedily (a2a) from both feature sets: token agreement says how much of the answer
+stays the same. Without it the encoder has the released whisper-small shapes and a seeded
+random init and only features are compared. With random weights (init-random) the numbers only
+exercise the mechanism: a random encoder attends almost uniformly, so the padding frames exact
+mode sees weigh more than in a trained one.
 """
 
 import argparse
@@ -28,8 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from whisper.model import AudioEncoder
 
-from realtime.config import WhisperDims
+from realtime import checkpoint
+from realtime.config import DecodingOptions, WhisperDims
 from realtime.encoder import BLOCK_FRAMES, ChunkedEncoder, encode_exact, load_whisper_encoder
+from realtime.generate import PrefillInput, generate_tokens
+from realtime.model import OmniLM
+from realtime.prompts import Task, build_prompt
 from realtime.tokens import INPUT_SAMPLE_RATE_HZ, WHISPER_FRAME_SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +76,32 @@ def feature_drift(exact: Tensor, chunked: Tensor) -> dict:
     """Per-frame cosine similarity between the two modes' features (T, C), summarised."""
     cosine = F.cosine_similarity(exact.float(), chunked.float(), dim=-1)  # (T,)
     return {"cosine_mean": cosine.mean().item(), "cosine_min": cosine.min().item()}
+
+
+def greedy_answer(lm: OmniLM, features: Tensor, steps: int) -> list[list[int]]:
+    """The a2a answer's tokens per step (7 audio ids, then the text id) from these features."""
+    prompt = build_prompt(Task.A2A, audio_frames=features.shape[0])
+    inp = PrefillInput(prompt, lm.adapt(features))
+    options = DecodingOptions(max_new_tokens=steps)
+    *_, (gen, _) = generate_tokens(lm, lm.new_cache(1), inp, Task.A2A, options)
+    return [[*audio, text] for audio, text in zip(gen.audio, gen.text, strict=True)]
+
+
+def token_agreement(lm: OmniLM, exact: Tensor, chunked: Tensor, steps: int) -> dict:
+    """How much of the greedy answer is the same from the two modes' features."""
+    a, b = greedy_answer(lm, exact, steps), greedy_answer(lm, chunked, steps)
+    shared = min(len(a), len(b))
+    same = [a[i] == b[i] for i in range(shared)]
+    text_same = sum(a[i][-1] == b[i][-1] for i in range(shared))
+    audio_same = sum(
+        x == y for i in range(shared) for x, y in zip(a[i][:-1], b[i][:-1], strict=True)
+    )
+    return {
+        "steps_compared": shared,
+        "first_divergent_step": same.index(False) if False in same else None,
+        "text_agreement": text_same / shared if shared else None,
+        "audio_agreement": audio_same / (7 * shared) if shared else None,
+    }
 
 
 def measure_clip(encoder: AudioEncoder, audio, push_samples: int, repeats: int) -> dict:
@@ -118,14 +149,18 @@ def print_table(clips: dict[str, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--whisper", type=Path, help="small.pt-format checkpoint (else random)")
+    parser.add_argument("--model", type=Path, help="model directory (else a random encoder)")
+    parser.add_argument("--steps", type=int, default=48, help="answer steps to compare")
     parser.add_argument("--audio-dir", type=Path, default=REPO / "tests" / "data")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--push-samples", type=int, default=WHISPER_FRAME_SAMPLES)
     parser.add_argument("--repeats", type=int, default=3, help="report the fastest run")
     args = parser.parse_args()
-    if args.whisper:
-        encoder = load_whisper_encoder(args.whisper, args.device)
+    lm = None
+    if args.model:
+        files = checkpoint.resolve(str(args.model), offline=True)
+        encoder = load_whisper_encoder(files.whisper, args.device)
+        lm = checkpoint.load_lm(files, args.device, torch.float32)
     else:
         encoder = random_small_encoder(args.device)
     paths = sorted(args.audio_dir.glob("*.wav"))
@@ -136,9 +171,15 @@ def main() -> None:
         for name, audio in audios.items()
     }
     print_table(clips)
+    if lm is not None:
+        for name, audio in audios.items():
+            exact, chunked = encode_exact(encoder, audio), stream(encoder, audio, 320)[0]
+            with torch.inference_mode():
+                clips[name]["tokens"] = token_agreement(lm, exact, chunked, args.steps)
+            print(f"{name:24} tokens: {clips[name]['tokens']}")
     report = {
         "machine": machine(args.device),
-        "whisper": str(args.whisper) if args.whisper else f"random whisper-small, seed {SEED}",
+        "model": str(args.model) if args.model else f"random whisper-small, seed {SEED}",
         "block_frames": BLOCK_FRAMES,
         "push_samples": args.push_samples,
         "repeats": args.repeats,
