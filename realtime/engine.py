@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from realtime import events
-from realtime.generate import decode_step, sample
+from realtime import events, tokens
+from realtime.generate import decode_step, is_greedy, sample
 from realtime.prompts import TASKS
 from realtime.runtime import MAX_ROWS, Runtime
 from realtime.session import Session, SessionError, SessionOptions
@@ -209,34 +209,23 @@ class Engine:
         self.step_log.append((len(ids), (time.perf_counter() - began) * 1000))
 
     def _sample(self, answering: list[Session], hidden: torch.Tensor, counts: list[int]) -> None:
-        """Batched heads: text logits for rows that still need them, audio for speaking rows."""
+        """Batched heads: text logits for rows that still need them, audio for speaking rows;
+        one argmax and one device-to-host copy per head when every session is greedy."""
         lm = self.runtime.lm
-        starts = np.cumsum([0, *counts[:-1]])
-        text_rows = [
-            int(b) + s.spec.text_row
-            for s, b in zip(answering, starts, strict=True)
-            if s.gen.needs_text_logits
+        starts = np.cumsum([0, *counts[:-1]]).tolist()
+        texting = [
+            (s, b) for s, b in zip(answering, starts, strict=True) if s.gen.needs_text_logits
         ]
-        audio_rows = [
-            int(b) + s.spec.audio_row
-            for s, b in zip(answering, starts, strict=True)
-            if s.spec.audio_out
-        ]
-        text_logits = lm.text_logits(hidden[text_rows]) if text_rows else None
-        audio_logits = lm.audio_logits(hidden[audio_rows]) if audio_rows else None
-        t_i = a_i = 0
+        speaking = [(s, b) for s, b in zip(answering, starts, strict=True) if s.spec.audio_out]
+        text_ids, audio_ids = {}, {}
+        if texting:
+            logits = lm.text_logits(hidden[[b + s.spec.text_row for s, b in texting]])
+            text_ids = dict(zip([s for s, _ in texting], _pick(logits, texting), strict=True))
+        if speaking:
+            logits = lm.audio_logits(hidden[[b + s.spec.audio_row for s, b in speaking]])
+            audio_ids = dict(zip([s for s, _ in speaking], _pick(logits, speaking), strict=True))
         for s in answering:
-            text = None
-            if s.gen.needs_text_logits:
-                text, t_i = (
-                    int(sample(text_logits[t_i : t_i + 1], s.options.decoding, s.generator)),
-                    t_i + 1,
-                )
-            audio = None
-            if s.spec.audio_out:
-                audio = sample(audio_logits[a_i], s.options.decoding, s.generator).tolist()
-                a_i += 1
-            self._guarded(s, s.accept, text if text is not None else _PAD_T, audio)
+            self._guarded(s, s.accept, text_ids.get(s, tokens.PAD_T), audio_ids.get(s))
 
     def _vocode(self, sessions: list[Session]) -> None:
         speaking = [s for s in sessions if s.spec.audio_out and s.gen is not None]
@@ -258,4 +247,10 @@ class Engine:
             self._guarded(s, s.finish, tails.get(s, np.zeros(0, np.float32)))
 
 
-_PAD_T = __import__("realtime.tokens", fromlist=["PAD_T"]).PAD_T
+def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]]) -> list:
+    """Each row's sampled ids (an int for text logits (N, V), 7 ints for audio (N, 7, V))."""
+    if all(is_greedy(s.options.decoding) for s, _ in rows):
+        return logits.argmax(dim=-1).tolist()
+    return [
+        sample(logits[i], s.options.decoding, s.generator).tolist() for i, (s, _) in enumerate(rows)
+    ]

@@ -17,10 +17,15 @@ from realtime.model import KVCache, OmniLM
 from realtime.prompts import TASKS, Prompt, Task
 
 
+def is_greedy(opts: DecodingOptions) -> bool:
+    """top_k 1 (the default) leaves one candidate; so does a zero temperature without top-p."""
+    return opts.top_k == 1 or (opts.temperature <= 0 and opts.top_p <= 0)
+
+
 def sample(logits: torch.Tensor, opts: DecodingOptions, generator: torch.Generator | None):
-    """Pick one id per row of logits (N, V): top-k, then temperature, then top-p, as the
-    reference does. top_k 1 (the default) or temperature 0 is greedy."""
-    if opts.top_k == 1 or (opts.temperature <= 0 and opts.top_p <= 0):
+    """Pick one id per row of logits (..., V): top-k, then temperature, then top-p, as the
+    reference does."""
+    if is_greedy(opts):
         return logits.argmax(dim=-1)
     logits = logits.float()
     if opts.top_k is not None:

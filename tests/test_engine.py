@@ -76,8 +76,9 @@ def clip(name: str, seconds: float | None = None) -> np.ndarray:
     return pcm if seconds is None else pcm[: int(seconds * 16000)]
 
 
-def offline(runtime, task, pcm, max_new_tokens) -> Result:
-    opts = DecodingOptions(max_new_tokens=max_new_tokens)
+def offline(runtime, task, pcm, opts: DecodingOptions | int) -> Result:
+    if isinstance(opts, int):
+        opts = DecodingOptions(max_new_tokens=opts)
     request = Request(task, audio=pcm, options=opts, encoder="chunked")
     return [e for e in runtime.run(request) if isinstance(e, Result)][0]
 
@@ -101,16 +102,20 @@ def test_streamed_prefill_equals_the_one_shot_twin(runtime, engine):
 
 
 def test_a_batch_of_eight_changes_no_session_s_tokens(runtime, engine):
-    """Eight sessions of different lengths and tasks join and leave at different steps."""
-    plan = [(Task.A2A, CLIPS[i % 4], 1.0 + 0.4 * i, 10 + 4 * i) for i in range(6)]
-    plan += [(Task.A2A_BATCH, "q_weather.wav", None, 20), (Task.A2T, "q_capital.wav", None, 30)]
-    alone = [offline(runtime, task, clip(name, s), n) for task, name, s, n in plan]
+    """Eight sessions of different lengths and tasks join and leave at different steps; one
+    samples (its own seeded generator draws in the same order alone or batched)."""
+    greedy = [DecodingOptions(max_new_tokens=10 + 4 * i) for i in range(6)]
+    plan = [(Task.A2A, CLIPS[i % 4], 1.0 + 0.4 * i, greedy[i]) for i in range(6)]
+    sampled = DecodingOptions(temperature=0.8, top_k=40, top_p=0.95, max_new_tokens=20, seed=7)
+    plan += [
+        (Task.A2A_BATCH, "q_weather.wav", None, sampled),
+        (Task.A2T, "q_capital.wav", None, DecodingOptions(max_new_tokens=30)),
+    ]
+    alone = [offline(runtime, task, clip(name, s), opts) for task, name, s, opts in plan]
     recorders = [Recorder() for _ in plan]
     handles = [
-        engine.open_session(
-            SessionOptions(task=task, decoding=DecodingOptions(max_new_tokens=n)), rec
-        )
-        for (task, _, _, n), rec in zip(plan, recorders, strict=True)
+        engine.open_session(SessionOptions(task=task, decoding=opts), rec)
+        for (task, _, _, opts), rec in zip(plan, recorders, strict=True)
     ]
     for (_, name, seconds, _), handle in zip(plan, handles, strict=True):
         speak(handle, clip(name, seconds))
