@@ -25,7 +25,7 @@ from realtime import events, tokens
 from realtime.generate import decode_step, is_greedy, sample
 from realtime.prompts import TASKS
 from realtime.runtime import MAX_ROWS, Runtime
-from realtime.session import Session, SessionError, SessionOptions
+from realtime.session import Session, SessionError, SessionOptions, check_options
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
 STEP_LOG = 4096  # recent steps kept for benchmarks and monitoring
@@ -65,6 +65,8 @@ class SessionHandle:
         self._engine._put_control(self.id, "cancel", played_frames)
 
     def close(self) -> None:
+        """End the conversation; its slot is free for a new caller as soon as this returns."""
+        self._engine._release(self.id)
         self._engine._put_control(self.id, "close", None)
 
 
@@ -73,7 +75,8 @@ class Engine:
         self.runtime, self.options = runtime, options
         self.cache = runtime.lm.new_cache(options.max_sessions * MAX_ROWS)
         self._free_slots = list(range(self.cache.slots))
-        self._sessions: dict[int, Session] = {}
+        self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close
+        self._sessions: dict[int, Session] = {}  # built on the inference thread
         self._next_id = 0
         self._lock = threading.Lock()  # guards slot allocation (open_session runs elsewhere)
         self._inputs: queue.SimpleQueue = queue.SimpleQueue()
@@ -98,27 +101,29 @@ class Engine:
     def open_session(
         self, options: SessionOptions, sink: Callable[[events.Event], None]
     ) -> SessionHandle:
-        """A new conversation; raises EngineBusy when every slot is taken."""
+        """A new conversation; raises EngineBusy when every slot is taken, SessionError when
+        the options are unusable. Cheap: the session itself is built on the inference thread."""
+        check_options(options)
         rows = TASKS[options.task].rows
         with self._lock:
-            if len(self._free_slots) < rows or len(self._sessions) >= self.options.max_sessions:
+            if len(self._free_slots) < rows or len(self._open) >= self.options.max_sessions:
                 raise EngineBusy(f"all {self.options.max_sessions} sessions are in use")
             slots = [self._free_slots.pop() for _ in range(rows)]
             sid, self._next_id = self._next_id, self._next_id + 1
-            rt = self.runtime
-            try:
-                session = Session(
-                    sid, slots, options, sink, rt.lm, self.cache, rt.whisper, rt.tokenizer
-                )
-            except Exception:
-                self._free_slots += slots
-                raise
-            self._sessions[sid] = session
+            self._open[sid] = slots
+        self._put_control(sid, "open", (slots, options, sink))
         return SessionHandle(self, sid)
+
+    def _release(self, sid: int) -> None:
+        """Give a closed session's slots back at once: a caller who hangs up and dials again
+        gets in. Safe before the thread has dropped the session, because the control queue is
+        FIFO: the newcomer's "open" runs after the old session's "close"."""
+        with self._lock:
+            self._free_slots += self._open.pop(sid, [])
 
     @property
     def active_sessions(self) -> int:
-        return len(self._sessions)
+        return len(self._open)
 
     def _put_input(self, sid: int, kind: str, payload) -> None:
         self._inputs.put((sid, kind, payload))
@@ -150,9 +155,27 @@ class Engine:
             except queue.Empty:
                 return worked
             worked = True
+            if kind == "open":
+                self._build(sid, *payload)
+                continue
             session = self._sessions.get(sid)
+            if session is None and sid in self._open:
+                # Its "open" was queued after this loop drained the control queue: take it now,
+                # so input never overtakes the session it is for.
+                self._drain(self._control, self._on_control)
+                session = self._sessions.get(sid)
             if session is not None:  # commands for a closed session are dropped
                 self._guarded(session, handle, session, kind, payload)
+
+    def _build(self, sid: int, slots: list[int], options: SessionOptions, sink) -> None:
+        rt = self.runtime
+        try:
+            self._sessions[sid] = Session(
+                sid, slots, options, sink, rt.lm, self.cache, rt.whisper, rt.tokenizer
+            )
+        except Exception as exc:  # e.g. out of memory for the session's encoder state
+            sink(events.Error(sid, time.monotonic(), 0, f"cannot open the session: {exc}"))
+            self._release(sid)
 
     def _guarded(self, session: Session, fn, *args) -> None:
         """Run fn; a failure ends this session's turn with an Error event, nothing else."""
@@ -169,9 +192,7 @@ class Engine:
         elif kind == "close":
             if session.generating:
                 session.cancel()
-            with self._lock:
-                del self._sessions[session.sid]
-                self._free_slots += session.slots.tolist()
+            del self._sessions[session.sid]  # its slots went back when close() was called
 
     def _on_input(self, session: Session, kind: str, payload) -> None:
         if kind == "audio":

@@ -14,6 +14,9 @@ import numpy as np
 class Event:
     session: int
     t: float
+    # The answer it belongs to: the session's count of end_turn()/submit_text() calls so far.
+    # An owner that cancelled (or superseded) an answer drops later events of that turn.
+    turn: int
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Done(Event):
 
 @dataclass(frozen=True)
 class Cancelled(Event):
+    """Every cancel() produces exactly one, even when nothing was being answered."""
+
     steps: int  # decode steps the answer had run
 
 

@@ -40,6 +40,13 @@ class SessionError(ValueError):
     """Something this session asked for cannot be done; it ends the turn, not the engine."""
 
 
+def check_options(options: SessionOptions) -> None:
+    if options.encoder not in ENCODER_MODES:
+        raise SessionError(f"unknown encoder mode {options.encoder!r}: {ENCODER_MODES}")
+    if options.task not in TASKS:
+        raise SessionError(f"unknown task {options.task!r}")
+
+
 class Session:
     def __init__(
         self,
@@ -52,9 +59,9 @@ class Session:
         whisper,
         tokenizer,
     ) -> None:
-        if options.encoder not in ENCODER_MODES:
-            raise SessionError(f"unknown encoder mode {options.encoder!r}: {ENCODER_MODES}")
+        check_options(options)
         self.sid, self.options, self.sink = sid, options, sink
+        self.turn = 0  # answers asked for so far (end_turn, start_text); events carry it
         self.spec = TASKS[options.task]
         if len(slots) != self.spec.rows:
             raise SessionError(f"task {options.task} needs {self.spec.rows} rows")
@@ -114,6 +121,7 @@ class Session:
 
         A turn that ends while an answer still runs supersedes it (the caller spoke over it).
         """
+        self.turn += 1
         if self.discarding:  # this turn already failed
             self.discarding = False
             return
@@ -137,6 +145,7 @@ class Session:
         """A text turn (t2a, t2t): prefill it whole and sample the answer's first step."""
         if self.spec.audio_in:
             raise SessionError(f"task {self.options.task} takes audio, not text")
+        self.turn += 1
         prompt = build_prompt(self.options.task, text_ids=self.tokenizer.encode(text).ids)
         self._emit(events.TurnEnded)
         if self.generating:
@@ -210,7 +219,7 @@ class Session:
         if out.text_token is not None:
             self._mark(events.FirstText)
             if delta := self.detok.push(out.text_token):
-                self.sink(events.TextDelta(self.sid, time.monotonic(), delta))
+                self._emit(events.TextDelta, text=delta)
         if out.frame is not None:
             self.vocoder.push(torch.tensor([out.frame]))
         return out
@@ -218,12 +227,12 @@ class Session:
     def emit_audio(self, pcm: np.ndarray) -> None:
         if pcm.size:
             self._mark(events.FirstAudio)
-            self.sink(events.AudioChunk(self.sid, time.monotonic(), pcm))
+            self._emit(events.AudioChunk, pcm=pcm)
 
     def finish(self, tail_pcm: np.ndarray) -> None:
         """The answer ended: last text and audio, then Done; ready for the next turn."""
         if tail := self.detok.flush():
-            self.sink(events.TextDelta(self.sid, time.monotonic(), tail))
+            self._emit(events.TextDelta, text=tail)
         self.emit_audio(tail_pcm)
         gen, text_ids = self.gen, self.gen.text_tokens()
         self._emit(
@@ -261,7 +270,7 @@ class Session:
     # --- events -------------------------------------------------------------------------------
 
     def _emit(self, kind, **fields) -> None:
-        self.sink(kind(self.sid, time.monotonic(), **fields))
+        self.sink(kind(self.sid, time.monotonic(), self.turn, **fields))
 
     def _mark(self, kind) -> None:
         if kind not in self.marks:
