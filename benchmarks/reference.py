@@ -558,8 +558,10 @@ def time_first_audio(ref: Reference, clip: Path) -> dict:
         ms = (time.perf_counter() - began) * 1000
         stream.close()  # GeneratorExit skips its clear_kv_cache: do it as a finished run would
     ref.model.clear_kv_cache()
-    return {"first_audio_ms": ms if first is not None else None,
-            "first_chunk_bytes": len(first) if first is not None else 0}
+    return {
+        "first_audio_ms": ms if first is not None else None,
+        "first_chunk_bytes": len(first) if first is not None else 0,
+    }
 
 
 def speed(ref: Reference, args: argparse.Namespace) -> dict:

@@ -1,4 +1,5 @@
-"""The `realtime` command: `generate` one answer, `init-random` a test model directory.
+"""The `realtime` command: `generate` one answer, `serve` live calls, `call` a server from a
+script, `init-random` a test model directory.
 
 Bad input (a missing or unreadable file, an unknown task, a corrupt checkpoint, speech longer
 than the model hears) exits with status 2 and one line on stderr, never a traceback.
@@ -43,6 +44,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
     _add_generate(commands.add_parser("generate", help="answer one utterance or text"))
     _add_init_random(commands.add_parser("init-random", help="write a random-weight model"))
+    _add_serve(commands.add_parser("serve", help="talk to the model live from a browser"))
+    _add_call(commands.add_parser("call", help="speak a WAV into a running server, record"))
     return parser
 
 
@@ -82,6 +85,42 @@ def _add_init_random(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_init_random)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model directory or hub name")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="bfloat16",
+        help="language model weights (float32 reproduces the reference bit for bit)",
+    )
+    p.add_argument("--offline", action="store_true", help="never download; use local files")
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="beyond localhost needs --token")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    p.add_argument("--max-sessions", type=_positive_int, default=4, help="concurrent calls")
+    p.add_argument("--token", help="callers must present it (the page reads it from #token=)")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS (a phone's mic needs it)")
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="per answer")
+    p.add_argument("--max-answer-ms", type=_positive_int, default=None, help="callers may lower it")
+    p.set_defaults(handler=_serve)
+
+
+def _add_call(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
+    p.add_argument("--wav", type=Path, required=True, help="what to say (any audio file)")
+    p.add_argument("--out", type=Path, help="write the spoken reply (24 kHz WAV)")
+    p.add_argument("--json", type=Path, help="write every event with its arrival time")
+    p.add_argument("--token")
+    p.add_argument("--max-answer-ms", type=_positive_int, default=None)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
+    p.set_defaults(handler=_call)
 
 
 def _positive_int(text: str) -> int:
@@ -164,4 +203,81 @@ def _init_random(args: argparse.Namespace) -> int:
     from realtime.init_random import write_random_model
 
     write_random_model(args.directory, PRESETS[args.preset], seed=args.seed)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    options = _server_options(args)
+    import asyncio
+    import logging
+
+    from realtime.runtime import Runtime
+    from realtime.server import serve
+
+    _check_device(args.device)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("aioice", "aiortc", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    print(f"realtime: loading {args.model} ...", file=sys.stderr, flush=True)
+    runtime = Runtime.load(args.model, args.device, DTYPES[args.dtype], offline=args.offline)
+
+    def ready(url: str) -> None:
+        print(f"realtime: serving; open {url}", flush=True)
+
+    asyncio.run(serve(runtime, options, ready))
+    return 0
+
+
+def _server_options(args: argparse.Namespace):
+    """Checked before the model loads, so a wrong flag fails at once."""
+    from realtime.server_config import LOCAL_HOSTS, CallOptions, ServerOptions
+
+    if args.host not in LOCAL_HOSTS and not args.token:
+        raise ValueError(f"--host {args.host} is reachable beyond this machine: set --token")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    decoding = DecodingOptions(max_new_tokens=args.max_new_tokens)
+    call = CallOptions(decoding=decoding, max_answer_ms=args.max_answer_ms)
+    return ServerOptions(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_sessions=args.max_sessions,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        call=call,
+    )
+
+
+def _call(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from realtime.audio import load_audio, write_wav
+    from realtime.loopback import SignalingError, call
+
+    speech = load_audio(args.wav)
+    settings = {"max_answer_ms": args.max_answer_ms} if args.max_answer_ms else None
+
+    async def bounded():
+        async with asyncio.timeout(args.timeout):
+            return await call(args.url, speech, args.token, settings)
+
+    try:
+        client, spoken = asyncio.run(bounded())
+    except SignalingError as exc:
+        raise ValueError(str(exc)) from None
+    except TimeoutError:
+        raise ValueError(f"no reply within {args.timeout:.0f} s") from None
+    except OSError as exc:  # aiohttp's connection errors among them
+        raise ValueError(f"cannot reach {args.url}: {exc}") from None
+    for event in client.events:
+        if event["type"] in ("turn.latency", "response.done", "response.interrupted", "error"):
+            print(json.dumps({k: v for k, v in event.items() if k != "_t"}))
+    if args.out:
+        write_wav(args.out, client.recording.audio(since=spoken))
+    if args.json:
+        args.json.write_text(json.dumps(client.events, indent=1) + "\n")
     return 0

@@ -26,3 +26,13 @@ def tiny_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-seed0")
     write_random_model(directory, PRESETS["tiny"], seed=0, log=lambda _: None)
     return directory
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_dir, tmp_path_factory):
+    """`realtime serve` on the tiny model in a subprocess (2 sessions, a token), shared."""
+    from .serving import ServerProcess
+
+    server = ServerProcess.start(tiny_dir, tmp_path_factory.mktemp("serve"))
+    yield server
+    server.stop()

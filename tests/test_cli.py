@@ -175,3 +175,17 @@ def _base_env():
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "0.0.0.0"], "set --token"),
+        (["--tls-cert", "cert.pem"], "go together"),
+        (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "no such file"),
+    ],
+)
+def test_serve_refuses_unsafe_or_broken_listening_at_once(capsys, args, message):
+    assert main(["serve", "--model", "/nonexistent", *args]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,150 @@
+"""`realtime serve`: the engine and the web server in one process.
+
+    browser ── GET /            ──► client/ (static page, no build step)
+            ── POST /offer {sdp} ─► Conversation: aiortc peer + engine session ──► {sdp answer}
+            ◄═ RTP audio, data channel "events" ═► conversation.py (turns, playout, interrupts)
+    GET /healthz ──► {"ok", "sessions", "max_sessions"}
+
+The event loop only moves bytes and JSON; the engine's thread runs the model. Each client's bad
+input is answered with a JSON error and costs nobody else anything.
+"""
+
+import asyncio
+import hmac
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+
+from aiohttp import web
+
+from realtime import protocol
+from realtime.conversation import Conversation
+from realtime.engine import Engine, EngineBusy, EngineOptions
+from realtime.prompts import Task
+from realtime.runtime import Runtime
+from realtime.server_config import ServerOptions
+from realtime.session import SessionOptions
+
+log = logging.getLogger("realtime.server")
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(protocol.error(code, message), status=status)
+
+
+class Server:
+    """The HTTP side: static files, signaling, and the set of live conversations."""
+
+    def __init__(self, engine: Engine, options: ServerOptions) -> None:
+        self.engine, self.options = engine, options
+        self.conversations: set[Conversation] = set()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=protocol.MAX_MESSAGE_BYTES)
+        app.router.add_post("/offer", self.offer)
+        app.router.add_get("/healthz", self.health)
+        app.router.add_get("/", self.index)
+        if self.options.client_dir.is_dir():
+            app.router.add_static("/", self.options.client_dir)
+        app.on_shutdown.append(self._close_all)
+        return app
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = self.options.client_dir / "index.html"
+        if not page.is_file():
+            return json_error(404, "no_client", f"{page} is missing")
+        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "ok": True,
+                "sessions": len(self.conversations),
+                "engine_sessions": self.engine.active_sessions,
+                "max_sessions": self.options.max_sessions,
+            }
+        )
+
+    async def offer(self, request: web.Request) -> web.Response:
+        """SDP offer in, SDP answer out; every refusal is a JSON error with a clear code."""
+        if not self._authorized(request):
+            return json_error(401, "unauthorized", "missing or wrong token (Authorization: Bearer)")
+        try:
+            sdp = protocol.parse_offer(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            limit = protocol.MAX_MESSAGE_BYTES
+            return json_error(413, "too_large", f"offers are at most {limit} bytes")
+        except protocol.ProtocolError as exc:
+            return json_error(413 if exc.code == "too_large" else 400, exc.code, str(exc))
+        return await self._start_conversation(sdp)
+
+    async def _start_conversation(self, sdp: str) -> web.Response:
+        conversation = Conversation(self.options.call, self.conversations.discard)
+        session = SessionOptions(Task.A2A, "chunked", decoding=self.options.call.decoding)
+        try:
+            conversation.handle = self.engine.open_session(session, conversation.sink)
+        except EngineBusy as exc:
+            await conversation.close("busy")
+            log.info("offer refused: %s", exc)
+            return json_error(503, "busy", f"the server is busy: {exc}; try again later")
+        self.conversations.add(conversation)
+        try:
+            answer = await conversation.answer(sdp)
+        except Exception as exc:  # aiortc rejects what it cannot parse or negotiate
+            await conversation.close(f"bad offer: {exc}")
+            return json_error(400, "bad_sdp", f"malformed or unusable SDP: {exc}")
+        log.info("session %d opened (%d live)", conversation.sid, len(self.conversations))
+        return web.json_response({"type": "answer", "sdp": answer, "session": conversation.sid})
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.options.token is None:
+            return True
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), self.options.token.encode())
+
+    async def _close_all(self, app: web.Application) -> None:
+        await asyncio.gather(*(c.close("server shutting down") for c in list(self.conversations)))
+
+
+async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str], None]) -> None:
+    """Run until SIGINT/SIGTERM; `ready(url)` is called once the port is open."""
+    engine = Engine(runtime, EngineOptions(max_sessions=options.max_sessions)).start()
+    runner = web.AppRunner(Server(engine, options).app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, options.host, options.port, ssl_context=_tls(options))
+        await site.start()
+        ready(_url(options, runner.addresses[0][1]))
+        await _until_signalled()
+    finally:
+        await runner.cleanup()
+        await asyncio.to_thread(engine.stop)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _tls(options: ServerOptions) -> ssl.SSLContext | None:
+    if options.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(options.tls_cert, options.tls_key)
+    return context
+
+
+def _url(options: ServerOptions, port: int) -> str:
+    scheme = "https" if options.tls_cert else "http"
+    host = options.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    fragment = f"#token={options.token}" if options.token else ""
+    return f"{scheme}://{host}:{port}/{fragment}"

@@ -1,0 +1,104 @@
+"""A `realtime serve` subprocess for tests, and helpers to talk to it."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from realtime.audio import load_audio
+
+DATA = Path(__file__).parent / "data"
+TOKEN = "test-token"
+MAX_SESSIONS = 2
+START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core machine
+WAIT_S = 60.0  # generous bound for anything the spec does not time
+
+
+def clip(name: str):
+    return load_audio(DATA / name)
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    url: str  # http://127.0.0.1:PORT
+    page: str  # the URL the server printed (with #token=)
+    log: Path
+
+    @classmethod
+    def start(cls, model: Path, workdir: Path) -> "ServerProcess":
+        log = workdir / "serve.log"
+        command = [
+            sys.executable,
+            "-m",
+            "realtime",
+            "serve",
+            "--model",
+            str(model),
+            "--offline",
+            "--dtype",
+            "float32",
+            "--port",
+            "0",
+            "--token",
+            TOKEN,
+            "--max-sessions",
+            str(MAX_SESSIONS),
+            "--max-new-tokens",
+            "160",
+        ]
+        with log.open("w") as err:
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        page = cls._wait_for_url(process, log)
+        url = re.match(r"(https?://[^/]+)", page).group(1)
+        return cls(process, url, page, log)
+
+    @staticmethod
+    def _wait_for_url(process: subprocess.Popen, log: Path) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if match := re.search(r"open (\S+)", line):
+                return match.group(1)
+            if process.poll() is not None:
+                break
+        process.kill()
+        raise RuntimeError(f"realtime serve did not start:\n{log.read_text()}")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/healthz", timeout=10) as reply:
+            return json.load(reply)
+
+    def wait_idle(self, timeout_s: float = WAIT_S) -> float:
+        """Wait until no session holds an engine slot; returns how long that took."""
+        start = time.monotonic()
+        while self.health()["engine_sessions"] or self.health()["sessions"]:
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"sessions still open: {self.health()}")
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def within(seconds: float, awaitable):
+    async with asyncio.timeout(seconds):
+        return await awaitable

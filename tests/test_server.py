@@ -1,0 +1,236 @@
+"""`realtime serve` over real WebRTC on 127.0.0.1, driven by the loopback client (tiny model).
+
+Timing bounds are the spec's where it sets them (barge-in stops outbound audio within 150 ms,
+measured at the server; a vanished client frees its slot within 5 s); everything else waits
+generously, so a loaded machine makes these slower, not red.
+"""
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+
+from realtime.loopback import LoopbackClient, SignalingError, call, post_offer
+from realtime.protocol import MAX_MESSAGE_BYTES
+
+from .serving import DATA, MAX_SESSIONS, TOKEN, WAIT_S, clip, within
+
+BARGE_IN_STOP_MS = 150
+SLOT_RELEASE_S = 5.0
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(live_server):
+    live_server.wait_idle()  # the previous test's sessions are gone
+    return live_server
+
+
+def types(client: LoopbackClient) -> list[str]:
+    return [e["type"] for e in client.events]
+
+
+def test_call_speaks_back_with_events_in_order(server):
+    async def scenario():
+        settings = {"max_answer_ms": 1500}
+        return await within(WAIT_S, call(server.url, clip("q_capital.wav"), TOKEN, settings))
+
+    client, spoken = asyncio.run(scenario())
+    seen = types(client)
+    expected = ["session.ready", "speech.started", "speech.stopped", "response.started"]
+    expected += ["turn.latency", "response.done"]
+    assert [t for t in seen if t in expected] == expected, seen
+    reply = client.recording.audio(since=spoken)
+    assert np.count_nonzero(np.abs(reply) > 1e-3) > 0.1 * reply.size
+    done = client.of_type("response.done")[0]
+    assert 0 < done["played_ms"] <= 1500 and done["reason"] != "error"
+    latency = client.of_type("turn.latency")[0]
+    assert 0 < latency["end_of_turn_ms"] <= latency["first_audio_ms"] < WAIT_S * 1000
+    assert latency["first_text_ms"] is not None
+
+
+async def _answer_then(client: LoopbackClient, act) -> dict:
+    """Speak a question, wait until the answer has played a while, act, await the interrupt."""
+    await client.connect()
+    client.send({"type": "settings", "max_answer_ms": 60_000})
+    await client.say(clip("q_capital.wav"))
+    started = await client.wait_for("response.started")
+    await asyncio.sleep(1.0)
+    await act()
+    return await client.wait_for("response.interrupted", after=started["_t"])
+
+
+def test_barge_in_stops_audio_within_150_ms(server):
+    async def scenario():
+        client = LoopbackClient(server.url, TOKEN)
+        try:
+            speech = clip("bargein_stop.wav")
+            event = await within(WAIT_S, _answer_then(client, lambda: client.say(speech)))
+            # The interrupting speech is a turn of its own and gets its own answer.
+            await within(WAIT_S, client.wait_for("response.started", after=event["_t"]))
+            return client, event
+        finally:
+            await client.close()
+
+    client, event = asyncio.run(scenario())
+    assert event["reason"] == "speech"
+    assert event["stop_ms"] <= BARGE_IN_STOP_MS, event
+    assert 500 <= event["played_ms"] <= 60_000
+    assert types(client).count("speech.started") == 2
+    # Nothing of the old answer arrives once the client is told it stopped (jitter aside).
+    quiet = client.recording.audio(since=event["_t"] + 0.25, until=event["_t"] + 0.5)
+    assert quiet.size and np.abs(quiet).max() < 1e-3
+
+
+def test_client_interrupt_stops_audio(server):
+    async def scenario():
+        client = LoopbackClient(server.url, TOKEN)
+        try:
+            return await within(WAIT_S, _answer_then(client, _interrupt(client)))
+        finally:
+            await client.close()
+
+    event = asyncio.run(scenario())
+    assert event["reason"] == "client" and event["stop_ms"] <= BARGE_IN_STOP_MS
+    assert event["played_ms"] >= 500
+
+
+def _interrupt(client: LoopbackClient):
+    async def act():
+        client.send({"type": "interrupt"})
+
+    return act
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"not json", 400, "bad_json"),
+        (json.dumps({"type": "offer"}).encode(), 400, "bad_offer"),
+        (json.dumps({"type": "offer", "sdp": "hello"}).encode(), 400, "bad_sdp"),
+        (
+            json.dumps(
+                {"type": "offer", "sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"}
+            ).encode(),
+            400,
+            "bad_sdp",
+        ),
+        (b"x" * (MAX_MESSAGE_BYTES + 1), 413, "too_large"),
+    ],
+)
+def test_bad_offers_get_clear_errors(server, body, status, code):
+    async def post():
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{server.url}/offer", data=body, headers=headers) as reply:
+                return reply.status, await reply.json()
+
+    got_status, reply = asyncio.run(post())
+    assert (got_status, reply["error"]["code"]) == (status, code), reply
+    assert reply["error"]["message"]
+    assert server.wait_idle() < WAIT_S  # a refused offer holds no slot
+
+
+def test_offer_without_audio_and_wrong_token_are_refused(server):
+    async def scenario():
+        pc = RTCPeerConnection()
+        pc.createDataChannel("events")
+        await pc.setLocalDescription(await pc.createOffer())
+        errors = []
+        for sdp, token in ((pc.localDescription.sdp, TOKEN), ("v=0", "wrong"), ("v=0", None)):
+            with pytest.raises(SignalingError) as refused:
+                await post_offer(server.url, sdp, token)
+            errors.append((refused.value.status, refused.value.code))
+        await pc.close()
+        return errors
+
+    assert asyncio.run(scenario()) == [
+        (400, "no_audio"),
+        (401, "unauthorized"),
+        (401, "unauthorized"),
+    ]
+
+
+def test_bad_data_channel_messages_get_errors_and_the_call_goes_on(server):
+    bad = [
+        ("{not json", "bad_json"),
+        (json.dumps({"type": "dance"}), "unknown_type"),
+        (json.dumps(["interrupt"]), "bad_json"),
+        (json.dumps({"type": "settings", "vad_aggressiveness": 9}), "bad_value"),
+        (json.dumps({"type": "settings", "volume": 3}), "bad_field"),
+        (json.dumps({"type": "settings", "pad": "x" * MAX_MESSAGE_BYTES}), "too_large"),
+    ]
+
+    async def scenario():
+        client = LoopbackClient(server.url, TOKEN)
+        try:
+            await within(WAIT_S, client.connect())
+            for raw, _ in bad:
+                client.send(raw)
+            client.send({"type": "settings", "vad_aggressiveness": 3})
+            await within(WAIT_S, client.wait_for("settings.updated"))
+            return client
+        finally:
+            await client.close()
+
+    client = asyncio.run(scenario())
+    assert [e["error"]["code"] for e in client.of_type("error")] == [code for _, code in bad]
+    assert client.of_type("settings.updated")[0]["settings"]["vad_aggressiveness"] == 3
+
+
+def test_one_session_too_many_is_busy_and_the_others_carry_on(server):
+    async def scenario():
+        clients = [LoopbackClient(server.url, TOKEN) for _ in range(MAX_SESSIONS)]
+        extra = LoopbackClient(server.url, TOKEN)
+        try:
+            for client in clients:
+                await within(WAIT_S, client.connect())
+            with pytest.raises(SignalingError) as refused:
+                await within(WAIT_S, extra.connect())
+            clients[0].send({"type": "settings", "max_answer_ms": 1000})
+            await within(WAIT_S, clients[0].wait_for("settings.updated"))
+            return refused.value
+        finally:
+            for client in [*clients, extra]:
+                await client.close()
+
+    refused = asyncio.run(scenario())
+    assert (refused.status, refused.code) == (503, "busy")
+
+
+def test_a_client_that_vanishes_mid_answer_frees_its_slot(server):
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.vanishing_caller",
+            server.url,
+            TOKEN,
+            str(DATA / "q_capital.wav"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=DATA.parent.parent,
+    )
+    try:
+        assert caller.stdout.readline().strip() == "answering"
+        assert server.health()["engine_sessions"] == 1
+        caller.kill()
+        caller.wait()
+        gone = time.monotonic()
+        server.wait_idle(timeout_s=SLOT_RELEASE_S)
+        assert time.monotonic() - gone <= SLOT_RELEASE_S
+    finally:
+        caller.kill()
+    # ... and the server still serves the next caller.
+    client, _ = asyncio.run(
+        within(WAIT_S, call(server.url, clip("q_capital.wav"), TOKEN, {"max_answer_ms": 500}))
+    )
+    assert "response.done" in types(client)
