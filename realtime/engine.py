@@ -271,7 +271,7 @@ class Engine:
 def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]]) -> list:
     """Each row's sampled ids (an int for text logits (N, V), 7 ints for audio (N, 7, V))."""
     if all(is_greedy(s.options.decoding) for s, _ in rows):
-        return logits.argmax(dim=-1).tolist()
+        return logits.float().argmax(dim=-1).tolist()
     return [
         sample(logits[i], s.options.decoding, s.generator).tolist() for i, (s, _) in enumerate(rows)
     ]

@@ -26,7 +26,7 @@ def sample(logits: torch.Tensor, opts: DecodingOptions, generator: torch.Generat
     """Pick one id per row of logits (..., V): top-k, then temperature, then top-p, as the
     reference does."""
     if is_greedy(opts):
-        return logits.argmax(dim=-1)
+        return logits.float().argmax(dim=-1)  # the same index; bf16 argmax is slow on CPUs
     logits = logits.float()
     if opts.top_k is not None:
         kept, index = torch.topk(logits, min(opts.top_k, logits.shape[-1]))

@@ -122,16 +122,17 @@ class Attention(nn.Module):
 def _decode_attention(q, k, v, mask, cfg: ModelConfig) -> torch.Tensor:
     """One query per row: q (B, n_head, 1, hs), k/v (B, groups, L, hs), mask (B, 1, 1, L).
 
-    Three small matmuls beat SDPA's flash kernel's fixed cost on a CPU at this size; the
-    grouped queries of one key/value head are its rows.
+    Three small fp32 matmuls beat SDPA's flash kernel's fixed cost on a CPU at this size (and
+    bf16 matmuls this small take a slow path there); the grouped queries of one key/value head
+    are its rows.
     """
     B, groups, L, hs = k.shape
-    q = q.view(B, groups, -1, hs)  # (B, groups, q_per_kv, hs)
-    scores = (q @ k.transpose(-1, -2)).float() * hs**-0.5  # (B, groups, q_per_kv, L)
+    q = q.view(B, groups, -1, hs).float()  # (B, groups, q_per_kv, hs)
+    scores = (q @ k.float().transpose(-1, -2)) * hs**-0.5  # (B, groups, q_per_kv, L)
     if B > 1:  # a lone row attends to everything cached before it
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).to(v.dtype)
-    return (weights @ v).view(B, cfg.n_head, 1, hs)
+    out = torch.softmax(scores, dim=-1) @ v.float()  # (B, groups, q_per_kv, hs)
+    return out.to(v.dtype).view(B, cfg.n_head, 1, hs)
 
 
 def _cache_write_read(cache: KVCache, layer, slots, positions, k, v, length: int):
