@@ -33,41 +33,37 @@ def available() -> bool:
 
 
 def max_rows() -> int:
-    lib = _library()
-    return lib.gemv_bf16_max_rows() if lib is not None else 0
+    return _max_rows()
 
 
 def gemv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """x (..., K) bf16 with at most max_rows() rows, weight (N, K) bf16, bias (N,) bf16 or None
-    -> (..., N) bf16. Contiguous CPU tensors only."""
-    lib = _library()
-    rows, (n, k) = x.numel() // x.shape[-1], weight.shape
-    x2 = x.reshape(rows, k).contiguous()
-    out = torch.empty(rows, n, dtype=torch.bfloat16)
-    scratch = torch.empty(rows, k, dtype=torch.float32)
-    status = lib.gemv_bf16(
-        weight.data_ptr(),
-        x2.data_ptr(),
-        None if bias is None else bias.data_ptr(),
-        out.data_ptr(),
-        rows,
-        n,
-        k,
-        scratch.data_ptr(),
-    )
+    -> (..., N) bf16. Contiguous CPU tensors only. (Called ~100 times a decode step: lean.)"""
+    k, n = x.shape[-1], weight.shape[0]
+    rows = x.numel() // k
+    x = x.contiguous()
+    out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
+    b = None if bias is None else bias.data_ptr()
+    status = _library().gemv_bf16(weight.data_ptr(), x.data_ptr(), b, out.data_ptr(), rows, n, k)
     if status != 0:
-        raise ValueError(f"gemv_bf16 takes 1..{max_rows()} rows, got {rows}")
-    return out.view(*x.shape[:-1], n)
+        raise ValueError(f"gemv_bf16 takes 1..{max_rows()} rows, got {rows} (status {status})")
+    return out
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether gemv_bf16 can take this product (else use torch)."""
     return (
-        x.device.type == "cpu"
-        and weight.dtype == torch.bfloat16 == x.dtype
+        x.dtype == torch.bfloat16 == weight.dtype
+        and x.device.type == "cpu"
+        and x.numel() // x.shape[-1] <= _max_rows()
         and weight.is_contiguous()
-        and x.numel() // x.shape[-1] <= max_rows()
     )
+
+
+@cache
+def _max_rows() -> int:
+    lib = _library()
+    return lib.gemv_bf16_max_rows() if lib is not None else 0
 
 
 @cache
@@ -81,7 +77,7 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError, FileNotFoundError):
         return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.gemv_bf16.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
+    lib.gemv_bf16.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64]
     lib.gemv_bf16.restype = ctypes.c_int
     lib.gemv_bf16_max_rows.restype = ctypes.c_int
     return lib

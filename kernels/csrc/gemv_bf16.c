@@ -13,6 +13,7 @@
  */
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define BLOCK_ROWS 8   /* output rows per block: 8 x 2 accumulators cover FMA latency */
 #define MAX_M 8        /* activation rows per call */
@@ -88,11 +89,26 @@ static void dot_pairs(const uint16_t *w, const float *x, int64_t M, int64_t K, f
 
 int gemv_bf16_max_rows(void) { return MAX_M; }
 
-/* Returns 0, or -1 when M is out of range (the caller falls back to torch). */
+/* The activations in fp32, per calling thread, grown as needed (freed at exit). */
+static __thread float *scratch_buf;
+static __thread int64_t scratch_len;
+
+static float *scratch(int64_t n) {
+    if (n > scratch_len) {
+        free(scratch_buf);
+        scratch_buf = malloc(n * sizeof(float));
+        scratch_len = scratch_buf ? n : 0;
+    }
+    return scratch_buf;
+}
+
+/* Returns 0, -1 when M is out of range (the caller falls back to torch), -2 without memory. */
 int gemv_bf16(const uint16_t *w, const uint16_t *x, const uint16_t *bias, uint16_t *y,
-              int64_t M, int64_t N, int64_t K, float *scratch /* (M, K) fp32 */) {
+              int64_t M, int64_t N, int64_t K) {
     if (M < 1 || M > MAX_M) return -1;
-    for (int64_t i = 0; i < M * K; i++) scratch[i] = bf16_to_f32(x[i]);
+    float *xs = scratch(M * K);  /* (M, K) */
+    if (!xs) return -2;
+    for (int64_t i = 0; i < M * K; i++) xs[i] = bf16_to_f32(x[i]);
     int64_t blocks = (N + BLOCK_ROWS - 1) / BLOCK_ROWS;
     #pragma omp parallel for schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
@@ -100,16 +116,16 @@ int gemv_bf16(const uint16_t *w, const uint16_t *x, const uint16_t *bias, uint16
         int64_t rows = N - n0 < BLOCK_ROWS ? N - n0 : BLOCK_ROWS;
         float out[MAX_M * BLOCK_ROWS];  /* out[m * BLOCK_ROWS + r] */
         if (rows == BLOCK_ROWS && M == 1 && K % 16 == 0) {
-            dot_block(w + n0 * K, scratch, K, out);
+            dot_block(w + n0 * K, xs, K, out);
         } else if (rows == BLOCK_ROWS && K % 8 == 0) {
             for (int64_t m0 = 0; m0 < M; m0 += 4)
                 for (int r = 0; r < BLOCK_ROWS; r += 2)
-                    dot_pairs(w + (n0 + r) * K, scratch + m0 * K, M - m0 < 4 ? M - m0 : 4, K,
+                    dot_pairs(w + (n0 + r) * K, xs + m0 * K, M - m0 < 4 ? M - m0 : 4, K,
                               out + m0 * BLOCK_ROWS + r);
         } else {
             for (int64_t m = 0; m < M; m++)
                 for (int64_t r = 0; r < rows; r++)
-                    out[m * BLOCK_ROWS + r] = dot_row(w + (n0 + r) * K, scratch + m * K, K);
+                    out[m * BLOCK_ROWS + r] = dot_row(w + (n0 + r) * K, xs + m * K, K);
         }
         for (int64_t m = 0; m < M; m++)
             for (int64_t r = 0; r < rows; r++) {

@@ -43,10 +43,10 @@ def test_keeps_leading_dims_and_refuses_too_many_rows():
 
 def test_torch_only_switch(monkeypatch):
     monkeypatch.setenv(cpu_gemv.TORCH_ONLY_ENV, "1")
-    cpu_gemv._library.cache_clear()
+    cpu_gemv._library.cache_clear(), cpu_gemv._max_rows.cache_clear()
     try:
-        assert not cpu_gemv.available()
+        assert not cpu_gemv.available() and cpu_gemv.max_rows() == 0
     finally:
         monkeypatch.delenv(cpu_gemv.TORCH_ONLY_ENV)
-        cpu_gemv._library.cache_clear()
+        cpu_gemv._library.cache_clear(), cpu_gemv._max_rows.cache_clear()
     assert cpu_gemv.available()
