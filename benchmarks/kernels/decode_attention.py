@@ -1,0 +1,47 @@
+"""GB/s of kernels/decode_attention.py (split-KV GQA decode) against its torch reference (the
+model's decode attention) and torch.compile, at the released head layout in a 2048-position
+cache: every row at the same length, for several lengths and batches. GB/s counts the keys and
+values each row reads. Writes benchmarks/results/triton_decode_attention-<gpu>.json.
+
+    python -m benchmarks.kernels.decode_attention [--dtype bf16] [--split-len 128]
+"""
+
+import torch
+
+from benchmarks.kernels import common
+
+SYNCING = ("torch", "compiled")
+
+
+def main() -> None:
+    args = common.parse_args(__doc__, split_len=(int, 128))
+    device = common.require_gpu("benchmarks.kernels.decode_attention")
+    from kernels.decode_attention import decode_attention, decode_attention_ref
+
+    cfg, dtype = common.RELEASED, common.DTYPES[args["dtype"]]
+    hs, groups, max_seq = cfg.head_size, cfg.n_query_groups, cfg.block_size
+
+    def kernel(q, k, v, layer, slots, lengths):
+        return decode_attention(q, k, v, layer, slots, lengths, split_len=args["split_len"])
+
+    impls = common.implementations(kernel, decode_attention_ref)
+    common.print_header()
+    cases = []
+    for B in common.DECODE_BATCHES:
+        k, v = (torch.randn(1, B, groups, max_seq, hs, device=device, dtype=dtype) for _ in "kv")
+        q = torch.randn(B, cfg.n_head, hs, device=device, dtype=dtype)
+        slots = torch.randperm(B, device=device)
+        for length in (256, 1024, max_seq):
+            lengths = torch.full((B,), length, device=device)
+            inputs = (q, k, v, 0, slots, lengths)
+            want = decode_attention_ref(q.float(), k.float(), v.float(), 0, slots, lengths)
+            torch.testing.assert_close(kernel(*inputs), want.to(dtype), rtol=2**-7, atol=1e-2)
+            nbytes = (2 * B * groups * length * hs + 2 * B * cfg.n_head * hs) * q.element_size()
+            label = f"B={B} length={length}"
+            # the reference reads int(lengths.max()) back: no CUDA graph for it
+            cases.append(common.compare(label, nbytes, impls, *inputs, host_sync=SYNCING))
+    common.write_results("decode_attention", cases, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Residual add fused with RMSNorm (realtime.model.RMSNorm after a block's `+ x`).
+
+    s = x + r                                   (in the model dtype: the new residual)
+    y = (s * rsqrt(mean(s^2) + eps)).to(dtype) * weight
+
+The normalisation runs in fp32; the result is cast to the model dtype before the weight
+multiplies it, in the model's order. Without `r` it is the plain RMSNorm (layer 0's norm_1).
+One program per row with the whole row in registers (BLOCK_C = next power of 2 of C; 1024 for
+n_embd 896): one read of x and r, one write of s and y.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_support import round_to, runs_kernel
+
+
+@triton.jit
+def _add_rmsnorm_kernel(
+    x_ptr, r_ptr, w_ptr, y_ptr, s_ptr,
+    C, eps,
+    stride_x_row, stride_r_row, stride_y_row, stride_s_row,
+    HAS_RESIDUAL: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_C)
+    in_row = cols < C
+    dtype = y_ptr.dtype.element_ty
+    s = tl.load(x_ptr + row * stride_x_row + cols, mask=in_row, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + row * stride_r_row + cols, mask=in_row, other=0.0).to(tl.float32)
+        s = round_to(s + r, dtype)  # the residual stream is kept in the model dtype
+        tl.store(s_ptr + row * stride_s_row + cols, s.to(dtype), mask=in_row)
+    rstd = tl.math.rsqrt(tl.sum(s * s, axis=0) / C + eps)
+    w = tl.load(w_ptr + cols, mask=in_row, other=0.0).to(tl.float32)
+    y = round_to(round_to(s * rstd, dtype) * w, dtype)
+    tl.store(y_ptr + row * stride_y_row + cols, y.to(dtype), mask=in_row)
+
+
+def add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, residual (..., C), weight (C,) -> (rmsnorm(x + residual) * weight, x + residual).
+    With residual None: (rmsnorm(x) * weight, x)."""
+    if not runs_kernel(x, weight):
+        return add_rmsnorm_ref(x, residual, weight, eps)
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C)  # (N, C)
+    assert x2.stride(1) == 1 and weight.is_contiguous() and weight.dtype == x.dtype
+    y = torch.empty_like(x2)
+    has_residual = residual is not None
+    if has_residual:
+        r2 = residual.reshape(-1, C)
+        assert r2.stride(1) == 1
+        s = torch.empty_like(x2)
+    else:  # never touched: HAS_RESIDUAL=False compiles the load and store away
+        r2, s = x2, x2
+    _add_rmsnorm_kernel[(x2.shape[0],)](
+        x2, r2, weight, y, s,
+        C, eps,
+        x2.stride(0), r2.stride(0), y.stride(0), s.stride(0),
+        HAS_RESIDUAL=has_residual, BLOCK_C=triton.next_power_of_2(C),
+        num_warps=4 if C <= 2048 else 8,
+    )  # fmt: skip
+    return y.view(x.shape), s.view(x.shape)
+
+
+def add_rmsnorm_ref(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch computation: Block's `+ x`, then RMSNorm.forward."""
+    s = x if residual is None else x + residual
+    sf = s.float()
+    sf = sf * torch.rsqrt(torch.mean(sf * sf, dim=-1, keepdim=True) + eps)
+    return sf.to(s.dtype) * weight, s

@@ -1,0 +1,162 @@
+"""Grouped-query attention for one new position per row, split over the keys (flash-decoding).
+
+Row b attends with q (B, n_head, hs) to the first lengths[b] keys and values of its own cache
+row slots[b] (cache layout (n_layer, slots, groups, max_seq, hs); head h reads group
+h // q_per_kv):
+
+    out[b, h] = softmax(q[b, h] . K[b, g]^T / sqrt(hs)) V[b, g]    over keys 0 .. lengths[b] - 1
+
+Stage 1, grid (B, groups, splits): one program takes the q_per_kv queries of a group (padded to
+a (BLOCK_H, BLOCK_D) tile for tl.dot) over one split of SPLIT_LEN keys, with an online softmax
+in fp32 (base 2: the scale and log2(e) are one factor), and writes each query's normalised
+partial output and log-sum-exp. Splits past a row's length run no iterations and write
+lse = -inf. Stage 2, grid (B, n_head): weights the splits by exp2(lse - max lse). The grid
+depends only on `max_length` (default: the cache's max_seq), never on the lengths' values, so
+a launch needs no host sync and can be captured in a CUDA graph.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_support import dot_dtype, runs_kernel
+
+SPLIT_LEN = 128  # keys per stage-1 program: 16 splits of a 2048-position cache
+BLOCK_N = 64  # keys per loop iteration
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_attention_kernel(
+    q_ptr, k_ptr, v_ptr, slot_ptr, len_ptr, mid_o_ptr, mid_lse_ptr,
+    qk_scale,
+    stride_q_b, stride_q_h,
+    stride_cache_s, stride_cache_g, stride_cache_p,
+    stride_mid_b, stride_mid_h, stride_mid_split,
+    Q_PER_KV: tl.constexpr, HS: tl.constexpr, SPLIT_LEN: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    b, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    h = tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    head = g * Q_PER_KV + h  # (BLOCK_H,) query heads of this group
+    q_tile = (h < Q_PER_KV)[:, None] & (d < HS)[None, :]
+    q_offs = b * stride_q_b + head[:, None] * stride_q_h + d[None, :]
+    q = tl.load(q_ptr + q_offs, mask=q_tile, other=0.0).to(DOT_DTYPE)  # zero padding rows
+
+    length = tl.load(len_ptr + b)
+    start = split * SPLIT_LEN
+    end = tl.minimum(start + SPLIT_LEN, length)
+    kv = tl.load(slot_ptr + b).to(tl.int64) * stride_cache_s + g * stride_cache_g
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        kv_tile = (n < end)[:, None] & (d < HS)[None, :]
+        offs = kv + n[:, None].to(tl.int64) * stride_cache_p + d[None, :]  # (BLOCK_N, BLOCK_D)
+        k = tl.load(k_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_H, BLOCK_N)
+        s = tl.where((n < end)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
+        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
+        m_i = m_new
+
+    has_keys = l_i > 0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    # mid_lse (B, n_head, splits) and mid_o (B, n_head, splits, HS) are contiguous: one offset
+    mid = b * stride_mid_b + head * stride_mid_h + split * stride_mid_split  # (BLOCK_H,)
+    tl.store(mid_o_ptr + mid[:, None] * HS + d[None, :], out, mask=q_tile)
+    tl.store(mid_lse_ptr + mid, lse, mask=h < Q_PER_KV)
+
+
+@triton.jit
+def _decode_attention_reduce_kernel(
+    mid_o_ptr, mid_lse_ptr, out_ptr,
+    stride_mid_b, stride_mid_h, stride_mid_split,
+    stride_out_b, stride_out_h,
+    SPLITS: tl.constexpr, HS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    b, h = tl.program_id(0), tl.program_id(1)
+    sp = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    mid = b * stride_mid_b + h * stride_mid_h + sp * stride_mid_split  # (BLOCK_S,)
+    lse = tl.load(mid_lse_ptr + mid, mask=sp < SPLITS, other=float("-inf"))
+    w = tl.exp2(lse - tl.max(lse, axis=0))  # empty splits weigh 0
+    tile = (sp < SPLITS)[:, None] & (d < HS)[None, :]
+    o = tl.load(mid_o_ptr + mid[:, None] * HS + d[None, :], mask=tile, other=0.0)
+    out = tl.sum(w[:, None] * o, axis=0) / tl.sum(w, axis=0)
+    dst = out_ptr + b * stride_out_b + h * stride_out_h + d
+    tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=d < HS)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layer: int,
+    slots: torch.Tensor,
+    lengths: torch.Tensor,
+    max_length: int | None = None,
+    split_len: int = SPLIT_LEN,
+) -> torch.Tensor:
+    """q (B, n_head, hs), caches (n_layer, slots, groups, max_seq, hs), slots (B,), lengths (B,)
+    with 1 <= lengths <= max_length (default max_seq) -> out (B, n_head, hs) in q's dtype."""
+    if not runs_kernel(q, k_cache):
+        return decode_attention_ref(q, k_cache, v_cache, layer, slots, lengths)
+    B, n_head, hs = q.shape
+    _, _, groups, max_seq, _ = k_cache.shape
+    block_n = min(BLOCK_N, split_len)
+    assert split_len % block_n == 0 and q.stride(2) == 1
+    k_layer, v_layer = k_cache[layer], v_cache[layer]  # (slots, groups, max_seq, hs)
+    assert k_layer.stride() == v_layer.stride() and k_layer.stride(3) == 1
+    splits = triton.cdiv(max_length or max_seq, split_len)
+    mid_o = torch.empty(B, n_head, splits, hs, device=q.device, dtype=torch.float32)
+    mid_lse = torch.empty(B, n_head, splits, device=q.device, dtype=torch.float32)
+    block_d = max(16, triton.next_power_of_2(hs))  # tl.dot takes no dimension under 16
+    _decode_attention_kernel[(B, groups, splits)](
+        q, k_layer, v_layer, slots, lengths, mid_o, mid_lse,
+        hs**-0.5 * LOG2E,
+        q.stride(0), q.stride(1),
+        k_layer.stride(0), k_layer.stride(1), k_layer.stride(2),
+        mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
+        Q_PER_KV=n_head // groups, HS=hs, SPLIT_LEN=split_len, DOT_DTYPE=dot_dtype(q.dtype),
+        BLOCK_H=max(16, triton.next_power_of_2(n_head // groups)), BLOCK_N=block_n,
+        BLOCK_D=block_d,
+    )  # fmt: skip
+    out = torch.empty_like(q)
+    _decode_attention_reduce_kernel[(B, n_head)](
+        mid_o, mid_lse, out,
+        mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
+        out.stride(0), out.stride(1),
+        SPLITS=splits, HS=hs, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
+    )  # fmt: skip
+    return out
+
+
+def decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layer: int,
+    slots: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """The torch computation (realtime.model's decode attention: fp32 throughout, one rounding
+    at the end), each row masked to its own length."""
+    B, n_head, hs = q.shape
+    groups = k_cache.shape[2]
+    length = int(lengths.max())
+    k = k_cache[layer][slots, :, :length].float()  # (B, groups, length, hs)
+    v = v_cache[layer][slots, :, :length].float()
+    keep = torch.arange(length, device=q.device) < lengths[:, None]  # (B, length)
+    qf = q.view(B, groups, n_head // groups, hs).float()  # a group's queries are its rows
+    scores = (qf @ k.transpose(-1, -2)) * hs**-0.5  # (B, groups, q_per_kv, length)
+    scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v  # (B, groups, q_per_kv, hs)
+    return out.to(q.dtype).view(B, n_head, hs)

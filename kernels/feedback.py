@@ -1,0 +1,110 @@
+"""Delayed-parallel feedback on the device: a step's sampled ids become the next step's input.
+
+realtime.generate.Generation.accept and next_input, for B rows at once with no host sync. Per
+row b, with sampled audio a_i (layer-local, i = 0..6) and text t, and `later` = not first[b]
+(the first step, sampled from the prompt itself, is kept without checks):
+
+    speech rows (audio_out[b]):
+        t       = _pad_t                     if later and text_ended[b]   (text forced after _eot)
+        stop[b] = later and a_6 == _eoa                                   (end of audio)
+        text_ended[b] |= later and not stop[b] and t == _eot              (updated in place)
+    text rows (not audio_out[b]):
+        stop[b] = later and t == _eot                                     (end of text)
+    next_ids[b, i] = (a_i if speaks[b] else _pad_a) + 152000 + 4160 i     (layer-shifted)
+    next_ids[b, 7] = t
+
+`sampled[b]` holds row b's request's ids: for a2a-batch the audio of its row 0 and the text of
+its row 1 in both rows (gather them first); `speaks` is set only on a speech task's audio row.
+The length limit stays with the host, which knows every row's step count. One program per
+BLOCK_B rows, each an (BLOCK_B, 8) tile.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_support import runs_kernel
+from realtime import tokens
+
+BLOCK_B = 16
+
+
+@triton.jit
+def _feedback_kernel(
+    sampled_ptr, speaks_ptr, audio_out_ptr, first_ptr, text_ended_ptr, next_ptr, stop_ptr,
+    B,
+    stride_sampled_b, stride_next_b,
+    AUDIO_LAYERS: tl.constexpr, TEXT_VOCAB: tl.constexpr, AUDIO_VOCAB: tl.constexpr,
+    EOT: tl.constexpr, PAD_T: tl.constexpr, EOA: tl.constexpr, PAD_A: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
+    s = tl.arange(0, BLOCK_S)[None, :]  # stream: audio layers, then the text
+    in_b = rows < B
+    tile = in_b[:, None] & (s <= AUDIO_LAYERS)
+    ids = tl.load(sampled_ptr + rows[:, None] * stride_sampled_b + s, mask=tile, other=0)
+    speaks = tl.load(speaks_ptr + rows, mask=in_b, other=0) != 0
+    audio_out = tl.load(audio_out_ptr + rows, mask=in_b, other=0) != 0
+    later = tl.load(first_ptr + rows, mask=in_b, other=1) == 0
+    ended = tl.load(text_ended_ptr + rows, mask=in_b, other=0) != 0
+
+    text = tl.sum(tl.where(s == AUDIO_LAYERS, ids, 0), axis=1)  # (BLOCK_B,)
+    last_audio = tl.sum(tl.where(s == AUDIO_LAYERS - 1, ids, 0), axis=1)
+    text = tl.where(audio_out & later & ended, PAD_T, text)
+    stop = later & tl.where(audio_out, last_audio == EOA, text == EOT)
+    ended = ended | (audio_out & later & ~stop & (text == EOT))
+
+    audio = tl.where(speaks[:, None], ids, PAD_A) + TEXT_VOCAB + s * AUDIO_VOCAB
+    out = tl.where(s == AUDIO_LAYERS, text[:, None], audio)
+    tl.store(next_ptr + rows[:, None] * stride_next_b + s, out.to(tl.int64), mask=tile)
+    tl.store(stop_ptr + rows, stop.to(tl.uint8), mask=in_b)
+    tl.store(text_ended_ptr + rows, ended.to(tl.uint8), mask=in_b)
+
+
+def feedback(
+    sampled: torch.Tensor,
+    speaks: torch.Tensor,
+    audio_out: torch.Tensor,
+    first: torch.Tensor,
+    text_ended: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sampled (B, 8) ids (layer-local audio, then text); speaks, audio_out, first,
+    text_ended (B,) bool -> (next_ids (B, 8) int64, stop (B,) bool); text_ended is updated in
+    place."""
+    if not runs_kernel(sampled, text_ended):
+        return feedback_ref(sampled, speaks, audio_out, first, text_ended)
+    B = sampled.shape[0]
+    assert sampled.shape[1] == tokens.STREAMS and sampled.stride(1) == 1
+    assert text_ended.dtype == torch.bool and text_ended.is_contiguous()
+    flags = [f.contiguous().view(torch.uint8) for f in (speaks, audio_out, first)]
+    next_ids = torch.empty(B, tokens.STREAMS, device=sampled.device, dtype=torch.int64)
+    stop = torch.empty(B, device=sampled.device, dtype=torch.bool)
+    _feedback_kernel[(triton.cdiv(B, BLOCK_B),)](
+        sampled, *flags, text_ended.view(torch.uint8), next_ids, stop.view(torch.uint8),
+        B,
+        sampled.stride(0), next_ids.stride(0),
+        AUDIO_LAYERS=tokens.AUDIO_LAYERS, TEXT_VOCAB=tokens.TEXT_VOCAB_PADDED,
+        AUDIO_VOCAB=tokens.AUDIO_LAYER_VOCAB,
+        EOT=tokens.EOT, PAD_T=tokens.PAD_T, EOA=tokens.EOA, PAD_A=tokens.PAD_A,
+        BLOCK_B=BLOCK_B, BLOCK_S=triton.next_power_of_2(tokens.STREAMS),
+    )  # fmt: skip
+    return next_ids, stop
+
+
+def feedback_ref(
+    sampled: torch.Tensor,
+    speaks: torch.Tensor,
+    audio_out: torch.Tensor,
+    first: torch.Tensor,
+    text_ended: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same rules in torch ops (no host sync either)."""
+    later = ~first
+    audio, text = sampled[:, : tokens.AUDIO_LAYERS], sampled[:, tokens.TEXT_STREAM]
+    text = torch.where(audio_out & later & text_ended, tokens.PAD_T, text)
+    stop = later & torch.where(audio_out, audio[:, -1] == tokens.EOA, text == tokens.EOT)
+    text_ended |= audio_out & later & ~stop & (text == tokens.EOT)
+    layers = torch.arange(tokens.AUDIO_LAYERS, device=sampled.device)  # no host copy
+    offsets = tokens.TEXT_VOCAB_PADDED + layers * tokens.AUDIO_LAYER_VOCAB  # audio_offset(i)
+    audio = torch.where(speaks[:, None], audio, tokens.PAD_A) + offsets  # (B, 7)
+    return torch.cat((audio, text[:, None]), dim=1).long(), stop

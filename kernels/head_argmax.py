@@ -1,0 +1,158 @@
+"""The tied head with greedy selection fused: the 181120 logits of a row are never written.
+
+For hidden h (B, C) and the table W (V, C), logits = h W^T rounded to the model dtype (as the
+model's head returns them), and per row
+
+    ids[b, i] = argmax(logits[b, TEXT + i A : TEXT + (i + 1) A])   audio layer i (layer-local)
+    ids[b, 7] = argmax(logits[b, 0 : TEXT])   or _pad_t where skip_text[b]
+
+with TEXT = 152000, A = 4160; ties go to the lowest index (torch.argmax's rule). Stage 1, grid
+(blocks, B tiles): a block is BLOCK_V rows of one range (ranges never share a block), streamed
+once for up to BLOCK_B rows of h through tl.dot, reduced to a max and argmax per row. Text
+blocks read nothing when every row of the tile skips the text (after _eot it is forced), which
+leaves a decode step 26 MB of audio rows instead of 325 MB (bf16). Stage 2, grid (B, 8): reduces
+each range's partials in block order, so the lowest index still wins a tie.
+"""
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels.triton_support import dot_dtype, round_to, runs_kernel
+from realtime import tokens
+
+BLOCK_V = 64  # table rows per program: 2830 programs at the released vocab
+BLOCK_C = 128
+MAX_BLOCK_B = 32  # rows of h per program; more rows take another tile (another pass over W)
+NO_INDEX = tl.constexpr(2**31 - 1)  # a global a kernel reads must be a constexpr
+
+
+@triton.jit
+def _head_argmax_kernel(
+    h_ptr, w_ptr, skip_ptr, part_val_ptr, part_idx_ptr,
+    B, C,
+    stride_h_b, stride_w_v, stride_part_b,
+    TEXT_V: tl.constexpr, AUDIO_V: tl.constexpr,
+    TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) rows of h
+    is_text = pid < TEXT_BLOCKS
+    audio_pid = tl.maximum(pid - TEXT_BLOCKS, 0)
+    block = tl.where(is_text, pid, audio_pid % AUDIO_BLOCKS)  # within the range
+    range_start = tl.where(is_text, 0, TEXT_V + (audio_pid // AUDIO_BLOCKS) * AUDIO_V)
+    range_len = tl.where(is_text, TEXT_V, AUDIO_V)
+    skip = tl.load(skip_ptr + rows, mask=rows < B, other=1)
+    needed = tl.sum(tl.where(skip == 0, 1, 0), axis=0) > 0
+    # A masked load reads no memory: no row wants this text block, so none of it is read.
+    range_len = tl.where(is_text & ~needed, 0, range_len)
+
+    local = block * BLOCK_V + tl.arange(0, BLOCK_V)  # (BLOCK_V,) ids within the range
+    in_range = local < range_len
+    w_rows = (range_start + local).to(tl.int64) * stride_w_v
+    acc = tl.zeros([BLOCK_B, BLOCK_V], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        w_tile = in_range[:, None] & (c < C)[None, :]
+        w = tl.load(w_ptr + w_rows[:, None] + c[None, :], mask=w_tile, other=0.0)
+        h_tile = (rows < B)[:, None] & (c < C)[None, :]
+        h = tl.load(h_ptr + rows[:, None] * stride_h_b + c[None, :], mask=h_tile, other=0.0)
+        acc += tl.dot(h.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), input_precision="ieee")
+    logits = round_to(acc, h_ptr.dtype.element_ty)  # the model's logits are in its dtype
+    logits = tl.where(in_range[None, :], logits, float("-inf"))
+    best = tl.max(logits, axis=1)  # (BLOCK_B,)
+    best_id = tl.min(tl.where(logits == best[:, None], local[None, :], NO_INDEX), axis=1)
+    part = rows * stride_part_b + pid
+    tl.store(part_val_ptr + part, best, mask=rows < B)
+    tl.store(part_idx_ptr + part, best_id, mask=rows < B)
+
+
+@triton.jit
+def _head_argmax_reduce_kernel(
+    part_val_ptr, part_idx_ptr, skip_ptr, ids_ptr,
+    stride_part_b, stride_ids_b,
+    AUDIO_LAYERS: tl.constexpr, TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr,
+    TEXT_FILL: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    b, r = tl.program_id(0), tl.program_id(1)  # r: audio layer 0..6, then 7 for the text
+    is_text = r == AUDIO_LAYERS
+    first = tl.where(is_text, 0, TEXT_BLOCKS + r * AUDIO_BLOCKS)
+    count = tl.where(is_text, TEXT_BLOCKS, AUDIO_BLOCKS)
+    best = tl.full((), float("-inf"), tl.float32)
+    best_id = tl.full((), NO_INDEX, tl.int32)
+    for p0 in range(0, count, BLOCK_P):  # blocks in index order: on a tie the earlier one wins
+        p = p0 + tl.arange(0, BLOCK_P)
+        part = b * stride_part_b + first + p
+        vals = tl.load(part_val_ptr + part, mask=p < count, other=float("-inf"))
+        ids = tl.load(part_idx_ptr + part, mask=p < count, other=NO_INDEX)
+        chunk_best = tl.max(vals, axis=0)
+        chunk_id = tl.min(tl.where(vals == chunk_best, ids, NO_INDEX), axis=0)
+        better = chunk_best > best
+        best_id = tl.where(better, chunk_id, best_id)
+        best = tl.where(better, chunk_best, best)
+    skipped = is_text & (tl.load(skip_ptr + b) != 0)
+    tl.store(ids_ptr + b * stride_ids_b + r, tl.where(skipped, TEXT_FILL, best_id).to(tl.int64))
+
+
+def head_argmax(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    skip_text: torch.Tensor | None = None,
+    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
+    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
+    audio_layers: int = tokens.AUDIO_LAYERS,
+    block_v: int = BLOCK_V,
+) -> torch.Tensor:
+    """h (B, C), weight (text_vocab + audio_layers * audio_vocab, C), skip_text (B,) bool or
+    None -> ids (B, audio_layers + 1) int64: layer-local audio ids, then the text id (_pad_t
+    where skip_text)."""
+    if not runs_kernel(h, weight):
+        return head_argmax_ref(h, weight, skip_text, text_vocab, audio_vocab, audio_layers)
+    B, C = h.shape
+    assert weight.shape[0] == text_vocab + audio_layers * audio_vocab
+    assert h.stride(1) == 1 and weight.stride(1) == 1
+    if skip_text is None:
+        skip_text = torch.zeros(B, dtype=torch.bool, device=h.device)
+    skip = skip_text.contiguous().view(torch.uint8)
+    text_blocks, audio_blocks = triton.cdiv(text_vocab, block_v), triton.cdiv(audio_vocab, block_v)
+    blocks = text_blocks + audio_layers * audio_blocks
+    part_val = torch.empty(B, blocks, device=h.device, dtype=torch.float32)
+    part_idx = torch.empty(B, blocks, device=h.device, dtype=torch.int32)
+    block_b = min(MAX_BLOCK_B, max(16, triton.next_power_of_2(B)))  # tl.dot's minimum is 16
+    _head_argmax_kernel[(blocks, triton.cdiv(B, block_b))](
+        h, weight, skip, part_val, part_idx,
+        B, C,
+        h.stride(0), weight.stride(0), part_val.stride(0),
+        TEXT_V=text_vocab, AUDIO_V=audio_vocab,
+        TEXT_BLOCKS=text_blocks, AUDIO_BLOCKS=audio_blocks, DOT_DTYPE=dot_dtype(h.dtype),
+        BLOCK_B=block_b, BLOCK_V=block_v, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)),
+    )  # fmt: skip
+    ids = torch.empty(B, audio_layers + 1, device=h.device, dtype=torch.int64)
+    _head_argmax_reduce_kernel[(B, audio_layers + 1)](
+        part_val, part_idx, skip, ids,
+        part_val.stride(0), ids.stride(0),
+        AUDIO_LAYERS=audio_layers, TEXT_BLOCKS=text_blocks, AUDIO_BLOCKS=audio_blocks,
+        TEXT_FILL=tokens.PAD_T, BLOCK_P=min(1024, triton.next_power_of_2(text_blocks)),
+    )  # fmt: skip
+    return ids
+
+
+def head_argmax_ref(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    skip_text: torch.Tensor | None = None,
+    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
+    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
+    audio_layers: int = tokens.AUDIO_LAYERS,
+) -> torch.Tensor:
+    """The torch computation: the full logits (OmniLM.text_logits / audio_logits), argmax per
+    range."""
+    # (B, V): the model dtype's values; upcast (exactly) because bf16 argmax is slow on CPUs
+    logits = F.linear(h, weight).float()
+    text = logits[:, :text_vocab].argmax(dim=-1)  # (B,)
+    if skip_text is not None:
+        text = torch.where(skip_text, tokens.PAD_T, text)
+    audio = logits[:, text_vocab:].view(-1, audio_layers, audio_vocab).argmax(dim=-1)  # (B, 7)
+    return torch.cat((audio, text[:, None]), dim=1)

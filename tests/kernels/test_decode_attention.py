@@ -1,0 +1,95 @@
+"""kernels/decode_attention.py against its torch reference, and the references of a decode
+step's attention (qkv_rope_cache_ref, decode_attention_ref) against the model's Attention."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernels.decode_attention import decode_attention, decode_attention_ref
+from kernels.qkv_rope_cache import qkv_rope_cache_ref
+
+# fp32: another summation order. bf16: both compute in fp32 and round once at the end; on a GPU
+# the kernel also rounds the softmax weights to bf16 for the tensor-core product.
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2**-7, atol=1e-2),
+}
+
+
+def make_case(B, groups, q_per_kv, hs, max_seq, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    slots_total = B + 2
+    shape = (2, slots_total, groups, max_seq, hs)  # two layers
+    k = torch.randn(shape, generator=gen).to(device, dtype)
+    v = torch.randn(shape, generator=gen).to(device, dtype)
+    q = (2 * torch.randn(B, groups * q_per_kv, hs, generator=gen)).to(device, dtype)
+    slots = torch.randperm(slots_total, generator=gen)[:B].to(device)
+    return q, k, v, slots
+
+
+CASES = [  # (groups, q_per_kv, hs, lengths, split_len): lengths ragged against the splits
+    (2, 7, 64, [37], 16),  # the released head layout, one row
+    (2, 2, 16, [1, 17, 48], 16),  # tiny preset; a row with one key, one a key past a split
+    (1, 3, 32, [5, 32, 9], 32),
+    (2, 7, 64, [48, 1, 20], 64),  # one split holds everything
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("groups", "q_per_kv", "hs", "lengths", "split_len"), CASES)
+def test_matches_ref(device, dtype, groups, q_per_kv, hs, lengths, split_len):
+    B, max_seq = len(lengths), 48
+    q, k, v, slots = make_case(B, groups, q_per_kv, hs, max_seq, dtype, device, seed=B * hs)
+    lengths = torch.tensor(lengths, device=device)
+    got = decode_attention(q, k, v, 1, slots, lengths, split_len=split_len)
+    assert got.shape == q.shape and got.dtype == dtype
+    torch.testing.assert_close(got, decode_attention_ref(q, k, v, 1, slots, lengths), **TOL[dtype])
+
+
+def test_max_length_bounds_the_splits(device):
+    """A grid sized for `max_length` < max_seq reads no further and still covers every key."""
+    q, k, v, slots = make_case(3, 2, 2, 16, 64, torch.float32, device)
+    lengths = torch.tensor([20, 3, 24], device=device)
+    got = decode_attention(q, k, v, 0, slots, lengths, max_length=24, split_len=16)
+    torch.testing.assert_close(
+        got, decode_attention_ref(q, k, v, 0, slots, lengths), **TOL[q.dtype]
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_refs_are_the_model_attention(tiny_lm, model_products, dtype):
+    """One decode step of rows at different positions and slots through the model's Attention:
+    from the model's own qkv product, qkv_rope_cache_ref then decode_attention_ref give the
+    model's cache and the model's attention output (the input of its projection), bit for bit."""
+    lm = tiny_lm(dtype)
+    torch.manual_seed(1)
+    cfg, attn, layer = lm.cfg, lm.transformer.h[1].attn, 1
+    positions = torch.tensor([[6], [0], [11]])  # (B, 1)
+    slots = torch.tensor([3, 0, 1])
+    B = len(slots)
+    cache = lm.new_cache(slots=4, max_seq=16)
+    cache.k.normal_(), cache.v.normal_()  # earlier positions: whatever a prefill left
+    k_ref, v_ref = cache.k.clone(), cache.v.clone()
+    x = torch.randn(B, 1, cfg.n_embd).to(dtype)
+    length = int(positions.max()) + 1
+    mask = (torch.arange(length)[None, None, :] <= positions[:, :, None])[:, None]
+    cos, sin = lm.cos[positions][:, None], lm.sin[positions][:, None]
+    attn(x, cos, sin, cache, layer, slots, positions, mask)
+
+    _, qkv = model_products.of(attn.attn.weight)
+    y_model, _ = model_products.of(attn.proj.weight)  # (B, 1, n_head * hs)
+    q = qkv_rope_cache_ref(qkv, lm.cos, lm.sin, positions, slots, k_ref, v_ref, layer)
+    y = decode_attention_ref(q[:, :, 0], k_ref, v_ref, layer, slots, positions[:, 0] + 1)
+    assert torch.equal(cache.k, k_ref) and torch.equal(cache.v, v_ref)
+    assert torch.equal(y.reshape(B, 1, -1), y_model)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 8])
+def test_released_shapes_on_gpu(B):
+    q, k, v, slots = make_case(B, 2, 7, 64, 2048, torch.bfloat16, "cuda")
+    lengths = torch.randint(1, 2049, (B,), device="cuda")
+    got = decode_attention(q, k, v, 1, slots, lengths)
+    want = decode_attention_ref(q, k, v, 1, slots, lengths)
+    torch.testing.assert_close(got, want, **TOL[torch.bfloat16])

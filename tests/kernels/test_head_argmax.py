@@ -1,0 +1,110 @@
+"""kernels/head_argmax.py against its torch reference (on a toy token layout: the interpreter is
+slow), and the reference against the model's heads (on the real layout)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernels.head_argmax import head_argmax, head_argmax_ref
+from realtime import tokens
+
+LAYERS = tokens.AUDIO_LAYERS
+LAYOUTS = [(300, 70), (320, 64)]  # (text, audio) range sizes: ragged and block-aligned
+
+
+def make_case(B, C, text, audio, dtype, device, integer, seed=0):
+    """h (B, C), W (V, C). Integer entries make every logit exact in any summation order (and in
+    bf16: |logit| < 256), with many ties."""
+    gen = torch.Generator().manual_seed(seed)
+    V = text + LAYERS * audio
+    if integer:
+        h = torch.randint(-2, 3, (B, C), generator=gen).float()
+        w = torch.randint(-2, 3, (V, C), generator=gen).float()
+    else:
+        h, w = torch.randn(B, C, generator=gen), torch.randn(V, C, generator=gen)
+    return h.to(device, dtype), w.to(device, dtype)
+
+
+def chosen_logits(ids, h, w, text):
+    """The fp32 logits of the chosen ids and the best ones, per (row, range): (B, 8) each."""
+    logits = h.float() @ w.float().T  # (B, V)
+    audio = logits[:, text:].view(len(h), LAYERS, -1)
+    ranges = [audio[:, i] for i in range(LAYERS)] + [logits[:, :text]]
+    got = torch.stack([r.gather(1, ids[:, i : i + 1])[:, 0] for i, r in enumerate(ranges)], 1)
+    return got, torch.stack([r.max(dim=1).values for r in ranges], 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("text", "audio"), LAYOUTS)
+@pytest.mark.parametrize(("B", "C", "block_v"), [(1, 64, 64), (3, 40, 16)])
+def test_exact_logits_match_ref_and_ties_go_low(device, dtype, text, audio, B, C, block_v):
+    h, w = make_case(B, C, text, audio, dtype, device, integer=True, seed=B + C)
+    got = head_argmax(h, w, None, text, audio, LAYERS, block_v=block_v)
+    assert got.shape == (B, LAYERS + 1) and got.dtype == torch.int64
+    assert torch.equal(got, head_argmax_ref(h, w, None, text, audio, LAYERS))
+
+
+def test_more_rows_than_one_tile(device):
+    """40 rows: two tiles of h, each streaming the table (and skipping text) on its own."""
+    text, audio = LAYOUTS[0]
+    h, w = make_case(40, 24, text, audio, torch.float32, device, integer=True)
+    skip = torch.arange(40, device=device) >= 32  # the second tile needs no text
+    got = head_argmax(h, w, skip, text, audio, LAYERS, block_v=64)
+    assert torch.equal(got, head_argmax_ref(h, w, skip, text, audio, LAYERS))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_random_logits_pick_a_maximum(device, dtype):
+    """Ordinary logits: the chosen one is the largest, up to the rounding of the model dtype
+    (the kernel sums in another order than torch, so a near-tie may go either way)."""
+    text, audio = LAYOUTS[0]
+    h, w = make_case(3, 100, text, audio, dtype, device, integer=False)
+    got = head_argmax(h, w, None, text, audio, LAYERS, block_v=32)
+    chosen, best = chosen_logits(got, h, w, text)
+    slack = 1e-5 if dtype == torch.float32 else 2**-7
+    assert (chosen >= best - slack * best.abs()).all()
+    same = got == head_argmax_ref(h, w, None, text, audio, LAYERS)
+    assert same.float().mean() > 0.9
+
+
+def test_all_tied_range_picks_its_first_id(device):
+    text, audio = LAYOUTS[0]
+    h, w = make_case(2, 32, text, audio, torch.float32, device, integer=True)
+    w[:] = 1.0  # every logit of a row equal, across every block of every range
+    got = head_argmax(h, w, None, text, audio, LAYERS, block_v=16)
+    assert (got == 0).all()
+
+
+def test_skipped_rows_get_pad_t(device):
+    text, audio = LAYOUTS[0]
+    h, w = make_case(3, 40, text, audio, torch.float32, device, integer=True)
+    want = head_argmax_ref(h, w, None, text, audio, LAYERS)
+    for skip in ([False, True, False], [True, True, True]):
+        skip = torch.tensor(skip, device=device)
+        got = head_argmax(h, w, skip, text, audio, LAYERS, block_v=32)
+        assert torch.equal(got[:, :LAYERS], want[:, :LAYERS])  # audio untouched
+        assert torch.equal(got[:, LAYERS], torch.where(skip, tokens.PAD_T, want[:, LAYERS]))
+        assert torch.equal(got, head_argmax_ref(h, w, skip, text, audio, LAYERS))
+
+
+def test_ref_is_the_model_heads(tiny_lm):
+    lm = tiny_lm(torch.float32)
+    h = torch.randn(3, lm.cfg.n_embd, generator=torch.Generator().manual_seed(0))
+    want_text = lm.text_logits(h).argmax(dim=-1)  # (B,)
+    want_audio = lm.audio_logits(h).argmax(dim=-1)  # (B, 7), layer-local
+    got = head_argmax_ref(h, lm.lm_head.weight)
+    assert torch.equal(got, torch.cat((want_audio, want_text[:, None]), dim=1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 8, 40])
+def test_released_shapes_on_gpu(B):
+    layout = (tokens.TEXT_VOCAB_PADDED, tokens.AUDIO_LAYER_VOCAB)
+    h, w = make_case(B, 896, *layout, torch.bfloat16, "cuda", integer=False)
+    got = head_argmax(h, w)
+    chosen, best = chosen_logits(got, h, w, tokens.TEXT_VOCAB_PADDED)
+    assert (chosen >= best - 2**-7 * best.abs()).all()
+    assert (got == head_argmax_ref(h, w)).float().mean() > 0.9
+    h, w = make_case(B, 896, *layout, torch.bfloat16, "cuda", integer=True)
+    assert torch.equal(head_argmax(h, w), head_argmax_ref(h, w))
