@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.cpu_gemv import TORCH_ONLY_ENV
+from kernels.cpu_decode import TORCH_ONLY_ENV
 
 
 def interpreting() -> bool:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import cpu_gemv
+from kernels import cpu_decode
 from realtime import tokens
 from realtime.config import ModelConfig
 
@@ -23,10 +23,10 @@ CPU_UPCAST_ROWS = 32
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """x W^T + b, routed to the fastest path for bf16 on a CPU: our GEMV kernel for a decode
-    step's few rows (kernels/cpu_gemv.py), fp32 for a prefill's many."""
+    step's few rows (kernels/cpu_decode.py), fp32 for a prefill's many."""
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
-        if cpu_gemv.usable(x, weight):
-            return cpu_gemv.gemv_bf16(x, weight, bias)
+        if cpu_decode.usable(x, weight):
+            return cpu_decode.gemv_bf16(x, weight, bias)
         if x.numel() // x.shape[-1] > CPU_UPCAST_ROWS:
             bias = None if bias is None else bias.float()
             return F.linear(x.float(), weight.float(), bias).to(x.dtype)
@@ -99,6 +99,13 @@ class Attention(nn.Module):
         q_per_kv = cfg.n_head // cfg.n_query_groups
         # litgpt packs each query group as [q_0 .. q_{q_per_kv-1}, k, v].
         qkv = linear(x, self.attn.weight, self.attn.bias)
+        if B == 1 and T == 1 and _one_row_in_c(qkv, cos, cache, slots):
+            slot, pos = int(slots[0]), int(positions[0, 0])
+            y = cpu_decode.rope_attend_bf16(
+                qkv.view(-1), cos[0, 0, 0], sin[0, 0, 0], cache.k[layer, slot],
+                cache.v[layer, slot], pos, q_per_kv,
+            )  # fmt: skip
+            return linear(y.view(1, 1, -1), self.proj.weight)
         qkv = qkv.view(B, T, cfg.n_query_groups, q_per_kv + 2, cfg.head_size)
         qkv = qkv.permute(0, 2, 3, 1, 4)  # (B, groups, q_per_kv + 2, T, hs)
         # RoPE on queries and keys together: (B, groups * (q_per_kv + 1), T, hs)
@@ -117,6 +124,18 @@ class Attention(nn.Module):
             )  # (B, n_head, T, hs)
         y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_size)
         return linear(y, self.proj.weight)
+
+
+def _one_row_in_c(qkv: torch.Tensor, cos, cache: KVCache, slots: torch.Tensor) -> bool:
+    """A single CPU row in bf16: kernels/cpu_decode.py does its RoPE, cache write and attention
+    in one call (the same roundings as the torch path below; RoPE tables in fp32)."""
+    return (
+        qkv.dtype == torch.bfloat16 == cache.k.dtype
+        and cos.dtype == torch.float32
+        and qkv.device.type == "cpu"
+        and slots.device.type == "cpu"
+        and cpu_decode.available()
+    )
 
 
 def _decode_attention(q, k, v, mask, cfg: ModelConfig) -> torch.Tensor:

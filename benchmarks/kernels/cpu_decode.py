@@ -1,8 +1,9 @@
 """GB/s of weight streamed by our CPU bf16 GEMV against torch's bf16 linear, at the released
 model's shapes and for 1..8 activation rows, cycling through more weight than the caches hold
-(as a decode step does). Writes benchmarks/results/cpu_gemv-<machine>.json.
+(as a decode step does). Writes benchmarks/results/cpu_gemv-<machine>.json. (The GEMV of
+kernels/cpu_decode.py; its one-row attention is timed inside generate_speed's decode step.)
 
-    python -m benchmarks.kernels.cpu_gemv [--repeats 6]
+    python -m benchmarks.kernels.cpu_decode [--repeats 6]
 """
 
 import argparse
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels import cpu_gemv
+from kernels import cpu_decode
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # One decode step's products at the released shapes: 24 x (qkv, attn proj, fc_1+fc_2, mlp
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
-    if not cpu_gemv.available():
+    if not cpu_decode.available():
         raise SystemExit("the CPU GEMV kernel is not available here (no AVX2/FMA or compiler)")
     weights = step_weights(args.layers)
     gigabytes = sum(w.numel() * w.element_size() for w in weights) / 1e9
@@ -54,7 +55,7 @@ def main() -> None:
     for rows in (1, 2, 4, 8):
         best = {"ours": float("inf"), "torch": float("inf")}
         for _ in range(args.repeats):  # interleaved, best of: robust to a noisy neighbour
-            best["ours"] = min(best["ours"], time_step(weights, rows, cpu_gemv.gemv_bf16))
+            best["ours"] = min(best["ours"], time_step(weights, rows, cpu_decode.gemv_bf16))
             best["torch"] = min(best["torch"], time_step(weights, rows, F.linear))
         rows_results[rows] = {
             name: {"ms": t * 1000, "GB_per_s": gigabytes / t} for name, t in best.items()

@@ -1,6 +1,11 @@
-"""bf16 GEMV for CPU decode steps: y = x W^T + b for 1..8 rows of x (kernels/csrc/gemv_bf16.c).
+"""CPU kernels for bf16 decode steps, in C (kernels/csrc/):
 
-The C source is compiled on first use with the system's C compiler into a per-user cache and
+- `gemv_bf16`: y = x W^T + b for 1..8 rows of x (gemv_bf16.c): streams the weights faster
+  than torch's bf16 matmul on CPUs without native bf16;
+- `rope_attend_bf16`: one row's RoPE + KV-cache write + grouped-query attention at one new
+  position (attention_bf16.c): one call instead of ~30 tiny torch ops per layer.
+
+The sources are compiled on first use with the system's C compiler into a per-user cache and
 loaded with ctypes; where that cannot happen (no compiler, no AVX2/FMA, or REALTIME_TORCH_ONLY
 set) `available()` is False and callers use torch. The library shares torch's OpenMP runtime
 (it links libgomp.so.1 by soname, which torch has already loaded), so torch.set_num_threads
@@ -18,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).parent / "csrc" / "gemv_bf16.c"
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.c", "attention_bf16.c")]
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 TORCH_ONLY_ENV = "REALTIME_TORCH_ONLY"  # set to 1: never use our kernels
 
@@ -60,6 +65,36 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def rope_attend_bf16_ref(qkv, cos, sin, k_cache, v_cache, pos: int, q_per_kv: int):
+    """The model's torch computation for one row at one position: qkv (groups*(q_per_kv+2)*hs,)
+    bf16, cos/sin (hs,) fp32, k_cache/v_cache (groups, max_seq, hs) bf16 (written at pos)
+    -> (groups*q_per_kv*hs,) bf16."""
+    groups, _, hs = k_cache.shape
+    heads = qkv.view(groups, q_per_kv + 2, hs)
+    qk = heads[:, : q_per_kv + 1]
+    half = hs // 2
+    rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+    qk = (qk * cos + rotated * sin).to(qkv.dtype)  # rotate-half RoPE in fp32, rounded once
+    k_cache[:, pos], v_cache[:, pos] = qk[:, q_per_kv], heads[:, q_per_kv + 1]
+    q = qk[:, :q_per_kv].float()  # (groups, q_per_kv, hs)
+    scores = (q @ k_cache[:, : pos + 1].float().transpose(-1, -2)) * hs**-0.5
+    out = torch.softmax(scores, dim=-1) @ v_cache[:, : pos + 1].float()
+    return out.to(qkv.dtype).reshape(-1)
+
+
+def rope_attend_bf16(qkv, cos, sin, k_cache, v_cache, pos: int, q_per_kv: int):
+    """`rope_attend_bf16_ref` in one C call; same arguments, contiguous CPU tensors."""
+    groups, max_seq, hs = k_cache.shape
+    out = torch.empty(groups * q_per_kv * hs, dtype=torch.bfloat16)
+    status = _library().rope_attend_bf16(
+        qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+        max_seq, pos, groups, q_per_kv, hs, out.data_ptr(),
+    )  # fmt: skip
+    if status != 0:
+        raise ValueError(f"rope_attend_bf16 cannot take head size {hs} at position {pos}")
+    return out
+
+
 @cache
 def _max_rows() -> int:
     lib = _library()
@@ -80,15 +115,17 @@ def _library() -> ctypes.CDLL | None:
     lib.gemv_bf16.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64]
     lib.gemv_bf16.restype = ctypes.c_int
     lib.gemv_bf16_max_rows.restype = ctypes.c_int
+    lib.rope_attend_bf16.argtypes = [ptr] * 5 + [i64] * 5 + [ptr]
+    lib.rope_attend_bf16.restype = ctypes.c_int
     return lib
 
 
 def _build() -> Path:
     """Compile the source once per content hash into the user's cache."""
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
     cache_dir = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "realtime"
-    target = cache_dir / f"gemv_bf16-{digest}.so"
+    target = cache_dir / f"cpu_decode-{digest}.so"
     if target.is_file():
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -96,8 +133,7 @@ def _build() -> Path:
         raise FileNotFoundError("no C compiler")
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
-    subprocess.run(
-        [compiler, *CFLAGS, str(SOURCE), "-o", str(partial)], check=True, capture_output=True
-    )
+    command = [compiler, *CFLAGS, *map(str, SOURCES), "-o", str(partial), "-lm"]
+    subprocess.run(command, check=True, capture_output=True)
     partial.replace(target)  # atomic: concurrent first uses never load half a file
     return target

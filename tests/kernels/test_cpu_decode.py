@@ -1,0 +1,96 @@
+"""kernels/cpu_decode.py against its torch reference over normal and odd shapes."""
+
+import pytest
+import torch
+
+from kernels import cpu_decode
+
+pytestmark = pytest.mark.skipif(
+    not cpu_decode.available(), reason="no AVX2/FMA CPU or no C compiler"
+)
+
+SHAPES = [
+    (1152, 896),  # the released model's fused qkv
+    (9728, 896),  # fused fc_1/fc_2
+    (896, 4864),  # mlp proj: long rows
+    (4160 * 7, 896),  # the audio head
+    (13, 24),  # fewer rows than a block, K not a multiple of 16
+    (37, 100),  # ragged everything
+    (8, 7),  # K shorter than one vector
+]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_matches_torch(rows, n, k):
+    gen = torch.Generator().manual_seed(n * 131 + k + rows)
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    bias = torch.randn(n, generator=gen).bfloat16()
+    for b in (None, bias):
+        got = cpu_decode.gemv_bf16(x, w, b)
+        want = cpu_decode.gemv_bf16_ref(x.float(), w.float(), None if b is None else b.float())
+        assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
+        # fp32 accumulation in both; the only rounding that differs is the final bf16 one
+        torch.testing.assert_close(got.float(), want, rtol=8e-3, atol=8e-3 * k**0.5)
+
+
+def test_keeps_leading_dims_and_refuses_too_many_rows():
+    x = torch.randn(2, 1, 64).bfloat16()
+    w = torch.randn(32, 64).bfloat16()
+    assert cpu_decode.gemv_bf16(x, w).shape == (2, 1, 32)
+    assert not cpu_decode.usable(torch.randn(cpu_decode.max_rows() + 1, 64).bfloat16(), w)
+    assert not cpu_decode.usable(torch.randn(1, 64), w.float())  # fp32 stays with torch
+
+
+def test_torch_only_switch(monkeypatch):
+    monkeypatch.setenv(cpu_decode.TORCH_ONLY_ENV, "1")
+    cpu_decode._library.cache_clear(), cpu_decode._max_rows.cache_clear()
+    try:
+        assert not cpu_decode.available() and cpu_decode.max_rows() == 0
+    finally:
+        monkeypatch.delenv(cpu_decode.TORCH_ONLY_ENV)
+        cpu_decode._library.cache_clear(), cpu_decode._max_rows.cache_clear()
+    assert cpu_decode.available()
+
+
+@pytest.mark.parametrize("pos", [0, 1, 37, 255])
+@pytest.mark.parametrize(("groups", "q_per_kv", "hs"), [(2, 7, 64), (2, 2, 16), (1, 3, 10)])
+def test_rope_attend_matches_torch(pos, groups, q_per_kv, hs):
+    from realtime.model import rope_cache
+
+    gen = torch.Generator().manual_seed(pos * 7 + hs)
+    max_seq = 256
+    qkv = torch.randn(groups * (q_per_kv + 2) * hs, generator=gen).bfloat16()
+    cache = torch.randn(2, groups, max_seq, hs, generator=gen).bfloat16()
+    cos, sin = (t[pos].contiguous() for t in rope_cache(max_seq, hs, 1_000_000))
+    k_ref, v_ref = cache[0].clone(), cache[1].clone()
+    want = cpu_decode.rope_attend_bf16_ref(qkv, cos, sin, k_ref, v_ref, pos, q_per_kv)
+    k, v = cache[0].clone(), cache[1].clone()
+    got = cpu_decode.rope_attend_bf16(qkv, cos, sin, k, v, pos, q_per_kv)
+    # The cache rows are bf16 roundings of the same fp32 values: equal.
+    assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_the_model_step_is_the_same_with_and_without_the_c_path(monkeypatch):
+    from realtime import model as model_module
+    from realtime.config import PRESETS
+    from realtime.model import OmniLM, rope_cache
+
+    torch.manual_seed(0)
+    cfg = PRESETS["tiny"].model
+    lm = OmniLM(cfg).bfloat16().eval().requires_grad_(False).fuse()
+    lm.cos, lm.sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)  # fp32, as loaded
+    ids = torch.randint(0, 150_000, (1, 6, 8))
+
+    def run():
+        cache = lm.new_cache(2)
+        with torch.inference_mode():
+            lm(lm.embed(ids[:, :5]), torch.arange(5)[None], torch.tensor([1]), cache)
+            return lm(lm.embed(ids[:, 5:]), torch.tensor([[5]]), torch.tensor([1]), cache)
+
+    with_c = run()
+    monkeypatch.setattr(model_module, "_one_row_in_c", lambda *args: False)
+    without = run()
+    torch.testing.assert_close(with_c.float(), without.float(), rtol=2e-2, atol=2e-2)
