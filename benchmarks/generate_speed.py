@@ -143,6 +143,8 @@ def reference(args: argparse.Namespace) -> dict | None:
         str(args.steps),
         "--repeats",
         str(args.repeats),
+        "--rounds",
+        str(args.rounds),
         "--clip",
         str(CLIP),
     ]
