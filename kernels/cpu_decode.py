@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.c", "attention_bf16.c")]
+HEADER = Path(__file__).parent / "csrc" / "bf16.h"  # included by both
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 TORCH_ONLY_ENV = "REALTIME_TORCH_ONLY"  # set to 1: never use our kernels
 
@@ -122,7 +123,7 @@ def _library() -> ctypes.CDLL | None:
 
 def _build() -> Path:
     """Compile the source once per content hash into the user's cache."""
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, HEADER))
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
     cache_dir = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "realtime"
     target = cache_dir / f"cpu_decode-{digest}.so"

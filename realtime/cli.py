@@ -50,7 +50,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model directory or hub name")
+    _add_model_options(p)
     p.add_argument("--task", required=True, choices=[t.value for t in Task])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input-wav", type=Path, help="speech input (any format and rate)")
@@ -68,15 +68,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
         default="exact",
         help="exact: the reference's 30 s encoding; chunked: 2 s streaming blocks",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        default="bfloat16",
-        help="language model weights (float32 reproduces the reference bit for bit)",
-    )
     p.add_argument("--seed", type=int, default=defaults.seed, help="for sampled decoding")
-    p.add_argument("--offline", action="store_true", help="never download; use local files")
     p.set_defaults(handler=_generate)
 
 

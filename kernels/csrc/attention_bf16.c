@@ -11,21 +11,11 @@
  * qkv: (groups, q_per_kv + 2, hs); cos, sin: (hs) fp32 for this position;
  * k_cache, v_cache: (groups, max_seq, hs) of this layer and row; out: (groups * q_per_kv, hs).
  */
+#include "bf16.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-
-static inline float bf16_to_f32(uint16_t v) {
-    union { uint32_t u; float f; } bits = {(uint32_t)v << 16};
-    return bits.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { float f; uint32_t u; } bits = {f};
-    if ((bits.u & 0x7fffffff) > 0x7f800000) return (uint16_t)((bits.u >> 16) | 0x40); /* NaN */
-    return (uint16_t)((bits.u + 0x7fff + ((bits.u >> 16) & 1)) >> 16);
-}
 
 /* RoPE of one head (hs <= 256), rounded to bf16 like torch's .to(bf16), kept as fp32 values. */
 static void rope(const uint16_t *x, const float *cos, const float *sin, int64_t hs, float *out) {
@@ -40,14 +30,8 @@ static void rope(const uint16_t *x, const float *cos, const float *sin, int64_t 
 static float dot(const float *q, const uint16_t *k, int64_t hs) {
     __m256 acc = _mm256_setzero_ps();
     int64_t d = 0;
-    for (; d + 8 <= hs; d += 8) {
-        __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(k + d)));
-        __m256 kv = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv, acc);
-    }
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    float sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    for (; d + 8 <= hs; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), bf16x8(k + d), acc);
+    float sum = hsum(acc);
     for (; d < hs; d++) sum += q[d] * bf16_to_f32(k[d]);
     return sum;
 }

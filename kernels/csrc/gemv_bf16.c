@@ -11,34 +11,13 @@
  * Parallel over blocks of output rows with OpenMP: the library links libgomp.so.1 by soname,
  * so in a process that has loaded torch it shares torch's own runtime and thread count.
  */
+#include "bf16.h"
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #define BLOCK_ROWS 8   /* output rows per block: 8 x 2 accumulators cover FMA latency */
 #define MAX_M 8        /* activation rows per call */
-
-static inline __m256 bf16x8(const uint16_t *p) {
-    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
-static inline float bf16_to_f32(uint16_t v) {
-    union { uint32_t u; float f; } bits = {(uint32_t)v << 16};
-    return bits.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { float f; uint32_t u; } bits = {f};
-    if ((bits.u & 0x7fffffff) > 0x7f800000) return (uint16_t)((bits.u >> 16) | 0x40); /* NaN */
-    return (uint16_t)((bits.u + 0x7fff + ((bits.u >> 16) & 1)) >> 16);
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 
 /* Dot product of one weight row with one activation row (fp32 copy), any K. */
 static float dot_row(const uint16_t *w, const float *x, int64_t K) {
