@@ -28,7 +28,7 @@ import torch
 from kernels import cpu_decode
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
-from realtime.config import DecodingOptions
+from realtime.config import ENCODER_MODES, DecodingOptions
 from realtime.generate import decode_step, sample
 from realtime.prompts import TASKS, Task, build_prompt
 from realtime.runtime import AudioChunk, Request, Runtime
@@ -119,7 +119,7 @@ def ours(args: argparse.Namespace) -> dict:
         per_task["first_audio"] = {
             f"{task.value}/{encoder}": first_audio(runtime, task, encoder, args.repeats)
             for task in STEP_TASKS
-            for encoder in ("exact", "chunked")
+            for encoder in ENCODER_MODES
         }
         log(f"ours {dtype_name} first audio: {per_task['first_audio']}")
         result[dtype_name] = per_task

@@ -45,7 +45,3 @@ def _decode_s16_mono(container, rate_hz: int) -> np.ndarray:
 def write_wav(path: Path, pcm: np.ndarray, rate_hz: int = tokens.OUTPUT_SAMPLE_RATE_HZ) -> None:
     """Write mono float32 PCM in [-1, 1] as a 16-bit WAV file."""
     soundfile.write(str(path), np.clip(pcm, -1.0, 1.0), rate_hz, subtype="PCM_16")
-
-
-def duration_s(pcm: np.ndarray, rate_hz: int = tokens.INPUT_SAMPLE_RATE_HZ) -> float:
-    return pcm.shape[-1] / rate_hz

@@ -15,7 +15,7 @@ import numpy as np
 
 from realtime import tokens
 from realtime.checkpoint import DEFAULT_MODEL, DTYPES, ModelError
-from realtime.config import PRESETS, DecodingOptions
+from realtime.config import ENCODER_MODES, PRESETS, DecodingOptions
 from realtime.prompts import TASKS, Task
 
 EXIT_BAD_INPUT = 2
@@ -64,7 +64,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=defaults.top_p)
     p.add_argument(
         "--encoder",
-        choices=("exact", "chunked"),
+        choices=ENCODER_MODES,
         default="exact",
         help="exact: the reference's 30 s encoding; chunked: 2 s streaming blocks",
     )

@@ -65,6 +65,11 @@ class SnacConfig:
     depthwise: bool = True
 
 
+# How speech becomes whisper features: "exact" pads to 30 s as the reference does (and waits for
+# the end of the utterance); "chunked" encodes 2 s blocks as the caller talks.
+ENCODER_MODES = ("exact", "chunked")
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """How one request is decoded. The defaults are the reference's: top_k 1 makes it greedy."""

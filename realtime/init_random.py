@@ -16,7 +16,7 @@ import yaml
 from snac import SNAC
 
 from realtime import checkpoint, tokens
-from realtime.config import PRESETS, ModelConfig, Preset
+from realtime.config import ModelConfig, Preset
 from realtime.model import OmniLM
 from realtime.tokenizer import QWEN2_TOKENIZER_CONFIG, train_small_bpe
 
@@ -130,7 +130,3 @@ def _param_count(cfg: ModelConfig) -> int:
     layer = qkv + cfg.n_head * cfg.head_size * cfg.n_embd + mlp + 2 * cfg.n_embd
     adapter = cfg.intermediate_size * (2 * cfg.whisper_adapter_dim + cfg.n_embd)
     return cfg.n_layer * layer + cfg.padded_vocab_size * cfg.n_embd + adapter + cfg.n_embd
-
-
-def preset_names() -> list[str]:
-    return sorted(PRESETS)

@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from realtime import checkpoint, encoder, tokens, vocoder
-from realtime.config import DecodingOptions
+from realtime.config import ENCODER_MODES, DecodingOptions
 from realtime.generate import Generation, PrefillInput, generate_tokens
 from realtime.prompts import TASKS, Prompt, Task, build_prompt
 from realtime.tokenizer import IncrementalDetokenizer, load_tokenizer
 
-ENCODER_MODES = ("exact", "chunked")
 MAX_ROWS = max(spec.rows for spec in TASKS.values())
 
 

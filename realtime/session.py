@@ -15,15 +15,13 @@ import numpy as np
 import torch
 
 from realtime import events, tokens
-from realtime.config import DecodingOptions
+from realtime.config import ENCODER_MODES, DecodingOptions
 from realtime.encoder import ChunkedEncoder, encode_exact
 from realtime.generate import Generation, StepOutput, sample_step
 from realtime.model import KVCache, OmniLM
 from realtime.prompts import PROMPT_HEAD, PROMPT_TAIL, TASKS, Task, build_prompt
 from realtime.tokenizer import IncrementalDetokenizer
 from realtime.vocoder import VocoderStream
-
-ENCODER_MODES = ("chunked", "exact")
 
 
 @dataclass(frozen=True)
