@@ -13,3 +13,12 @@ head_argmax's blocks and warps (254 registers at 4 warps) and decode_attention's
 (184 registers) with their benchmarks; capture a whole step in a CUDA graph (the launchers do
 no host sync and allocate their scratch inside).
 """
+
+import os
+
+TORCH_ONLY_ENV = "REALTIME_TORCH_ONLY"  # set to 1: never use our kernels, CPU or GPU
+
+
+def torch_only() -> bool:
+    """Whether REALTIME_TORCH_ONLY asks for the plain torch path everywhere."""
+    return os.environ.get(TORCH_ONLY_ENV, "0") not in ("", "0")

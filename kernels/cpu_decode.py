@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kernels import TORCH_ONLY_ENV, torch_only  # noqa: F401 (TORCH_ONLY_ENV: re-exported)
+
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.c", "attention_bf16.c")]
 HEADER = Path(__file__).parent / "csrc" / "bf16.h"  # included by both
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-TORCH_ONLY_ENV = "REALTIME_TORCH_ONLY"  # set to 1: never use our kernels
 
 
 def gemv_bf16_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -104,7 +105,7 @@ def _max_rows() -> int:
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get(TORCH_ONLY_ENV, "0") not in ("", "0"):
+    if torch_only():
         return None
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.cpu_decode import TORCH_ONLY_ENV
+from kernels import torch_only
 
 
 def interpreting() -> bool:
@@ -21,7 +21,7 @@ def interpreting() -> bool:
 
 def runs_kernel(*tensors: torch.Tensor) -> bool:
     """Whether a launcher given these tensors runs its Triton kernel (else its torch reference)."""
-    if os.environ.get(TORCH_ONLY_ENV, "0") not in ("", "0"):
+    if torch_only():
         return False
     return interpreting() or all(t.is_cuda for t in tensors)
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from realtime import events, tokens
-from realtime.generate import decode_step, is_greedy, sample
+from realtime.generate import decode_step, is_greedy, sample, sample_step
 from realtime.prompts import TASKS
-from realtime.runtime import MAX_ROWS, Runtime
+from realtime.runtime import MAX_ROWS, Runtime, kernel_step_enabled
 from realtime.session import Session, SessionError, SessionOptions, check_options
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
@@ -34,6 +34,10 @@ STEP_LOG = 4096  # recent steps kept for benchmarks and monitoring
 @dataclass(frozen=True)
 class EngineOptions:
     max_sessions: int = 4  # each may hold up to MAX_ROWS KV rows
+    # The decode step on our Triton kernels: None means on CUDA unless REALTIME_TORCH_ONLY is
+    # set (True also runs them on a CPU under TRITON_INTERPRET=1, as the tests do).
+    kernels: bool | None = None
+    cuda_graphs: bool = True  # capture the kernel step per batch-size bucket (CUDA only)
 
 
 class EngineBusy(Exception):
@@ -73,8 +77,20 @@ class SessionHandle:
 class Engine:
     def __init__(self, runtime: Runtime, options: EngineOptions = EngineOptions()) -> None:
         self.runtime, self.options = runtime, options
-        self.cache = runtime.lm.new_cache(options.max_sessions * MAX_ROWS)
-        self._free_slots = list(range(self.cache.slots))
+        rows = options.max_sessions * MAX_ROWS
+        use_kernels = options.kernels
+        if use_kernels is None:
+            use_kernels = kernel_step_enabled(runtime.device)
+        # The kernel step's padding rows write to one extra slot that no session owns.
+        self.cache = runtime.lm.new_cache(rows + use_kernels)
+        self._free_slots = list(range(rows))
+        self.decoder = None
+        if use_kernels:
+            from realtime.kernel_step import KernelDecoder  # imports triton: only when used
+
+            self.decoder = KernelDecoder(
+                runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs
+            )
         self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close
         self._sessions: dict[int, Session] = {}  # built on the inference thread
         self._next_id = 0
@@ -208,6 +224,21 @@ class Engine:
     def _step(self, answering: list[Session]) -> None:
         """One decode step for every answering session, then their audio."""
         began = time.perf_counter()
+        try:
+            if self.decoder is not None:
+                rows = self._kernel_step(answering)
+            else:
+                rows = self._torch_step(answering)
+        except Exception as exc:
+            for s in answering:
+                s.fail(f"decode step failed: {type(exc).__name__}: {exc}")
+            return
+        self.steps += 1
+        self._vocode(answering)
+        self._finish_if_done(answering)
+        self.step_log.append((rows, (time.perf_counter() - began) * 1000))
+
+    def _torch_step(self, answering: list[Session]) -> int:
         rows = [s.gen.next_input() for s in answering]  # (rows_i, 8) each
         ids = torch.cat(rows).to(self.cache.k.device)
         positions = torch.cat(
@@ -217,17 +248,27 @@ class Engine:
             ]
         )
         slots = torch.cat([s.slots for s in answering])
-        try:
-            hidden = decode_step(self.runtime.lm, self.cache, ids, positions.to(ids.device), slots)
-        except Exception as exc:
-            for s in answering:
-                s.fail(f"decode step failed: {type(exc).__name__}: {exc}")
-            return
-        self.steps += 1
+        hidden = decode_step(self.runtime.lm, self.cache, ids, positions.to(ids.device), slots)
         self._sample(answering, hidden, [len(r) for r in rows])
-        self._vocode(answering)
-        self._finish_if_done(answering)
-        self.step_log.append((len(ids), (time.perf_counter() - began) * 1000))
+        return len(ids)
+
+    def _kernel_step(self, answering: list[Session]) -> int:
+        """The step on the kernels: greedy sessions take the ids the device picked (and has
+        already fed back); sampling ones are sampled here from their hidden states."""
+        from realtime.kernel_step import StepRow, picked
+
+        batch = [StepRow(s.gen, s.slot_ids, is_greedy(s.options.decoding)) for s in answering]
+        hidden, sampled = self.decoder.run(batch)
+        row = 0
+        for s, item in zip(answering, batch, strict=True):
+            if item.greedy:
+                ids = picked(sampled[row], s.gen)
+            else:
+                rows = hidden[row : row + s.spec.rows]
+                ids = sample_step(self.runtime.lm, rows, s.gen, s.options.decoding, s.generator)
+            self._guarded(s, s.accept, *ids)
+            row += s.spec.rows
+        return row
 
     def _sample(self, answering: list[Session], hidden: torch.Tensor, counts: list[int]) -> None:
         """Batched heads: text logits for rows that still need them, audio for speaking rows;

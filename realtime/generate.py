@@ -215,9 +215,15 @@ def decode_step(
 
 
 def generate_tokens(
-    model: OmniLM, cache: KVCache, inp: PrefillInput, task: Task, opts: DecodingOptions
+    model: OmniLM,
+    cache: KVCache,
+    inp: PrefillInput,
+    task: Task,
+    opts: DecodingOptions,
+    decoder=None,
 ) -> Iterator[tuple[Generation, StepOutput]]:
-    """Decode one request in cache rows 0..rows-1, yielding after every step."""
+    """Decode one request in cache rows 0..rows-1, yielding after every step. `decoder`: a
+    realtime.kernel_step.KernelDecoder to run the steps on, or None for the torch path."""
     prompt = inp.prompt
     room = cache.max_seq - prompt.length
     if room < 1:
@@ -227,13 +233,29 @@ def generate_tokens(
         )
     gen = Generation(task, prompt.length, min(opts.max_new_tokens or room, room))
     generator = torch.Generator(cache.k.device).manual_seed(opts.seed)
-    slots = torch.arange(prompt.ids.shape[0], device=cache.k.device)
+    rows = prompt.ids.shape[0]
+    slots = torch.arange(rows, device=cache.k.device)
     with torch.inference_mode():
-        hidden = prefill(model, cache, slots, inp)
-        while True:
-            out = gen.accept(*sample_step(model, hidden, gen, opts, generator))
+        out = gen.accept(
+            *sample_step(model, prefill(model, cache, slots, inp), gen, opts, generator)
+        )
+        yield gen, out
+        while not out.done:
+            if decoder is None:
+                positions = torch.full_like(slots, gen.next_position)
+                ids = gen.next_input().to(slots.device)
+                chosen = sample_step(
+                    model, decode_step(model, cache, ids, positions, slots), gen, opts, generator
+                )
+            else:
+                chosen = _kernel_step(decoder, model, gen, rows, opts, generator)
+            out = gen.accept(*chosen)
             yield gen, out
-            if out.done:
-                return
-            positions = torch.full_like(slots, gen.next_position)
-            hidden = decode_step(model, cache, gen.next_input().to(slots.device), positions, slots)
+
+
+def _kernel_step(decoder, model: OmniLM, gen: Generation, rows: int, opts, generator):
+    from realtime.kernel_step import StepRow, picked  # imports triton: only when used
+
+    greedy = is_greedy(opts)
+    hidden, sampled = decoder.run([StepRow(gen, list(range(rows)), greedy)])
+    return picked(sampled[0], gen) if greedy else sample_step(model, hidden, gen, opts, generator)

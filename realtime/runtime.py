@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels import torch_only
 from realtime import checkpoint, encoder, tokens, vocoder
 from realtime.config import ENCODER_MODES, DecodingOptions
 from realtime.generate import Generation, PrefillInput, generate_tokens
@@ -22,6 +23,12 @@ from realtime.prompts import TASKS, Prompt, Task, build_prompt
 from realtime.tokenizer import IncrementalDetokenizer, load_tokenizer
 
 MAX_ROWS = max(spec.rows for spec in TASKS.values())
+
+
+def kernel_step_enabled(device: torch.device) -> bool:
+    """Whether decode steps run on our Triton kernels by default: on CUDA, unless
+    REALTIME_TORCH_ONLY is set (the interpreter on a CPU is for tests, which ask for it)."""
+    return device.type == "cuda" and not torch_only()
 
 
 class RequestError(ValueError):
@@ -63,8 +70,13 @@ class Runtime:
     """The loaded model family on one device."""
 
     def __init__(
-        self, files: checkpoint.ModelFiles, device: str = "cpu", dtype: torch.dtype = torch.bfloat16
+        self,
+        files: checkpoint.ModelFiles,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        kernels: bool | None = None,
     ) -> None:
+        """`kernels`: decode on our Triton kernels (None: where kernel_step_enabled says)."""
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(files.lm(checkpoint.TOKENIZER))
         self.lm = checkpoint.load_lm(files, self.device, dtype)
@@ -79,7 +91,18 @@ class Runtime:
                 f"{files.whisper} has width {self.whisper.ln_post.normalized_shape[0]} but the "
                 f"model's whisper adapter takes {self.lm.cfg.whisper_adapter_dim}"
             )
-        self.cache = self.lm.new_cache(MAX_ROWS)
+        self.kernels = kernel_step_enabled(self.device) if kernels is None else kernels
+        # The kernel step's padding rows write to one extra slot that no request owns.
+        self.cache = self.lm.new_cache(MAX_ROWS + self.kernels)
+        self.decoder = None  # the kernel step, built on first use (it compiles and captures)
+
+    def kernel_decoder(self):
+        """The KernelDecoder for single requests, or None where decoding runs on torch."""
+        if self.kernels and self.decoder is None:
+            from realtime.kernel_step import KernelDecoder  # imports triton: only when used
+
+            self.decoder = KernelDecoder(self.lm, self.cache, MAX_ROWS, pad_slot=MAX_ROWS)
+        return self.decoder
 
     @classmethod
     def load(
@@ -95,7 +118,10 @@ class Runtime:
         """Serve one request; yields text and audio as they are produced, then the Result."""
         clock = _Clock()
         inp = self.prepare(request, clock)
-        gen, steps = None, generate_tokens(self.lm, self.cache, inp, request.task, request.options)
+        steps = generate_tokens(
+            self.lm, self.cache, inp, request.task, request.options, self.kernel_decoder()
+        )
+        gen = None
         detok = IncrementalDetokenizer(self.tokenizer)
         stream = vocoder.VocoderStream(device=self.device)
         while (item := clock.timed("decode", next, steps, None)) is not None:

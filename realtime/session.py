@@ -64,6 +64,7 @@ class Session:
         if len(slots) != self.spec.rows:
             raise SessionError(f"task {options.task} needs {self.spec.rows} rows")
         self.lm, self.cache, self.whisper, self.tokenizer = lm, cache, whisper, tokenizer
+        self.slot_ids = list(slots)  # the host's copy: reading the tensor back would sync
         self.slots = torch.tensor(slots, device=cache.k.device)
         self.encoder = ChunkedEncoder(whisper) if options.encoder == "chunked" else None
         self.vocoder = VocoderStream(device=cache.k.device)

@@ -1,0 +1,264 @@
+"""The decode step on our Triton kernels, with its inputs kept on the device and each batch
+size's step captured as a CUDA graph.
+
+    ids (R, 8) ─► embed_mean ─► [add_rmsnorm ─► qkv GEMM ─► qkv_rope_cache ─► decode_attention
+        ─► proj GEMM ─► add_rmsnorm ─► fc_1|fc_2 GEMM ─► swiglu ─► proj GEMM] x n_layer
+        ─► add_rmsnorm (ln_f) ─► head_argmax ─► feedback ─► ids (R, 8) for the next step
+
+`KernelStep.forward(size)` is the hot step: static shapes, every tensor it reads or writes is a
+buffer allocated once, no host sync, so `StepGraphs` can capture it once per batch-size bucket
+and replay it. The products are cuBLAS's (torch's F.linear); everything between them is ours.
+
+`KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
+stay the authority on stop rules) it loads their state into the buffers only when the batch
+changed or a request samples; otherwise the ids the device fed back are already in place, and
+a step costs one graph replay and one (R, 8) copy of the sampled ids back to the host.
+
+Used on CUDA (or anywhere under TRITON_INTERPRET=1, which is how the tests run it on a CPU);
+REALTIME_TORCH_ONLY=1 keeps the plain torch step everywhere.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.add_rmsnorm import add_rmsnorm
+from kernels.decode_attention import decode_attention
+from kernels.embed_mean import embed_mean
+from kernels.feedback import feedback
+from kernels.head_argmax import head_argmax
+from kernels.qkv_rope_cache import qkv_rope_cache
+from kernels.swiglu import swiglu
+from kernels.triton_support import interpreting
+from realtime import tokens
+from realtime.generate import Generation
+from realtime.model import Attention, KVCache, OmniLM, linear
+
+
+def buckets(max_rows: int) -> list[int]:
+    """Batch sizes a step is run (and captured) at: powers of two up to max_rows, and max_rows."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_rows:
+        sizes.append(sizes[-1] * 2)
+    return sorted({*sizes, max_rows})
+
+
+@dataclass
+class StepRow:
+    """One request in a batched step: its decoding state, its cache rows, how it samples."""
+
+    gen: Generation
+    slots: list[int]
+    greedy: bool
+
+
+class KernelStep:
+    """The decode step of up to `max_rows` rows over buffers allocated once.
+
+    Rows past the loaded ones are padding: they read cache slot `pad_slot` (which no request
+    owns) at position 0 and never advance, so a bucket larger than the batch is harmless.
+    """
+
+    def __init__(self, lm: OmniLM, cache: KVCache, max_rows: int, pad_slot: int) -> None:
+        if any(block.mlp.fc_12 is None for block in lm.transformer.h):
+            raise ValueError("the kernel step needs the model's SwiGLUs fused (OmniLM.fuse)")
+        if lm.cos.dtype != torch.float32:
+            raise ValueError("the kernel step needs fp32 RoPE tables, as load_lm builds them")
+        self.lm, self.cache, self.max_rows, self.pad_slot = lm, cache, max_rows, pad_slot
+        dev, R = cache.k.device, max_rows
+
+        def longs(fill=0):
+            return torch.full((R,), fill, dtype=torch.long, device=dev)
+
+        def flags(fill=False):
+            return torch.full((R,), fill, dtype=torch.bool, device=dev)
+
+        # inputs of the next step (fed back on the device, or loaded from the host)
+        self.ids = torch.zeros(R, tokens.STREAMS, dtype=torch.long, device=dev)
+        self.positions, self.slots, self.advance = longs(), longs(pad_slot), longs()
+        self.row_index = torch.arange(R, device=dev)
+        self.audio_src, self.text_src = self.row_index.clone(), self.row_index.clone()
+        self.no_text, self.speaks, self.audio_out = flags(True), flags(), flags()
+        self.first, self.text_ended = flags(), flags()  # decode steps are never a request's first
+        # outputs of the last step
+        self.hidden = torch.zeros(R, lm.cfg.n_embd, dtype=cache.k.dtype, device=dev)
+        self.sampled = torch.zeros(R, tokens.STREAMS, dtype=torch.long, device=dev)
+        self.stop = flags()
+        # The interpreter pays per program: few large head blocks run faster there.
+        self.head_block_v = 8192 if interpreting() else None
+
+    def forward(self, size: int) -> None:
+        """One step of rows 0..size-1: reads the input buffers, writes the outputs, the caches
+        and the next step's inputs."""
+        lm, cfg = self.lm, self.lm.cfg
+        ids, positions, slots = self.ids[:size], self.positions[:size], self.slots[:size]
+        lengths = positions + 1  # each row attends to its cache up to and including itself
+        x = embed_mean(ids[:, None], lm.transformer.wte.weight)[:, 0]  # (size, C)
+        residual = None
+        for layer, block in enumerate(lm.transformer.h):
+            y, residual = add_rmsnorm(x, residual, block.norm_1.weight, cfg.norm_eps)
+            x = self._attention(block.attn, y, layer, positions, slots, lengths)
+            y, residual = add_rmsnorm(x, residual, block.norm_2.weight, cfg.norm_eps)
+            x = linear(swiglu(linear(y, block.mlp.fc_12)), block.mlp.proj.weight)
+        hidden, _ = add_rmsnorm(x, residual, lm.transformer.ln_f.weight, cfg.norm_eps)
+
+        skip_text = self.text_ended[:size] | self.no_text[:size]
+        extra = {} if self.head_block_v is None else {"block_v": self.head_block_v}
+        greedy = head_argmax(hidden, lm.lm_head.weight, skip_text, **extra)  # (size, 8)
+        # A request's ids in each of its rows: audio from its audio row, text from its text row.
+        audio = greedy[self.audio_src[:size], : tokens.AUDIO_LAYERS]
+        text = greedy[self.text_src[:size], tokens.TEXT_STREAM :]
+        sampled = torch.cat((audio, text), dim=1)  # (size, 8)
+        next_ids, stop = feedback(
+            sampled, self.speaks[:size], self.audio_out[:size], self.first[:size],
+            self.text_ended[:size],
+        )  # fmt: skip
+        ids.copy_(next_ids)
+        positions.add_(self.advance[:size])
+        self.sampled[:size].copy_(sampled)
+        self.stop[:size].copy_(stop)
+        self.hidden[:size].copy_(hidden)
+
+    def _attention(self, attn: Attention, y, layer: int, positions, slots, lengths):
+        size = y.shape[0]
+        qkv = linear(y, attn.attn.weight, attn.attn.bias)  # (size, width)
+        k, v = self.cache.k, self.cache.v
+        q = qkv_rope_cache(qkv[:, None], self.lm.cos, self.lm.sin, positions[:, None], slots,
+                           k, v, layer)  # fmt: skip
+        # The grid is fixed by the cache's length, not the rows' lengths: nothing to sync on.
+        out = decode_attention(q[:, :, 0], k, v, layer, slots, lengths, self.cache.max_seq)
+        return linear(out.reshape(size, -1), attn.proj.weight)  # (size, C)
+
+    def load(self, batch: list[StepRow]) -> int:
+        """Write the host's state of `batch` into the input buffers and reset every other row to
+        padding; one host-to-device transfer. Returns the number of rows loaded."""
+        rows = sum(len(item.slots) for item in batch)
+        if rows > self.max_rows:
+            raise ValueError(f"{rows} rows do not fit a step of {self.max_rows}")
+        index = list(range(self.max_rows))
+        # (R, 17): ids 0..7, then one column per field of _FIELDS, in that order
+        host = torch.zeros(self.max_rows, tokens.STREAMS + len(_FIELDS), dtype=torch.long)
+        host[:, tokens.STREAMS :] = torch.tensor(
+            [[self.pad_slot, 0, r, r, True, False, False, False, 0] for r in index]
+        )
+        row = 0
+        for item in batch:
+            gen, spec = item.gen, item.gen.spec
+            host[row : row + spec.rows, : tokens.STREAMS] = gen.next_input()
+            for j, slot in enumerate(item.slots):
+                host[row + j, tokens.STREAMS :] = torch.tensor(
+                    [
+                        slot,
+                        gen.next_position,
+                        row + spec.audio_row,
+                        row + spec.text_row,
+                        j != spec.text_row,
+                        spec.audio_out and j == spec.audio_row,
+                        spec.audio_out,
+                        gen.text_ended,
+                        1,
+                    ]
+                )
+            row += spec.rows
+        dev = host.to(self.ids.device, non_blocking=True)
+        self.ids.copy_(dev[:, : tokens.STREAMS])
+        for column, name in enumerate(_FIELDS, start=tokens.STREAMS):
+            buffer = getattr(self, name)
+            buffer.copy_(dev[:, column].to(buffer.dtype))
+        return rows
+
+
+# The per-row inputs `load` writes besides the ids, in the order of its columns.
+_FIELDS = (
+    "slots", "positions", "audio_src", "text_src", "no_text", "speaks", "audio_out",
+    "text_ended", "advance",
+)  # fmt: skip
+
+
+class StepGraphs:
+    """`step.forward` captured as one CUDA graph per bucket, sharing one memory pool.
+
+    Capturing runs nothing; the warm-up before each capture runs the step on padding rows
+    only (compiling the kernels on the first), so no request's cache rows are touched.
+    """
+
+    def __init__(self, step: KernelStep, sizes: list[int]) -> None:
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        pool = None
+        stream = torch.cuda.Stream()
+        for size in sorted(sizes, reverse=True):  # the largest first: the others fit its pool
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                step.forward(size)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                step.forward(size)
+            pool = graph.pool()
+            self.graphs[size] = graph
+
+    def replay(self, size: int) -> None:
+        self.graphs[size].replay()
+
+
+class KernelDecoder:
+    """Batched decode steps on the kernels for the requests the caller names each time.
+
+    The host `Generation`s stay the authority: after each step the caller accepts the sampled
+    ids into them. When the next call names the same requests, each exactly one step further
+    and all greedy, the device has already fed their ids back and nothing is loaded.
+    """
+
+    def __init__(
+        self, lm: OmniLM, cache: KVCache, max_rows: int, pad_slot: int, graphs: bool = True
+    ) -> None:
+        self.sizes = buckets(max_rows)
+        self.step = KernelStep(lm, cache, max_rows, pad_slot)
+        self.graphs = None
+        if graphs and cache.k.is_cuda:
+            with torch.inference_mode():
+                self.graphs = StepGraphs(self.step, self.sizes)
+        self._last: list[tuple[Generation, int]] | None = None  # what the device holds
+        self.loads = 0  # steps that needed the host's state (for tests and monitoring)
+
+    def run(self, batch: list[StepRow]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of `batch` -> (hidden (rows, C) on the device, valid until the next step;
+        sampled (rows, 8) on the host: greedy layer-local audio ids and the text id of each
+        request, in every row of it; _pad_t where its text has ended)."""
+        rows = sum(len(item.slots) for item in batch)
+        continues, self._last = self._continues(batch), None  # a failing step leaves no claim
+        if not continues:
+            self.step.load(batch)
+            self.loads += 1
+        size = next(s for s in self.sizes if s >= rows)
+        if self.graphs is not None:
+            self.graphs.replay(size)
+        else:
+            self.step.forward(size)
+        sampled = self.step.sampled[:rows].cpu()  # the step's one sync
+        greedy = all(item.greedy for item in batch)
+        self._last = [(item.gen, item.gen.steps) for item in batch] if greedy else None
+        return self.step.hidden[:rows], sampled
+
+    def invalidate(self) -> None:
+        """Forget what the device holds: the next step loads from the host."""
+        self._last = None
+
+    def _continues(self, batch: list[StepRow]) -> bool:
+        last = self._last
+        return (
+            last is not None
+            and len(last) == len(batch)
+            and all(item.greedy for item in batch)
+            and all(
+                item.gen is gen and item.gen.steps == steps + 1
+                for item, (gen, steps) in zip(batch, last, strict=True)
+            )
+        )
+
+
+def picked(sampled_row: torch.Tensor, gen: Generation) -> tuple[int, list[int] | None]:
+    """A request's (text id, audio ids or None) from its first row of `KernelDecoder.run`'s
+    sampled ids, as `Generation.accept` takes them."""
+    audio = sampled_row[: tokens.AUDIO_LAYERS].tolist() if gen.spec.audio_out else None
+    return int(sampled_row[tokens.TEXT_STREAM]), audio

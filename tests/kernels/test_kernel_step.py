@@ -1,0 +1,162 @@
+"""realtime/kernel_step.py: the decode step on the kernels against the torch step it replaces.
+
+On a CPU the kernels run in Triton's interpreter (about a second a step at the tiny preset, so
+the runs are short); on a GPU the same tests run compiled, with each bucket's CUDA graph.
+float32 is compared token for token (with the reference implementation's goldens too); bf16
+within its rounding.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernels.head_argmax import head_argmax_ref
+from realtime import checkpoint, events, tokens
+from realtime.config import DecodingOptions
+from realtime.engine import Engine, EngineOptions
+from realtime.generate import Generation, decode_step, generate_tokens
+from realtime.kernel_step import KernelDecoder, StepRow, buckets, picked
+from realtime.prompts import TASKS, Task
+from realtime.runtime import Runtime
+from realtime.session import SessionOptions
+
+from ..test_engine import Recorder, clip, frames_of, offline, speak
+from ..test_parity import CASES, request_for
+
+TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2**-6, atol=2e-2),  # a few bf16 roundings apart after 2 layers
+}
+
+
+def test_buckets():
+    assert buckets(1) == [1]
+    assert buckets(2) == [1, 2]
+    assert buckets(12) == [1, 2, 4, 8, 12]
+    assert buckets(64) == [1, 2, 4, 8, 16, 32, 64]
+
+
+def history(task: Task, prompt_length: int, steps: int, seed: int) -> Generation:
+    """A request `steps` into its answer, with random ids fed back."""
+    gen = Generation(task, prompt_length, max_steps=1000)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        text = int(torch.randint(0, tokens.TEXT_VOCAB, (1,), generator=g))
+        audio = torch.randint(0, tokens.CODEBOOK_SIZE, (tokens.AUDIO_LAYERS,), generator=g)
+        gen.accept(text, audio.tolist() if gen.spec.audio_out else None)
+    return gen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_step_equals_the_torch_step(device, tiny_lm, dtype):
+    """Three requests (4 rows: the a2a-batch one takes two) at different positions, in a
+    bucket of 4 with one padding row; then a second step fed back on the device."""
+    lm = tiny_lm(dtype).to(device)
+    cache = lm.new_cache(6, max_seq=256)  # slots 0..4 for requests, 5 for padding
+    g = torch.Generator(device=device).manual_seed(0)
+    for buffer in (cache.k, cache.v):  # earlier positions' keys and values
+        buffer.copy_(torch.randn(buffer.shape, generator=g, device=device).to(dtype))
+    batch = [
+        StepRow(history(Task.A2A, 40, 9, seed=1), [3], True),
+        StepRow(history(Task.A2A_BATCH, 120, 3, seed=2), [0, 4], True),
+        StepRow(history(Task.T2T, 7, 1, seed=3), [1], True),
+    ]
+    untouched = cache.k[:, 2].clone()  # a slot no request owns
+    twin = lm.new_cache(6, max_seq=256)  # the torch step's cache
+    twin.k.copy_(cache.k), twin.v.copy_(cache.v)
+    decoder = KernelDecoder(lm, cache, max_rows=6, pad_slot=5)
+
+    for step in range(2):
+        ids = torch.cat([item.gen.next_input() for item in batch]).to(device)
+        positions = torch.tensor(
+            [item.gen.next_position for item in batch for _ in item.slots], device=device
+        )
+        slots = torch.tensor([s for item in batch for s in item.slots], device=device)
+        if step == 1:  # the device's own feedback equals the host's rules
+            assert torch.equal(decoder.step.ids[:4], ids)
+            assert torch.equal(decoder.step.positions[:4], positions)
+        with torch.inference_mode():
+            want = decode_step(lm, twin, ids, positions, slots)  # (4, C)
+            hidden, sampled = decoder.run(batch)
+        torch.testing.assert_close(hidden, want, **TOLERANCE[dtype])
+        torch.testing.assert_close(cache.k[:, :5], twin.k[:, :5], **TOLERANCE[dtype])
+        torch.testing.assert_close(cache.v[:, :5], twin.v[:, :5], **TOLERANCE[dtype])
+        if dtype == torch.float32:
+            skip = torch.tensor([False, True, False, False], device=device)  # a2a-batch row 0
+            ref = head_argmax_ref(want, lm.lm_head.weight, skip).cpu()
+            assert torch.equal(sampled[0], ref[0])
+            assert torch.equal(sampled[1], torch.cat((ref[1, :7], ref[2, 7:])))  # gathered
+            assert torch.equal(sampled[2], sampled[1])
+            assert torch.equal(sampled[3, 7:], ref[3, 7:])
+        row = 0
+        for item in batch:
+            item.gen.accept(*picked(sampled[row], item.gen))
+            row += len(item.slots)
+    assert decoder.loads == 1
+    assert torch.equal(cache.k[:, 2], untouched)
+
+
+@pytest.fixture(scope="module")
+def runtimes(tiny_dir):
+    """(torch, kernels) runtimes of the tiny seed-0 model in float32, on the test device."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    files = checkpoint.resolve(str(tiny_dir), offline=True)
+    return (
+        Runtime(files, device, torch.float32, kernels=False),
+        Runtime(files, device, torch.float32, kernels=True),
+    )
+
+
+# Cases that pass through every stop rule (_eot then forced _pad_t, then _eoa; _eoa on the
+# first decode step), and short prefixes of the others' goldens (greedy: a prefix is exact).
+THROUGH_STOPS = [
+    c for c in CASES if c["input"] in ("What is your name?", "How are you feeling today?")
+]
+PREFIXES = [next(c for c in CASES if c["task"] == t) for t in ("a2a", "a2t", "a2a-batch", "t2t")]
+GOLDEN_CASES = THROUGH_STOPS + [dict(case, max_new_tokens=6) for case in PREFIXES]
+
+
+@pytest.mark.parametrize(
+    "case", GOLDEN_CASES, ids=lambda c: f"{c['task']}-{c['input'][:12]}-{c['max_new_tokens']}"
+)
+def test_greedy_tokens_equal_the_reference(device, runtimes, case):
+    _, rt = runtimes
+    request = request_for(case)
+    inp = rt.prepare(request)
+    decoder = rt.kernel_decoder()
+    loads = decoder.loads
+    *_, (gen, _) = generate_tokens(rt.lm, rt.cache, inp, request.task, request.options, decoder)
+    n = case["max_new_tokens"]
+    assert gen.text == case["text"][:n]
+    if TASKS[request.task].audio_out:
+        want = [layer[:n] for layer in case["audio"]]
+        assert [list(layer) for layer in zip(*gen.audio, strict=True)] == want
+    assert decoder.loads - loads == 1  # loaded once, then fed back on the device
+    if n == case["max_new_tokens"]:
+        assert gen.stop_reason == case["stop"]
+
+
+def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
+    """Greedy sessions of three tasks join at different steps beside a sampling one; each gets
+    the tokens it gets alone on the torch path."""
+    torch_rt, rt = runtimes
+    sampling = DecodingOptions(temperature=0.8, top_k=40, max_new_tokens=5, seed=3)
+    plan = [
+        (Task.A2A, clip("q_capital.wav", 1.5), DecodingOptions(max_new_tokens=9)),
+        (Task.A2T, clip("q_weather.wav", 1.0), sampling),
+        (Task.A2A_BATCH, clip("mini_omni_sample_1.wav", 1.2), DecodingOptions(max_new_tokens=6)),
+    ]
+    alone = [offline(torch_rt, task, pcm, opts) for task, pcm, opts in plan]
+    engine = Engine(rt, EngineOptions(max_sessions=3, kernels=True)).start()
+    try:
+        recorders = [Recorder() for _ in plan]
+        for (task, pcm, opts), rec in zip(plan, recorders, strict=True):
+            speak(engine.open_session(SessionOptions(task=task, decoding=opts), rec), pcm)
+        for rec, twin in zip(recorders, alone, strict=True):
+            done = rec.wait_for(events.Done)[0]
+            assert done.text_tokens == twin.text_tokens and done.steps == twin.steps
+            assert done.frames == frames_of(twin)
+        assert engine.decoder.loads < engine.steps  # greedy steps were fed back on the device
+    finally:
+        engine.stop()
