@@ -5,13 +5,13 @@
 - Triton kernels for the GPU decode step, one module per op: embed_mean, add_rmsnorm,
   qkv_rope_cache, decode_attention, swiglu, head_argmax, feedback.
 
-The Triton kernels have only run in Triton's CPU interpreter and been compiled for sm_90; on a
-first GPU, check before wiring them into the model: `pytest tests/kernels` including the
-`gpu`-marked tests (the bf16 tensor-core dots have never executed); bf16 outputs may move by
-one rounding step from FMA contraction and the approximate exp2/log2/rsqrt; tune
-head_argmax's blocks and warps (254 registers at 4 warps) and decode_attention's split length
-(184 registers) with their benchmarks; capture a whole step in a CUDA graph (the launchers do
-no host sync and allocate their scratch inside).
+realtime/kernel_step.py puts the Triton kernels together into the decode step (captured as a
+CUDA graph per batch-size bucket). They have only run in Triton's CPU interpreter and been
+compiled for sm_90; on a first GPU: `pytest tests/kernels` including the `gpu`-marked tests
+(the bf16 tensor-core dots and the graph capture have never executed); bf16 outputs may move by
+one rounding step from FMA contraction and the approximate exp2/log2/rsqrt; then
+`python -m benchmarks.decode_step` and tune head_argmax's blocks and warps (254 registers at 4
+warps) and decode_attention's split length (184 registers) with their benchmarks.
 """
 
 import os

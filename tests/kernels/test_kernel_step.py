@@ -160,3 +160,52 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
         assert engine.decoder.loads < engine.steps  # greedy steps were fed back on the device
     finally:
         engine.stop()
+
+
+@pytest.mark.gpu
+def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes):
+    """The captured step (the default on CUDA) against the torch path: fp32 tokens equal over
+    longer answers than the interpreter can afford."""
+    torch_rt, rt = runtimes
+    assert rt.kernel_decoder().graphs is not None
+    for case in PREFIXES:
+        request = request_for(dict(case, max_new_tokens=48))
+        inp = rt.prepare(request)
+        *_, (want, _) = generate_tokens(
+            torch_rt.lm, torch_rt.cache, inp, request.task, request.options
+        )
+        *_, (got, _) = generate_tokens(
+            rt.lm, rt.cache, inp, request.task, request.options, rt.kernel_decoder()
+        )
+        assert got.text == want.text and got.audio == want.audio
+
+
+@pytest.mark.gpu
+def test_on_gpu_a_replay_equals_eager_launches(tiny_lm):
+    """bf16: the CUDA graph replays exactly the launches the eager step makes."""
+    lm = tiny_lm(torch.bfloat16).to("cuda")
+    results = []
+    for graphs in (False, True):
+        cache = lm.new_cache(4, max_seq=256)
+        decoder = KernelDecoder(lm, cache, max_rows=3, pad_slot=3, graphs=graphs)
+        assert (decoder.graphs is not None) == graphs
+        batch = [StepRow(history(Task.A2A, 30, 4, seed=5), [0], True),
+                 StepRow(history(Task.A2A_BATCH, 12, 2, seed=6), [1, 2], True)]  # fmt: skip
+        with torch.inference_mode():
+            for _ in range(6):
+                hidden, sampled = decoder.run(batch)
+                for item, row in zip(batch, (0, 1), strict=True):
+                    item.gen.accept(*picked(sampled[row], item.gen))
+        results.append((hidden.clone(), cache.k.clone(), [item.gen.audio for item in batch]))
+    (h0, k0, a0), (h1, k1, a1) = results
+    assert torch.equal(h0, h1) and torch.equal(k0[:, :3], k1[:, :3]) and a0 == a1
+
+
+def test_kernels_by_default_on_cuda_only_and_never_when_torch_only(monkeypatch):
+    from realtime.runtime import kernel_step_enabled
+
+    monkeypatch.delenv("REALTIME_TORCH_ONLY", raising=False)
+    assert kernel_step_enabled(torch.device("cuda"))
+    assert not kernel_step_enabled(torch.device("cpu"))
+    monkeypatch.setenv("REALTIME_TORCH_ONLY", "1")
+    assert not kernel_step_enabled(torch.device("cuda"))

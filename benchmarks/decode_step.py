@@ -1,0 +1,135 @@
+"""The whole decode step at the released shapes: our kernels (launched, and replayed from a
+CUDA graph) against torch eager and torch.compile on the same GPU, plus end of turn to first
+audio sample.
+
+A step is what the engine runs per batch: embeddings, 24 blocks, final norm, the text and
+audio heads with greedy selection, and the feedback of the picked ids into the next input.
+
+- `eager`: the engine's torch path (realtime.generate.decode_step, then both heads' argmax);
+- `compiled`: the same arithmetic written with static shapes (attention over the whole cache
+  under a mask, so nothing syncs), under torch.compile(mode="reduce-overhead"), which captures
+  its own CUDA graphs: the strongest plain-PyTorch contender (gpt-fast's recipe);
+- `kernels`: realtime.kernel_step.KernelStep.forward, every launch from the host;
+- `graph`: the same step replayed from its CUDA graph, as the engine runs it.
+
+Each step's HBM traffic is counted (every weight once, the text head's 325 MB only while some
+row needs text, each row's keys and values) and reported as GB/s and % of the GPU's peak.
+Then end of turn to first audio sample: a 2 s utterance is prefilled, its answer decoded on
+the kernel step and vocoded until the first PCM sample, with the encoder's share given apart.
+
+    python -m benchmarks.decode_step [--model DIR] [--batches 1,8,64] [--context 256]
+
+Without --model a random mini-omni directory is written to a temporary folder first. Writes
+benchmarks/results/decode_step-<gpu>.json. `--dry-run` runs everything once at the tiny
+preset on a CPU (kernels in Triton's interpreter) to check the script, and writes nothing.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLIP = Path(__file__).resolve().parents[1] / "tests" / "data" / "q_capital.wav"
+# Peak HBM bandwidth by GPU name (the vendors' datasheets), for the % of peak column.
+PEAK_GB_PER_S = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H200": 4800, "A100-SXM4-80GB": 2039}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a model directory (default: a random mini-omni one)")
+    parser.add_argument("--batches", default="1,8,64", help="batch sizes (rows), comma-separated")
+    parser.add_argument("--context", type=int, default=256, help="cached positions per row")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per contender")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--dry-run", action="store_true", help="tiny preset on a CPU, no file")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+        args.steps, args.batches, args.context = 1, "1,3", 16
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("decode_step needs a CUDA GPU (or --dry-run to check the script on a CPU)")
+        return 2
+    from benchmarks import step_contenders as sc
+
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    runtime = sc.load_runtime(args.model, device, "tiny" if args.dry_run else "mini-omni")
+    batches = [int(b) for b in args.batches.split(",")]
+    cases = []
+    for batch in batches:
+        for text_running in (True, False):
+            case = sc.time_contenders(
+                runtime.lm, batch, args.context, text_running, args.steps, not args.no_compile
+            )
+            cases.append(add_peak(case, device))
+            print(format_case(case), flush=True)
+    first_audio = sc.end_of_turn_to_first_audio(runtime, CLIP, repeats=1 if args.dry_run else 5)
+    print(
+        f"end of turn -> first audio sample: {first_audio['after_encode_ms']:.1f} ms after the "
+        f"encoder ({first_audio['total_ms']:.1f} ms with it; {first_audio['steps']} steps)"
+    )
+    if not args.dry_run:
+        write(cases, first_audio, vars(args))
+    return 0
+
+
+def add_peak(case: dict, device) -> dict:
+    import torch
+
+    peak = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_GB_PER_S.items() if k in name), None)
+    for result in case["contenders"].values():
+        gbps = result.get("GB_per_s")
+        result["pct_of_peak"] = None if peak is None or gbps is None else 100 * gbps / peak
+    case["peak_GB_per_s"] = peak
+    return case
+
+
+def format_case(case: dict) -> str:
+    cells = []
+    for name, r in case["contenders"].items():
+        if r.get("ms") is None:
+            cells.append(f"{name} -")
+            continue
+        pct = "" if r.get("pct_of_peak") is None else f" {r['pct_of_peak']:.0f}%"
+        cells.append(f"{name} {r['ms']:.3f} ms{pct}")
+    phase = "text+audio" if case["text_running"] else "audio only"
+    return f"batch {case['batch']:>3} {phase:<10} {case['bytes'] / 1e6:7.0f} MB  " + "  ".join(
+        cells
+    )
+
+
+def write(cases: list[dict], first_audio: dict, args: dict) -> None:
+    import torch
+    import triton
+
+    gpu = torch.cuda.get_device_name()
+    out = RESULTS / f"decode_step-{gpu.replace(' ', '_')}.json"
+    result = {
+        "machine": {
+            "gpu": gpu,
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "triton": triton.__version__,
+        },
+        "args": args,
+        "steps": cases,
+        "end_of_turn_to_first_audio": first_audio,
+        "median_of": statistics.median.__name__,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
