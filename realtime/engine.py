@@ -138,6 +138,17 @@ class Engine:
             self._free_slots += self._open.pop(sid, [])
 
     @property
+    def decode_path(self) -> str:
+        """What runs the decode step, in words (for logs)."""
+        if self.decoder is None:
+            return f"torch on {self.cache.k.device}"
+        graphed = self.decoder.graphs is not None
+        sizes = ", ".join(map(str, self.decoder.sizes))
+        return f"Triton kernels on {self.cache.k.device}, " + (
+            f"CUDA graphs for batch sizes {sizes}" if graphed else "launched eagerly"
+        )
+
+    @property
     def active_sessions(self) -> int:
         return len(self._open)
 

@@ -110,7 +110,11 @@ class Server:
 
 async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str], None]) -> None:
     """Run until SIGINT/SIGTERM; `ready(url)` is called once the port is open."""
-    engine = Engine(runtime, EngineOptions(max_sessions=options.max_sessions)).start()
+    # On CUDA building the engine compiles the kernels and captures the step's graphs: off
+    # the loop, though nothing is served yet.
+    engine_options = EngineOptions(max_sessions=options.max_sessions)
+    engine = (await asyncio.to_thread(Engine, runtime, engine_options)).start()
+    log.info("decode step: %s", engine.decode_path)
     runner = web.AppRunner(Server(engine, options).app(), access_log=None)
     await runner.setup()
     try:

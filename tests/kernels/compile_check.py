@@ -108,20 +108,53 @@ def run_launchers(dtype: torch.dtype) -> None:
     mods["feedback"].feedback(empty(B, tokens.STREAMS, dt=torch.int64), *flags)
 
 
+def run_step(dtype: torch.dtype) -> None:
+    """realtime.kernel_step's whole decode step at the released shapes, once per batch-size
+    bucket of a 32-session engine, on meta tensors (nothing is allocated or computed): its
+    launches carry the constexprs the engine really compiles."""
+    from realtime.kernel_step import KernelStep, buckets
+    from realtime.model import OmniLM
+
+    for name in KERNEL_MODULES:
+        importlib.import_module(f"kernels.{name}").runs_kernel = lambda *tensors: True
+    cfg = PRESETS["mini-omni"].model
+    with torch.device("meta"):
+        lm = OmniLM(cfg).to(dtype)
+        lm.cos, lm.sin = (t.to("meta") for t in rope_cache(cfg.block_size, cfg.head_size, 10))
+        lm.fuse()
+        rows = 64
+        step = KernelStep(lm, lm.new_cache(rows + 1), rows, pad_slot=rows)
+        for size in buckets(rows):
+            step.forward(size)
+
+
+def distinct(launches):
+    """One launch per kernel and set of constexprs and options (the rest does not change the
+    compiled code)."""
+    seen = {}
+    for fn, args, options in launches:
+        key = (fn.__name__, tuple(args[fn.arg_names[i]] for i in sorted(fn.constexprs)),
+               tuple(sorted(options.items())))  # fmt: skip
+        seen.setdefault(key, (fn, args, options))
+    return list(seen.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100")
     args = parser.parse_args()
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "unset TRITON_INTERPRET to compile"
     failed = 0
-    for dtype in (torch.bfloat16, torch.float32):
-        for fn, kernel_args, options in capture_launches(lambda dtype=dtype: run_launchers(dtype)):
-            try:
-                compile_for(fn, kernel_args, options, args.arch)
-                print(f"ok      sm_{args.arch} {str(dtype):16} {fn.__name__}")
-            except Exception as exc:  # report every kernel, then fail
-                failed += 1
-                print(f"FAILED  sm_{args.arch} {str(dtype):16} {fn.__name__}: {exc}")
+    for what, runner in (("kernel", run_launchers), ("step", run_step)):
+        for dtype in (torch.bfloat16, torch.float32):
+            launches = capture_launches(lambda dtype=dtype, runner=runner: runner(dtype))
+            for fn, kernel_args, options in distinct(launches):
+                try:
+                    compile_for(fn, kernel_args, options, args.arch)
+                    print(f"ok {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__}")
+                except Exception as exc:  # report every kernel, then fail
+                    failed += 1
+                    print(f"FAILED {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__}: {exc}")
     if failed:
         raise SystemExit(f"{failed} kernel(s) did not compile")
 

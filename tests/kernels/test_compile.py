@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_kernels_compile_for_sm90():
+def test_kernels_and_the_decode_step_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(
         [sys.executable, "-m", "tests.kernels.compile_check", "--arch", "90"],
@@ -24,4 +24,7 @@ def test_kernels_compile_for_sm90():
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("ok ") == 18  # 9 kernels x (bf16, fp32)
+    assert run.stdout.count("ok kernel") == 18  # 9 kernels x (bf16, fp32)
+    # the decode step's launches: every kernel; the head in both of its row tilings,
+    step = [line.split()[-1] for line in run.stdout.splitlines() if line.startswith("ok step")]
+    assert len(step) == 22 and len(set(step)) == 9  # (add_rmsnorm: with and without residual)
