@@ -5,9 +5,9 @@ size's step captured as a CUDA graph.
         ─► proj GEMM ─► add_rmsnorm ─► fc_1|fc_2 GEMM ─► swiglu ─► proj GEMM] x n_layer
         ─► add_rmsnorm (ln_f) ─► head_argmax ─► feedback ─► ids (R, 8) for the next step
 
-`KernelStep.forward(size)` is the hot step: static shapes, every tensor it reads or writes is a
-buffer allocated once, no host sync, so `StepGraphs` can capture it once per batch-size bucket
-and replay it. The products are cuBLAS's (torch's F.linear); everything between them is ours.
+`KernelStep.forward(size)` is the hot step: static shapes, inputs and outputs in buffers
+allocated once (intermediates come from the graph's memory pool), no host sync, so
+`StepGraphs` can capture it once per batch-size bucket and replay it. The products are cuBLAS's (torch's F.linear); everything between them is ours.
 
 `KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
 stay the authority on stop rules) it loads their state into the buffers only when the batch
