@@ -89,6 +89,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="language model weights (float32 reproduces the reference bit for bit)",
     )
     p.add_argument("--offline", action="store_true", help="never download; use local files")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch and our CPU kernels (default: one per core); fewer keeps "
+        "decoding steady when other processes share the cores",
+    )
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
@@ -135,7 +142,7 @@ def _generate(args: argparse.Namespace) -> int:
         request = replace(request, audio=load_audio(args.input_wav))
     else:
         request = replace(request, text=args.input_text)
-    _check_device(args.device)
+    _check_device(args)
     runtime = Runtime.load(args.model, args.device, DTYPES[args.dtype], offline=args.offline)
 
     pcm, result = [], None
@@ -165,11 +172,14 @@ def _decoding_options(args: argparse.Namespace) -> DecodingOptions:
     )
 
 
-def _check_device(device: str) -> None:
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse a missing GPU; apply --threads (our C kernels share torch's OpenMP threads)."""
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but no CUDA GPU is available (use --device cpu)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
 
 def _report(result, args: argparse.Namespace, pcm: np.ndarray, write_wav) -> None:
@@ -206,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     from realtime.runtime import Runtime
     from realtime.server import serve
 
-    _check_device(args.device)
+    _check_device(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiortc", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

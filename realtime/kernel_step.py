@@ -7,7 +7,8 @@ size's step captured as a CUDA graph.
 
 `KernelStep.forward(size)` is the hot step: static shapes, inputs and outputs in buffers
 allocated once (intermediates come from the graph's memory pool), no host sync, so
-`StepGraphs` can capture it once per batch-size bucket and replay it. The products are cuBLAS's (torch's F.linear); everything between them is ours.
+`StepGraphs` can capture it once per batch-size bucket and replay it. The products are
+cuBLAS's (torch's F.linear); everything between them is ours.
 
 `KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
 stay the authority on stop rules) it loads their state into the buffers only when the batch

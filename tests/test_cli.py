@@ -189,3 +189,14 @@ def test_serve_refuses_unsafe_or_broken_listening_at_once(capsys, args, message)
     assert main(["serve", "--model", "/nonexistent", *args]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_threads_option_sets_torch_s_threads(tiny_dir):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert generate(tiny_dir, "--task", "t2t", "--input-text", "hi", "--threads", "1") == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
