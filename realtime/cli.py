@@ -142,7 +142,7 @@ def _generate(args: argparse.Namespace) -> int:
         request = replace(request, audio=load_audio(args.input_wav))
     else:
         request = replace(request, text=args.input_text)
-    _check_device(args)
+    _set_up_device(args)
     runtime = Runtime.load(args.model, args.device, DTYPES[args.dtype], offline=args.offline)
 
     pcm, result = [], None
@@ -172,7 +172,7 @@ def _decoding_options(args: argparse.Namespace) -> DecodingOptions:
     )
 
 
-def _check_device(args: argparse.Namespace) -> None:
+def _set_up_device(args: argparse.Namespace) -> None:
     """Refuse a missing GPU; apply --threads (our C kernels share torch's OpenMP threads)."""
     import torch
 
@@ -216,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     from realtime.runtime import Runtime
     from realtime.server import serve
 
-    _check_device(args)
+    _set_up_device(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiortc", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

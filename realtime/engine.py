@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from realtime import events, tokens
-from realtime.generate import decode_step, is_greedy, sample, sample_step
+from realtime.generate import decode_step, is_greedy, sample
 from realtime.prompts import TASKS
-from realtime.runtime import MAX_ROWS, Runtime, kernel_step_enabled
+from realtime.runtime import MAX_ROWS, Runtime
 from realtime.session import Session, SessionError, SessionOptions, check_options
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
@@ -34,8 +34,8 @@ STEP_LOG = 4096  # recent steps kept for benchmarks and monitoring
 @dataclass(frozen=True)
 class EngineOptions:
     max_sessions: int = 4  # each may hold up to MAX_ROWS KV rows
-    # The decode step on our Triton kernels: None means on CUDA unless REALTIME_TORCH_ONLY is
-    # set (True also runs them on a CPU under TRITON_INTERPRET=1, as the tests do).
+    # The decode step on our Triton kernels: None follows the Runtime (CUDA, unless
+    # REALTIME_TORCH_ONLY is set); True also runs them on a CPU under TRITON_INTERPRET=1.
     kernels: bool | None = None
     cuda_graphs: bool = True  # capture the kernel step per batch-size bucket (CUDA only)
 
@@ -78,9 +78,7 @@ class Engine:
     def __init__(self, runtime: Runtime, options: EngineOptions = EngineOptions()) -> None:
         self.runtime, self.options = runtime, options
         rows = options.max_sessions * MAX_ROWS
-        use_kernels = options.kernels
-        if use_kernels is None:
-            use_kernels = kernel_step_enabled(runtime.device)
+        use_kernels = runtime.kernels if options.kernels is None else options.kernels
         # The kernel step's padding rows write to one extra slot that no session owns.
         self.cache = runtime.lm.new_cache(rows + use_kernels)
         self._free_slots = list(range(rows))
@@ -265,21 +263,13 @@ class Engine:
 
     def _kernel_step(self, answering: list[Session]) -> int:
         """The step on the kernels: greedy sessions take the ids the device picked (and has
-        already fed back); sampling ones are sampled here from their hidden states."""
-        from realtime.kernel_step import StepRow, picked
+        already fed back); sampling ones are sampled from their hidden states."""
+        from realtime.kernel_step import StepRow
 
-        batch = [StepRow(s.gen, s.slot_ids, is_greedy(s.options.decoding)) for s in answering]
-        hidden, sampled = self.decoder.run(batch)
-        row = 0
-        for s, item in zip(answering, batch, strict=True):
-            if item.greedy:
-                ids = picked(sampled[row], s.gen)
-            else:
-                rows = hidden[row : row + s.spec.rows]
-                ids = sample_step(self.runtime.lm, rows, s.gen, s.options.decoding, s.generator)
+        batch = [StepRow(s.gen, s.slot_ids, s.options.decoding, s.generator) for s in answering]
+        for s, ids in zip(answering, self.decoder.decode(batch), strict=True):
             self._guarded(s, s.accept, *ids)
-            row += s.spec.rows
-        return row
+        return sum(len(item.slots) for item in batch)
 
     def _sample(self, answering: list[Session], hidden: torch.Tensor, counts: list[int]) -> None:
         """Batched heads: text logits for rows that still need them, audio for speaking rows;

@@ -235,6 +235,10 @@ def generate_tokens(
     generator = torch.Generator(cache.k.device).manual_seed(opts.seed)
     rows = prompt.ids.shape[0]
     slots = torch.arange(rows, device=cache.k.device)
+    if decoder is not None:
+        from realtime.kernel_step import StepRow  # imports triton: only when used
+
+        request = [StepRow(gen, list(range(rows)), opts, generator)]
     with torch.inference_mode():
         out = gen.accept(
             *sample_step(model, prefill(model, cache, slots, inp), gen, opts, generator)
@@ -248,14 +252,6 @@ def generate_tokens(
                     model, decode_step(model, cache, ids, positions, slots), gen, opts, generator
                 )
             else:
-                chosen = _kernel_step(decoder, model, gen, rows, opts, generator)
+                chosen = decoder.decode(request)[0]
             out = gen.accept(*chosen)
             yield gen, out
-
-
-def _kernel_step(decoder, model: OmniLM, gen: Generation, rows: int, opts, generator):
-    from realtime.kernel_step import StepRow, picked  # imports triton: only when used
-
-    greedy = is_greedy(opts)
-    hidden, sampled = decoder.run([StepRow(gen, list(range(rows)), greedy)])
-    return picked(sampled[0], gen) if greedy else sample_step(model, hidden, gen, opts, generator)

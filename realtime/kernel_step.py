@@ -32,7 +32,8 @@ from kernels.qkv_rope_cache import qkv_rope_cache
 from kernels.swiglu import swiglu
 from kernels.triton_support import interpreting
 from realtime import tokens
-from realtime.generate import Generation
+from realtime.config import DecodingOptions
+from realtime.generate import Generation, is_greedy, sample_step
 from realtime.model import Attention, KVCache, OmniLM, linear
 
 
@@ -50,7 +51,12 @@ class StepRow:
 
     gen: Generation
     slots: list[int]
-    greedy: bool
+    options: DecodingOptions
+    generator: torch.Generator | None = None  # for sampling requests
+
+    @property
+    def greedy(self) -> bool:
+        return is_greedy(self.options)
 
 
 class KernelStep:
@@ -77,14 +83,12 @@ class KernelStep:
         # inputs of the next step (fed back on the device, or loaded from the host)
         self.ids = torch.zeros(R, tokens.STREAMS, dtype=torch.long, device=dev)
         self.positions, self.slots, self.advance = longs(), longs(pad_slot), longs()
-        self.row_index = torch.arange(R, device=dev)
-        self.audio_src, self.text_src = self.row_index.clone(), self.row_index.clone()
+        self.audio_src, self.text_src = torch.arange(R, device=dev), torch.arange(R, device=dev)
         self.no_text, self.speaks, self.audio_out = flags(True), flags(), flags()
         self.first, self.text_ended = flags(), flags()  # decode steps are never a request's first
         # outputs of the last step
         self.hidden = torch.zeros(R, lm.cfg.n_embd, dtype=cache.k.dtype, device=dev)
         self.sampled = torch.zeros(R, tokens.STREAMS, dtype=torch.long, device=dev)
-        self.stop = flags()
         # The interpreter pays per program: few large head blocks run faster there.
         self.head_block_v = 8192 if interpreting() else None
 
@@ -110,14 +114,13 @@ class KernelStep:
         audio = greedy[self.audio_src[:size], : tokens.AUDIO_LAYERS]
         text = greedy[self.text_src[:size], tokens.TEXT_STREAM :]
         sampled = torch.cat((audio, text), dim=1)  # (size, 8)
-        next_ids, stop = feedback(
+        next_ids, _ = feedback(  # the host's Generations apply the stops
             sampled, self.speaks[:size], self.audio_out[:size], self.first[:size],
             self.text_ended[:size],
         )  # fmt: skip
         ids.copy_(next_ids)
         positions.add_(self.advance[:size])
         self.sampled[:size].copy_(sampled)
-        self.stop[:size].copy_(stop)
         self.hidden[:size].copy_(hidden)
 
     def _attention(self, attn: Attention, y, layer: int, positions, slots, lengths):
@@ -241,9 +244,22 @@ class KernelDecoder:
         self._last = [(item.gen, item.gen.steps) for item in batch] if greedy else None
         return self.step.hidden[:rows], sampled
 
-    def invalidate(self) -> None:
-        """Forget what the device holds: the next step loads from the host."""
-        self._last = None
+    def decode(self, batch: list[StepRow]) -> list[tuple[int, list[int] | None]]:
+        """One step of `batch` -> each request's (text id, audio ids or None), as
+        `Generation.accept` takes them: greedy requests as the device picked them, sampling
+        ones sampled here from their hidden states (top-k, temperature, top-p)."""
+        hidden, sampled = self.run(batch)
+        chosen, row = [], 0
+        for item in batch:
+            if item.greedy:
+                chosen.append(picked(sampled[row], item.gen))
+            else:
+                rows = hidden[row : row + len(item.slots)]
+                chosen.append(
+                    sample_step(self.step.lm, rows, item.gen, item.options, item.generator)
+                )
+            row += len(item.slots)
+        return chosen
 
     def _continues(self, batch: list[StepRow]) -> bool:
         last = self._last

@@ -24,6 +24,8 @@ from realtime.session import SessionOptions
 from ..test_engine import Recorder, clip, frames_of, offline, speak
 from ..test_parity import CASES, request_for
 
+GREEDY = DecodingOptions()
+
 TOLERANCE = {
     torch.float32: dict(rtol=1e-5, atol=1e-5),
     torch.bfloat16: dict(rtol=2**-6, atol=2e-2),  # a few bf16 roundings apart after 2 layers
@@ -58,9 +60,9 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype):
     for buffer in (cache.k, cache.v):  # earlier positions' keys and values
         buffer.copy_(torch.randn(buffer.shape, generator=g, device=device).to(dtype))
     batch = [
-        StepRow(history(Task.A2A, 40, 9, seed=1), [3], True),
-        StepRow(history(Task.A2A_BATCH, 120, 3, seed=2), [0, 4], True),
-        StepRow(history(Task.T2T, 7, 1, seed=3), [1], True),
+        StepRow(history(Task.A2A, 40, 9, seed=1), [3], GREEDY),
+        StepRow(history(Task.A2A_BATCH, 120, 3, seed=2), [0, 4], GREEDY),
+        StepRow(history(Task.T2T, 7, 1, seed=3), [1], GREEDY),
     ]
     untouched = cache.k[:, 2].clone()  # a slot no request owns
     twin = lm.new_cache(6, max_seq=256)  # the torch step's cache
@@ -189,8 +191,8 @@ def test_on_gpu_a_replay_equals_eager_launches(tiny_lm):
         cache = lm.new_cache(4, max_seq=256)
         decoder = KernelDecoder(lm, cache, max_rows=3, pad_slot=3, graphs=graphs)
         assert (decoder.graphs is not None) == graphs
-        batch = [StepRow(history(Task.A2A, 30, 4, seed=5), [0], True),
-                 StepRow(history(Task.A2A_BATCH, 12, 2, seed=6), [1, 2], True)]  # fmt: skip
+        batch = [StepRow(history(Task.A2A, 30, 4, seed=5), [0], GREEDY),
+                 StepRow(history(Task.A2A_BATCH, 12, 2, seed=6), [1, 2], GREEDY)]  # fmt: skip
         with torch.inference_mode():
             for _ in range(6):
                 hidden, sampled = decoder.run(batch)
