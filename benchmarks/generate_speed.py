@@ -52,8 +52,8 @@ def time_steps(runtime: Runtime, task: Task, steps: int, text_running: bool) -> 
             positions = torch.full((spec.rows,), prompt.length + step)
             hidden = decode_step(lm, runtime.cache, ids, positions, rows)
             if text_running:
-                sample(lm.text_logits(hidden[spec.text_row : spec.text_row + 1]), GREEDY, None)
-            sample(lm.audio_logits(hidden[spec.audio_row : spec.audio_row + 1])[0], GREEDY, None)
+                sample(lm.text_logits(hidden[spec.text_row : spec.text_row + 1]), GREEDY, 0, 0)
+            sample(lm.audio_logits(hidden[spec.audio_row : spec.audio_row + 1])[0], GREEDY, 0, 0)
             times.append((time.perf_counter() - began) * 1000)
     return summary(times[2:])
 

@@ -266,7 +266,7 @@ class Engine:
         already fed back); sampling ones are sampled from their hidden states."""
         from realtime.kernel_step import StepRow
 
-        batch = [StepRow(s.gen, s.slot_ids, s.options.decoding, s.generator) for s in answering]
+        batch = [StepRow(s.gen, s.slot_ids, s.options.decoding) for s in answering]
         for s, ids in zip(answering, self.decoder.decode(batch), strict=True):
             self._guarded(s, s.accept, *ids)
         return sum(len(item.slots) for item in batch)
@@ -283,10 +283,12 @@ class Engine:
         text_ids, audio_ids = {}, {}
         if texting:
             logits = lm.text_logits(hidden[[b + s.spec.text_row for s, b in texting]])
-            text_ids = dict(zip([s for s, _ in texting], _pick(logits, texting), strict=True))
+            picks = _pick(logits, texting, tokens.TEXT_STREAM)
+            text_ids = dict(zip([s for s, _ in texting], picks, strict=True))
         if speaking:
             logits = lm.audio_logits(hidden[[b + s.spec.audio_row for s, b in speaking]])
-            audio_ids = dict(zip([s for s, _ in speaking], _pick(logits, speaking), strict=True))
+            picks = _pick(logits, speaking, 0)
+            audio_ids = dict(zip([s for s, _ in speaking], picks, strict=True))
         for s in answering:
             self._guarded(s, s.accept, text_ids.get(s, tokens.PAD_T), audio_ids.get(s))
 
@@ -310,10 +312,12 @@ class Engine:
             self._guarded(s, s.finish, tails.get(s, np.zeros(0, np.float32)))
 
 
-def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]]) -> list:
-    """Each row's sampled ids (an int for text logits (N, V), 7 ints for audio (N, 7, V))."""
+def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]], stream: int) -> list:
+    """Each row's sampled ids (an int for text logits (N, V), 7 ints for audio (N, 7, V)); a
+    sampling session draws at its next position, its first row as `stream`."""
     if all(is_greedy(s.options.decoding) for s, _ in rows):
         return logits.float().argmax(dim=-1).tolist()
     return [
-        sample(logits[i], s.options.decoding, s.generator).tolist() for i, (s, _) in enumerate(rows)
+        sample(logits[i], s.options.decoding, s.gen.next_position, stream).tolist()
+        for i, (s, _) in enumerate(rows)
     ]

@@ -15,36 +15,9 @@ from realtime import tokens
 from realtime.config import DecodingOptions
 from realtime.model import KVCache, OmniLM
 from realtime.prompts import TASKS, Prompt, Task
+from realtime.sampling import is_greedy, sample
 
-
-def is_greedy(opts: DecodingOptions) -> bool:
-    """top_k 1 (the default) leaves one candidate; so does a zero temperature without top-p."""
-    return opts.top_k == 1 or (opts.temperature <= 0 and opts.top_p <= 0)
-
-
-def sample(logits: torch.Tensor, opts: DecodingOptions, generator: torch.Generator | None):
-    """Pick one id per row of logits (..., V): top-k, then temperature, then top-p, as the
-    reference does."""
-    if is_greedy(opts):
-        return logits.float().argmax(dim=-1)  # the same index; bf16 argmax is slow on CPUs
-    logits = logits.float()
-    if opts.top_k is not None:
-        kept, index = torch.topk(logits, min(opts.top_k, logits.shape[-1]))
-        logits = torch.full_like(logits, float("-inf")).scatter_(-1, index, kept)
-    if opts.temperature > 0:
-        logits = logits / opts.temperature
-    if opts.top_p < 1.0:
-        logits = _top_p_filter(logits, opts.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Drop the least likely ids whose total probability stays within 1 - top_p."""
-    sorted_logits, order = torch.sort(logits, descending=False)
-    drop = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
-    drop[..., -1] = False  # always keep the most likely id
-    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+__all__ = ["is_greedy", "sample"]  # re-exported: the loops' callers import them from here
 
 
 @dataclass
@@ -162,19 +135,18 @@ def sample_step(
     hidden: torch.Tensor,
     gen: Generation,
     opts: DecodingOptions,
-    generator: torch.Generator | None,
 ) -> tuple[int, list[int] | None]:
-    """Sample one request's text and audio ids from its rows' hidden states (rows, C)."""
-    spec = gen.spec
+    """Sample one request's text and audio ids from its rows' hidden states (rows, C), at its
+    next position."""
+    spec, position = gen.spec, gen.next_position
     text = tokens.PAD_T
     if gen.needs_text_logits:
-        text = int(
-            sample(model.text_logits(hidden[spec.text_row : spec.text_row + 1]), opts, generator)
-        )
+        logits = model.text_logits(hidden[spec.text_row : spec.text_row + 1])[0]  # (V,)
+        text = int(sample(logits, opts, position, tokens.TEXT_STREAM))
     audio = None
     if spec.audio_out:
         logits = model.audio_logits(hidden[spec.audio_row : spec.audio_row + 1])[0]  # (7, V)
-        audio = sample(logits, opts, generator).tolist()
+        audio = sample(logits, opts, position, 0).tolist()
     return text, audio
 
 
@@ -232,25 +204,21 @@ def generate_tokens(
             f"{cache.max_seq}-position context"
         )
     gen = Generation(task, prompt.length, min(opts.max_new_tokens or room, room))
-    generator = torch.Generator(cache.k.device).manual_seed(opts.seed)
     rows = prompt.ids.shape[0]
     slots = torch.arange(rows, device=cache.k.device)
     if decoder is not None:
         from realtime.kernel_step import StepRow  # imports triton: only when used
 
-        request = [StepRow(gen, list(range(rows)), opts, generator)]
+        request = [StepRow(gen, list(range(rows)), opts)]
     with torch.inference_mode():
-        out = gen.accept(
-            *sample_step(model, prefill(model, cache, slots, inp), gen, opts, generator)
-        )
+        out = gen.accept(*sample_step(model, prefill(model, cache, slots, inp), gen, opts))
         yield gen, out
         while not out.done:
             if decoder is None:
                 positions = torch.full_like(slots, gen.next_position)
                 ids = gen.next_input().to(slots.device)
-                chosen = sample_step(
-                    model, decode_step(model, cache, ids, positions, slots), gen, opts, generator
-                )
+                hidden = decode_step(model, cache, ids, positions, slots)
+                chosen = sample_step(model, hidden, gen, opts)
             else:
                 chosen = decoder.decode(request)[0]
             out = gen.accept(*chosen)

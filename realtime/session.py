@@ -20,6 +20,7 @@ from realtime.encoder import ChunkedEncoder, encode_exact
 from realtime.generate import Generation, StepOutput, sample_step
 from realtime.model import KVCache, OmniLM
 from realtime.prompts import PROMPT_HEAD, PROMPT_TAIL, TASKS, Task, build_prompt
+from realtime.sampling import check_decoding
 from realtime.tokenizer import IncrementalDetokenizer
 from realtime.vocoder import VocoderStream
 
@@ -43,6 +44,10 @@ def check_options(options: SessionOptions) -> None:
         raise SessionError(f"unknown encoder mode {options.encoder!r}: {ENCODER_MODES}")
     if options.task not in TASKS:
         raise SessionError(f"unknown task {options.task!r}")
+    try:
+        check_decoding(options.decoding)
+    except ValueError as exc:
+        raise SessionError(str(exc)) from None
 
 
 class Session:
@@ -70,7 +75,6 @@ class Session:
         self.vocoder = VocoderStream(device=cache.k.device)
         self.history = 0  # KV positions kept from earlier turns
         self.discarding = False  # a turn failed midway: drop its audio until its end
-        self.generator = torch.Generator(cache.k.device).manual_seed(options.decoding.seed)
         self._reset_input()
         self._reset_answer()
 
@@ -182,7 +186,7 @@ class Session:
         room = self.cache.max_seq - length
         limit = self.options.decoding.max_new_tokens or room
         self.gen = Generation(self.options.task, length, min(limit, room))
-        self.accept(*sample_step(self.lm, hidden, self.gen, self.options.decoding, self.generator))
+        self.accept(*sample_step(self.lm, hidden, self.gen, self.options.decoding))
 
     def _forward(self, ids, audio, mask) -> torch.Tensor:
         """Run prompt positions ids (rows, n, 8) of this turn through the model."""
