@@ -12,7 +12,12 @@ once for up to BLOCK_B rows of h through tl.dot, reduced to a max and argmax per
 blocks read nothing when every row of the tile skips the text (after _eot it is forced), which
 leaves a decode step 26 MB of audio rows instead of 325 MB (bf16). Stage 2, grid (B, 8): reduces
 each range's partials in block order, so the lowest index still wins a tie.
+
+Stage 1 can also write the logits of chosen rows (`head_partials(..., logits, keep)`): the
+rows that sample, for kernels/head_sample.py, which draws from them and the block maxima.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +35,13 @@ NO_INDEX = tl.constexpr(2**31 - 1)  # a global a kernel reads must be a constexp
 
 @triton.jit
 def _head_argmax_kernel(
-    h_ptr, w_ptr, skip_ptr, part_val_ptr, part_idx_ptr,
+    h_ptr, w_ptr, skip_ptr, part_val_ptr, part_idx_ptr, logits_ptr, keep_ptr,
     B, C,
-    stride_h_b, stride_w_v, stride_part_b,
+    stride_h_b, stride_w_v, stride_part_b, stride_l_b,
     TEXT_V: tl.constexpr, AUDIO_V: tl.constexpr,
     TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr,
+    WRITE_LOGITS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) rows of h
@@ -67,6 +73,12 @@ def _head_argmax_kernel(
     part = rows * stride_part_b + pid
     tl.store(part_val_ptr + part, best, mask=rows < B)
     tl.store(part_idx_ptr + part, best_id, mask=rows < B)
+    if WRITE_LOGITS:  # for the rows that sample (kernels/head_sample.py): theirs only
+        keep = tl.load(keep_ptr + rows, mask=rows < B, other=0) != 0
+        out = logits_ptr + rows[:, None].to(tl.int64) * stride_l_b + (range_start + local)[None, :]
+        tl.store(
+            out, logits.to(logits_ptr.dtype.element_ty), mask=keep[:, None] & in_range[None, :]
+        )
 
 
 @triton.jit
@@ -110,31 +122,86 @@ def head_argmax(
     where skip_text)."""
     if not runs_kernel(h, weight):
         return head_argmax_ref(h, weight, skip_text, text_vocab, audio_vocab, audio_layers)
-    B, C = h.shape
-    assert weight.shape[0] == text_vocab + audio_layers * audio_vocab
-    assert h.stride(1) == 1 and weight.stride(1) == 1
     if skip_text is None:
-        skip_text = torch.zeros(B, dtype=torch.bool, device=h.device)
+        skip_text = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+    layout = HeadLayout(text_vocab, audio_vocab, audio_layers, block_v)
+    part_val, part_idx = head_partials(h, weight, skip_text, layout)
+    return head_reduce(part_val, part_idx, skip_text, layout)
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """The head's ranges and how stage 1 cuts them into blocks."""
+
+    text_vocab: int = tokens.TEXT_VOCAB_PADDED
+    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB
+    audio_layers: int = tokens.AUDIO_LAYERS
+    block_v: int = BLOCK_V
+
+    @property
+    def text_blocks(self) -> int:
+        return triton.cdiv(self.text_vocab, self.block_v)
+
+    @property
+    def audio_blocks(self) -> int:
+        return triton.cdiv(self.audio_vocab, self.block_v)
+
+    @property
+    def blocks(self) -> int:  # per row: the text's, then each audio layer's in turn
+        return self.text_blocks + self.audio_layers * self.audio_blocks
+
+    @property
+    def vocab(self) -> int:
+        return self.text_vocab + self.audio_layers * self.audio_vocab
+
+
+def head_partials(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    skip_text: torch.Tensor,
+    layout: HeadLayout,
+    logits: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1 -> each block's (max, argmax) per row: (B, layout.blocks) fp32 and int32. With
+    `logits` (B, V) and `keep` (B,) bool, also writes the logits of the kept rows (in
+    logits.dtype; exact when that is the model's dtype)."""
+    B, C = h.shape
+    assert weight.shape[0] == layout.vocab
+    assert h.stride(1) == 1 and weight.stride(1) == 1
     skip = skip_text.contiguous().view(torch.uint8)
-    text_blocks, audio_blocks = triton.cdiv(text_vocab, block_v), triton.cdiv(audio_vocab, block_v)
-    blocks = text_blocks + audio_layers * audio_blocks
-    part_val = torch.empty(B, blocks, device=h.device, dtype=torch.float32)
-    part_idx = torch.empty(B, blocks, device=h.device, dtype=torch.int32)
+    part_val = torch.empty(B, layout.blocks, device=h.device, dtype=torch.float32)
+    part_idx = torch.empty(B, layout.blocks, device=h.device, dtype=torch.int32)
+    write = logits is not None
+    if write:
+        assert logits.shape == (B, layout.vocab) and logits.stride(1) == 1
+        keep = keep.contiguous().view(torch.uint8)
     block_b = min(MAX_BLOCK_B, max(16, triton.next_power_of_2(B)))  # tl.dot's minimum is 16
-    _head_argmax_kernel[(blocks, triton.cdiv(B, block_b))](
-        h, weight, skip, part_val, part_idx,
+    _head_argmax_kernel[(layout.blocks, triton.cdiv(B, block_b))](
+        h, weight, skip, part_val, part_idx, logits if write else part_val,
+        keep if write else skip,
         B, C,
-        h.stride(0), weight.stride(0), part_val.stride(0),
-        TEXT_V=text_vocab, AUDIO_V=audio_vocab,
-        TEXT_BLOCKS=text_blocks, AUDIO_BLOCKS=audio_blocks, DOT_DTYPE=dot_dtype(h.dtype),
-        BLOCK_B=block_b, BLOCK_V=block_v, BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)),
+        h.stride(0), weight.stride(0), part_val.stride(0), logits.stride(0) if write else 0,
+        TEXT_V=layout.text_vocab, AUDIO_V=layout.audio_vocab,
+        TEXT_BLOCKS=layout.text_blocks, AUDIO_BLOCKS=layout.audio_blocks,
+        DOT_DTYPE=dot_dtype(h.dtype), BLOCK_B=block_b, BLOCK_V=layout.block_v,
+        BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)), WRITE_LOGITS=write,
     )  # fmt: skip
-    ids = torch.empty(B, audio_layers + 1, device=h.device, dtype=torch.int64)
-    _head_argmax_reduce_kernel[(B, audio_layers + 1)](
-        part_val, part_idx, skip, ids,
+    return part_val, part_idx
+
+
+def head_reduce(
+    part_val: torch.Tensor, part_idx: torch.Tensor, skip_text: torch.Tensor, layout: HeadLayout
+) -> torch.Tensor:
+    """Stage 2: the partials -> ids (B, audio_layers + 1) int64, the greedy picks."""
+    B = part_val.shape[0]
+    ids = torch.empty(B, layout.audio_layers + 1, device=part_val.device, dtype=torch.int64)
+    _head_argmax_reduce_kernel[(B, layout.audio_layers + 1)](
+        part_val, part_idx, skip_text.contiguous().view(torch.uint8), ids,
         part_val.stride(0), ids.stride(0),
-        AUDIO_LAYERS=audio_layers, TEXT_BLOCKS=text_blocks, AUDIO_BLOCKS=audio_blocks,
-        TEXT_FILL=tokens.PAD_T, BLOCK_P=min(1024, triton.next_power_of_2(text_blocks)),
+        AUDIO_LAYERS=layout.audio_layers, TEXT_BLOCKS=layout.text_blocks,
+        AUDIO_BLOCKS=layout.audio_blocks, TEXT_FILL=tokens.PAD_T,
+        BLOCK_P=min(1024, triton.next_power_of_2(layout.text_blocks)),
     )  # fmt: skip
     return ids
 

@@ -74,6 +74,7 @@ KERNEL_MODULES = (
     "embed_mean",
     "feedback",
     "head_argmax",
+    "head_sample",
     "qkv_rope_cache",
     "swiglu",
 )
@@ -104,6 +105,10 @@ def run_launchers(dtype: torch.dtype) -> None:
     mods["decode_attention"].decode_attention(empty(B, cfg.n_head, hs), *cache, 3, slots, lengths)
     mods["swiglu"].swiglu(empty(B, 2 * cfg.intermediate_size))
     mods["head_argmax"].head_argmax(empty(B, C), table, empty(B, dt=torch.bool))
+    sample = mods["head_sample"]
+    kinds = (torch.bool, torch.int64, torch.float32, torch.float32, torch.int64, torch.int64)
+    rows = sample.SamplingRows(*(empty(B, dt=kind) for kind in kinds))
+    sample.head_sample(empty(B, C), table, empty(B, dt=torch.bool), rows, empty(B, table.shape[0]))
     flags = [empty(B, dt=torch.bool) for _ in range(4)]
     mods["feedback"].feedback(empty(B, tokens.STREAMS, dt=torch.int64), *flags)
 
@@ -125,7 +130,8 @@ def run_step(dtype: torch.dtype) -> None:
         rows = 64
         step = KernelStep(lm, lm.new_cache(rows + 1), rows, pad_slot=rows)
         for size in buckets(rows):
-            step.forward(size)
+            step.forward(size, sampling=False)
+            step.forward(size, sampling=True)
 
 
 def distinct(launches):

@@ -24,7 +24,9 @@ def test_kernels_and_the_decode_step_compile_for_sm90():
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("ok kernel") == 18  # 9 kernels x (bf16, fp32)
-    # the decode step's launches: every kernel; the head in both of its row tilings,
+    # 10 kernels x (bf16, fp32), the head's stage 1 also as it writes the sampling rows' logits
+    assert run.stdout.count("ok kernel") == 22
+    # the decode step's launches: every kernel; the head's stage 1 in both of its row tilings,
+    # with and without the sampling rows' logits
     step = [line.split()[-1] for line in run.stdout.splitlines() if line.startswith("ok step")]
-    assert len(step) == 22 and len(set(step)) == 9  # (add_rmsnorm: with and without residual)
+    assert len(step) == 28 and len(set(step)) == 10  # (add_rmsnorm: with and without residual)

@@ -1,0 +1,110 @@
+"""kernels/head_sample.py against its torch reference (the greedy head plus
+realtime.sampling.sample per sampling row), on toy token layouts: the interpreter is slow."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import triton
+import triton.language as tl
+
+from kernels.head_argmax import head_argmax_ref
+from kernels.head_sample import TOP_K_MAX, SamplingRows, _uniform, head_sample, head_sample_ref
+from realtime import tokens
+from realtime.sampling import uniforms
+
+LAYERS = tokens.AUDIO_LAYERS
+
+
+@triton.jit
+def _uniforms_kernel(seed_ptr, position_ptr, stream_ptr, out_ptr):
+    n = tl.program_id(0)  # one uniform a program, as the head's draw takes its row's
+    u = _uniform(tl.load(seed_ptr + n), tl.load(position_ptr + n), tl.load(stream_ptr + n))
+    tl.store(out_ptr + n, u)
+
+
+def test_the_device_uniforms_are_the_host_s(device):
+    seeds = [0, 1, 7, -3, 2**40 + 5, 2**63 - 1, -(2**63)]
+    cases = [(s, p, r) for s in seeds for p, r in ((0, 0), (5, 7), (4095, 3), (2**28, 6))]
+    seed, position, stream = (torch.tensor(c, device=device) for c in zip(*cases, strict=True))
+    out = torch.empty(len(cases), device=device)
+    _uniforms_kernel[(len(cases),)](seed, position, stream, out)
+    want = torch.cat([uniforms(s, p, [r]) for s, p, r in cases])
+    assert torch.equal(out.cpu(), want)
+
+
+def make_rows(device, B: int, seed: int = 0) -> SamplingRows:
+    """B <= 6 rows: every third one greedy, the others with assorted draws."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = SamplingRows(
+        sampling=torch.arange(B) % 3 != 1,
+        top_k=torch.tensor([40, 1, TOP_K_MAX, 5, 2, 17][:B]),
+        temperature=torch.tensor([0.8, 1.0, 1.3, 0.0, 0.5, 2.0][:B]),
+        top_p=torch.tensor([0.9, 1.0, 1.0, 0.5, 0.3, 0.95][:B]),
+        seeds=torch.randint(-(2**62), 2**62, (B,), generator=gen),
+        positions=torch.randint(0, 4096, (B,), generator=gen),
+    )
+    return SamplingRows(*(getattr(rows, f).to(device) for f in SamplingRows.__annotations__))
+
+
+def make_case(B, C, text, audio, dtype, device, integer, seed=0):
+    """h (B, C), W (V, C); integer entries make every logit exact (and tie often)."""
+    gen = torch.Generator().manual_seed(seed)
+    V = text + LAYERS * audio
+    if integer:
+        h = torch.randint(-2, 3, (B, C), generator=gen).float()
+        w = torch.randint(-2, 3, (V, C), generator=gen).float()
+    else:
+        h, w = torch.randn(B, C, generator=gen), torch.randn(V, C, generator=gen) * 0.3
+    return h.to(device, dtype), w.to(device, dtype)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "integer", "text", "audio", "block_v"),
+    [
+        (torch.float32, False, 300, 70, 16),  # ragged ranges, more blocks than TOP_K_MAX
+        (torch.float32, False, 320, 64, 64),  # fewer blocks than TOP_K_MAX: all are read
+        (torch.bfloat16, True, 300, 70, 32),  # exact bf16 logits with many ties
+    ],
+)
+def test_draws_equal_the_host_s(device, dtype, integer, text, audio, block_v):
+    B, C = 6, 40
+    h, w = make_case(B, C, text, audio, dtype, device, integer, seed=text + block_v)
+    rows = make_rows(device, B, seed=block_v)
+    skip = torch.tensor([False, False, True, False, True, False], device=device)
+    logits = torch.full((B, text + LAYERS * audio), 7.0, device=device, dtype=dtype)
+    got = head_sample(h, w, skip, rows, logits, text, audio, LAYERS, block_v=block_v)
+    want = head_sample_ref(h, w, skip, rows, text, audio, LAYERS)
+    assert got.shape == (B, LAYERS + 1) and got.dtype == torch.int64
+    assert torch.equal(got, want)
+    greedy = head_argmax_ref(h, w, skip, text, audio, LAYERS)
+    assert torch.equal(got[~rows.sampling], greedy[~rows.sampling])  # greedy rows untouched
+    assert (got[skip, LAYERS] == tokens.PAD_T).all()  # a skipped text is not drawn
+    # the buffer holds the sampling rows' logits (in the model dtype) and nothing else
+    full = (h.float() @ w.float().T).to(dtype)  # exact for integer entries
+    drawn = rows.sampling & ~skip
+    if integer:
+        assert torch.equal(logits[drawn], full[drawn])
+    else:
+        torch.testing.assert_close(logits[drawn], full[drawn], rtol=1e-5, atol=1e-5)
+    assert (logits[~rows.sampling] == 7.0).all()
+
+
+def test_a_draw_changes_with_the_position_and_follows_the_greedy_when_top_k_is_1(device):
+    """The same logits drawn at other positions give other ids; top_k 1 is the argmax."""
+    text, audio = 300, 70
+    h, w = make_case(1, 24, text, audio, torch.float32, device, integer=False, seed=3)
+    h = h.expand(4, -1).contiguous()
+    rows = SamplingRows(
+        *(
+            torch.tensor(v, device=device)
+            for v in (
+                [True] * 4, [64, 64, 64, 1], [2.0] * 4, [1.0] * 4, [5] * 4, [0, 1, 2, 3],
+            )
+        )
+    )  # fmt: skip
+    skip = torch.zeros(4, dtype=torch.bool, device=device)
+    got = head_sample(h, w, skip, rows, None, text, audio, LAYERS, block_v=32)
+    assert len({tuple(r) for r in got[:3].tolist()}) == 3
+    assert torch.equal(got[3], head_argmax_ref(h[:1], w, None, text, audio, LAYERS)[0])
