@@ -10,7 +10,10 @@ audio heads with greedy selection, and the feedback of the picked ids into the n
   under a mask, so nothing syncs), under torch.compile(mode="reduce-overhead"), which captures
   its own CUDA graphs: the strongest plain-PyTorch contender (gpt-fast's recipe);
 - `kernels`: realtime.kernel_step.KernelStep.forward, every launch from the host;
-- `graph`: the same step replayed from its CUDA graph, as the engine runs it.
+- `graph`: the same step replayed from its CUDA graph, as the engine runs it;
+- `graph+sampling`: the same with every row drawing top-k 40 / temperature 0.9 / top-p 0.95
+  on the device (kernels/head_sample.py), as a sampling session's batch runs; its bytes are
+  counted as the greedy step's (the sampling rows' logits written and reread come on top).
 
 Each step's HBM traffic is counted (every weight once, the text head's 325 MB only while some
 row needs text, each row's keys and values) and reported as GB/s and % of the GPU's peak.

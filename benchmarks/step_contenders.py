@@ -163,7 +163,11 @@ def time_contenders(
         out["kernels"] = wall_ms(lambda: step.forward(batch), steps, sync)
         if cuda:
             graphs = StepGraphs(step, [batch])
-            out["graph"] = wall_ms(lambda: graphs.replay(batch), steps, sync)
+            out["graph"] = wall_ms(lambda: graphs.replay(batch, False), steps, sync)
+            # every row drawing top-k 40 / temperature 0.9 / top-p 0.95 on the device
+            step.sampling.fill_(True), step.top_k.fill_(40)
+            step.temperature.fill_(0.9), step.top_p.fill_(0.95)
+            out["graph+sampling"] = wall_ms(lambda: graphs.replay(batch, True), steps, sync)
     contenders = {
         name: {"ms": ms, "GB_per_s": None if ms is None else nbytes / ms / 1e6}
         for name, ms in out.items()

@@ -3,7 +3,8 @@ size's step captured as a CUDA graph.
 
     ids (R, 8) ─► embed_mean ─► [add_rmsnorm ─► qkv GEMM ─► qkv_rope_cache ─► decode_attention
         ─► proj GEMM ─► add_rmsnorm ─► fc_1|fc_2 GEMM ─► swiglu ─► proj GEMM] x n_layer
-        ─► add_rmsnorm (ln_f) ─► head_argmax ─► feedback ─► ids (R, 8) for the next step
+        ─► add_rmsnorm (ln_f) ─► head_argmax (or head_sample) ─► feedback ─► ids (R, 8) for
+        the next step
 
 `KernelStep.forward(size)` is the hot step: static shapes, inputs and outputs in buffers
 allocated once (intermediates come from the graph's memory pool), no host sync, so
@@ -12,8 +13,11 @@ cuBLAS's (torch's F.linear); everything between them is ours.
 
 `KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
 stay the authority on stop rules) it loads their state into the buffers only when the batch
-changed or a request samples; otherwise the ids the device fed back are already in place, and
-a step costs one graph replay and one (R, 8) copy of the sampled ids back to the host.
+changed; otherwise the ids the device fed back are already in place, and a step costs one graph
+replay and one (R, 8) copy of the sampled ids back to the host. Greedy requests and those that
+sample with top_k <= TOP_K_MAX are drawn on the device (each step is captured twice: greedy
+only, and with head_sample's draw); a request with no top_k (or a larger one) is sampled on the
+host from the step's hidden states, and its batch reloads every step.
 
 Used on CUDA (or anywhere under TRITON_INTERPRET=1, which is how the tests run it on a CPU);
 REALTIME_TORCH_ONLY=1 keeps the plain torch step everywhere.
@@ -28,6 +32,7 @@ from kernels.decode_attention import decode_attention
 from kernels.embed_mean import embed_mean
 from kernels.feedback import feedback
 from kernels.head_argmax import head_argmax
+from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
 from kernels.qkv_rope_cache import qkv_rope_cache
 from kernels.swiglu import swiglu
 from kernels.triton_support import interpreting
@@ -52,11 +57,16 @@ class StepRow:
     gen: Generation
     slots: list[int]
     options: DecodingOptions
-    generator: torch.Generator | None = None  # for sampling requests
 
     @property
     def greedy(self) -> bool:
         return is_greedy(self.options)
+
+    @property
+    def drawn_on_device(self) -> bool:
+        """Greedy, or sampling with a top_k head_sample takes."""
+        top_k = self.options.top_k
+        return self.greedy or (top_k is not None and top_k <= TOP_K_MAX)
 
 
 class KernelStep:
@@ -86,15 +96,21 @@ class KernelStep:
         self.audio_src, self.text_src = torch.arange(R, device=dev), torch.arange(R, device=dev)
         self.no_text, self.speaks, self.audio_out = flags(True), flags(), flags()
         self.first, self.text_ended = flags(), flags()  # decode steps are never a request's first
+        self.sampling, self.top_k, self.seeds = flags(), longs(1), longs()  # how rows draw
+        self.temperature = torch.ones(R, device=dev)
+        self.top_p = torch.ones(R, device=dev)
+        # the sampling rows' logits (head_sample writes them for its draw)
+        head = lm.lm_head.weight
+        self.logits = torch.zeros(R, tokens.VOCAB_PADDED, dtype=head.dtype, device=dev)
         # outputs of the last step
         self.hidden = torch.zeros(R, lm.cfg.n_embd, dtype=cache.k.dtype, device=dev)
         self.sampled = torch.zeros(R, tokens.STREAMS, dtype=torch.long, device=dev)
         # The interpreter pays per program: few large head blocks run faster there.
         self.head_block_v = 8192 if interpreting() else None
 
-    def forward(self, size: int) -> None:
+    def forward(self, size: int, sampling: bool = False) -> None:
         """One step of rows 0..size-1: reads the input buffers, writes the outputs, the caches
-        and the next step's inputs."""
+        and the next step's inputs. `sampling`: draw the `sampling` rows (else all are greedy)."""
         lm, cfg = self.lm, self.lm.cfg
         ids, positions, slots = self.ids[:size], self.positions[:size], self.slots[:size]
         lengths = positions + 1  # each row attends to its cache up to and including itself
@@ -109,10 +125,18 @@ class KernelStep:
 
         skip_text = self.text_ended[:size] | self.no_text[:size]
         extra = {} if self.head_block_v is None else {"block_v": self.head_block_v}
-        greedy = head_argmax(hidden, lm.lm_head.weight, skip_text, **extra)  # (size, 8)
+        if sampling:
+            rows = SamplingRows(
+                self.sampling[:size], self.top_k[:size], self.temperature[:size],
+                self.top_p[:size], self.seeds[:size], positions,
+            )  # fmt: skip
+            head = lm.lm_head.weight
+            picks = head_sample(hidden, head, skip_text, rows, self.logits[:size], **extra)
+        else:
+            picks = head_argmax(hidden, lm.lm_head.weight, skip_text, **extra)  # (size, 8)
         # A request's ids in each of its rows: audio from its audio row, text from its text row.
-        audio = greedy[self.audio_src[:size], : tokens.AUDIO_LAYERS]
-        text = greedy[self.text_src[:size], tokens.TEXT_STREAM :]
+        audio = picks[self.audio_src[:size], : tokens.AUDIO_LAYERS]
+        text = picks[self.text_src[:size], tokens.TEXT_STREAM :]
         sampled = torch.cat((audio, text), dim=1)  # (size, 8)
         next_ids, _ = feedback(  # the host's Generations apply the stops
             sampled, self.speaks[:size], self.audio_out[:size], self.first[:size],
@@ -140,14 +164,16 @@ class KernelStep:
         if rows > self.max_rows:
             raise ValueError(f"{rows} rows do not fit a step of {self.max_rows}")
         index = list(range(self.max_rows))
-        # (R, 17): ids 0..7, then one column per field of _FIELDS, in that order
+        # (R, 20): ids 0..7, then one column per field of _FIELDS, in that order
         host = torch.zeros(self.max_rows, tokens.STREAMS + len(_FIELDS), dtype=torch.long)
         host[:, tokens.STREAMS :] = torch.tensor(
-            [[self.pad_slot, 0, r, r, True, False, False, False, 0] for r in index]
+            [[self.pad_slot, 0, r, r, True, False, False, False, 0, False, 1, 0] for r in index]
         )
+        floats = torch.ones(self.max_rows, len(_FLOAT_FIELDS))  # (R, 2)
         row = 0
         for item in batch:
-            gen, spec = item.gen, item.gen.spec
+            gen, spec, opts = item.gen, item.gen.spec, item.options
+            sampling = not item.greedy and item.drawn_on_device
             host[row : row + spec.rows, : tokens.STREAMS] = gen.next_input()
             for j, slot in enumerate(item.slots):
                 host[row + j, tokens.STREAMS :] = torch.tensor(
@@ -161,48 +187,58 @@ class KernelStep:
                         spec.audio_out,
                         gen.text_ended,
                         1,
+                        sampling,
+                        opts.top_k if sampling else 1,
+                        opts.seed,
                     ]
                 )
+                floats[row + j] = torch.tensor([opts.temperature, opts.top_p])
             row += spec.rows
         dev = host.to(self.ids.device, non_blocking=True)
         self.ids.copy_(dev[:, : tokens.STREAMS])
         for column, name in enumerate(_FIELDS, start=tokens.STREAMS):
             buffer = getattr(self, name)
             buffer.copy_(dev[:, column].to(buffer.dtype))
+        dev = floats.to(self.ids.device, non_blocking=True)
+        for column, name in enumerate(_FLOAT_FIELDS):
+            getattr(self, name).copy_(dev[:, column])
         return rows
 
 
 # The per-row inputs `load` writes besides the ids, in the order of its columns.
 _FIELDS = (
     "slots", "positions", "audio_src", "text_src", "no_text", "speaks", "audio_out",
-    "text_ended", "advance",
+    "text_ended", "advance", "sampling", "top_k", "seeds",
 )  # fmt: skip
+_FLOAT_FIELDS = ("temperature", "top_p")
 
 
 class StepGraphs:
-    """`step.forward` captured as one CUDA graph per bucket, sharing one memory pool.
+    """`step.forward` captured as one CUDA graph per bucket and head (greedy only, or with the
+    draw), sharing one memory pool.
 
     Capturing runs nothing; the warm-up before each capture runs the step on padding rows
     only (compiling the kernels on the first), so no request's cache rows are touched.
     """
 
     def __init__(self, step: KernelStep, sizes: list[int]) -> None:
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
         pool = None
         stream = torch.cuda.Stream()
         for size in sorted(sizes, reverse=True):  # the largest first: the others fit its pool
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                step.forward(size)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                step.forward(size)
-            pool = graph.pool()
-            self.graphs[size] = graph
+            for sampling in (True, False):
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    step.forward(size, sampling)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    step.forward(size, sampling)
+                pool = graph.pool()
+                self.graphs[size, sampling] = graph
 
-    def replay(self, size: int) -> None:
-        self.graphs[size].replay()
+    def replay(self, size: int, sampling: bool) -> None:
+        self.graphs[size, sampling].replay()
 
 
 class KernelDecoder:
@@ -210,7 +246,8 @@ class KernelDecoder:
 
     The host `Generation`s stay the authority: after each step the caller accepts the sampled
     ids into them. When the next call names the same requests, each exactly one step further
-    and all greedy, the device has already fed their ids back and nothing is loaded.
+    and all drawn on the device, the device has already fed their ids back and nothing is
+    loaded.
     """
 
     def __init__(
@@ -227,37 +264,38 @@ class KernelDecoder:
 
     def run(self, batch: list[StepRow]) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of `batch` -> (hidden (rows, C) on the device, valid until the next step;
-        sampled (rows, 8) on the host: greedy layer-local audio ids and the text id of each
-        request, in every row of it; _pad_t where its text has ended)."""
+        sampled (rows, 8) on the host: the layer-local audio ids and the text id the device
+        drew for each request (greedy ones for a request sampled on the host), in every row of
+        it; _pad_t where its text has ended)."""
         rows = sum(len(item.slots) for item in batch)
         continues, self._last = self._continues(batch), None  # a failing step leaves no claim
         if not continues:
             self.step.load(batch)
             self.loads += 1
         size = next(s for s in self.sizes if s >= rows)
+        sampling = any(not item.greedy and item.drawn_on_device for item in batch)
         if self.graphs is not None:
-            self.graphs.replay(size)
+            self.graphs.replay(size, sampling)
         else:
-            self.step.forward(size)
+            self.step.forward(size, sampling)
         sampled = self.step.sampled[:rows].cpu()  # the step's one sync
-        greedy = all(item.greedy for item in batch)
-        self._last = [(item.gen, item.gen.steps) for item in batch] if greedy else None
+        if all(item.drawn_on_device for item in batch):
+            self._last = [(item.gen, item.gen.steps) for item in batch]
         return self.step.hidden[:rows], sampled
 
     def decode(self, batch: list[StepRow]) -> list[tuple[int, list[int] | None]]:
         """One step of `batch` -> each request's (text id, audio ids or None), as
-        `Generation.accept` takes them: greedy requests as the device picked them, sampling
-        ones sampled here from their hidden states (top-k, temperature, top-p)."""
+        `Generation.accept` takes them: as the device drew them, or sampled here from the step's
+        hidden states for a request the device does not draw (top-k, temperature, top-p: the
+        same draw either way)."""
         hidden, sampled = self.run(batch)
         chosen, row = [], 0
         for item in batch:
-            if item.greedy:
+            if item.drawn_on_device:
                 chosen.append(picked(sampled[row], item.gen))
             else:
                 rows = hidden[row : row + len(item.slots)]
-                chosen.append(
-                    sample_step(self.step.lm, rows, item.gen, item.options, item.generator)
-                )
+                chosen.append(sample_step(self.step.lm, rows, item.gen, item.options))
             row += len(item.slots)
         return chosen
 
@@ -266,7 +304,7 @@ class KernelDecoder:
         return (
             last is not None
             and len(last) == len(batch)
-            and all(item.greedy for item in batch)
+            and all(item.drawn_on_device for item in batch)
             and all(
                 item.gen is gen and item.gen.steps == steps + 1
                 for item, (gen, steps) in zip(batch, last, strict=True)

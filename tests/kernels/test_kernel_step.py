@@ -139,6 +139,37 @@ def test_greedy_tokens_equal_the_reference(device, runtimes, case):
         assert gen.stop_reason == case["stop"]
 
 
+SAMPLED = [
+    # drawn on the device, both rows of an a2a-batch request: loaded once, then fed back
+    ("a2a-batch", DecodingOptions(temperature=0.9, top_k=40, top_p=0.95, seed=5, max_new_tokens=5)),
+    # top_k 64 at a high temperature: the draws spread over the whole top-k
+    ("a2t", DecodingOptions(temperature=3.0, top_k=64, top_p=1.0, seed=-2, max_new_tokens=4)),
+    # no top_k: sampled on the host from the step's hidden states, reloaded every step
+    ("a2a", DecodingOptions(temperature=1.2, top_k=None, top_p=0.9, seed=6, max_new_tokens=3)),
+]
+
+
+@pytest.mark.parametrize(("task", "opts"), SAMPLED, ids=[t for t, _ in SAMPLED])
+def test_sampled_tokens_equal_the_torch_path(device, runtimes, task, opts):
+    """A sampling request draws the same ids on the kernel step as on the torch path: both
+    use realtime.sampling's draw and its (seed, position, stream) uniforms."""
+    torch_rt, rt = runtimes
+    case = next(c for c in CASES if c["task"] == task)
+    request = request_for(dict(case, max_new_tokens=opts.max_new_tokens))
+    inp = rt.prepare(request)
+    *_, (want, _) = generate_tokens(torch_rt.lm, torch_rt.cache, inp, request.task, opts)
+    decoder = rt.kernel_decoder()
+    loads = decoder.loads
+    *_, (got, _) = generate_tokens(rt.lm, rt.cache, inp, request.task, opts, decoder)
+    assert got.text == want.text and got.audio == want.audio
+    assert got.steps == opts.max_new_tokens  # every step was drawn and compared
+    on_device = opts.top_k is not None
+    assert decoder.loads - loads == (1 if on_device else got.steps - 1)
+    greedy = generate_tokens(rt.lm, rt.cache, inp, request.task, request.options, decoder)
+    *_, (argmax, _) = greedy
+    assert (argmax.text, argmax.audio) != (got.text, got.audio)  # it really sampled
+
+
 def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
     """Greedy sessions of three tasks join at different steps beside a sampling one; each gets
     the tokens it gets alone on the torch path."""
@@ -167,19 +198,19 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
 @pytest.mark.gpu
 def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes):
     """The captured step (the default on CUDA) against the torch path: fp32 tokens equal over
-    longer answers than the interpreter can afford."""
+    longer answers than the interpreter can afford, greedy and drawn on the device."""
     torch_rt, rt = runtimes
     assert rt.kernel_decoder().graphs is not None
+    sampling = DecodingOptions(temperature=0.9, top_k=40, top_p=0.95, seed=9, max_new_tokens=48)
     for case in PREFIXES:
         request = request_for(dict(case, max_new_tokens=48))
         inp = rt.prepare(request)
-        *_, (want, _) = generate_tokens(
-            torch_rt.lm, torch_rt.cache, inp, request.task, request.options
-        )
-        *_, (got, _) = generate_tokens(
-            rt.lm, rt.cache, inp, request.task, request.options, rt.kernel_decoder()
-        )
-        assert got.text == want.text and got.audio == want.audio
+        for opts in (request.options, sampling):
+            *_, (want, _) = generate_tokens(torch_rt.lm, torch_rt.cache, inp, request.task, opts)
+            *_, (got, _) = generate_tokens(
+                rt.lm, rt.cache, inp, request.task, opts, rt.kernel_decoder()
+            )
+            assert got.text == want.text and got.audio == want.audio
 
 
 @pytest.mark.gpu
