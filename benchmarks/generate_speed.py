@@ -29,9 +29,10 @@ from kernels import cpu_decode
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
 from realtime.config import ENCODER_MODES, DecodingOptions
-from realtime.generate import decode_step, sample
+from realtime.generate import decode_step
 from realtime.prompts import TASKS, Task, build_prompt
 from realtime.runtime import AudioChunk, Request, Runtime
+from realtime.sampling import sample
 
 HERE = Path(__file__).resolve().parent
 CLIP = HERE.parent / "tests" / "data" / "q_capital.wav"

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from realtime import events, tokens
-from realtime.generate import decode_step, is_greedy, sample
+from realtime.generate import decode_step
 from realtime.prompts import TASKS
 from realtime.runtime import MAX_ROWS, Runtime
+from realtime.sampling import is_greedy, sample
 from realtime.session import Session, SessionError, SessionOptions, check_options
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
@@ -262,8 +263,9 @@ class Engine:
         return len(ids)
 
     def _kernel_step(self, answering: list[Session]) -> int:
-        """The step on the kernels: greedy sessions take the ids the device picked (and has
-        already fed back); sampling ones are sampled from their hidden states."""
+        """The step on the kernels: sessions take the ids the device drew (and has already fed
+        back), or, sampling without a top-k the device takes, ids sampled from their hidden
+        states (KernelDecoder.decode)."""
         from realtime.kernel_step import StepRow
 
         batch = [StepRow(s.gen, s.slot_ids, s.options.decoding) for s in answering]

@@ -15,9 +15,7 @@ from realtime import tokens
 from realtime.config import DecodingOptions
 from realtime.model import KVCache, OmniLM
 from realtime.prompts import TASKS, Prompt, Task
-from realtime.sampling import is_greedy, sample
-
-__all__ = ["is_greedy", "sample"]  # re-exported: the loops' callers import them from here
+from realtime.sampling import sample
 
 
 @dataclass

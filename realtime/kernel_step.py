@@ -38,8 +38,9 @@ from kernels.swiglu import swiglu
 from kernels.triton_support import interpreting
 from realtime import tokens
 from realtime.config import DecodingOptions
-from realtime.generate import Generation, is_greedy, sample_step
+from realtime.generate import Generation, sample_step
 from realtime.model import Attention, KVCache, OmniLM, linear
+from realtime.sampling import is_greedy
 
 
 def buckets(max_rows: int) -> list[int]:
@@ -67,6 +68,11 @@ class StepRow:
         """Greedy, or sampling with a top_k head_sample takes."""
         top_k = self.options.top_k
         return self.greedy or (top_k is not None and top_k <= TOP_K_MAX)
+
+    @property
+    def samples_on_device(self) -> bool:
+        """Drawn by head_sample (not the greedy head)."""
+        return self.drawn_on_device and not self.greedy
 
 
 class KernelStep:
@@ -125,15 +131,15 @@ class KernelStep:
 
         skip_text = self.text_ended[:size] | self.no_text[:size]
         extra = {} if self.head_block_v is None else {"block_v": self.head_block_v}
+        head = lm.lm_head.weight
         if sampling:
             rows = SamplingRows(
                 self.sampling[:size], self.top_k[:size], self.temperature[:size],
                 self.top_p[:size], self.seeds[:size], positions,
             )  # fmt: skip
-            head = lm.lm_head.weight
             picks = head_sample(hidden, head, skip_text, rows, self.logits[:size], **extra)
         else:
-            picks = head_argmax(hidden, lm.lm_head.weight, skip_text, **extra)  # (size, 8)
+            picks = head_argmax(hidden, head, skip_text, **extra)  # (size, 8)
         # A request's ids in each of its rows: audio from its audio row, text from its text row.
         audio = picks[self.audio_src[:size], : tokens.AUDIO_LAYERS]
         text = picks[self.text_src[:size], tokens.TEXT_STREAM :]
@@ -173,7 +179,7 @@ class KernelStep:
         row = 0
         for item in batch:
             gen, spec, opts = item.gen, item.gen.spec, item.options
-            sampling = not item.greedy and item.drawn_on_device
+            sampling = item.samples_on_device
             host[row : row + spec.rows, : tokens.STREAMS] = gen.next_input()
             for j, slot in enumerate(item.slots):
                 host[row + j, tokens.STREAMS :] = torch.tensor(
@@ -273,7 +279,7 @@ class KernelDecoder:
             self.step.load(batch)
             self.loads += 1
         size = next(s for s in self.sizes if s >= rows)
-        sampling = any(not item.greedy and item.drawn_on_device for item in batch)
+        sampling = any(item.samples_on_device for item in batch)
         if self.graphs is not None:
             self.graphs.replay(size, sampling)
         else:

@@ -103,7 +103,7 @@ def test_streamed_prefill_equals_the_one_shot_twin(runtime, engine):
 
 def test_a_batch_of_eight_changes_no_session_s_tokens(runtime, engine):
     """Eight sessions of different lengths and tasks join and leave at different steps; one
-    samples (its own seeded generator draws in the same order alone or batched)."""
+    samples (its draws hash its seed and positions, so they are the same alone or batched)."""
     greedy = [DecodingOptions(max_new_tokens=10 + 4 * i) for i in range(6)]
     plan = [(Task.A2A, CLIPS[i % 4], 1.0 + 0.4 * i, greedy[i]) for i in range(6)]
     sampled = DecodingOptions(temperature=0.8, top_k=40, top_p=0.95, max_new_tokens=20, seed=7)
