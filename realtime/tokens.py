@@ -54,7 +54,8 @@ MAX_AUDIO_DELAY = audio_delay(AUDIO_LAYERS - 1)  # 7: steps before the first fra
 OUTPUT_SAMPLE_RATE_HZ = 24_000
 SNAC_HOP_SAMPLES = 512  # samples per finest-level SNAC code
 SNAC_VQ_STRIDES = (4, 2, 1)  # coarse, mid, fine: codes per frame are 4 // stride
-FRAME_SAMPLES = SNAC_HOP_SAMPLES * SNAC_VQ_STRIDES[0]  # 2048 samples per decode step
+SNAC_STEPS_PER_FRAME = SNAC_VQ_STRIDES[0]  # finest-level SNAC steps (decoder latents) per frame
+FRAME_SAMPLES = SNAC_HOP_SAMPLES * SNAC_STEPS_PER_FRAME  # 2048 samples per decode step
 FRAME_MS = 1000 * FRAME_SAMPLES / OUTPUT_SAMPLE_RATE_HZ  # 85.33 ms of speech per step
 REALTIME_STEPS_PER_S = 1000 / FRAME_MS  # 11.72 decode steps per second keep up with speech
 

@@ -1,22 +1,18 @@
 """SNAC vocoder: audio frames (7 codes each) to 24 kHz PCM, whole or streamed.
 
-SNAC's decoder is non-causal, so a streamed frame needs context on both sides. Each stream
-decodes overlapping windows and keeps only their middle ("overlap and keep the middle"):
-
-    frames   ... f-LEFT .. f-1 | f .. f+HOP-1 | f+HOP .. f+HOP+LOOKAHEAD-1 ...
-    window   [ left context    | kept         | lookahead                  ]
-
-At the start of an utterance the window simply begins at frame 0 and `flush` decodes the tail
-without lookahead; both match the whole-utterance decode, whose convolutions zero-pad the same
-edges. One `Vocoder` owns the model and decodes the ready windows of many `VocoderStream`s in
-one batched call per window length. PCM leaves as float32 numpy arrays at 24 kHz, mono.
+A stream decodes each frame once, as it arrives, through `snac_stream.StreamingDecoder`: SNAC's
+non-causal decoder run chunk by chunk with per-stream state, equal to the whole-utterance decode
+up to float rounding. Its output runs `lag` samples (2.3 frames for SNAC 24 kHz) behind the
+frames, so the first audio needs 3 frames, and `flush` drains the rest at the end. One `Vocoder`
+owns the model and decodes the new frames of many `VocoderStream`s in one batched call per chunk
+length. PCM leaves as float32 numpy arrays at 24 kHz, mono.
 """
 
 import json
 import pickle
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +24,7 @@ from torch.nn.utils import parametrize
 
 from realtime import tokens
 from realtime.config import SnacConfig
-
-# Window geometry in frames (85 ms each). The decoder sees about 2.5 frames to each side; on a
-# random 24 kHz SNAC (40 frames) relative L2 stream vs whole decode was, for (left, lookahead):
-# (2, 2) 8e-5, (1, 2) 6e-3, (2, 1) 6e-3, (3, 3) 6e-7 (float-exact). (2, 2) is the smallest under
-# 1e-3; first audio then needs HOP + LOOKAHEAD = 3 frames (256 ms of speech).
-LEFT_CONTEXT_FRAMES = 2
-LOOKAHEAD_FRAMES = 2
-HOP_FRAMES = 1
+from realtime.snac_stream import StreamingDecoder
 
 PCM_DTYPE = np.float32
 
@@ -144,40 +133,18 @@ def frames_to_codes(frames: torch.Tensor) -> list[torch.Tensor]:
     return [frames[..., list(layers)].reshape(batch, -1) for layers in tokens.SNAC_LAYERS_PER_LEVEL]
 
 
-# --- streaming state --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """Frames to decode for one stream and which of them to keep (indices into `frames`)."""
-
-    frames: torch.Tensor  # (T, 7)
-    keep_start: int
-    keep_stop: int
+# --- streaming --------------------------------------------------------------------------------
 
 
 class VocoderStream:
-    """One session's frames awaiting audio. Small, explicit, reset in place."""
+    """One session's frames on their way to audio, and its decoder state. Reset in place."""
 
-    def __init__(
-        self,
-        left_context: int = LEFT_CONTEXT_FRAMES,
-        lookahead: int = LOOKAHEAD_FRAMES,
-        hop: int = HOP_FRAMES,
-        device: torch.device | str = "cpu",
-    ):
-        if left_context < 0 or lookahead < 0 or hop < 1:
-            raise ValueError(f"bad window: left {left_context}, lookahead {lookahead}, hop {hop}")
-        self.left_context, self.lookahead, self.hop = left_context, lookahead, hop
-        self._frames = torch.zeros((0, tokens.AUDIO_LAYERS), dtype=torch.long, device=device)
+    def __init__(self, device: torch.device | str = "cpu"):
+        self._pending = torch.zeros((0, tokens.AUDIO_LAYERS), dtype=torch.long, device=device)
         self._last_valid = torch.zeros(tokens.AUDIO_LAYERS, dtype=torch.long, device=device)
         self._replaced = torch.zeros((), dtype=torch.long, device=device)
+        self.state: torch.Tensor | None = None  # (state_size,), allocated by the first decode
         self.reset()
-
-    @property
-    def first_audio_delay_frames(self) -> int:
-        """Frames that must exist before the first audio comes out (unless flushed earlier)."""
-        return self.hop + self.lookahead
 
     @property
     def replaced_codes(self) -> int:
@@ -186,51 +153,29 @@ class VocoderStream:
 
     def reset(self) -> None:
         """Forget the utterance: the same object takes the next one (e.g. after a barge-in)."""
-        self._frames = self._frames[:0]
+        self._pending = self._pending[:0]  # (P, 7) frames pushed but not decoded yet
         self._last_valid.zero_()
-        self._base = 0  # absolute index of self._frames[0]
+        self._replaced.zero_()
+        if self.state is not None:
+            with torch.inference_mode():  # the state is an inference tensor
+                self.state.zero_()
         self.received = 0  # frames pushed since the reset
-        self.emitted = 0  # frames whose audio has been handed out
-        self._replaced.zero_()  # invalid codes repaired since the reset
+        self.decoded = 0  # of which decoded
+        self.emitted = 0  # samples handed out
+        self.ended = False  # flushed: reset before the next utterance
 
     def push(self, frames: torch.Tensor) -> None:
         """Append (N, 7) frames (N may be 0); invalid codes are repaired and counted."""
-        frames = frames.to(self._frames.device).reshape(-1, tokens.AUDIO_LAYERS)
+        if self.ended:
+            raise RuntimeError("this stream was flushed: reset it before pushing more frames")
+        frames = frames.to(self._pending.device).reshape(-1, tokens.AUDIO_LAYERS)
         if len(frames) == 0:
             return
         repaired, replaced = repair_codes(frames, self._last_valid)
         self._last_valid.copy_(repaired[-1])
-        self._frames = torch.cat([self._frames, repaired])  # (buffered + N, 7)
+        self._pending = torch.cat([self._pending, repaired])  # (P + N, 7)
         self.received += len(frames)
         self._replaced += replaced
-
-    def pop_windows(self, final: bool = False) -> list[Window]:
-        """Windows whose kept frames are ready, in order; marks those frames emitted.
-
-        `final`: the utterance has ended, so the remaining frames go out without lookahead.
-        """
-        windows = []
-        while self.emitted + self.hop + self.lookahead <= self.received:
-            windows.append(self._window(self.emitted, self.emitted + self.hop, self.lookahead))
-            self.emitted += self.hop
-        if final and self.emitted < self.received:
-            # One window for the whole tail, as the whole decode sees the same right edge.
-            windows.append(self._window(self.emitted, self.received, 0))
-            self.emitted = self.received
-        self._drop_used_frames()
-        return windows
-
-    def _window(self, start: int, stop: int, lookahead: int) -> Window:
-        """Window keeping absolute frames start..stop-1, with whatever left context exists."""
-        first = max(0, start - self.left_context)
-        frames = self._frames[first - self._base : stop + lookahead - self._base]  # (T, 7)
-        return Window(frames, start - first, stop - first)
-
-    def _drop_used_frames(self) -> None:
-        """Keep only the frames a later window can still need as left context."""
-        first_needed = max(self._base, self.emitted - self.left_context)
-        self._frames = self._frames[first_needed - self._base :]
-        self._base = first_needed
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -242,6 +187,15 @@ class Vocoder:
     def __init__(self, snac: SNAC):
         self.snac = snac.eval()
         self.device = next(snac.parameters()).device
+        self.dtype = next(snac.parameters()).dtype
+        self.decoder = StreamingDecoder(snac.decoder)
+        if self.decoder.samples_per_latent != tokens.SNAC_HOP_SAMPLES:
+            raise ValueError(f"SNAC decoder upsamples {self.decoder.samples_per_latent}x")
+
+    @property
+    def first_audio_delay_frames(self) -> int:
+        """Frames a stream needs before its first audio comes out (unless flushed earlier)."""
+        return self.decoder.lag // tokens.FRAME_SAMPLES + 1
 
     @torch.inference_mode()
     def decode_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -265,30 +219,55 @@ class Vocoder:
 
     def step(self, streams: Sequence[VocoderStream]) -> list[np.ndarray]:
         """The audio each stream has ready now (empty where none), decoded in batches."""
-        return self._render([stream.pop_windows() for stream in streams])
+        return self._render(streams, final=False)
 
     def flush(self, streams: Sequence[VocoderStream]) -> list[np.ndarray]:
         """All remaining audio of streams whose utterance ended; reset them before reuse."""
-        return self._render([stream.pop_windows(final=True) for stream in streams])
+        return self._render(streams, final=True)
 
-    def _render(self, windows: list[list[Window]]) -> list[np.ndarray]:
-        """Decode every window, one SNAC call per window length, and join each stream's audio."""
-        groups = defaultdict(list)  # frames per window -> [(stream, position)]
-        for stream, stream_windows in enumerate(windows):
-            for position, window in enumerate(stream_windows):
-                groups[len(window.frames)].append((stream, position))
-        pieces = [[None] * len(stream_windows) for stream_windows in windows]
+    def _render(self, streams: Sequence[VocoderStream], final: bool) -> list[np.ndarray]:
+        """Decode the pending frames, one call per number of them, and collect each stream's."""
+        groups = defaultdict(list)  # pending frames -> streams
+        for stream in streams:
+            if len(stream._pending) or (final and stream.received and not stream.ended):
+                groups[len(stream._pending)].append(stream)
+        audio = {}
         for members in groups.values():
-            batch = [windows[stream][position] for stream, position in members]
-            for (stream, position), audio in zip(members, self._decode_kept(batch), strict=True):
-                pieces[stream][position] = audio
-        return [np.concatenate(p) if p else np.zeros(0, PCM_DTYPE) for p in pieces]
+            audio.update(zip(members, self._decode(members, final), strict=True))
+        if final:
+            for stream in streams:
+                stream.ended = True
+        return [audio.get(stream, np.zeros(0, PCM_DTYPE)) for stream in streams]
 
-    def _decode_kept(self, batch: list[Window]) -> list[np.ndarray]:
-        """Decode equal-length windows together; return each one's kept samples."""
-        stacked = torch.stack([window.frames for window in batch])  # (G, T, 7)
-        audio = self.decode_frames(stacked).cpu().numpy().astype(PCM_DTYPE)  # (G, T * FRAME)
-        return [
-            row[w.keep_start * tokens.FRAME_SAMPLES : w.keep_stop * tokens.FRAME_SAMPLES]
-            for row, w in zip(audio, batch, strict=True)
-        ]
+    @torch.inference_mode()
+    def _decode(self, streams: list[VocoderStream], final: bool) -> list[np.ndarray]:
+        """One batched decoder call on streams with equally many pending frames."""
+        for stream in streams:
+            if stream.state is None:
+                stream.state = self.decoder.new_state(self.device, self.dtype)
+        frames = torch.stack([stream._pending for stream in streams]).to(self.device)  # (B, P, 7)
+        latents = self._latents(frames)  # (B, C, P * SNAC_STEPS_PER_FRAME)
+        ends = None
+        if final:  # zeros past the end push the last real samples through the lag
+            latents = torch.nn.functional.pad(latents, (0, self.decoder.tail_latents))
+            ends = [stream.received * tokens.SNAC_STEPS_PER_FRAME for stream in streams]
+        starts = [stream.decoded * tokens.SNAC_STEPS_PER_FRAME for stream in streams]
+        state = torch.stack([stream.state for stream in streams])  # (B, state_size)
+        pcm = self.decoder(latents, state, starts, ends)[:, 0].float().cpu().numpy()  # (B, T)
+        out = []
+        for row, stream in enumerate(streams):
+            stream.state.copy_(state[row])
+            first = starts[row] * tokens.SNAC_HOP_SAMPLES - self.decoder.lag  # position of pcm[0]
+            stop = ends[row] * tokens.SNAC_HOP_SAMPLES if final else first + pcm.shape[1]
+            out.append(pcm[row, max(0, stream.emitted - first) : stop - first].astype(PCM_DTYPE))
+            stream.emitted += len(out[-1])
+            stream.decoded = stream.received
+            stream._pending = stream._pending[:0]
+        return out
+
+    def _latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, P, 7) frames to the decoder's (B, C, P * SNAC_STEPS_PER_FRAME) latents (P >= 0)."""
+        if frames.shape[1] == 0:
+            channels = self.snac.quantizer.quantizers[0].out_proj.out_channels
+            return torch.zeros(len(frames), channels, 0, device=self.device, dtype=self.dtype)
+        return self.snac.quantizer.from_codes(frames_to_codes(frames))

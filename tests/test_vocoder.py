@@ -10,6 +10,7 @@ from snac import SNAC
 
 from realtime import tokens
 from realtime.config import PRESETS, SnacConfig
+from realtime.snac_stream import StreamingDecoder
 from realtime.vocoder import (
     Vocoder,
     VocoderStream,
@@ -19,10 +20,10 @@ from realtime.vocoder import (
     repair_codes,
 )
 
-MAX_REL_L2 = 1e-3  # ||stream - full|| / ||full||
-MAX_SEAM_ERROR = 5e-3  # max |stream - full| near a window edge, relative to max |full|
-GEOMETRIES = [(2, 2, 1), (2, 2, 2), (3, 3, 1), (2, 3, 4), (4, 2, 3)]  # (left, lookahead, hop)
-BURSTS = [1, 3, 1000]  # frames per push: one at a time, bursts, all at once
+# A stream computes what the whole decode computes, in other chunks: float32 rounding only.
+MAX_REL_L2 = 2e-6  # ||stream - full|| / ||full||
+MAX_ABS_ERROR = 1e-5  # max |stream - full|, relative to max |full|
+BURSTS = [1, 2, 3, 1000]  # frames per push: one at a time, bursts, all at once
 
 
 def random_snac(config: SnacConfig) -> SNAC:
@@ -67,59 +68,61 @@ def test_frames_to_codes_matches_reference_order():
     assert fine.tolist() == [[2, 3, 5, 6, 12, 13, 15, 16]]
 
 
-@pytest.mark.parametrize("burst", BURSTS)
-@pytest.mark.parametrize("left, lookahead, hop", GEOMETRIES)
-def test_stream_matches_full_decode(vocoder, left, lookahead, hop, burst):
-    frames = random_frames(23)
-    full = vocoder.decode_full(frames)
-    stream = VocoderStream(left, lookahead, hop)
-    streamed, _ = stream_audio(vocoder, stream, frames, burst)
+def assert_matches_full(streamed: np.ndarray, full: np.ndarray) -> None:
     assert streamed.dtype == np.float32 and streamed.shape == full.shape
     assert relative_l2(streamed, full) <= MAX_REL_L2
-    # No seams: the error stays small right where one window's kept audio meets the next.
-    margin = tokens.FRAME_SAMPLES // 4
-    for edge in range(hop * tokens.FRAME_SAMPLES, len(full), hop * tokens.FRAME_SAMPLES):
-        near = slice(edge - margin, edge + margin)
-        assert np.abs(streamed[near] - full[near]).max() <= MAX_SEAM_ERROR * np.abs(full).max()
+    assert np.abs(streamed - full).max() <= MAX_ABS_ERROR * np.abs(full).max()
+
+
+@pytest.mark.parametrize("burst", BURSTS)
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 4, 23])
+def test_stream_matches_full_decode(vocoder, num_frames, burst):
+    frames = random_frames(num_frames)
+    streamed, _ = stream_audio(vocoder, VocoderStream(), frames, burst)
+    assert_matches_full(streamed, vocoder.decode_full(frames))
 
 
 def test_batched_streams_equal_each_alone(vocoder):
-    # (frames, first tick, frames per tick, geometry): different lengths, phases and windows.
+    # (frames, first tick, frames per tick): different lengths, phases and bursts.
     plans = [
-        (random_frames(17, 2), 0, 1, (2, 2, 1)),
-        (random_frames(9, 3), 4, 2, (2, 2, 1)),
-        (random_frames(12, 4), 2, 5, (3, 1, 2)),
+        (random_frames(17, 2), 0, 1),
+        (random_frames(9, 3), 4, 2),
+        (random_frames(12, 4), 2, 5),
+        (random_frames(6, 5), 1, 1),
     ]
-    streams = [VocoderStream(*geometry) for *_, geometry in plans]
+    streams = [VocoderStream() for _ in plans]
     chunks = [[] for _ in plans]
     for tick in range(20):
-        for stream, (frames, start, burst, _) in zip(streams, plans, strict=True):
+        for stream, (frames, start, burst) in zip(streams, plans, strict=True):
             if tick >= start:
                 stream.push(frames[(tick - start) * burst : (tick - start + 1) * burst])
         for out, audio in zip(chunks, vocoder.step(streams), strict=True):
             out.append(audio)
     for out, audio in zip(chunks, vocoder.flush(streams), strict=True):
         out.append(audio)
-    for (frames, _, burst, geometry), out in zip(plans, chunks, strict=True):
-        alone, _ = stream_audio(vocoder, VocoderStream(*geometry), frames, burst)
-        np.testing.assert_allclose(np.concatenate(out), alone, rtol=0, atol=1e-5)
+    for (frames, _, burst), out in zip(plans, chunks, strict=True):
+        alone, _ = stream_audio(vocoder, VocoderStream(), frames, burst)
+        np.testing.assert_allclose(np.concatenate(out), alone, rtol=0, atol=1e-6)
+        assert_matches_full(np.concatenate(out), vocoder.decode_full(frames))
 
 
-def test_equal_windows_of_many_streams_share_one_call(vocoder, monkeypatch):
-    streams = [VocoderStream(2, 2, 1) for _ in range(4)]
-    for stream in streams:
-        stream.push(random_frames(10))
-    calls = []  # (windows, frames per window) of each SNAC call
-    decode = vocoder.decode_frames
+def test_equal_chunks_of_many_streams_share_one_call(vocoder, monkeypatch):
+    streams = [VocoderStream() for _ in range(5)]
+    for i, stream in enumerate(streams):
+        stream.push(random_frames(1 if i < 3 else 2, seed=i))
+    calls = []  # (streams, latent steps) of each decoder call
+    decode = StreamingDecoder.__call__
 
-    def counting_decode(frames: torch.Tensor) -> torch.Tensor:
-        calls.append(tuple(frames.shape[:2]))
-        return decode(frames)
+    def counting_decode(self, latents, *args):
+        calls.append((latents.shape[0], latents.shape[-1]))
+        return decode(self, latents, *args)
 
-    monkeypatch.setattr(vocoder, "decode_frames", counting_decode)
+    monkeypatch.setattr(StreamingDecoder, "__call__", counting_decode)
     vocoder.step(streams)
-    # Per stream: windows of 3 and 4 frames while left context builds up, then six of 5.
-    assert sorted(calls) == [(4, 3), (4, 4), (4 * 6, 5)]
+    steps = tokens.SNAC_STEPS_PER_FRAME
+    assert sorted(calls) == [(2, 2 * steps), (3, steps)]
+    vocoder.step(streams)  # nothing new: no call
+    assert len(calls) == 2
 
 
 def test_repair_codes_uses_previous_valid_code_of_the_layer():
@@ -142,7 +145,7 @@ def test_invalid_codes_do_not_crash_and_are_counted(vocoder):
     streamed, _ = stream_audio(vocoder, stream, frames, burst=2)
     assert stream.replaced_codes == 1 + tokens.AUDIO_LAYERS + 1
     np.testing.assert_allclose(vocoder.decode_full(frames), vocoder.decode_full(repaired))
-    assert relative_l2(streamed, vocoder.decode_full(repaired)) <= MAX_REL_L2
+    assert_matches_full(streamed, vocoder.decode_full(repaired))
 
 
 def test_reset_lets_a_stream_be_reused(vocoder):
@@ -157,17 +160,32 @@ def test_reset_lets_a_stream_be_reused(vocoder):
     assert stream.received == len(second) and stream.replaced_codes == 0
 
 
-@pytest.mark.parametrize("left, lookahead, hop", GEOMETRIES)
-def test_first_audio_delay_is_what_the_stream_needs(vocoder, left, lookahead, hop):
-    stream = VocoderStream(left, lookahead, hop)
+def test_first_audio_delay_is_what_the_stream_needs(vocoder):
+    stream = VocoderStream()
     frames = random_frames(10)
     for pushed in range(1, len(frames) + 1):
         stream.push(frames[pushed - 1])
         audio = vocoder.step([stream])[0]
         if len(audio):
             break
-    assert pushed == stream.first_audio_delay_frames
-    assert len(audio) == hop * tokens.FRAME_SAMPLES
+    assert pushed == vocoder.first_audio_delay_frames == 3  # SNAC 24 kHz: 2.3 frames of lag
+    assert len(audio) == pushed * tokens.FRAME_SAMPLES - vocoder.decoder.lag
+    # From then on each frame brings one frame of audio.
+    stream.push(frames[pushed])
+    assert len(vocoder.step([stream])[0]) == tokens.FRAME_SAMPLES
+
+
+def test_flush_ends_the_utterance(vocoder):
+    stream = VocoderStream()
+    assert vocoder.flush([stream])[0].size == 0  # nothing pushed: nothing to drain
+    stream.reset()
+    stream.push(random_frames(2))
+    assert vocoder.step([stream])[0].size == 0  # still inside the lag
+    tail = vocoder.flush([stream])[0]
+    assert len(tail) == 2 * tokens.FRAME_SAMPLES
+    assert vocoder.flush([stream])[0].size == 0  # flushed twice: nothing more
+    with pytest.raises(RuntimeError, match="reset"):
+        stream.push(random_frames(1))
 
 
 def test_decode_full_batches_and_handles_empty(vocoder):
@@ -217,10 +235,8 @@ def test_load_snac_names_the_bad_file(tmp_path):
         load_snac(tmp_path, "cpu")
 
 
-def test_real_24khz_shapes_default_window():
+def test_real_24khz_shapes():
     vocoder = Vocoder(random_snac(SnacConfig()))
     frames = random_frames(9)
-    full = vocoder.decode_full(frames)
-    streamed, _ = stream_audio(vocoder, VocoderStream(), frames, burst=1000)
-    assert streamed.shape == full.shape
-    assert relative_l2(streamed, full) <= MAX_REL_L2
+    streamed, _ = stream_audio(vocoder, VocoderStream(), frames, burst=1)
+    assert_matches_full(streamed, vocoder.decode_full(frames))

@@ -1,0 +1,243 @@
+"""SNAC's decoder run chunk by chunk, with the output of one whole-utterance decode.
+
+SNAC's decoder is non-causal (convolutions padded on both sides), but each output sample only
+depends on a bounded stretch of the latent sequence. So each layer keeps, per stream, what it
+still needs from earlier chunks, and runs behind its input by a fixed lag:
+
+- a "same" convolution (kernel k, dilation d) keeps its last (k-1)d inputs; its output runs
+  (k-1)d/2 samples behind its input;
+- a transposed convolution (stride s, kernel k) keeps the k-s samples that its last inputs
+  add to outputs still to come (overlap-add); its output runs behind by its padding;
+- a residual unit delays its skip path by the lag of its branch;
+- everything else (Snake, 1x1 convolutions, noise, tanh) works sample by sample.
+
+The whole decode pads every convolution's input with zeros; the stream gets the same by
+zeroing, at the input of each convolution, the positions before the utterance starts and, at
+its end, after it ends. So a stream reproduces the whole decode to float rounding, computing
+each sample once (a window decode would recompute its context for every hop).
+
+Chunks of equal length have equal shapes, whichever point of its utterance each stream is at:
+the state of one stream is one flat buffer, and a batch of streams is a stack of them.
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from snac.layers import Decoder, DecoderBlock, NoiseBlock, ResidualUnit, Snake1d
+from torch import nn
+
+POINTWISE = (Snake1d, NoiseBlock, nn.Tanh, nn.Identity)  # modules that act sample by sample
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One layer's state: `channels` x `length` floats at `offset` in a stream's flat buffer."""
+
+    offset: int
+    channels: int
+    length: int
+
+    def view(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, channels, length) view into a (B, state_size) buffer."""
+        size = self.channels * self.length
+        return state[:, self.offset : self.offset + size].view(-1, self.channels, self.length)
+
+
+class _Span:
+    """Where a chunk sits in each stream's utterance, to zero what lies outside it."""
+
+    def __init__(self, decoder: "StreamingDecoder", starts, ends, n: int, device):
+        # Positions outside an utterance occur only in its first chunks and at its end.
+        first_real = min(starts) * decoder.samples_per_latent - decoder.lag
+        self.active = ends is not None or first_real < 0
+        if self.active:
+            self.starts = torch.tensor(starts, device=device).view(-1, 1)  # (B, 1) latent steps
+            ends = ends if ends is not None else [max(starts) + n + 1] * len(starts)  # none yet
+            self.ends = torch.tensor(ends, device=device).view(-1, 1)  # (B, 1) latent steps
+
+    def mask(self, x: torch.Tensor, rate: int, lag: int) -> torch.Tensor:
+        """Zero the samples of x (B, C, n) outside the utterance; x is at `rate` samples per
+        latent step, `lag` samples behind the latent input."""
+        if not self.active:
+            return x
+        positions = self.starts * rate - lag + torch.arange(x.shape[-1], device=x.device)
+        inside = (positions >= 0) & (positions < self.ends * rate)  # (B, n)
+        return torch.where(inside.unsqueeze(1), x, 0)
+
+
+class _Pointwise:
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
+        return self.module(x)
+
+
+class _Conv:
+    """A stride-1 convolution padded (k-1)d/2 on both sides."""
+
+    def __init__(self, conv: nn.Conv1d, rate: int, lag: int, slot: _Slot):
+        self.conv, self.rate, self.lag_in, self.slot = conv, rate, lag, slot
+        self.lag_out = lag + conv.padding[0]
+
+    def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
+        history = self.slot.view(state)  # (B, C_in, (k-1)d): the inputs before this chunk
+        full = torch.cat([history, span.mask(x, self.rate, self.lag_in)], dim=-1)
+        history.copy_(full[..., x.shape[-1] :])
+        conv = self.conv
+        return F.conv1d(full, conv.weight, conv.bias, dilation=conv.dilation, groups=conv.groups)
+
+
+class _ConvTranspose:
+    """A transposed convolution (stride s, kernel k = m * s) as one product and an overlap-add."""
+
+    def __init__(self, conv: nn.ConvTranspose1d, rate: int, lag: int, slot: _Slot):
+        self.conv, self.rate, self.lag_in, self.slot = conv, rate, lag, slot
+        self.stride = conv.stride[0]
+        self.lag_out = lag * self.stride + conv.padding[0]
+
+    def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
+        x = span.mask(x, self.rate, self.lag_in)
+        batch, _, n = x.shape
+        weight = self.conv.weight  # (C_in, C_out, k)
+        c_out, k, s = weight.shape[1], weight.shape[2], self.stride
+        taps = k // s
+        # Input sample i adds weight[:, :, j] to output i * s + j: per input, `taps` blocks of s.
+        parts = (x.transpose(1, 2) @ weight.reshape(weight.shape[0], -1)).view(
+            batch, n, c_out, taps, s
+        )  # (B, n, C_out, taps, s)
+        parts = parts.permute(0, 2, 3, 1, 4)  # (B, C_out, taps, n, s)
+        y = x.new_zeros(batch, c_out, n + taps - 1, s)
+        for tap in range(taps):
+            y[:, :, tap : tap + n] += parts[:, :, tap]
+        y = y.view(batch, c_out, -1)  # (B, C_out, (n + taps - 1) * s)
+        carried = self.slot.view(state)  # (B, C_out, k - s): earlier inputs' share of these
+        y[..., : k - s] += carried
+        carried.copy_(y[..., n * s :])
+        return y[..., : n * s] + self.conv.bias.view(1, -1, 1)
+
+
+class _Residual:
+    """x + branch(x), the skip path delayed as far as the branch lags."""
+
+    def __init__(self, branch: list, slot: _Slot):
+        self.branch, self.slot = branch, slot
+
+    def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
+        y = _run(self.branch, x, state, span)
+        delayed = self.slot.view(state)  # (B, C, branch lag): skip inputs not yet used
+        full = torch.cat([delayed, x], dim=-1)
+        delayed.copy_(full[..., x.shape[-1] :])
+        return full[..., : x.shape[-1]] + y
+
+
+def _run(ops: Iterable, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
+    for op in ops:
+        x = op(x, state, span)
+    return x
+
+
+class _Planner:
+    """Walks a decoder's modules in order, tracking rate and lag and laying out the state."""
+
+    def __init__(self):
+        self.rate, self.lag, self.size = 1, 0, 0  # samples per latent step; lag; state floats
+
+    def slot(self, channels: int, length: int) -> _Slot:
+        slot = _Slot(self.size, channels, length)
+        self.size += channels * length
+        return slot
+
+    def plan(self, module: nn.Module) -> list:
+        if isinstance(module, Decoder):
+            return self.plan(module.model)
+        if isinstance(module, DecoderBlock):
+            return self.plan(module.block)
+        if isinstance(module, nn.Sequential):
+            return [op for child in module for op in self.plan(child)]
+        if isinstance(module, ResidualUnit):
+            return [self._residual(module)]
+        if isinstance(module, nn.Conv1d):
+            return [self._conv(module)]
+        if isinstance(module, nn.ConvTranspose1d):
+            return [self._conv_transpose(module)]
+        if isinstance(module, POINTWISE):
+            return [_Pointwise(module)]
+        raise ValueError(
+            f"cannot stream SNAC's decoder: {type(module).__name__} is not a layer it knows "
+            "(a 24 kHz SNAC without attention, attn_window_size null, streams)"
+        )
+
+    def _residual(self, unit: ResidualUnit) -> _Residual:
+        channels = next(m for m in unit.modules() if isinstance(m, nn.Conv1d)).in_channels
+        lag_before = self.lag
+        branch = self.plan(unit.block)
+        return _Residual(branch, self.slot(channels, self.lag - lag_before))
+
+    def _conv(self, conv: nn.Conv1d) -> _Conv | _Pointwise:
+        span = (conv.kernel_size[0] - 1) * conv.dilation[0]
+        if conv.stride[0] != 1 or span != 2 * conv.padding[0] or conv.padding_mode != "zeros":
+            raise ValueError(f"cannot stream SNAC's decoder: {conv} is not a 'same' convolution")
+        if span == 0:
+            return _Pointwise(conv)
+        op = _Conv(conv, self.rate, self.lag, self.slot(conv.in_channels, span))
+        self.lag = op.lag_out
+        return op
+
+    def _conv_transpose(self, conv: nn.ConvTranspose1d) -> _ConvTranspose:
+        (k,), (s,), (pad,), (extra,) = (
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.output_padding,
+        )
+        # Whole decode: (L - 1)s - 2 pad + k + extra samples; a stream makes exactly L * s.
+        if k % s or conv.groups != 1 or conv.dilation[0] != 1 or k - 2 * pad + extra != s:
+            raise ValueError(f"cannot stream SNAC's decoder: {conv} does not upsample exactly")
+        op = _ConvTranspose(conv, self.rate, self.lag, self.slot(conv.out_channels, k - s))
+        self.rate, self.lag = self.rate * s, op.lag_out
+        return op
+
+
+class StreamingDecoder:
+    """SNAC's `decoder` applied to latent chunks of many streams, each with its own state.
+
+    `samples_per_latent` output samples come per latent step, `lag` samples behind it: a chunk
+    of latent steps a..a+n-1 gives the output samples (a * samples_per_latent - lag) onwards.
+    The modules are used as they are (no copy of the weights); plan after moving them.
+    """
+
+    def __init__(self, decoder: nn.Module):
+        planner = _Planner()
+        self.ops = planner.plan(decoder)
+        self.samples_per_latent, self.lag, self.state_size = (
+            planner.rate,
+            planner.lag,
+            planner.size,
+        )
+        # Latent steps of zeros that push the last real sample out at the end of an utterance.
+        self.tail_latents = math.ceil(self.lag / self.samples_per_latent)
+
+    def new_state(self, device, dtype: torch.dtype) -> torch.Tensor:
+        """One stream's state at the start of an utterance (zeros; reset with `zero_()`)."""
+        return torch.zeros(self.state_size, device=device, dtype=dtype)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        latents: torch.Tensor,
+        state: torch.Tensor,
+        starts: Sequence[int],
+        ends: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Decode (B, C, n) latents: (B, C_out, n * samples_per_latent) output samples.
+
+        `state` (B, state_size) is updated in place. `starts`: the latent step each row's chunk
+        begins at; `ends`: each utterance's length in latent steps, once it has ended (the
+        chunk may then run past it, to drain the lag).
+        """
+        span = _Span(self, starts, ends, latents.shape[-1], latents.device)
+        return _run(self.ops, latents, state, span)
