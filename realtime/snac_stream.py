@@ -6,8 +6,8 @@ still needs from earlier chunks, and runs behind its input by a fixed lag:
 
 - a "same" convolution (kernel k, dilation d) keeps its last (k-1)d inputs; its output runs
   (k-1)d/2 samples behind its input;
-- a transposed convolution (stride s, kernel k) keeps the k-s samples that its last inputs
-  add to outputs still to come (overlap-add); its output runs behind by its padding;
+- a transposed convolution (stride s, kernel k) keeps its last k/s - 1 inputs (it runs as an
+  ordinary convolution with s output phases); its output runs behind by its padding;
 - a residual unit delays its skip path by the lag of its branch;
 - everything else (Snake, 1x1 convolutions, noise, tanh) works sample by sample.
 
@@ -92,32 +92,36 @@ class _Conv:
 
 
 class _ConvTranspose:
-    """A transposed convolution (stride s, kernel k = m * s) as one product and an overlap-add."""
+    """A transposed convolution (stride s, kernel k = m * s) as an ordinary convolution.
+
+    Output sample b * s + r takes weight[:, :, q * s + r] times input b - q, for q < m: so the
+    s phases r are the C_out * s output channels of a kernel-m convolution over the inputs,
+    which keeps the last m - 1 inputs, like a "same" convolution its history.
+    """
 
     def __init__(self, conv: nn.ConvTranspose1d, rate: int, lag: int, slot: _Slot):
-        self.conv, self.rate, self.lag_in, self.slot = conv, rate, lag, slot
+        self.rate, self.lag_in, self.slot = rate, lag, slot
         self.stride = conv.stride[0]
         self.lag_out = lag * self.stride + conv.padding[0]
+        c_in, c_out, k = conv.weight.shape
+        taps = k // self.stride
+        weight = conv.weight.detach().view(c_in, c_out, taps, self.stride)
+        # (C_out * s, C_in, m): tap t reads input b - (m - 1 - t), hence the flip.
+        self.weight = weight.permute(1, 3, 0, 2).flip(-1).reshape(c_out * self.stride, c_in, taps)
+        self.bias = conv.bias.detach().repeat_interleave(self.stride)  # (C_out * s,)
 
     def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
-        x = span.mask(x, self.rate, self.lag_in)
-        batch, _, n = x.shape
-        weight = self.conv.weight  # (C_in, C_out, k)
-        c_out, k, s = weight.shape[1], weight.shape[2], self.stride
-        taps = k // s
-        # Input sample i adds weight[:, :, j] to output i * s + j: per input, `taps` blocks of s.
-        parts = (x.transpose(1, 2) @ weight.reshape(weight.shape[0], -1)).view(
-            batch, n, c_out, taps, s
-        )  # (B, n, C_out, taps, s)
-        parts = parts.permute(0, 2, 3, 1, 4)  # (B, C_out, taps, n, s)
-        y = x.new_zeros(batch, c_out, n + taps - 1, s)
-        for tap in range(taps):
-            y[:, :, tap : tap + n] += parts[:, :, tap]
-        y = y.view(batch, c_out, -1)  # (B, C_out, (n + taps - 1) * s)
-        carried = self.slot.view(state)  # (B, C_out, k - s): earlier inputs' share of these
-        y[..., : k - s] += carried
-        carried.copy_(y[..., n * s :])
-        return y[..., : n * s] + self.conv.bias.view(1, -1, 1)
+        history = self.slot.view(state)  # (B, C_in, m - 1)
+        full = torch.cat([history, span.mask(x, self.rate, self.lag_in)], dim=-1)
+        history.copy_(full[..., x.shape[-1] :])
+        phases = F.conv1d(full, self.weight, self.bias)  # (B, C_out * s, n)
+        batch, _, n = phases.shape
+        # (B, C_out, s, n) -> (B, C_out, n, s): phase r of input b is output b * s + r.
+        return (
+            phases.view(batch, -1, self.stride, n)
+            .transpose(2, 3)
+            .reshape(batch, -1, n * self.stride)
+        )
 
 
 class _Residual:
@@ -197,7 +201,7 @@ class _Planner:
         # Whole decode: (L - 1)s - 2 pad + k + extra samples; a stream makes exactly L * s.
         if k % s or conv.groups != 1 or conv.dilation[0] != 1 or k - 2 * pad + extra != s:
             raise ValueError(f"cannot stream SNAC's decoder: {conv} does not upsample exactly")
-        op = _ConvTranspose(conv, self.rate, self.lag, self.slot(conv.out_channels, k - s))
+        op = _ConvTranspose(conv, self.rate, self.lag, self.slot(conv.in_channels, k // s - 1))
         self.rate, self.lag = self.rate * s, op.lag_out
         return op
 
