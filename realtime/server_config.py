@@ -10,7 +10,11 @@ from pathlib import Path
 
 from realtime.config import DecodingOptions
 
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+# The browser page: inside the package when installed from a wheel (pyproject.toml ships
+# client/ as realtime/client), the repository's client/ in a checkout (editable install).
+CLIENT_DIR = Path(__file__).resolve().parent / "client"
+if not CLIENT_DIR.is_dir():
+    CLIENT_DIR = CLIENT_DIR.parent.parent / "client"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
