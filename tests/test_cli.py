@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,41 @@ def test_offline_hub_name_not_cached(tmp_path):
     assert proc.returncode == EXIT_BAD_INPUT
     assert len(proc.stderr.strip().splitlines()) == 1 and "gpt-omni/mini-omni" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _cache_snapshot(hub: Path, repo: str, files: list[Path]) -> None:
+    """Put files into a Hugging Face cache as a snapshot of `repo` (refs/main -> snapshot)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = hub / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    (root / "snapshots" / commit).mkdir(parents=True)
+    for path in files:
+        shutil.copy(path, root / "snapshots" / commit / path.name)
+
+
+def test_hub_names_resolve_from_the_caches(tmp_path, tiny_dir):
+    # The default model by its hub name, SNAC from its own hub repo, whisper from whisper's
+    # cache: the layout a first online run leaves behind, then used offline.
+    hub = tmp_path / "hf" / "hub"
+    lm_files = ["lit_model.pth", "model_config.yaml", "tokenizer.json", "tokenizer_config.json"]
+    _cache_snapshot(hub, "gpt-omni/mini-omni", [tiny_dir / name for name in lm_files])
+    snac_files = [tiny_dir / "snac" / "config.json", tiny_dir / "snac" / "pytorch_model.bin"]
+    _cache_snapshot(hub, "hubertsiuzdak/snac_24khz", snac_files)
+    (tmp_path / "xdg" / "whisper").mkdir(parents=True)
+    shutil.copy(tiny_dir / "small.pt", tmp_path / "xdg" / "whisper" / "small.pt")
+    env = {"HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    out = tmp_path / "answer.wav"
+    proc = subprocess.run(
+        [sys.executable, "-m", "realtime", "generate", "--offline", "--task", "t2a"]
+        + ["--input-text", "hi", "--max-new-tokens", "12", "--output-wav", str(out)],
+        capture_output=True,
+        text=True,
+        env={**_base_env(), **env},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert soundfile.info(out).samplerate == tokens.OUTPUT_SAMPLE_RATE_HZ
 
 
 def test_init_random_writes_the_official_layout(tmp_path):
