@@ -211,7 +211,9 @@ class StreamingDecoder:
 
     `samples_per_latent` output samples come per latent step, `lag` samples behind it: a chunk
     of latent steps a..a+n-1 gives the output samples (a * samples_per_latent - lag) onwards.
-    The modules are used as they are (no copy of the weights); plan after moving them.
+    Layers run on the modules' own weights, except that each transposed convolution keeps its
+    weights rearranged into phases (a copy: 43 MB for SNAC 24 kHz in float32). Plan after
+    moving the modules to their device and dtype.
     """
 
     def __init__(self, decoder: nn.Module):
