@@ -14,7 +14,8 @@ one rounding step from FMA contraction and the approximate exp2/log2/rsqrt; then
 `python -m benchmarks.decode_step` and tune head_argmax's blocks and warps (254 registers at 4
 warps) and decode_attention's split length (184 registers) with their benchmarks, and time
 head_sample's 2 x 64 rounds of max-and-remove (benchmarks.kernels.head_sample; tl.topk's
-bitonic sort is the alternative, far too slow for the interpreter's tests).
+bitonic sort is the alternative, far too slow for the interpreter's tests); and
+`python -m benchmarks.vocoder_speed --device cuda` for the streaming vocoder's share of each step.
 """
 
 import os
