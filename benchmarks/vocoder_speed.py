@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results file (default: results/...)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"vocoder_speed: --device {args.device}, but torch sees no CUDA GPU here")
+        return 2
     vocoder = load(args)
     generator = torch.Generator().manual_seed(1)
     shape = (args.frames, tokens.AUDIO_LAYERS)
