@@ -160,9 +160,12 @@ class VocoderStream:
             with torch.inference_mode():  # the state is an inference tensor
                 self.state.zero_()
         self.received = 0  # frames pushed since the reset
-        self.decoded = 0  # of which decoded
-        self.emitted = 0  # samples handed out
         self.ended = False  # flushed: reset before the next utterance
+
+    @property
+    def decoded(self) -> int:
+        """Frames already through the decoder (their audio is out, up to its lag)."""
+        return self.received - len(self._pending)
 
     def push(self, frames: torch.Tensor) -> None:
         """Append (N, 7) frames (N may be 0); invalid codes are repaired and counted."""
@@ -259,9 +262,8 @@ class Vocoder:
             stream.state.copy_(state[row])
             first = starts[row] * tokens.SNAC_HOP_SAMPLES - self.decoder.lag  # position of pcm[0]
             stop = ends[row] * tokens.SNAC_HOP_SAMPLES if final else first + pcm.shape[1]
-            out.append(pcm[row, max(0, stream.emitted - first) : stop - first].astype(PCM_DTYPE))
-            stream.emitted += len(out[-1])
-            stream.decoded = stream.received
+            # Samples before the utterance's start (its first chunks) are not audio.
+            out.append(pcm[row, max(0, -first) : stop - first].astype(PCM_DTYPE))
             stream._pending = stream._pending[:0]
         return out
 

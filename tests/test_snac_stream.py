@@ -21,7 +21,7 @@ def random_decoder(channels: int, rates: tuple[int, ...], depthwise: bool) -> De
         LATENT_DIM, channels, list(rates), noise=True, depthwise=depthwise, attn_window_size=None
     )
     disable_noise(decoder)
-    for module in decoder.modules():  # away from Snake's default alpha 1 and zero biases
+    for module in decoder.modules():  # away from Snake's default alpha of 1
         if hasattr(module, "alpha"):
             module.alpha.data.uniform_(0.5, 2.0)
     return decoder.eval()
