@@ -61,7 +61,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether gemv_bf16 can take this product (else use torch)."""
     return (
         x.dtype == torch.bfloat16 == weight.dtype
-        and x.device.type == "cpu"
+        and x.device.type == "cpu" == weight.device.type  # C reads both through host pointers
         and x.numel() // x.shape[-1] <= _max_rows()
         and weight.is_contiguous()
     )

@@ -54,14 +54,22 @@ class SwiGLU(nn.Module):
         self.fc_1 = nn.Linear(n_in, n_hidden, bias=False)
         self.fc_2 = nn.Linear(n_in, n_hidden, bias=False)
         self.proj = nn.Linear(n_hidden, n_out, bias=False)
-        self.fc_12: torch.Tensor | None = None
+        self.fc_12: torch.Tensor | None
+        self.register_buffer("fc_12", None, persistent=False)  # set by fuse()
 
     def fuse(self) -> None:
         """Store fc_1 and fc_2 as halves of one (2 hidden, in) matrix: one product per call
         instead of two. The parameters become views of it, so the state dict is unchanged."""
-        fused = torch.cat([self.fc_1.weight.data, self.fc_2.weight.data])
-        self.fc_12 = fused
-        self.fc_1.weight.data, self.fc_2.weight.data = fused.chunk(2)
+        self.fc_12 = torch.cat([self.fc_1.weight.data, self.fc_2.weight.data])
+        self.fc_1.weight.data, self.fc_2.weight.data = self.fc_12.chunk(2)
+
+    def _apply(self, fn, recurse=True):
+        """`.to()` and the like move fc_12 with the parameters; the parameters then become its
+        views again (else the moved module would hold both halves twice)."""
+        super()._apply(fn, recurse)
+        if self.fc_12 is not None:
+            self.fc_1.weight.data, self.fc_2.weight.data = self.fc_12.chunk(2)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fc_12 is None:
@@ -234,11 +242,20 @@ class OmniLM(nn.Module):
         return x / tokens.STREAMS
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
+        length: int | None = None,
     ) -> torch.Tensor:
         """Run the blocks over embeddings x (B, T, C) at `positions` (B, T) of cache rows `slots`
-        (B,), writing their keys/values. Returns the final-norm hidden states (B, T, C)."""
-        length = int(positions.max()) + 1
+        (B,), writing their keys/values. Returns the final-norm hidden states (B, T, C).
+
+        `length`: the cache positions attention reads (masked causally), at least the largest
+        position + 1; by default exactly that, read back from the device."""
+        if length is None:
+            length = int(positions.max()) + 1
         key_pos = torch.arange(length, device=x.device)
         mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, hs)

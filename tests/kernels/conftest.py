@@ -4,6 +4,7 @@ The interpreter is chosen here, before any test module imports triton or a kerne
 CPU GEMV test in this directory does not use triton and runs the same either way.
 """
 
+import copy
 import os
 
 import pytest
@@ -31,16 +32,20 @@ def device() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_lm():
-    """dtype -> a random OmniLM of the `tiny` preset (the real token layout, n_embd 64), set up
-    as realtime.checkpoint.load_lm leaves one: fp32 RoPE tables, fused SwiGLUs."""
+    """(dtype, device="cpu") -> a random OmniLM of the `tiny` preset (the real token layout,
+    n_embd 64), set up as realtime.checkpoint.load_lm leaves one: fp32 RoPE tables, fused
+    SwiGLUs. Each (dtype, device) has its own copy, which tests must not move."""
     from realtime.config import PRESETS
     from realtime.model import OmniLM, RMSNorm, rope_cache
 
     cfg = PRESETS["tiny"].model
     models = {}
 
-    def build(dtype: torch.dtype) -> OmniLM:
-        if dtype not in models:
+    def build(dtype: torch.dtype, device: str = "cpu") -> OmniLM:
+        if (dtype, device) not in models and device != "cpu":
+            lm = copy.deepcopy(build(dtype))
+            models[dtype, device] = lm.to(device)
+        if (dtype, device) not in models:
             torch.manual_seed(0)
             lm = OmniLM(cfg)
             with torch.no_grad():  # norm weights other than 1, so both paths must apply them
@@ -49,8 +54,8 @@ def tiny_lm():
                         module.weight.normal_(1.0, 0.1)
             lm = lm.to(dtype).eval().requires_grad_(False)
             lm.cos, lm.sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)
-            models[dtype] = lm.fuse()
-        return models[dtype]
+            models[dtype, device] = lm.fuse()
+        return models[dtype, device]
 
     return build
 

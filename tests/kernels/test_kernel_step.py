@@ -54,7 +54,7 @@ def history(task: Task, prompt_length: int, steps: int, seed: int) -> Generation
 def test_a_step_equals_the_torch_step(device, tiny_lm, dtype):
     """Three requests (4 rows: the a2a-batch one takes two) at different positions, in a
     bucket of 4 with one padding row; then a second step fed back on the device."""
-    lm = tiny_lm(dtype).to(device)
+    lm = tiny_lm(dtype, device)
     cache = lm.new_cache(6, max_seq=256)  # slots 0..4 for requests, 5 for padding
     g = torch.Generator(device=device).manual_seed(0)
     for buffer in (cache.k, cache.v):  # earlier positions' keys and values
@@ -216,7 +216,7 @@ def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes):
 @pytest.mark.gpu
 def test_on_gpu_a_replay_equals_eager_launches(tiny_lm):
     """bf16: the CUDA graph replays exactly the launches the eager step makes."""
-    lm = tiny_lm(torch.bfloat16).to("cuda")
+    lm = tiny_lm(torch.bfloat16, "cuda")
     results = []
     for graphs in (False, True):
         cache = lm.new_cache(4, max_seq=256)
