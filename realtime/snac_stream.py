@@ -47,16 +47,14 @@ class _Slot:
 
 
 class _Span:
-    """Where a chunk sits in each stream's utterance, to zero what lies outside it."""
+    """Where a chunk sits in each stream's utterance, to zero what lies outside it.
 
-    def __init__(self, decoder: "StreamingDecoder", starts, ends, n: int, device):
-        # Positions outside an utterance occur only in its first chunks and at its end.
-        first_real = min(starts) * decoder.samples_per_latent - decoder.lag
-        self.active = ends is not None or first_real < 0
-        if self.active:
-            self.starts = torch.tensor(starts, device=device).view(-1, 1)  # (B, 1) latent steps
-            ends = ends if ends is not None else [max(starts) + n + 1] * len(starts)  # none yet
-            self.ends = torch.tensor(ends, device=device).view(-1, 1)  # (B, 1) latent steps
+    `starts` and `ends` (B, 1) are latent steps on the chunk's device (so a CUDA graph can
+    take them as inputs); `active` False skips the masks (a chunk past the first lag with no
+    end: every position is inside)."""
+
+    def __init__(self, starts: torch.Tensor, ends: torch.Tensor, active: bool):
+        self.starts, self.ends, self.active = starts, ends, active
 
     def mask(self, x: torch.Tensor, rate: int, lag: int) -> torch.Tensor:
         """Zero the samples of x (B, C, n) outside the utterance; x is at `rate` samples per
@@ -231,6 +229,11 @@ class StreamingDecoder:
         """One stream's state at the start of an utterance (zeros; reset with `zero_()`)."""
         return torch.zeros(self.state_size, device=device, dtype=dtype)
 
+    def needs_masks(self, starts: Sequence[int], ended: bool) -> bool:
+        """Whether a chunk of streams at latent steps `starts` touches positions outside an
+        utterance: in its first lag, or once it has ended."""
+        return ended or min(starts) * self.samples_per_latent - self.lag < 0
+
     @torch.inference_mode()
     def __call__(
         self,
@@ -245,5 +248,21 @@ class StreamingDecoder:
         begins at; `ends`: each utterance's length in latent steps, once it has ended (the
         chunk may then run past it, to drain the lag).
         """
-        span = _Span(self, starts, ends, latents.shape[-1], latents.device)
-        return _run(self.ops, latents, state, span)
+        device = latents.device
+        first = torch.tensor(starts, device=device).view(-1, 1)
+        last = None if ends is None else torch.tensor(ends, device=device).view(-1, 1)
+        return self.run(latents, state, first, last, self.needs_masks(starts, ends is not None))
+
+    def run(
+        self,
+        latents: torch.Tensor,
+        state: torch.Tensor,
+        starts: torch.Tensor,
+        ends: torch.Tensor | None,
+        masks: bool,
+    ) -> torch.Tensor:
+        """`__call__` with `starts`/`ends` as (B, 1) latent steps on the latents' device and
+        `masks` from `needs_masks`: no host values, so a CUDA graph can capture it."""
+        if ends is None:  # none yet: past this chunk
+            ends = starts + latents.shape[-1] + 1
+        return _run(self.ops, latents, state, _Span(starts, ends, masks))

@@ -12,7 +12,7 @@ import json
 import pickle
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,15 +122,22 @@ def repair_codes(
     return candidates.gather(-2, source), (~valid).sum()
 
 
-def frames_to_codes(frames: torch.Tensor) -> list[torch.Tensor]:
+def frames_to_codes(
+    frames: torch.Tensor, levels: Sequence[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """(B, N, 7) frames to SNAC's [(B, N), (B, 2N), (B, 4N)] codes, as the reference orders them.
 
     Per frame: coarse <- L0; mid <- L1, L4; fine <- L2, L3, L5, L6. Codes must be valid
-    (see `repair_codes`).
+    (see `repair_codes`). `levels`: those layer numbers as index tensors on the frames' device
+    (else made here, a host-to-device copy that a CUDA graph cannot hold).
     """
     batch = frames.shape[0]
+    if levels is None:
+        levels = [
+            torch.tensor(layers, device=frames.device) for layers in tokens.SNAC_LAYERS_PER_LEVEL
+        ]
     # (B, N, len(layers)) -> (B, N * len(layers)): frame by frame, in the order of `layers`.
-    return [frames[..., list(layers)].reshape(batch, -1) for layers in tokens.SNAC_LAYERS_PER_LEVEL]
+    return [frames.index_select(-1, layers).reshape(batch, -1) for layers in levels]
 
 
 # --- streaming --------------------------------------------------------------------------------
@@ -184,16 +191,44 @@ class VocoderStream:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-class Vocoder:
-    """Owns one SNAC model; decodes whole utterances and batches of streams."""
+# Batch sizes the CUDA graphs of stream decoding are captured for; larger batches run eagerly.
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
-    def __init__(self, snac: SNAC):
+
+@dataclass
+class _Graph:
+    """One captured stream decode: static inputs, the state it updates, its output."""
+
+    graph: torch.cuda.CUDAGraph
+    frames: torch.Tensor  # (B, P, 7)
+    starts: torch.Tensor  # (B, 1) latent steps
+    state: torch.Tensor  # (B, state_size)
+    pcm: torch.Tensor  # (B, P * FRAME_SAMPLES)
+
+
+class Vocoder:
+    """Owns one SNAC model; decodes whole utterances and batches of streams.
+
+    On a CUDA device, stream decoding replays CUDA graphs (one per batch size, frames per
+    chunk and whether the chunk needs masks at the utterance's start, captured on first use):
+    the decoder's ~400 small launches become one, the host's cost of a chunk its few copies.
+    `graphs=False` keeps every call eager.
+    """
+
+    def __init__(self, snac: SNAC, graphs: bool = True):
         self.snac = snac.eval()
         self.device = next(snac.parameters()).device
         self.dtype = next(snac.parameters()).dtype
         self.decoder = StreamingDecoder(snac.decoder)
         if self.decoder.samples_per_latent != tokens.SNAC_HOP_SAMPLES:
             raise ValueError(f"SNAC decoder upsamples {self.decoder.samples_per_latent}x")
+        self._levels = [
+            torch.tensor(layers, device=self.device) for layers in tokens.SNAC_LAYERS_PER_LEVEL
+        ]
+        self.graphs: dict[tuple[int, int, bool], _Graph] | None = None
+        if graphs and self.device.type == "cuda":
+            self.graphs = {}
+        self._pool = None  # the graphs' shared memory pool
 
     @property
     def first_audio_delay_frames(self) -> int:
@@ -232,7 +267,13 @@ class Vocoder:
         """Decode the pending frames, one call per number of them, and collect each stream's."""
         groups = defaultdict(list)  # pending frames -> streams
         for stream in streams:
-            if len(stream._pending) or (final and stream.received and not stream.ended):
+            if final:
+                if len(stream._pending) or (stream.received and not stream.ended):
+                    groups[len(stream._pending)].append(stream)
+            # Until the first audio is due, more frames only make the first call longer.
+            elif len(stream._pending) and (
+                stream.decoded or stream.received >= self.first_audio_delay_frames
+            ):
                 groups[len(stream._pending)].append(stream)
         audio = {}
         for members in groups.values():
@@ -249,17 +290,22 @@ class Vocoder:
             if stream.state is None:
                 stream.state = self.decoder.new_state(self.device, self.dtype)
         frames = torch.stack([stream._pending for stream in streams]).to(self.device)  # (B, P, 7)
-        latents = self._latents(frames)  # (B, C, P * SNAC_STEPS_PER_FRAME)
-        ends = None
-        if final:  # zeros past the end push the last real samples through the lag
-            latents = torch.nn.functional.pad(latents, (0, self.decoder.tail_latents))
-            ends = [stream.received * tokens.SNAC_STEPS_PER_FRAME for stream in streams]
         starts = [stream.decoded * tokens.SNAC_STEPS_PER_FRAME for stream in streams]
-        state = torch.stack([stream.state for stream in streams])  # (B, state_size)
-        pcm = self.decoder(latents, state, starts, ends)[:, 0].float().cpu().numpy()  # (B, T)
+        states = [stream.state for stream in streams]
+        ends = None
+        if final or self.graphs is None or len(streams) > GRAPH_BATCHES[-1]:
+            latents = self._latents(frames)  # (B, C, P * SNAC_STEPS_PER_FRAME)
+            if final:  # zeros past the end push the last real samples through the lag
+                latents = torch.nn.functional.pad(latents, (0, self.decoder.tail_latents))
+                ends = [stream.received * tokens.SNAC_STEPS_PER_FRAME for stream in streams]
+            state = torch.stack(states)  # (B, state_size)
+            pcm = self.decoder(latents, state, starts, ends)[:, 0]  # (B, T)
+        else:
+            pcm, state = self._replay(frames, starts, states)
+        pcm = pcm.float().cpu().numpy()
+        torch._foreach_copy_(states, list(state.unbind()))
         out = []
         for row, stream in enumerate(streams):
-            stream.state.copy_(state[row])
             first = starts[row] * tokens.SNAC_HOP_SAMPLES - self.decoder.lag  # position of pcm[0]
             stop = ends[row] * tokens.SNAC_HOP_SAMPLES if final else first + pcm.shape[1]
             # Samples before the utterance's start (its first chunks) are not audio.
@@ -267,9 +313,48 @@ class Vocoder:
             stream._pending = stream._pending[:0]
         return out
 
+    def _replay(
+        self, frames: torch.Tensor, starts: list[int], states: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decode of `frames` (B, P, 7) from the CUDA graph of its shape: (pcm (B, T), the
+        streams' new states (B, state_size)), both views of the graph's buffers."""
+        batch, chunk = frames.shape[:2]
+        size = next(b for b in GRAPH_BATCHES if b >= batch)
+        key = (size, chunk, self.decoder.needs_masks(starts, ended=False))
+        graph = self.graphs.get(key) or self._capture(*key)
+        graph.frames[:batch].copy_(frames)
+        graph.starts[:batch, 0].copy_(torch.tensor(starts), non_blocking=True)
+        torch.stack(states, out=graph.state[:batch])
+        graph.graph.replay()
+        return graph.pcm[:batch], graph.state[:batch]
+
+    def _capture(self, batch: int, chunk: int, masks: bool) -> _Graph:
+        frames = torch.zeros(
+            batch, chunk, tokens.AUDIO_LAYERS, dtype=torch.long, device=self.device
+        )
+        starts = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+        state = self.decoder.new_state(self.device, self.dtype).repeat(batch, 1)
+
+        def decode() -> torch.Tensor:
+            latents = self.snac.quantizer.from_codes(frames_to_codes(frames, self._levels))
+            return self.decoder.run(latents, state, starts, None, masks)[:, 0]
+
+        with torch.inference_mode():
+            side = torch.cuda.Stream()  # the warm-up (cuDNN's choices, allocations) off-graph
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                decode()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                pcm = decode()
+        self._pool = graph.pool()
+        self.graphs[batch, chunk, masks] = _Graph(graph, frames, starts, state, pcm)
+        return self.graphs[batch, chunk, masks]
+
     def _latents(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, P, 7) frames to the decoder's (B, C, P * SNAC_STEPS_PER_FRAME) latents (P >= 0)."""
         if frames.shape[1] == 0:
             channels = self.snac.quantizer.quantizers[0].out_proj.out_channels
             return torch.zeros(len(frames), channels, 0, device=self.device, dtype=self.dtype)
-        return self.snac.quantizer.from_codes(frames_to_codes(frames))
+        return self.snac.quantizer.from_codes(frames_to_codes(frames, self._levels))

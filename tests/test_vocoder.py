@@ -106,11 +106,9 @@ def test_batched_streams_equal_each_alone(vocoder):
         assert_matches_full(np.concatenate(out), vocoder.decode_full(frames))
 
 
-def test_equal_chunks_of_many_streams_share_one_call(vocoder, monkeypatch):
-    streams = [VocoderStream() for _ in range(5)]
-    for i, stream in enumerate(streams):
-        stream.push(random_frames(1 if i < 3 else 2, seed=i))
-    calls = []  # (streams, latent steps) of each decoder call
+def count_decoder_calls(monkeypatch) -> list[tuple[int, int]]:
+    """(streams, latent steps) of every StreamingDecoder call from now on."""
+    calls = []
     decode = StreamingDecoder.__call__
 
     def counting_decode(self, latents, *args):
@@ -118,11 +116,41 @@ def test_equal_chunks_of_many_streams_share_one_call(vocoder, monkeypatch):
         return decode(self, latents, *args)
 
     monkeypatch.setattr(StreamingDecoder, "__call__", counting_decode)
+    return calls
+
+
+def test_equal_chunks_of_many_streams_share_one_call(vocoder, monkeypatch):
+    streams = [VocoderStream() for _ in range(5)]
+    delay = vocoder.first_audio_delay_frames
+    for i, stream in enumerate(streams):  # past their first audio, at different points
+        stream.push(random_frames(delay + i, seed=i))
+    vocoder.step(streams)
+    for i, stream in enumerate(streams):
+        stream.push(random_frames(1 if i < 3 else 2, seed=10 + i))
+    calls = count_decoder_calls(monkeypatch)
     vocoder.step(streams)
     steps = tokens.SNAC_STEPS_PER_FRAME
     assert sorted(calls) == [(2, 2 * steps), (3, steps)]
     vocoder.step(streams)  # nothing new: no call
     assert len(calls) == 2
+
+
+def test_frames_wait_for_the_first_audio_in_one_call(vocoder, monkeypatch):
+    """Before the first audio is due a step decodes nothing (it would give no audio): the
+    first call takes all the frames up to it; a flush takes whatever came."""
+    calls = count_decoder_calls(monkeypatch)
+    stream, short = VocoderStream(), VocoderStream()
+    frames = random_frames(vocoder.first_audio_delay_frames)
+    for frame in frames[:-1]:
+        stream.push(frame), short.push(frame)
+        assert [len(audio) for audio in vocoder.step([stream, short])] == [0, 0]
+    assert calls == []
+    stream.push(frames[-1])
+    assert len(vocoder.step([stream, short])[0]) > 0
+    steps = tokens.SNAC_STEPS_PER_FRAME
+    assert calls == [(1, len(frames) * steps)]
+    audio = vocoder.flush([short])[0]
+    assert_matches_full(audio, vocoder.decode_full(frames[:-1]))
 
 
 def test_repair_codes_uses_previous_valid_code_of_the_layer():
@@ -240,3 +268,37 @@ def test_real_24khz_shapes():
     frames = random_frames(9)
     streamed, _ = stream_audio(vocoder, VocoderStream(), frames, burst=1)
     assert_matches_full(streamed, vocoder.decode_full(frames))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_gpu_graph_replays_equal_eager_calls(monkeypatch):
+    """CUDA-graphed stream decoding (first chunks with masks, later ones without, batches
+    padded to a captured size) gives the eager calls' audio (so their states too, which
+    every later chunk reads). In full fp32: with TF32, cuDNN's choice of algorithm for each
+    batch size alone moves samples by 1e-4."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    snac = random_snac(PRESETS["mini-omni"].snac).cuda()
+    graphed, eager = Vocoder(snac), Vocoder(snac, graphs=False)
+    assert graphed.graphs is not None and eager.graphs is None
+    utterances = [random_frames(9, seed=s) for s in range(3)]
+    outputs = []
+    for vocoder in (graphed, eager):
+        streams = [VocoderStream("cuda") for _ in utterances]
+        chunks = [[] for _ in utterances]
+        for index in range(9 + 2):
+            live = [i for i in range(3) if 0 <= index - i < 9]  # streams one frame apart
+            for i in live:
+                streams[i].push(utterances[i][index - i])
+            for i, audio in zip(live, vocoder.step([streams[i] for i in live]), strict=True):
+                chunks[i].append(audio)
+        for i, audio in enumerate(vocoder.flush(streams)):
+            chunks[i].append(audio)
+        outputs.append([np.concatenate(c) for c in chunks])
+    assert {key[:2] for key in graphed.graphs} >= {(1, 3), (2, 1), (4, 1)}
+    assert any(masks for *_, masks in graphed.graphs) and any(
+        not masks for *_, masks in graphed.graphs
+    )
+    for got, want, frames in zip(*outputs, utterances, strict=True):
+        assert len(got) == len(want) == len(frames) * tokens.FRAME_SAMPLES
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
