@@ -196,8 +196,9 @@ class Engine:
     def _build(self, sid: int, slots: list[int], options: SessionOptions, sink) -> None:
         rt = self.runtime
         try:
+            prompts = None if self.decoder is None else self.decoder.prompts
             self._sessions[sid] = Session(
-                sid, slots, options, sink, rt.lm, self.cache, rt.whisper, rt.tokenizer
+                sid, slots, options, sink, rt.lm, self.cache, rt.whisper, rt.tokenizer, prompts
             )
         except Exception as exc:  # e.g. out of memory for the session's encoder state
             sink(events.Error(sid, time.monotonic(), 0, f"cannot open the session: {exc}"))

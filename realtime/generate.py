@@ -154,8 +154,9 @@ class PrefillInput:
     audio: torch.Tensor | None = None  # (T_audio, C) adapted whisper features, or None
 
 
-def prefill(model: OmniLM, cache: KVCache, slots: torch.Tensor, inp: PrefillInput):
-    """Run the whole prompt for its rows (cache rows `slots`); hidden of the last position."""
+def prefill(model: OmniLM, cache: KVCache, slots: torch.Tensor, inp: PrefillInput, prompts=None):
+    """Run the whole prompt for its rows (cache rows `slots`); hidden of the last position.
+    `prompts`: a realtime.prompt_graph.PromptGraphs over `cache` to run it on, or None."""
     ids = inp.prompt.ids.to(cache.k.device)  # (rows, T, 8)
     rows, length = ids.shape[:2]
     positions = torch.arange(length, device=ids.device).expand(rows, -1)
@@ -163,6 +164,8 @@ def prefill(model: OmniLM, cache: KVCache, slots: torch.Tensor, inp: PrefillInpu
     if inp.audio is not None:
         audio, mask = place_features(inp.audio, rows, length)
     x = model.embed(ids, audio, mask)
+    if prompts is not None:
+        return prompts.forward(x, positions, slots, start=0)[:, -1]
     return model(x, positions, slots, cache)[:, -1]  # (rows, C)
 
 
@@ -209,7 +212,9 @@ def generate_tokens(
 
         request = [StepRow(gen, list(range(rows)), opts)]
     with torch.inference_mode():
-        out = gen.accept(*sample_step(model, prefill(model, cache, slots, inp), gen, opts))
+        prompts = None if decoder is None else decoder.prompts
+        hidden = prefill(model, cache, slots, inp, prompts)
+        out = gen.accept(*sample_step(model, hidden, gen, opts))
         yield gen, out
         while not out.done:
             if decoder is None:

@@ -40,6 +40,7 @@ from realtime import tokens
 from realtime.config import DecodingOptions
 from realtime.generate import Generation, sample_step
 from realtime.model import Attention, KVCache, OmniLM, linear
+from realtime.prompt_graph import PromptGraphs
 from realtime.sampling import is_greedy
 
 
@@ -262,9 +263,11 @@ class KernelDecoder:
         self.sizes = buckets(max_rows)
         self.step = KernelStep(lm, cache, max_rows, pad_slot)
         self.graphs = None
+        self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
         if graphs and cache.k.is_cuda:
             with torch.inference_mode():
                 self.graphs = StepGraphs(self.step, self.sizes)
+            self.prompts = PromptGraphs(lm, cache, pad_slot)
         self._last: list[tuple[Generation, int]] | None = None  # what the device holds
         self.loads = 0  # steps that needed the host's state (for tests and monitoring)
 

@@ -61,7 +61,9 @@ class Session:
         cache: KVCache,
         whisper,
         tokenizer,
+        prompts=None,
     ) -> None:
+        """`prompts`: a realtime.prompt_graph.PromptGraphs over `cache` to prefill on, or None."""
         check_options(options)
         self.sid, self.options, self.sink = sid, options, sink
         self.turn = 0  # answers asked for so far (end_turn, start_text); events carry it
@@ -69,6 +71,7 @@ class Session:
         if len(slots) != self.spec.rows:
             raise SessionError(f"task {options.task} needs {self.spec.rows} rows")
         self.lm, self.cache, self.whisper, self.tokenizer = lm, cache, whisper, tokenizer
+        self.prompts = prompts
         self.slot_ids = list(slots)  # the host's copy: reading the tensor back would sync
         self.slots = torch.tensor(slots, device=cache.k.device)
         self.encoder = ChunkedEncoder(whisper) if options.encoder == "chunked" else None
@@ -194,7 +197,11 @@ class Session:
         ids = ids.to(self.slots.device)
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.lm.embed(ids, audio, None if mask is None else mask.expand(ids.shape[0], -1))
-        hidden = self.lm(x, positions.expand(ids.shape[0], -1), self.slots, self.cache)
+        positions = positions.expand(ids.shape[0], -1)
+        if self.prompts is not None:
+            hidden = self.prompts.forward(x, positions, self.slots, start)
+        else:
+            hidden = self.lm(x, positions, self.slots, self.cache)
         self.prefilled += ids.shape[1]
         return hidden
 
