@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per contender")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--dry-run", action="store_true", help="tiny preset on a CPU, no file")
+    parser.add_argument("--out", type=Path, help="results file (default: results/...-<gpu>.json)")
     args = parser.parse_args(argv)
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
@@ -114,7 +115,7 @@ def write(cases: list[dict], first_audio: dict, args: dict) -> None:
     import triton
 
     gpu = torch.cuda.get_device_name()
-    out = RESULTS / f"decode_step-{gpu.replace(' ', '_')}.json"
+    out = args.pop("out") or RESULTS / f"decode_step-{gpu.replace(' ', '_')}.json"
     result = {
         "machine": {
             "gpu": gpu,

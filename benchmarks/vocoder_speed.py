@@ -16,7 +16,7 @@ needed before the first audio, and the relative L2 distance to the whole decode.
 
     python -m benchmarks.vocoder_speed [--device cuda] [--frames 48] [--batch 4]
 
-Writes benchmarks/results/vocoder_speed-<device>.json.
+Writes benchmarks/results/vocoder_speed-<cpu or GPU name>.json.
 """
 
 import argparse
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{name:<12}{ms:>10.2f}{ms / tokens.FRAME_MS:>13.3f}{frames_first:>13}{error:>10.1e}")
     result = {"machine": machine(device), "args": {**vars(args), "out": None}, "rows": rows}
-    out = args.out or RESULTS / f"vocoder_speed-{device.type}.json"
+    where = torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
+    out = args.out or RESULTS / f"vocoder_speed-{where}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU checklist in one command, for a machine lent for a short while: the kernel tests
+# (compiled, `gpu`-marked ones included), the decode step against eager torch and
+# torch.compile, the streaming vocoder, and the per-kernel benchmarks. Each part runs under its
+# own time limit and the next one runs whatever the last one did; the log of all of them goes to
+# $OUT/log.txt (or ./gpu-checklist.log) and the results files they wrote to $OUT/results.tar.
+#
+#     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [vocoder] [kernels] [NAME...]
+#
+# With no parts named, all of them run. `decode` skips torch.compile (minutes of compiling);
+# `compile` is the same benchmark with it. A NAME (e.g. head_argmax) runs that kernel's
+# benchmark alone. Extra pytest arguments go in PYTEST_ARGS, decode_step's for `compile` in
+# COMPILE_ARGS.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-.}
+LOG="$OUT/log.txt"
+[ "$OUT" = . ] && LOG=gpu-checklist.log
+export PYTHONUNBUFFERED=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # 8 test workers share the CPU cores
+parts=("$@")
+START=$(mktemp)  # results written after this are this run's
+[ ${#parts[@]} -eq 0 ] && parts=(tests decode compile profile vocoder kernels)
+
+run() {  # run LIMIT_S COMMAND...: one part, its output in the log, its status and time after it
+    local limit=$1
+    shift
+    echo "=== $* (limit ${limit} s)" | tee -a "$LOG"
+    local began=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "=== rc $rc after $((SECONDS - began)) s: $*" | tee -a "$LOG"
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+        --format=csv
+    python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda",
+        torch.version.cuda, "triton", triton.__version__, torch.cuda.get_device_name())'
+} 2>&1 | tee -a "$LOG"
+
+for part in "${parts[@]}"; do
+    case $part in
+        tests) run 240 python3 -m pytest -q $(python3 -c 'import xdist' 2>/dev/null && printf -- '-n 8') --timeout 120 tests/kernels ${PYTEST_ARGS:-} ;;
+        decode) run 360 python3 -m benchmarks.decode_step --no-compile ;;
+        compile) run 540 python3 -m benchmarks.decode_step ${COMPILE_ARGS:-} ;;
+        profile) run 240 python3 -m benchmarks.step_profile ;;
+        vocoder) run 120 python3 -m benchmarks.vocoder_speed --device cuda ;;
+        kernels)
+            for bench in embed_mean add_rmsnorm qkv_rope_cache decode_attention swiglu \
+                head_argmax head_sample feedback; do
+                run 120 python3 -m "benchmarks.kernels.$bench"
+            done
+            ;;
+        *) run 120 python3 -m "benchmarks.kernels.$part" ;;
+    esac
+done
+
+if [ "$OUT" != . ]; then
+    find benchmarks/results -newer "$START" -name "*.json" -print0 |
+        xargs -0 --no-run-if-empty tar -cf "$OUT/results.tar"
+fi

@@ -1,0 +1,125 @@
+"""Where a GPU decode step and an end of turn spend their time, kernel by kernel and phase by
+phase: the guide for tuning benchmarks/decode_step.py's numbers.
+
+- per kernel: the kernel step's launches at each batch size under torch.profiler (device time
+  per launch, launches per step), the sum of device time against the CUDA graph's replay time
+  (the difference is the gaps between kernels);
+- per phase: a 2 s utterance's prefill, first pick, each decode step and each vocoder call up
+  to the first audio sample, synchronised one by one.
+
+    python -m benchmarks.step_profile [--model DIR] [--batches 1,64] [--context 256]
+
+Prints tables only (it writes no results file: the timed numbers are decode_step's).
+"""
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from benchmarks import step_contenders as sc
+from benchmarks.decode_step import CLIP
+from realtime import tokens
+from realtime.audio import load_audio
+from realtime.config import DecodingOptions
+from realtime.encoder import encode_chunked
+from realtime.generate import PrefillInput, generate_tokens
+from realtime.kernel_step import StepGraphs
+from realtime.prompts import Task, build_prompt
+from realtime.vocoder import VocoderStream
+
+STEPS = 20
+
+
+def kernels_of_step(lm, batch: int, context: int, top: int) -> None:
+    cache, ids, positions, slots = sc.step_inputs(lm, batch, context)
+    step = sc.kernel_step(lm, cache, ids, positions, slots, text_running=True)
+    with torch.inference_mode():
+        graphs = StepGraphs(step, [batch])
+        replay = sc.wall_ms(lambda: graphs.replay(batch, False), 200, torch.cuda.synchronize)
+        for _ in range(3):
+            step.forward(batch)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(STEPS):
+                step.forward(batch)
+            torch.cuda.synchronize()
+    per_kernel = defaultdict(lambda: [0, 0.0])  # name -> [launches, device us]
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = per_kernel[event.name[:70]]
+            entry[0] += 1
+            entry[1] += event.device_time  # microseconds
+    launches = sum(n for n, _ in per_kernel.values()) / STEPS
+    device_ms = sum(t for _, t in per_kernel.values()) / STEPS / 1e3
+    print(
+        f"\nbatch {batch}: {launches:.0f} launches/step, {device_ms:.3f} ms of kernels/step, "
+        f"graph replay {replay:.3f} ms/step (gaps {replay - device_ms:.3f} ms)"
+    )
+    rows = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:top]
+    for name, (n, us) in rows:
+        print(f"  {us / STEPS:8.1f} us/step  {n / STEPS:5.0f} x {us / n:6.2f} us  {name}")
+
+
+def phases_of_end_of_turn(runtime) -> None:
+    audio = load_audio(CLIP)[: 2 * tokens.INPUT_SAMPLE_RATE_HZ]
+    options = DecodingOptions(max_new_tokens=64)
+    decoder = runtime.kernel_decoder()
+    marks: list[tuple[str, float]] = []
+
+    def mark(label: str) -> None:
+        torch.cuda.synchronize()
+        marks.append((label, time.perf_counter()))
+
+    for attempt in range(3):
+        marks.clear()
+
+        with torch.inference_mode():
+            mark("start")
+            features = encode_chunked(runtime.whisper, audio)
+            mark("encode")
+            prompt = build_prompt(Task.A2A, audio_frames=features.shape[0])
+            inp = PrefillInput(prompt, runtime.lm.adapt(features))
+            mark("adapt")
+            stream = VocoderStream(device=runtime.device)
+            steps = generate_tokens(runtime.lm, runtime.cache, inp, Task.A2A, options, decoder)
+            for gen, out in steps:
+                mark(f"step {gen.steps}" if gen.steps > 1 else "prefill+pick")
+                if out.frame is not None:
+                    stream.push(torch.tensor([out.frame]))
+                    got = runtime.vocoder.step([stream])[0].size
+                    mark(f"vocoder ({got} samples)")
+                    if got:
+                        break
+            steps.close()
+        if attempt == 2:
+            print(f"\nend of turn, prompt {prompt.length} positions:")
+            for (label, t), (_, before) in zip(marks[1:], marks, strict=False):
+                print(f"  {1e3 * (t - before):8.2f} ms  {label}")
+            pairs = zip(marks[1:], marks, strict=False)
+            decode = [t - b for (label, t), (_, b) in pairs if label.startswith("step")]
+            print(f"  median decode step {1e3 * np.median(decode):.2f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a model directory (default: a random mini-omni one)")
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--top", type=int, default=14, help="kernels listed per batch")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("step_profile needs a CUDA GPU")
+        return 2
+    runtime = sc.load_runtime(args.model, torch.device("cuda"), "mini-omni")
+    for batch in (int(b) for b in args.batches.split(",")):
+        kernels_of_step(runtime.lm, batch, args.context, args.top)
+    phases_of_end_of_turn(runtime)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
