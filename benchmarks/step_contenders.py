@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
 from realtime.config import PRESETS, DecodingOptions
+from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
 from realtime.generate import PrefillInput, decode_step, generate_tokens
 from realtime.kernel_step import KernelStep, StepGraphs
@@ -178,15 +179,7 @@ def time_contenders(
 
 def graph_ms(fn, steps: int) -> float:
     """fn captured once in a CUDA graph, then the mean of `steps` replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(WARMUP_STEPS):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph, _ = capture(fn, warmups=WARMUP_STEPS)
     return wall_ms(graph.replay, steps, torch.cuda.synchronize)
 
 

@@ -24,6 +24,7 @@ REALTIME_TORCH_ONLY=1 keeps the plain torch step everywhere.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -38,6 +39,7 @@ from kernels.swiglu import swiglu
 from kernels.triton_support import interpreting
 from realtime import tokens
 from realtime.config import DecodingOptions
+from realtime.cuda_graphs import capture
 from realtime.generate import Generation, sample_step
 from realtime.model import Attention, KVCache, OmniLM, linear
 from realtime.prompt_graph import PromptGraphs
@@ -231,16 +233,9 @@ class StepGraphs:
     def __init__(self, step: KernelStep, sizes: list[int]) -> None:
         self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
         pool = None
-        stream = torch.cuda.Stream()
         for size in sorted(sizes, reverse=True):  # the largest first: the others fit its pool
             for sampling in (True, False):
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    step.forward(size, sampling)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    step.forward(size, sampling)
+                graph, _ = capture(partial(step.forward, size, sampling), pool)
                 pool = graph.pool()
                 self.graphs[size, sampling] = graph
 

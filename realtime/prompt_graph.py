@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from realtime.cuda_graphs import capture
 from realtime.model import KVCache, OmniLM
 
 BUCKETS = (16, 32, 64, 128, 256)  # prompt lengths captured; longer prompts run eagerly
@@ -64,14 +65,9 @@ class PromptGraphs:
         length = self.cache.max_seq
 
         with torch.inference_mode():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.lm(x, positions, slots, self.cache, length=length)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                hidden = self.lm(x, positions, slots, self.cache, length=length)
+            graph, hidden = capture(
+                lambda: self.lm(x, positions, slots, self.cache, length=length), self._pool
+            )
         self._pool = graph.pool()
         self.graphs[rows, bucket] = _Graph(graph, x, positions, slots, hidden)
         return self.graphs[rows, bucket]

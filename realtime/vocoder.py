@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from realtime import tokens
 from realtime.config import SnacConfig
+from realtime.cuda_graphs import capture
 from realtime.snac_stream import StreamingDecoder
 
 PCM_DTYPE = np.float32
@@ -122,20 +123,22 @@ def repair_codes(
     return candidates.gather(-2, source), (~valid).sum()
 
 
+def level_layers(device: torch.device | str) -> list[torch.Tensor]:
+    """The audio layers each SNAC level takes its codes from, as index tensors on `device`."""
+    return [torch.tensor(layers, device=device) for layers in tokens.SNAC_LAYERS_PER_LEVEL]
+
+
 def frames_to_codes(
     frames: torch.Tensor, levels: Sequence[torch.Tensor] | None = None
 ) -> list[torch.Tensor]:
     """(B, N, 7) frames to SNAC's [(B, N), (B, 2N), (B, 4N)] codes, as the reference orders them.
 
     Per frame: coarse <- L0; mid <- L1, L4; fine <- L2, L3, L5, L6. Codes must be valid
-    (see `repair_codes`). `levels`: those layer numbers as index tensors on the frames' device
-    (else made here, a host-to-device copy that a CUDA graph cannot hold).
+    (see `repair_codes`). `levels`: `level_layers(frames.device)`, made once (else made here,
+    a host-to-device copy that a CUDA graph cannot hold).
     """
     batch = frames.shape[0]
-    if levels is None:
-        levels = [
-            torch.tensor(layers, device=frames.device) for layers in tokens.SNAC_LAYERS_PER_LEVEL
-        ]
+    levels = level_layers(frames.device) if levels is None else levels
     # (B, N, len(layers)) -> (B, N * len(layers)): frame by frame, in the order of `layers`.
     return [frames.index_select(-1, layers).reshape(batch, -1) for layers in levels]
 
@@ -222,9 +225,7 @@ class Vocoder:
         self.decoder = StreamingDecoder(snac.decoder)
         if self.decoder.samples_per_latent != tokens.SNAC_HOP_SAMPLES:
             raise ValueError(f"SNAC decoder upsamples {self.decoder.samples_per_latent}x")
-        self._levels = [
-            torch.tensor(layers, device=self.device) for layers in tokens.SNAC_LAYERS_PER_LEVEL
-        ]
+        self._levels = level_layers(self.device)
         self.graphs: dict[tuple[int, int, bool], _Graph] | None = None
         if graphs and self.device.type == "cuda":
             self.graphs = {}
@@ -238,7 +239,7 @@ class Vocoder:
     @torch.inference_mode()
     def decode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, N, 7) valid frames to (B, N * FRAME_SAMPLES) float32 audio on the model's device."""
-        codes = frames_to_codes(frames.to(self.device))
+        codes = frames_to_codes(frames.to(self.device), self._levels)
         audio = self.snac.decode(codes)  # (B, 1, N * FRAME_SAMPLES)
         return audio.squeeze(1).float()
 
@@ -267,13 +268,10 @@ class Vocoder:
         """Decode the pending frames, one call per number of them, and collect each stream's."""
         groups = defaultdict(list)  # pending frames -> streams
         for stream in streams:
-            if final:
-                if len(stream._pending) or (stream.received and not stream.ended):
-                    groups[len(stream._pending)].append(stream)
             # Until the first audio is due, more frames only make the first call longer.
-            elif len(stream._pending) and (
-                stream.decoded or stream.received >= self.first_audio_delay_frames
-            ):
+            due = final or stream.decoded or stream.received >= self.first_audio_delay_frames
+            drains = final and stream.received and not stream.ended  # its lag, maybe no frames
+            if (len(stream._pending) and due) or drains:
                 groups[len(stream._pending)].append(stream)
         audio = {}
         for members in groups.values():
@@ -340,14 +338,7 @@ class Vocoder:
             return self.decoder.run(latents, state, starts, None, masks)[:, 0]
 
         with torch.inference_mode():
-            side = torch.cuda.Stream()  # the warm-up (cuDNN's choices, allocations) off-graph
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                decode()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                pcm = decode()
+            graph, pcm = capture(decode, self._pool)
         self._pool = graph.pool()
         self.graphs[batch, chunk, masks] = _Graph(graph, frames, starts, state, pcm)
         return self.graphs[batch, chunk, masks]
