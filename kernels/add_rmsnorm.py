@@ -5,6 +5,8 @@
 
 The normalisation runs in fp32; the result is cast to the model dtype before the weight
 multiplies it, in the model's order. Without `r` it is the plain RMSNorm (layer 0's norm_1).
+x may be a product left in slices over K (kernels/gemv.py's SplitSums): its slices are summed
+and rounded to the model dtype as they are loaded, so the product needs no launch to reduce.
 One program per row with the whole row in registers (BLOCK_C = next power of 2 of C; 1024 for
 n_embd 896): one read of x and r, one write of s and y.
 """
@@ -13,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.gemv import SplitSums
 from kernels.triton_support import round_to, runs_kernel
 
 
@@ -20,14 +23,20 @@ from kernels.triton_support import round_to, runs_kernel
 def _add_rmsnorm_kernel(
     x_ptr, r_ptr, w_ptr, y_ptr, s_ptr,
     C, eps,
-    stride_x_row, stride_r_row, stride_y_row, stride_s_row,
-    HAS_RESIDUAL: tl.constexpr, BLOCK_C: tl.constexpr,
+    stride_x_split, stride_x_row, stride_r_row, stride_y_row, stride_s_row,
+    X_SPLITS: tl.constexpr, SUMMED: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     in_row = cols < C
     dtype = y_ptr.dtype.element_ty
     s = tl.load(x_ptr + row * stride_x_row + cols, mask=in_row, other=0.0).to(tl.float32)
+    for i in tl.static_range(1, X_SPLITS):  # a product's slices, in order
+        s += tl.load(x_ptr + i * stride_x_split + row * stride_x_row + cols, mask=in_row, other=0.0)
+    if SUMMED:  # fp32 slices: the product is their sum in the model dtype
+        s = round_to(s, dtype)
+        if not HAS_RESIDUAL:
+            tl.store(s_ptr + row * stride_s_row + cols, s.to(dtype), mask=in_row)
     if HAS_RESIDUAL:
         r = tl.load(r_ptr + row * stride_r_row + cols, mask=in_row, other=0.0).to(tl.float32)
         s = round_to(s + r, dtype)  # the residual stream is kept in the model dtype
@@ -39,37 +48,42 @@ def _add_rmsnorm_kernel(
 
 
 def add_rmsnorm(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor | SplitSums, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x, residual (..., C), weight (C,) -> (rmsnorm(x + residual) * weight, x + residual).
-    With residual None: (rmsnorm(x) * weight, x)."""
-    if not runs_kernel(x, weight):
+    With residual None: (rmsnorm(x) * weight, x). x may be SplitSums of shape (N, C)."""
+    if not runs_kernel(weight):
         return add_rmsnorm_ref(x, residual, weight, eps)
-    C = x.shape[-1]
-    x2 = x.reshape(-1, C)  # (N, C)
-    assert x2.stride(1) == 1 and weight.is_contiguous() and weight.dtype == x.dtype
-    y = torch.empty_like(x2)
+    C, dtype = x.shape[-1], weight.dtype
+    parts = x.parts if isinstance(x, SplitSums) else x.reshape(1, -1, C)  # (X_SPLITS, N, C)
+    assert parts.stride(2) == 1 and weight.is_contiguous()
+    assert isinstance(x, SplitSums) or x.dtype == dtype
+    y = torch.empty(parts.shape[1:], device=weight.device, dtype=dtype)
     has_residual = residual is not None
     if has_residual:
         r2 = residual.reshape(-1, C)
         assert r2.stride(1) == 1
-        s = torch.empty_like(x2)
+        s = torch.empty_like(y)
+    elif isinstance(x, SplitSums):  # the kernel writes the rounded sum
+        r2 = s = torch.empty_like(y)
     else:  # never touched: HAS_RESIDUAL=False compiles the load and store away
-        r2, s = x2, x2
-    _add_rmsnorm_kernel[(x2.shape[0],)](
-        x2, r2, weight, y, s,
+        r2 = s = parts[0]
+    _add_rmsnorm_kernel[(parts.shape[1],)](
+        parts, r2, weight, y, s,
         C, eps,
-        x2.stride(0), r2.stride(0), y.stride(0), s.stride(0),
-        HAS_RESIDUAL=has_residual, BLOCK_C=triton.next_power_of_2(C),
+        parts.stride(0), parts.stride(1), r2.stride(0), y.stride(0), s.stride(0),
+        X_SPLITS=parts.shape[0], SUMMED=isinstance(x, SplitSums), HAS_RESIDUAL=has_residual,
+        BLOCK_C=triton.next_power_of_2(C),
         num_warps=4 if C <= 2048 else 8,
     )  # fmt: skip
     return y.view(x.shape), s.view(x.shape)
 
 
 def add_rmsnorm_ref(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor | SplitSums, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The torch computation: Block's `+ x`, then RMSNorm.forward."""
+    x = x.total() if isinstance(x, SplitSums) else x
     s = x if residual is None else x + residual
     sf = s.float()
     sf = sf * torch.rsqrt(torch.mean(sf * sf, dim=-1, keepdim=True) + eps)

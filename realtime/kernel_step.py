@@ -8,8 +8,17 @@ size's step captured as a CUDA graph.
 
 `KernelStep.forward(size)` is the hot step: static shapes, inputs and outputs in buffers
 allocated once (intermediates come from the graph's memory pool), no host sync, so
-`StepGraphs` can capture it once per batch-size bucket and replay it. The products are
-cuBLAS's (torch's F.linear); everything between them is ours.
+`StepGraphs` can capture it once per batch-size bucket and replay it. Its products are one of
+two kinds (`products=`):
+
+- "cublas": torch's F.linear, everything between them ours (as drawn above);
+- "fused": ours (kernels/gemv.py), with the ops around them folded in, 7 launches a block:
+
+    [gemv(norm_1 + qkv) ─► qkv_rope_cache ─► decode_attention ─► gemv(proj, split over K)
+        ─► gemv(norm_2 + fc_1|fc_2 + swiglu) ─► gemv(proj, split over K)] x n_layer
+
+  where a split product's slices are summed by the next launch as it loads them, and for more
+  than NORM_IN_PRODUCT_ROWS rows the norms run as add_rmsnorm before their products.
 
 `KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
 stay the authority on stop rules) it loads their state into the buffers only when the batch
@@ -32,6 +41,7 @@ from kernels.add_rmsnorm import add_rmsnorm
 from kernels.decode_attention import decode_attention
 from kernels.embed_mean import embed_mean
 from kernels.feedback import feedback
+from kernels.gemv import Norm, gemv, split_for
 from kernels.head_argmax import head_argmax
 from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
 from kernels.qkv_rope_cache import qkv_rope_cache
@@ -41,9 +51,14 @@ from realtime import tokens
 from realtime.config import DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.generate import Generation, sample_step
-from realtime.model import Attention, KVCache, OmniLM, linear
+from realtime.model import Attention, KVCache, OmniLM, RMSNorm, linear
 from realtime.prompt_graph import PromptGraphs
 from realtime.sampling import is_greedy
+
+PRODUCTS = ("cublas", "fused")  # whose products the step runs (see above)
+# Up to this many rows the fused step normalises inside the products' prologue, where every
+# program re-reads its rows (and a split product's slices): cheap for a few rows, not for many.
+NORM_IN_PRODUCT_ROWS = 4
 
 
 def buckets(max_rows: int) -> list[int]:
@@ -85,13 +100,21 @@ class KernelStep:
     owns) at position 0 and never advance, so a bucket larger than the batch is harmless.
     """
 
-    def __init__(self, lm: OmniLM, cache: KVCache, max_rows: int, pad_slot: int) -> None:
+    def __init__(
+        self, lm: OmniLM, cache: KVCache, max_rows: int, pad_slot: int, products: str = "cublas"
+    ) -> None:
         if any(block.mlp.fc_12 is None for block in lm.transformer.h):
             raise ValueError("the kernel step needs the model's SwiGLUs fused (OmniLM.fuse)")
         if lm.cos.dtype != torch.float32:
             raise ValueError("the kernel step needs fp32 RoPE tables, as load_lm builds them")
+        if products not in PRODUCTS:
+            raise ValueError(f"products must be one of {PRODUCTS}, not {products!r}")
         self.lm, self.cache, self.max_rows, self.pad_slot = lm, cache, max_rows, pad_slot
-        dev, R = cache.k.device, max_rows
+        self.products = products
+        dev, R, cfg = cache.k.device, max_rows, lm.cfg
+        # slices over K of the fused step's two projections (attention's, the MLP's)
+        self.split_attn = split_for(cfg.n_head * cfg.head_size, cfg.n_embd, dev)
+        self.split_mlp = split_for(cfg.intermediate_size, cfg.n_embd, dev)
 
         def longs(fill=0):
             return torch.full((R,), fill, dtype=torch.long, device=dev)
@@ -124,12 +147,8 @@ class KernelStep:
         ids, positions, slots = self.ids[:size], self.positions[:size], self.slots[:size]
         lengths = positions + 1  # each row attends to its cache up to and including itself
         x = embed_mean(ids[:, None], lm.transformer.wte.weight)[:, 0]  # (size, C)
-        residual = None
-        for layer, block in enumerate(lm.transformer.h):
-            y, residual = add_rmsnorm(x, residual, block.norm_1.weight, cfg.norm_eps)
-            x = self._attention(block.attn, y, layer, positions, slots, lengths)
-            y, residual = add_rmsnorm(x, residual, block.norm_2.weight, cfg.norm_eps)
-            x = linear(swiglu(linear(y, block.mlp.fc_12)), block.mlp.proj.weight)
+        blocks = self._fused_blocks if self.products == "fused" else self._blocks
+        x, residual = blocks(x, positions, slots, lengths)
         hidden, _ = add_rmsnorm(x, residual, lm.transformer.ln_f.weight, cfg.norm_eps)
 
         skip_text = self.text_ended[:size] | self.no_text[:size]
@@ -156,15 +175,50 @@ class KernelStep:
         self.sampled[:size].copy_(sampled)
         self.hidden[:size].copy_(hidden)
 
-    def _attention(self, attn: Attention, y, layer: int, positions, slots, lengths):
-        size = y.shape[0]
-        qkv = linear(y, attn.attn.weight, attn.attn.bias)  # (size, width)
+    def _blocks(self, x, positions, slots, lengths):
+        """The blocks on cuBLAS's products -> (the last block's output, the residual stream)."""
+        eps, residual = self.lm.cfg.norm_eps, None
+        for layer, block in enumerate(self.lm.transformer.h):
+            y, residual = add_rmsnorm(x, residual, block.norm_1.weight, eps)
+            attn = block.attn.attn
+            qkv = linear(y, attn.weight, attn.bias)  # (size, width)
+            out = self._attend(qkv, layer, positions, slots, lengths)
+            x = linear(out, block.attn.proj.weight)
+            y, residual = add_rmsnorm(x, residual, block.norm_2.weight, eps)
+            x = linear(swiglu(linear(y, block.mlp.fc_12)), block.mlp.proj.weight)
+        return x, residual
+
+    def _fused_blocks(self, x, positions, slots, lengths):
+        """The blocks on kernels/gemv.py -> (the last block's output as slices, the residual
+        stream)."""
+        residual = None
+        for layer, block in enumerate(self.lm.transformer.h):
+            attn: Attention = block.attn
+            qkv_w, qkv_b = attn.attn.weight, attn.attn.bias
+            qkv, residual = self._normed(x, residual, block.norm_1, qkv_w, qkv_b)
+            out = self._attend(qkv, layer, positions, slots, lengths)
+            x, _ = gemv(out, attn.proj.weight, split_k=self.split_attn)
+            h, residual = self._normed(x, residual, block.norm_2, block.mlp.fc_12, swiglu=True)
+            x, _ = gemv(h, block.mlp.proj.weight, split_k=self.split_mlp)
+        return x, residual
+
+    def _normed(self, x, residual, norm: RMSNorm, weight, bias=None, swiglu=False):
+        """norm(x + residual), then the product -> (its output, x + residual)."""
+        eps = self.lm.cfg.norm_eps
+        if x.shape[0] <= NORM_IN_PRODUCT_ROWS:
+            return gemv(x, weight, bias, norm=Norm(norm.weight, residual, eps), swiglu=swiglu)
+        y, residual = add_rmsnorm(x, residual, norm.weight, eps)
+        return gemv(y, weight, bias, swiglu=swiglu)[0], residual
+
+    def _attend(self, qkv, layer: int, positions, slots, lengths):
+        """qkv (size, width) -> the attention's output (size, n_head * head_size), with the new
+        keys and values written to the cache."""
         k, v = self.cache.k, self.cache.v
         q = qkv_rope_cache(qkv[:, None], self.lm.cos, self.lm.sin, positions[:, None], slots,
                            k, v, layer)  # fmt: skip
         # The grid is fixed by the cache's length, not the rows' lengths: nothing to sync on.
         out = decode_attention(q[:, :, 0], k, v, layer, slots, lengths, self.cache.max_seq)
-        return linear(out.reshape(size, -1), attn.proj.weight)  # (size, C)
+        return out.reshape(qkv.shape[0], -1)
 
     def load(self, batch: list[StepRow]) -> int:
         """Write the host's state of `batch` into the input buffers and reset every other row to
@@ -253,10 +307,16 @@ class KernelDecoder:
     """
 
     def __init__(
-        self, lm: OmniLM, cache: KVCache, max_rows: int, pad_slot: int, graphs: bool = True
+        self,
+        lm: OmniLM,
+        cache: KVCache,
+        max_rows: int,
+        pad_slot: int,
+        graphs: bool = True,
+        products: str = "cublas",
     ) -> None:
         self.sizes = buckets(max_rows)
-        self.step = KernelStep(lm, cache, max_rows, pad_slot)
+        self.step = KernelStep(lm, cache, max_rows, pad_slot, products)
         self.graphs = None
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
         if graphs and cache.k.is_cuda:

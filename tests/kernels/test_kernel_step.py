@@ -12,13 +12,13 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.head_argmax import head_argmax_ref
-from realtime import checkpoint, events, tokens
+from realtime import checkpoint, events, kernel_step, tokens
 from realtime.config import DecodingOptions
 from realtime.engine import Engine, EngineOptions
 from realtime.generate import Generation, decode_step, generate_tokens
 from realtime.kernel_step import KernelDecoder, StepRow, buckets, picked
 from realtime.prompts import TASKS, Task
-from realtime.runtime import Runtime
+from realtime.runtime import MAX_ROWS, Runtime
 from realtime.session import SessionOptions
 
 from ..test_engine import Recorder, clip, frames_of, offline, speak
@@ -39,6 +39,24 @@ def test_buckets():
     assert buckets(64) == [1, 2, 4, 8, 16, 32, 64]
 
 
+def use_products(name: str, monkeypatch) -> str:
+    """ "cublas", "fused" (norms in the products' prologue, as for a step of few rows) or
+    "fused-norms-apart" (norms before the products, as for a step of many) -> products=."""
+    if name == "fused-norms-apart":
+        monkeypatch.setattr(kernel_step, "NORM_IN_PRODUCT_ROWS", 0)
+    return name.removesuffix("-norms-apart")
+
+
+@pytest.fixture(params=["cublas", "fused", "fused-norms-apart"])
+def products(request, monkeypatch) -> str:
+    return use_products(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["fused", "fused-norms-apart"])
+def fused(request, monkeypatch) -> str:
+    return use_products(request.param, monkeypatch)
+
+
 def history(task: Task, prompt_length: int, steps: int, seed: int) -> Generation:
     """A request `steps` into its answer, with random ids fed back."""
     gen = Generation(task, prompt_length, max_steps=1000)
@@ -51,7 +69,7 @@ def history(task: Task, prompt_length: int, steps: int, seed: int) -> Generation
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_step_equals_the_torch_step(device, tiny_lm, dtype):
+def test_a_step_equals_the_torch_step(device, tiny_lm, dtype, products):
     """Three requests (4 rows: the a2a-batch one takes two) at different positions, in a
     bucket of 4 with one padding row; then a second step fed back on the device."""
     lm = tiny_lm(dtype, device)
@@ -67,7 +85,7 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype):
     untouched = cache.k[:, 2].clone()  # a slot no request owns
     twin = lm.new_cache(6, max_seq=256)  # the torch step's cache
     twin.k.copy_(cache.k), twin.v.copy_(cache.v)
-    decoder = KernelDecoder(lm, cache, max_rows=6, pad_slot=5)
+    decoder = KernelDecoder(lm, cache, max_rows=6, pad_slot=5, products=products)
 
     for step in range(2):
         ids = torch.cat([item.gen.next_input() for item in batch]).to(device)
@@ -97,6 +115,12 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype):
             row += len(item.slots)
     assert decoder.loads == 1
     assert torch.equal(cache.k[:, 2], untouched)
+
+
+def test_unknown_products_are_refused(tiny_lm):
+    lm = tiny_lm(torch.float32)
+    with pytest.raises(ValueError, match="products must be one of"):
+        KernelDecoder(lm, lm.new_cache(2, max_seq=16), max_rows=1, pad_slot=1, products="mkl")
 
 
 @pytest.fixture(scope="module")
@@ -195,32 +219,48 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
         engine.stop()
 
 
+def test_fused_greedy_tokens_equal_the_reference(device, runtimes, fused):
+    """The step on our own products: still the reference implementation's tokens (an
+    a2a-batch request: two rows, text and audio)."""
+    _, rt = runtimes
+    case = dict(PREFIXES[2], max_new_tokens=6)
+    request = request_for(case)
+    decoder = KernelDecoder(rt.lm, rt.cache, MAX_ROWS, pad_slot=MAX_ROWS, products=fused)
+    inp = rt.prepare(request)
+    *_, (gen, _) = generate_tokens(rt.lm, rt.cache, inp, request.task, request.options, decoder)
+    assert gen.text == case["text"][:6]
+    assert [list(layer) for layer in zip(*gen.audio, strict=True)] == [
+        layer[:6] for layer in case["audio"]
+    ]
+
+
 @pytest.mark.gpu
-def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes):
+@pytest.mark.parametrize("products", kernel_step.PRODUCTS)
+def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products):
     """The captured step (the default on CUDA) against the torch path: fp32 tokens equal over
     longer answers than the interpreter can afford, greedy and drawn on the device."""
     torch_rt, rt = runtimes
-    assert rt.kernel_decoder().graphs is not None
+    decoder = KernelDecoder(rt.lm, rt.cache, MAX_ROWS, pad_slot=MAX_ROWS, products=products)
+    assert decoder.graphs is not None
     sampling = DecodingOptions(temperature=0.9, top_k=40, top_p=0.95, seed=9, max_new_tokens=48)
     for case in PREFIXES:
         request = request_for(dict(case, max_new_tokens=48))
         inp = rt.prepare(request)
         for opts in (request.options, sampling):
             *_, (want, _) = generate_tokens(torch_rt.lm, torch_rt.cache, inp, request.task, opts)
-            *_, (got, _) = generate_tokens(
-                rt.lm, rt.cache, inp, request.task, opts, rt.kernel_decoder()
-            )
+            *_, (got, _) = generate_tokens(rt.lm, rt.cache, inp, request.task, opts, decoder)
             assert got.text == want.text and got.audio == want.audio
 
 
 @pytest.mark.gpu
-def test_on_gpu_a_replay_equals_eager_launches(tiny_lm):
+@pytest.mark.parametrize("products", kernel_step.PRODUCTS)
+def test_on_gpu_a_replay_equals_eager_launches(tiny_lm, products):
     """bf16: the CUDA graph replays exactly the launches the eager step makes."""
     lm = tiny_lm(torch.bfloat16, "cuda")
     results = []
     for graphs in (False, True):
         cache = lm.new_cache(4, max_seq=256)
-        decoder = KernelDecoder(lm, cache, max_rows=3, pad_slot=3, graphs=graphs)
+        decoder = KernelDecoder(lm, cache, 3, pad_slot=3, graphs=graphs, products=products)
         assert (decoder.graphs is not None) == graphs
         batch = [StepRow(history(Task.A2A, 30, 4, seed=5), [0], GREEDY),
                  StepRow(history(Task.A2A_BATCH, 12, 2, seed=6), [1, 2], GREEDY)]  # fmt: skip

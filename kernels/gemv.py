@@ -1,0 +1,269 @@
+"""The decode step's products for a few rows, with the ops around them fused in.
+
+For x (M, K) and a weight W (N, K), one launch computes
+
+    y = f(norm(x) W^T + bias)
+
+    norm(x) = rmsnorm(x + residual) * g      (optional prologue: the block's add + RMSNorm;
+                                              s = x + residual is written too, once)
+    f(z)    = silu(z[:, :N]) * z[:, N:]      (optional SwiGLU epilogue: W is fc_12, (2N, K))
+
+or, split over K, the fp32 partial products `SplitSums.parts` (S, M, N): slice i of K summed
+by its own programs, so that a short, wide product (the attention and MLP projections) still
+fills the GPU. The split is not reduced here: the next launch that reads the product (this
+kernel's prologue, or kernels/add_rmsnorm.py) sums the slices as it loads them, so the
+projection, the residual add and the norm cost no launch of their own.
+
+Rounding follows the model's: the product (sum of slices) is rounded to the model dtype before
+the residual add, the add is rounded, the norm as in add_rmsnorm, SwiGLU as in swiglu.
+
+Grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), S). Each program streams BLOCK_N rows of W over its
+slice of K once, for up to BLOCK_M rows of x, through tl.dot (BLOCK_M is at least 16, the
+tensor cores' smallest tile; padding rows cost registers, not memory). The norm prologue reads
+its rows of x twice (sum of squares, then the product) in every program; that is a few KB per
+program for a decode step's few rows, and the step normalises separately for larger batches.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels.triton_support import dot_dtype, round_to, runs_kernel
+
+MAX_BLOCK_M = 64  # rows of x per program; more rows take another tile (another pass over W)
+SMS_FALLBACK = 132  # the H100 SXM's, where the device cannot say (the interpreter)
+# Programs a launch aims to give each SM: a GEMV is bound by the loads it has in flight, and
+# one program's pipeline (num_stages tiles) is not enough to cover HBM's latency on its own.
+PROGRAMS_PER_SM = 2
+
+
+@dataclass(frozen=True)
+class SplitSums:
+    """A product of `dtype` inputs left as slices over K: its value is
+    parts.sum(0) (fp32, slices in order) rounded to `dtype`."""
+
+    parts: torch.Tensor  # (S, M, N) fp32
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.parts.shape[1:]
+
+    def total(self) -> torch.Tensor:
+        """The product, (M, N) in `dtype`."""
+        total = self.parts[0].clone()
+        for part in self.parts[1:]:
+            total += part
+        return total.to(self.dtype)
+
+
+@dataclass(frozen=True)
+class Norm:
+    """The prologue: x + residual (None: x alone), then RMSNorm with `weight` and `eps`."""
+
+    weight: torch.Tensor  # (K,)
+    residual: torch.Tensor | None  # (M, K)
+    eps: float
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Launch shape, chosen by `tiles()` unless given (the benchmark sweeps them)."""
+
+    block_n: int = 32
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@triton.jit
+def load_sum(
+    x_ptr, r_ptr, rows, ks, mask, stride_x_split, stride_x_m, stride_r_m,
+    X_SPLITS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(rows, ks) of x (the sum of X_SPLITS slices, rounded to DTYPE), plus the residual
+    (rounded again) when there is one; fp32."""
+    offs = rows[:, None].to(tl.int64) * stride_x_m + ks[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for i in tl.static_range(1, X_SPLITS):
+        x += tl.load(x_ptr + i * stride_x_split + offs, mask=mask, other=0.0).to(tl.float32)
+    x = round_to(x, DTYPE)
+    if HAS_RESIDUAL:
+        r_offs = rows[:, None].to(tl.int64) * stride_r_m + ks[None, :]
+        x = round_to(x + tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(tl.float32), DTYPE)
+    return x
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, s_ptr,
+    M, N, K, k_per_split, eps,
+    stride_x_split, stride_x_m, stride_r_m, stride_w_n, stride_y_split, stride_y_m, stride_s_m,
+    X_SPLITS: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    WRITE_S: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_n, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    dtype = w_ptr.dtype.element_ty  # the model's
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    in_m, in_n = rows < M, cols < N
+
+    rstd = tl.full([BLOCK_M], 1.0, tl.float32)
+    if NORM:  # first pass: each row's sum of squares over the whole of K
+        squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            tile = in_m[:, None] & (ks < K)[None, :]
+            s = load_sum(x_ptr, r_ptr, rows, ks, tile, stride_x_split, stride_x_m, stride_r_m,
+                         X_SPLITS, HAS_RESIDUAL, dtype)  # fmt: skip
+            if WRITE_S:  # the new residual stream, from one program per row tile
+                out = s_ptr + rows[:, None].to(tl.int64) * stride_s_m + ks[None, :]
+                writes = rows < tl.where(pid_n == 0, M, 0)  # (a scalar flag as a mask)
+                tl.store(out, s.to(dtype), mask=tile & writes[:, None])
+            squares += tl.sum(s * s, axis=1)
+        rstd = tl.math.rsqrt(squares / K + eps)
+
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
+    w_rows = cols[:, None].to(tl.int64) * stride_w_n  # (BLOCK_N, 1)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # SwiGLU's second half
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        in_k = ks < k_end
+        a = load_sum(x_ptr, r_ptr, rows, ks, in_m[:, None] & in_k[None, :], stride_x_split,
+                     stride_x_m, stride_r_m, X_SPLITS, HAS_RESIDUAL, dtype)  # fmt: skip
+        if NORM:
+            g = tl.load(g_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
+            a = round_to(round_to(a * rstd[:, None], dtype) * g[None, :], dtype)
+        a = a.to(DOT_DTYPE)
+        w_tile = in_n[:, None] & in_k[None, :]
+        w = tl.load(w_ptr + w_rows + ks[None, :], mask=w_tile, other=0.0)
+        acc += tl.dot(a, tl.trans(w.to(DOT_DTYPE)), input_precision="ieee")
+        if SWIGLU:
+            w = tl.load(w_ptr + N * stride_w_n + w_rows + ks[None, :], mask=w_tile, other=0.0)
+            acc_up += tl.dot(a, tl.trans(w.to(DOT_DTYPE)), input_precision="ieee")
+
+    if HAS_BIAS:  # in the first slice only
+        bias = tl.load(b_ptr + cols, mask=cols < tl.where(split == 0, N, 0), other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    if SWIGLU:
+        gate = round_to(acc, dtype)
+        gate = round_to(gate / (1.0 + tl.exp(-gate)), dtype)
+        acc = gate * round_to(acc_up, dtype)
+    out_type = y_ptr.dtype.element_ty  # the model's, or fp32 for slices
+    out = y_ptr + split * stride_y_split + rows[:, None].to(tl.int64) * stride_y_m + cols[None, :]
+    tl.store(out, round_to(acc, out_type).to(out_type), mask=in_m[:, None] & in_n[None, :])
+
+
+def gemv(
+    x: torch.Tensor | SplitSums,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    norm: Norm | None = None,
+    swiglu: bool = False,
+    split_k: int = 1,
+    tiles: Tiles | None = None,
+) -> tuple[torch.Tensor | SplitSums, torch.Tensor | None]:
+    """x (M, K) or its slices, weight (N, K) ((2 N, K) with swiglu), bias (N,) ->
+    (y, s): y = f(norm(x) weight^T + bias) (M, N) in the model dtype, or with split_k > 1 its
+    SplitSums (bias and SwiGLU need split_k 1); s = x + norm.residual (x itself without a
+    residual), None without a norm."""
+    if not runs_kernel(weight):
+        return gemv_ref(x, weight, bias, norm, swiglu, split_k)
+    parts = x.parts if isinstance(x, SplitSums) else x[None]  # (X_SPLITS, M, K)
+    _, M, K = parts.shape
+    N = weight.shape[0] // (2 if swiglu else 1)
+    assert parts.stride(2) == 1 and weight.stride(1) == 1 and weight.shape[1] == K
+    assert split_k == 1 or (bias is None and not swiglu), "slices take no epilogue"
+    tiles = tiles or choose_tiles(N, weight.device)
+    dtype = weight.dtype
+    k_per_split, splits = _slices(K, tiles.block_k, split_k)
+    out_dtype = torch.float32 if split_k > 1 else dtype
+    y = torch.empty(splits, M, N, device=weight.device, dtype=out_dtype)
+    s, r, write_s = _residual_out(parts, norm, dtype)
+    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(M)))
+    grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(M, block_m), splits)
+    g = norm.weight if norm is not None else weight
+    _gemv_kernel[grid](
+        parts, r, g, weight, bias if bias is not None else weight, y, s,
+        M, N, K, k_per_split, norm.eps if norm is not None else 0.0,
+        parts.stride(0), parts.stride(1), r.stride(0), weight.stride(0), y.stride(0), y.stride(1),
+        s.stride(0),
+        X_SPLITS=parts.shape[0], NORM=norm is not None,
+        HAS_RESIDUAL=norm is not None and norm.residual is not None, WRITE_S=write_s,
+        HAS_BIAS=bias is not None, SWIGLU=swiglu, DOT_DTYPE=dot_dtype(dtype),
+        BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )  # fmt: skip
+    out = SplitSums(y, dtype) if split_k > 1 else y[0]
+    return out, (s if norm is not None else None)
+
+
+def _residual_out(parts: torch.Tensor, norm: Norm | None, dtype: torch.dtype):
+    """(s buffer, residual input, whether the kernel writes s): s is x itself when the prologue
+    adds nothing to a plain x."""
+    _, M, K = parts.shape
+    if norm is None:
+        return parts[0], parts[0], False
+    residual = norm.residual
+    if residual is None and parts.shape[0] == 1 and parts.dtype == dtype:
+        return parts[0], parts[0], False
+    assert residual is None or (residual.shape == (M, K) and residual.stride(1) == 1)
+    s = torch.empty(M, K, device=parts.device, dtype=dtype)
+    return s, (residual if residual is not None else s), True
+
+
+def choose_tiles(n: int, device: torch.device) -> Tiles:
+    """The widest BLOCK_N (64, 32 or 16 rows of W per program) that still gives every SM
+    PROGRAMS_PER_SM programs; the narrowest otherwise."""
+    programs = _programs_wanted(device)
+    return Tiles(block_n=next((b for b in (64, 32) if triton.cdiv(n, b) >= programs), 16))
+
+
+def split_for(k: int, n: int, device: torch.device, tiles: Tiles | None = None) -> int:
+    """Slices over K that give every SM PROGRAMS_PER_SM programs for an (n, k) weight (as
+    `gemv(split_k=)` will cut them: whole K tiles, so at most one per tile)."""
+    tiles = tiles or choose_tiles(n, device)
+    wanted = triton.cdiv(_programs_wanted(device), triton.cdiv(n, tiles.block_n))
+    return _slices(k, tiles.block_k, wanted)[1]
+
+
+def _slices(k: int, block_k: int, split_k: int) -> tuple[int, int]:
+    """(K per slice, slices): split_k slices of whole tiles, fewer when K has fewer tiles."""
+    k_per_split = triton.cdiv(triton.cdiv(k, block_k), split_k) * block_k
+    return k_per_split, triton.cdiv(k, k_per_split)
+
+
+def _programs_wanted(device: torch.device) -> int:
+    sms = SMS_FALLBACK
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return PROGRAMS_PER_SM * sms
+
+
+def gemv_ref(
+    x: torch.Tensor | SplitSums,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    norm: Norm | None = None,
+    swiglu: bool = False,
+    split_k: int = 1,
+) -> tuple[torch.Tensor | SplitSums, torch.Tensor | None]:
+    """The torch computation: the block's add and RMSNorm (add_rmsnorm_ref), F.linear, then
+    swiglu_ref; with split_k > 1 the product in fp32 as a single slice."""
+    from kernels.add_rmsnorm import add_rmsnorm_ref
+    from kernels.swiglu import swiglu_ref
+
+    x = x.total() if isinstance(x, SplitSums) else x
+    s = None
+    if norm is not None:
+        x, s = add_rmsnorm_ref(x, norm.residual, norm.weight, norm.eps)
+    if split_k > 1:  # one slice: the whole product in fp32
+        return SplitSums(F.linear(x.float(), weight.float())[None], x.dtype), s
+    y = F.linear(x, weight, bias)
+    return (swiglu_ref(y) if swiglu else y), s

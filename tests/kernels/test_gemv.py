@@ -1,0 +1,143 @@
+"""kernels/gemv.py against its torch reference, and the reference against the model's block."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_ref
+from kernels.gemv import Norm, SplitSums, Tiles, gemv, gemv_ref, split_for
+
+# fp32: another summation order. bf16: a rounding step where a value sits on a boundary
+# (the norm's, SwiGLU's, the product's), which the product then carries.
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2**-6, atol=2e-2),
+}
+SMALL = Tiles(block_n=16, block_k=32)  # several K tiles, slices and column blocks at toy sizes
+
+
+def randn(*shape, dtype, device, seed, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(shape, generator=gen)).to(device, dtype)
+
+
+def close(got, want, dtype):
+    if isinstance(want, SplitSums):
+        assert isinstance(got, SplitSums)
+        got, want = got.total(), want.total()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 64, 48), (3, 100, 70), (17, 96, 33)])
+@pytest.mark.parametrize("tiles", [None, SMALL], ids=["default", "small"])
+def test_product_with_bias(device, dtype, m, k, n, tiles):
+    x = randn(m, k, dtype=dtype, device=device, seed=m)
+    w = randn(n, k, dtype=dtype, device=device, seed=k, scale=k**-0.5)
+    b = randn(n, dtype=dtype, device=device, seed=n)
+    got, s = gemv(x, w, b, tiles=tiles)
+    assert s is None
+    close(got, gemv_ref(x, w, b)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("sliced", [False, True])
+def test_norm_prologue(device, dtype, residual, sliced):
+    """rmsnorm(x + residual) * g first, with x a plain tensor or a product's slices; s is the
+    new residual stream (x itself when there is nothing to add)."""
+    m, k, n = 5, 80, 40
+    x = randn(m, k, dtype=dtype, device=device, seed=1, scale=3)
+    if sliced:  # what a split product hands over: three fp32 slices
+        x = SplitSums(randn(3, m, k, dtype=torch.float32, device=device, seed=2), dtype)
+    r = randn(m, k, dtype=dtype, device=device, seed=3, scale=3) if residual else None
+    norm = Norm(randn(k, dtype=dtype, device=device, seed=4) + 1, r, 1e-6)
+    w = randn(n, k, dtype=dtype, device=device, seed=5, scale=k**-0.5)
+    b = randn(n, dtype=dtype, device=device, seed=6)
+    got, s = gemv(x, w, b, norm=norm, tiles=SMALL)
+    want, want_s = gemv_ref(x, w, b, norm=norm)
+    close(got, want, dtype)
+    torch.testing.assert_close(s, want_s, rtol=0, atol=0)  # additions in the same order
+    if not residual and not sliced:
+        assert s.data_ptr() == x.data_ptr()  # not copied
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", [False, True])
+def test_swiglu_epilogue(device, dtype, norm):
+    m, k, n = 3, 72, 50
+    x = randn(m, k, dtype=dtype, device=device, seed=7)
+    w = randn(2 * n, k, dtype=dtype, device=device, seed=8, scale=2 * k**-0.5)
+    prologue = Norm(torch.ones(k, dtype=dtype, device=device), x.clone(), 1e-5) if norm else None
+    got, _ = gemv(x, w, norm=prologue, swiglu=True, tiles=SMALL)
+    assert got.shape == (m, n)
+    close(got, gemv_ref(x, w, norm=prologue, swiglu=True)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("k", "split_k", "slices"), [(96, 3, 3), (100, 2, 2), (64, 5, 2)])
+def test_split_over_k(device, dtype, k, split_k, slices):
+    """Slices are whole K tiles (so fewer than asked when K has fewer); their sum is the
+    product."""
+    m, n = 4, 36
+    x = randn(m, k, dtype=dtype, device=device, seed=k)
+    w = randn(n, k, dtype=dtype, device=device, seed=9, scale=k**-0.5)
+    got, _ = gemv(x, w, split_k=split_k, tiles=SMALL)
+    assert got.parts.shape == (slices, m, n) and got.parts.dtype == torch.float32
+    close(got, gemv_ref(x, w, split_k=split_k)[0], dtype)
+    # and the next norm sums them as it loads them
+    r = randn(m, n, dtype=dtype, device=device, seed=10)
+    g = torch.ones(n, dtype=dtype, device=device)
+    for residual in (r, None):
+        y, s = add_rmsnorm(got, residual, g, 1e-6)
+        want_y, want_s = add_rmsnorm_ref(got, residual, g, 1e-6)
+        torch.testing.assert_close(s, want_s, rtol=0, atol=0)
+        torch.testing.assert_close(y, want_y, **TOL[dtype])
+
+
+def test_split_for_fills_the_sms():
+    cpu = torch.device("cpu")  # 132 SMs assumed off a GPU: 264 programs wanted
+    assert split_for(896, 896, cpu) == 4  # 56 column blocks of 16 x 4 slices of 2 K tiles
+    assert split_for(4864, 896, cpu) == 5  # x 5 slices of 8 K tiles (38 in all)
+    assert split_for(128, 896, cpu) == 1  # one K tile: nothing to split
+    assert split_for(896, 16 * 264, cpu) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ref_is_the_model_block(tiny_lm, model_products, dtype):
+    """From the model's own activations gemv_ref gives its products bit for bit: norm_1 and
+    the qkv product with its bias, norm_2 with fc_12 and SwiGLU."""
+    block = tiny_lm(dtype).transformer.h[0]
+    torch.manual_seed(2)
+    x = torch.randn(3, 1, block.norm_1.weight.shape[0]).to(dtype)
+    block.mlp(block.norm_2(x))  # the MLP half of a block, from its own norm
+    eps = block.norm_1.eps
+    mlp_in, _ = model_products.of(block.mlp.fc_12)
+    proj_in, _ = model_products.of(block.mlp.proj.weight)
+    got, s = gemv_ref(x[:, 0], block.mlp.fc_12, norm=Norm(block.norm_2.weight, None, eps),
+                      swiglu=True)  # fmt: skip
+    assert torch.equal(s, x[:, 0])
+    assert torch.equal(got, proj_in[:, 0]) and mlp_in.shape == (3, 1, x.shape[-1])
+    attn = block.attn.attn
+    y = block.norm_1(x)
+    want = attn(y)
+    got, _ = gemv_ref(x[:, 0], attn.weight, attn.bias, norm=Norm(block.norm_1.weight, None, eps))
+    assert torch.equal(got, want[:, 0])
+
+
+@pytest.mark.gpu
+def test_released_shapes_on_gpu():
+    """The released block's products, at 1 and 64 rows."""
+    dtype, dev = torch.bfloat16, "cuda"
+    for m in (1, 64):
+        x = randn(m, 896, dtype=dtype, device=dev, seed=1)
+        norm = Norm(torch.ones(896, dtype=dtype, device=dev), x.clone(), 1e-6)
+        fc_12 = randn(2 * 4864, 896, dtype=dtype, device=dev, seed=2, scale=896**-0.5)
+        close(gemv(x, fc_12, norm=norm, swiglu=True)[0],
+              gemv_ref(x, fc_12, norm=norm, swiglu=True)[0], dtype)  # fmt: skip
+        h = randn(m, 4864, dtype=dtype, device=dev, seed=3)
+        down = randn(896, 4864, dtype=dtype, device=dev, seed=4, scale=4864**-0.5)
+        split = split_for(4864, 896, h.device)
+        close(gemv(h, down, split_k=split)[0], gemv_ref(h, down, split_k=split)[0], dtype)
