@@ -73,6 +73,7 @@ KERNEL_MODULES = (
     "decode_attention",
     "embed_mean",
     "feedback",
+    "gemv",
     "head_argmax",
     "head_sample",
     "qkv_rope_cache",
@@ -104,6 +105,14 @@ def run_launchers(dtype: torch.dtype) -> None:
     lengths = empty(B, dt=torch.int64)
     mods["decode_attention"].decode_attention(empty(B, cfg.n_head, hs), *cache, 3, slots, lengths)
     mods["swiglu"].swiglu(empty(B, 2 * cfg.intermediate_size))
+    gemv, hidden = mods["gemv"], cfg.intermediate_size
+    split = gemv.split_for(hidden, C, torch.device("cpu"))
+    down, _ = gemv.gemv(empty(B, hidden), empty(C, hidden), split_k=split)  # fp32 slices
+    norm = gemv.Norm(empty(C), empty(B, C), cfg.norm_eps)
+    gemv.gemv(down, empty(2 * hidden, C), norm=norm, swiglu=True)  # summed, added, normed, SwiGLU
+    gemv.gemv(empty(B, C), empty(3 * C, C), empty(3 * C), norm=gemv.Norm(empty(C), None, 1e-6))
+    gemv.gemv(empty(B, C), empty(3 * C, C), empty(3 * C))  # the plain product with its bias
+    mods["add_rmsnorm"].add_rmsnorm(down, None, empty(C), cfg.norm_eps)
     mods["head_argmax"].head_argmax(empty(B, C), table, empty(B, dt=torch.bool))
     sample = mods["head_sample"]
     kinds = (torch.bool, torch.int64, torch.float32, torch.float32, torch.int64, torch.int64)
@@ -114,9 +123,9 @@ def run_launchers(dtype: torch.dtype) -> None:
 
 
 def run_step(dtype: torch.dtype) -> None:
-    """realtime.kernel_step's whole decode step at the released shapes, once per batch-size
-    bucket of a 32-session engine, on meta tensors (nothing is allocated or computed): its
-    launches carry the constexprs the engine really compiles."""
+    """realtime.kernel_step's whole decode step at the released shapes, on either products,
+    once per batch-size bucket of a 32-session engine, on meta tensors (nothing is allocated
+    or computed): its launches carry the constexprs the engine really compiles."""
     from realtime.kernel_step import KernelStep, buckets
     from realtime.model import OmniLM
 
@@ -128,10 +137,11 @@ def run_step(dtype: torch.dtype) -> None:
         lm.cos, lm.sin = (t.to("meta") for t in rope_cache(cfg.block_size, cfg.head_size, 10))
         lm.fuse()
         rows = 64
-        step = KernelStep(lm, lm.new_cache(rows + 1), rows, pad_slot=rows)
-        for size in buckets(rows):
-            step.forward(size, sampling=False)
-            step.forward(size, sampling=True)
+        for products in ("cublas", "fused"):
+            step = KernelStep(lm, lm.new_cache(rows + 1), rows, pad_slot=rows, products=products)
+            for size in buckets(rows):
+                step.forward(size, sampling=False)
+                step.forward(size, sampling=True)
 
 
 def distinct(launches):

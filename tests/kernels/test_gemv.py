@@ -99,9 +99,9 @@ def test_split_over_k(device, dtype, k, split_k, slices):
 
 def test_split_for_fills_the_sms():
     cpu = torch.device("cpu")  # 132 SMs assumed off a GPU: 264 programs wanted
-    assert split_for(896, 896, cpu) == 4  # 56 column blocks of 16 x 4 slices of 2 K tiles
-    assert split_for(4864, 896, cpu) == 5  # x 5 slices of 8 K tiles (38 in all)
-    assert split_for(128, 896, cpu) == 1  # one K tile: nothing to split
+    assert split_for(896, 896, cpu) == 5  # 56 column blocks of 16 x 5 slices of 3 K tiles of 64
+    assert split_for(4864, 896, cpu) == 5  # x 5 slices of 16 K tiles (76 in all)
+    assert split_for(64, 896, cpu) == 1  # one K tile: nothing to split
     assert split_for(896, 16 * 264, cpu) == 1
 
 
