@@ -103,6 +103,13 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="beyond localhost needs --token")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     p.add_argument("--max-sessions", type=_positive_int, default=4, help="concurrent calls")
+    p.add_argument(
+        "--step-products",
+        choices=("cublas", "fused"),
+        default="cublas",
+        help="the GPU decode step's products: cuBLAS's, or ours with the norms and SwiGLU "
+        "fused in (see benchmarks/kernels/gemv.py for how they compare)",
+    )
     p.add_argument("--token", help="callers must present it (the page reads it from #token=)")
     p.add_argument("--tls-cert", type=Path, help="serve HTTPS (a phone's mic needs it)")
     p.add_argument("--tls-key", type=Path)
@@ -248,6 +255,7 @@ def _server_options(args: argparse.Namespace):
         port=args.port,
         token=args.token,
         max_sessions=args.max_sessions,
+        step_products=args.step_products,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         call=call,

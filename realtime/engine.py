@@ -39,6 +39,9 @@ class EngineOptions:
     # REALTIME_TORCH_ONLY is set); True also runs them on a CPU under TRITON_INTERPRET=1.
     kernels: bool | None = None
     cuda_graphs: bool = True  # capture the kernel step per batch-size bucket (CUDA only)
+    # The kernel step's products: "cublas" (torch's F.linear) or "fused" (kernels/gemv.py, with
+    # the norms, SwiGLU and the projections' reduction folded in; see realtime/kernel_step.py)
+    step_products: str = "cublas"
 
 
 class EngineBusy(Exception):
@@ -88,8 +91,9 @@ class Engine:
             from realtime.kernel_step import KernelDecoder  # imports triton: only when used
 
             self.decoder = KernelDecoder(
-                runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs
-            )
+                runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,
+                products=options.step_products,
+            )  # fmt: skip
         self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close
         self._sessions: dict[int, Session] = {}  # built on the inference thread
         self._next_id = 0
@@ -143,7 +147,8 @@ class Engine:
             return f"torch on {self.cache.k.device}"
         graphed = self.decoder.graphs is not None
         sizes = ", ".join(map(str, self.decoder.sizes))
-        return f"Triton kernels on {self.cache.k.device}, " + (
+        products = self.decoder.step.products
+        return f"Triton kernels ({products} products) on {self.cache.k.device}, " + (
             f"CUDA graphs for batch sizes {sizes}" if graphed else "launched eagerly"
         )
 

@@ -112,7 +112,9 @@ async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str],
     """Run until SIGINT/SIGTERM; `ready(url)` is called once the port is open."""
     # On CUDA building the engine compiles the kernels and captures the step's graphs: off
     # the loop, though nothing is served yet.
-    engine_options = EngineOptions(max_sessions=options.max_sessions)
+    engine_options = EngineOptions(
+        max_sessions=options.max_sessions, step_products=options.step_products
+    )
     engine = (await asyncio.to_thread(Engine, runtime, engine_options)).start()
     log.info("decode step: %s", engine.decode_path)
     runner = web.AppRunner(Server(engine, options).app(), access_log=None)

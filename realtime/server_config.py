@@ -48,6 +48,7 @@ class ServerOptions:
     port: int = 8080
     token: str | None = None  # required on offers; mandatory beyond localhost
     max_sessions: int = 4
+    step_products: str = "cublas"  # EngineOptions.step_products
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_dir: Path = CLIENT_DIR
