@@ -13,12 +13,15 @@ audio heads with greedy selection, and the feedback of the picked ids into the n
 - `graph`: the same step replayed from its CUDA graph, as the engine runs it;
 - `graph+sampling`: the same with every row drawing top-k 40 / temperature 0.9 / top-p 0.95
   on the device (kernels/head_sample.py), as a sampling session's batch runs; its bytes are
-  counted as the greedy step's (the sampling rows' logits written and reread come on top).
+  counted as the greedy step's (the sampling rows' logits written and reread come on top);
+- `kernels[fused]`, `graph[fused]`, `graph+sampling[fused]`: the same three on our own
+  products (kernels/gemv.py, KernelStep(products="fused")) instead of cuBLAS's.
 
 Each step's HBM traffic is counted (every weight once, the text head's 325 MB only while some
 row needs text, each row's keys and values) and reported as GB/s and % of the GPU's peak.
 Then end of turn to first audio sample: a 2 s utterance is prefilled, its answer decoded on
-the kernel step and vocoded until the first PCM sample, with the encoder's share given apart.
+the kernel step (on either products) and vocoded until the first PCM sample, with the
+encoder's share given apart.
 
     python -m benchmarks.decode_step [--model DIR] [--batches 1,8,64] [--context 256]
 
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print("decode_step needs a CUDA GPU (or --dry-run to check the script on a CPU)")
         return 2
     from benchmarks import step_contenders as sc
+    from realtime.kernel_step import PRODUCTS
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     runtime = sc.load_runtime(args.model, device, "tiny" if args.dry_run else "mini-omni")
@@ -72,11 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             cases.append(add_peak(case, device))
             print(format_case(case), flush=True)
-    first_audio = sc.end_of_turn_to_first_audio(runtime, CLIP, repeats=1 if args.dry_run else 5)
-    print(
-        f"end of turn -> first audio sample: {first_audio['after_encode_ms']:.1f} ms after the "
-        f"encoder ({first_audio['total_ms']:.1f} ms with it; {first_audio['steps']} steps)"
-    )
+    first_audio = {}
+    for products in PRODUCTS:
+        first_audio[products] = result = sc.end_of_turn_to_first_audio(
+            runtime, CLIP, repeats=1 if args.dry_run else 5, products=products
+        )
+        print(
+            f"end of turn -> first audio sample ({products} products): "
+            f"{result['after_encode_ms']:.1f} ms after the encoder "
+            f"({result['total_ms']:.1f} ms with it; {result['steps']} steps)"
+        )
     if not args.dry_run:
         write(cases, first_audio, vars(args))
     return 0
@@ -110,7 +119,7 @@ def format_case(case: dict) -> str:
     )
 
 
-def write(cases: list[dict], first_audio: dict, args: dict) -> None:
+def write(cases: list[dict], first_audio: dict[str, dict], args: dict) -> None:
     import torch
     import triton
 

@@ -5,10 +5,11 @@
 # own time limit and the next one runs whatever the last one did; the log of all of them goes to
 # $OUT/log.txt (or ./gpu-checklist.log) and the results files they wrote to $OUT/results.tar.
 #
-#     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [vocoder] [kernels] [NAME...]
+#     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [vocoder] [kernels] [sweep] [NAME...]
 #
-# With no parts named, all of them run. `decode` skips torch.compile (minutes of compiling);
-# `compile` is the same benchmark with it. A NAME (e.g. head_argmax) runs that kernel's
+# With no parts named, all but `sweep` run. `decode` skips torch.compile (minutes of compiling);
+# `compile` is the same benchmark with it. `sweep` times kernels/gemv.py over its launch shapes
+# (what its defaults are set from). A NAME (e.g. head_argmax) runs that kernel's
 # benchmark alone. Extra pytest arguments go in PYTEST_ARGS, decode_step's for `compile` in
 # COMPILE_ARGS.
 set -u
@@ -45,10 +46,11 @@ for part in "${parts[@]}"; do
         decode) run 360 python3 -m benchmarks.decode_step --no-compile ;;
         compile) run 540 python3 -m benchmarks.decode_step ${COMPILE_ARGS:-} ;;
         profile) run 240 python3 -m benchmarks.step_profile ;;
+        sweep) run 420 python3 -m benchmarks.kernels.gemv --sweep ;;
         vocoder) run 120 python3 -m benchmarks.vocoder_speed --device cuda ;;
         kernels)
             for bench in embed_mean add_rmsnorm qkv_rope_cache decode_attention swiglu \
-                head_argmax head_sample feedback; do
+                gemv head_argmax head_sample feedback; do
                 run 120 python3 -m "benchmarks.kernels.$bench"
             done
             ;;

@@ -19,10 +19,10 @@ from realtime.config import PRESETS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
 from realtime.generate import PrefillInput, decode_step, generate_tokens
-from realtime.kernel_step import KernelStep, StepGraphs
+from realtime.kernel_step import PRODUCTS, KernelDecoder, KernelStep, StepGraphs
 from realtime.model import KVCache, OmniLM, apply_rope
 from realtime.prompts import Task, build_prompt
-from realtime.runtime import Runtime
+from realtime.runtime import MAX_ROWS, Runtime
 from realtime.vocoder import VocoderStream
 
 WARMUP_STEPS = 5
@@ -116,10 +116,12 @@ def static_step(lm: OmniLM, k_cache, v_cache, ids, positions, slots, length: int
     return audio, lm.text_logits(hidden).argmax(dim=-1) if text else None
 
 
-def kernel_step(lm: OmniLM, cache: KVCache, ids, positions, slots, text_running: bool):
+def kernel_step(
+    lm: OmniLM, cache: KVCache, ids, positions, slots, text_running: bool, products: str
+):
     """A KernelStep whose rows stay at their positions (advance 0) and keep their text on."""
     batch = ids.shape[0]
-    step = KernelStep(lm, cache, batch, pad_slot=batch)
+    step = KernelStep(lm, cache, batch, pad_slot=batch, products=products)
     step.ids.copy_(ids)
     step.positions.copy_(positions)
     step.slots.copy_(slots)
@@ -160,15 +162,10 @@ def time_contenders(
             out["compiled"] = wall_ms(lambda: fn(*args), steps, sync)
             if cuda:  # its launches captured in a CUDA graph too: the best torch can do
                 out["compiled+graph"] = graph_ms(lambda: fn(*args), steps)
-        step = kernel_step(lm, cache, ids, positions, slots, text_running)
-        out["kernels"] = wall_ms(lambda: step.forward(batch), steps, sync)
-        if cuda:
-            graphs = StepGraphs(step, [batch])
-            out["graph"] = wall_ms(lambda: graphs.replay(batch, False), steps, sync)
-            # every row drawing top-k 40 / temperature 0.9 / top-p 0.95 on the device
-            step.sampling.fill_(True), step.top_k.fill_(40)
-            step.temperature.fill_(0.9), step.top_p.fill_(0.95)
-            out["graph+sampling"] = wall_ms(lambda: graphs.replay(batch, True), steps, sync)
+        for products in PRODUCTS:  # "kernels", "graph", ...: cuBLAS's; "...[fused]": ours
+            step = kernel_step(lm, cache, ids, positions, slots, text_running, products)
+            tag = "" if products == "cublas" else f"[{products}]"
+            out |= {name + tag: ms for name, ms in time_kernel_step(step, steps, sync).items()}
     contenders = {
         name: {"ms": ms, "GB_per_s": None if ms is None else nbytes / ms / 1e6}
         for name, ms in out.items()
@@ -177,16 +174,36 @@ def time_contenders(
                 contenders=contenders)  # fmt: skip
 
 
+def time_kernel_step(step: KernelStep, steps: int, sync) -> dict[str, float]:
+    """Milliseconds per step of `step`: launched, and (on CUDA) replayed greedy and sampling."""
+    batch = step.max_rows
+    out = {"kernels": wall_ms(lambda: step.forward(batch), steps, sync)}
+    if step.cache.k.is_cuda:
+        graphs = StepGraphs(step, [batch])
+        out["graph"] = wall_ms(lambda: graphs.replay(batch, False), steps, sync)
+        # every row drawing top-k 40 / temperature 0.9 / top-p 0.95 on the device
+        step.sampling.fill_(True), step.top_k.fill_(40)
+        step.temperature.fill_(0.9), step.top_p.fill_(0.95)
+        out["graph+sampling"] = wall_ms(lambda: graphs.replay(batch, True), steps, sync)
+    return out
+
+
 def graph_ms(fn, steps: int) -> float:
     """fn captured once in a CUDA graph, then the mean of `steps` replays."""
     graph, _ = capture(fn, warmups=WARMUP_STEPS)
     return wall_ms(graph.replay, steps, torch.cuda.synchronize)
 
 
-def end_of_turn_to_first_audio(runtime: Runtime, clip: Path, repeats: int) -> dict:
-    """A 2 s utterance: encode (chunked), then prefill, decode on the kernel step and vocode
-    until the first PCM sample. Medians over `repeats` runs after one warm-up."""
+def end_of_turn_to_first_audio(
+    runtime: Runtime, clip: Path, repeats: int, products: str = "cublas"
+) -> dict:
+    """A 2 s utterance: encode (chunked), then prefill, decode on the kernel step (with
+    `products`) and vocode until the first PCM sample. Medians over `repeats` runs after one
+    warm-up."""
     audio = load_audio(clip)[: 2 * tokens.INPUT_SAMPLE_RATE_HZ]
+    decoder = runtime.kernel_decoder()
+    if products != decoder.step.products:
+        decoder = KernelDecoder(runtime.lm, runtime.cache, MAX_ROWS, MAX_ROWS, products=products)
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     options = DecodingOptions(max_new_tokens=64)
     runs = []
@@ -200,9 +217,7 @@ def end_of_turn_to_first_audio(runtime: Runtime, clip: Path, repeats: int) -> di
             prompt = build_prompt(Task.A2A, audio_frames=features.shape[0])
             inp = PrefillInput(prompt, runtime.lm.adapt(features))
             stream = VocoderStream(device=runtime.device)
-            steps = generate_tokens(
-                runtime.lm, runtime.cache, inp, Task.A2A, options, runtime.kernel_decoder()
-            )
+            steps = generate_tokens(runtime.lm, runtime.cache, inp, Task.A2A, options, decoder)
             for gen, out in steps:
                 taken = gen.steps
                 if out.frame is not None:

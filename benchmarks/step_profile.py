@@ -27,16 +27,16 @@ from realtime.audio import load_audio
 from realtime.config import DecodingOptions
 from realtime.encoder import encode_chunked
 from realtime.generate import PrefillInput, generate_tokens
-from realtime.kernel_step import StepGraphs
+from realtime.kernel_step import PRODUCTS, StepGraphs
 from realtime.prompts import Task, build_prompt
 from realtime.vocoder import VocoderStream
 
 STEPS = 20
 
 
-def kernels_of_step(lm, batch: int, context: int, top: int) -> None:
+def kernels_of_step(lm, batch: int, context: int, top: int, products: str) -> None:
     cache, ids, positions, slots = sc.step_inputs(lm, batch, context)
-    step = sc.kernel_step(lm, cache, ids, positions, slots, text_running=True)
+    step = sc.kernel_step(lm, cache, ids, positions, slots, True, products)
     with torch.inference_mode():
         graphs = StepGraphs(step, [batch])
         replay = sc.wall_ms(lambda: graphs.replay(batch, False), 200, torch.cuda.synchronize)
@@ -56,7 +56,8 @@ def kernels_of_step(lm, batch: int, context: int, top: int) -> None:
     launches = sum(n for n, _ in per_kernel.values()) / STEPS
     device_ms = sum(t for _, t in per_kernel.values()) / STEPS / 1e3
     print(
-        f"\nbatch {batch}: {launches:.0f} launches/step, {device_ms:.3f} ms of kernels/step, "
+        f"\nbatch {batch}, {products} products: {launches:.0f} launches/step, "
+        f"{device_ms:.3f} ms of kernels/step, "
         f"graph replay {replay:.3f} ms/step (gaps {replay - device_ms:.3f} ms)"
     )
     rows = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:top]
@@ -110,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--top", type=int, default=14, help="kernels listed per batch")
+    parser.add_argument("--products", default=",".join(PRODUCTS), help="the steps' products")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("step_profile needs a CUDA GPU")
         return 2
     runtime = sc.load_runtime(args.model, torch.device("cuda"), "mini-omni")
-    for batch in (int(b) for b in args.batches.split(",")):
-        kernels_of_step(runtime.lm, batch, args.context, args.top)
+    for products in args.products.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            kernels_of_step(runtime.lm, batch, args.context, args.top, products)
     phases_of_end_of_turn(runtime)
     return 0
 

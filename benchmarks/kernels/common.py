@@ -25,13 +25,18 @@ DECODE_BATCHES = (1, 8, 32)
 
 
 def parse_args(doc: str, **extra) -> dict:
-    """--dtype (bf16 or fp32) and the benchmark's own options (name=(type, default))."""
+    """--dtype (bf16 or fp32) and the benchmark's own options (name=(type, default); a bool
+    is a flag)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     for name, (kind, default) in extra.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=kind, default=default)
     return vars(parser.parse_args())
 
 

@@ -1,0 +1,134 @@
+"""GB/s of kernels/gemv.py at the released block's four products, against what the cuBLAS step
+runs for the same work (its torch reference: add_rmsnorm_ref / F.linear / swiglu_ref), that
+reference under torch.compile, and cuBLAS's product alone (F.linear: no norm, no SwiGLU, the
+whole product in one launch), for decode batches. Writes
+benchmarks/results/triton_gemv-<gpu>.json.
+
+    python -m benchmarks.kernels.gemv [--dtype bf16] [--sweep]
+
+The products, as realtime/kernel_step.py's fused step launches them:
+- qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias;
+- attn_proj: W_o (896 x 896) over the attention's output, split over K;
+- fc_12: norm_2(the attention projection's slices + residual) then fc_1|fc_2 (9728 x 896)
+  and SwiGLU;
+- mlp_proj: W_down (896 x 4864) over SwiGLU's output, split over K.
+Bytes are the weight's plus the activations read and written once.
+
+--sweep also times each case over launch shapes (BLOCK_N, BLOCK_K, warps, stages and, for the
+split products, slices) and prints the five fastest: what to set kernels/gemv.py's defaults
+(Tiles, PROGRAMS_PER_SM) from.
+"""
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.kernels import common
+
+SWEEP_TILES = dict(block_n=(16, 32, 64), block_k=(64, 128), num_warps=(4, 8), num_stages=(2, 3))
+SWEEP_SPLITS = (1, 2, 4, 8, 16)
+BATCHES = (1, 4, 8, 32, 64)
+
+
+def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
+    """name -> (gemv's keyword arguments, bytes), with random inputs at the released shapes."""
+    from kernels.gemv import Norm, SplitSums, split_for
+
+    cfg = common.RELEASED
+    C, hidden, eps = cfg.n_embd, cfg.intermediate_size, cfg.norm_eps
+    width = (cfg.n_head + 2 * cfg.n_query_groups) * cfg.head_size
+
+    def randn(*shape, scale=1.0):
+        return scale * torch.randn(shape, device=device, dtype=dtype)
+
+    def norm():
+        return Norm(1 + 0.1 * randn(C), randn(rows, C), eps)
+
+    size = torch.finfo(dtype).bits // 8
+    split_attn, split_mlp = split_for(C, C, device), split_for(hidden, C, device)
+    slices = SplitSums(torch.randn(split_attn, rows, C, device=device), dtype)
+    return {
+        "qkv": (
+            dict(x=randn(rows, C), weight=randn(width, C, scale=C**-0.5), bias=randn(width),
+                 norm=norm()),
+            (width * C + 3 * rows * C + rows * width) * size,
+        ),
+        "attn_proj": (
+            dict(x=randn(rows, C), weight=randn(C, C, scale=C**-0.5), split_k=split_attn),
+            (C * C + rows * C) * size + split_attn * rows * C * 4,
+        ),
+        "fc_12": (
+            dict(x=slices, weight=randn(2 * hidden, C, scale=C**-0.5), norm=norm(), swiglu=True),
+            (2 * hidden * C + 2 * rows * C + rows * hidden) * size + split_attn * rows * C * 4,
+        ),
+        "mlp_proj": (
+            dict(x=randn(rows, hidden), weight=randn(C, hidden, scale=hidden**-0.5),
+                 split_k=split_mlp),
+            (C * hidden + rows * hidden) * size + split_mlp * rows * C * 4,
+        ),
+    }  # fmt: skip
+
+
+def contenders(kwargs: dict) -> dict:
+    from kernels.gemv import gemv, gemv_ref
+
+    x = kwargs["x"].total() if hasattr(kwargs["x"], "total") else kwargs["x"]
+    weight = kwargs["weight"]
+    ref = torch.compile(lambda: gemv_ref(**kwargs), dynamic=False)
+    return {
+        "triton": lambda: gemv(**kwargs),
+        "torch": lambda: gemv_ref(**kwargs),
+        "compiled": ref,
+        "cublas_product": lambda: F.linear(x, weight),
+    }
+
+
+def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
+    """Every launch shape for one case, fastest first."""
+    from kernels.gemv import Tiles, gemv
+
+    shapes = [Tiles(*values) for values in itertools.product(*SWEEP_TILES.values())]
+    splits = SWEEP_SPLITS if "split_k" in kwargs else (None,)
+    results = []
+    for tiles, split in itertools.product(shapes, splits):
+        args = dict(kwargs, tiles=tiles) | ({} if split is None else {"split_k": split})
+        try:
+            us = common.time_us(lambda args=args: gemv(**args))["graph_us"]
+        except Exception as exc:  # a shape the compiler refuses (e.g. out of shared memory)
+            print(f"  {name} {tiles} split {split}: {type(exc).__name__}")
+            continue
+        results.append({**tiles.__dict__, "split_k": split, "graph_us": us,
+                        "GB_per_s": nbytes / us / 1e3})  # fmt: skip
+    results.sort(key=lambda r: r["graph_us"])
+    for r in results[:5]:
+        print(f"  {name:>10} {r['graph_us']:7.2f} us {r['GB_per_s']:6.0f} GB/s  "
+              f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} s{r['num_stages']} "
+              f"split {r['split_k']}")  # fmt: skip
+    return results
+
+
+def main() -> None:
+    args = common.parse_args(__doc__, sweep=(bool, False))
+    device = common.require_gpu("benchmarks.kernels.gemv")
+    from kernels.gemv import gemv, gemv_ref
+
+    dtype = common.DTYPES[args["dtype"]]
+    common.print_header()
+    results = []
+    for rows in BATCHES:
+        torch.manual_seed(rows)
+        for name, (kwargs, nbytes) in cases(device, dtype, rows).items():
+            got, want = gemv(**kwargs)[0], gemv_ref(**kwargs)[0]
+            if hasattr(got, "total"):
+                got, want = got.total(), want.total()
+            torch.testing.assert_close(got, want, rtol=2**-6, atol=2e-2)
+            row = common.compare(f"{name} rows={rows}", nbytes, contenders(kwargs))
+            if args["sweep"]:
+                row["sweep"] = sweep(name, kwargs, nbytes)
+            results.append(row)
+    common.write_results("gemv", results, args)
+
+
+if __name__ == "__main__":
+    main()
