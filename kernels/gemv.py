@@ -18,8 +18,9 @@ Rounding follows the model's: the product (sum of slices) is rounded to the mode
 the residual add, the add is rounded, the norm as in add_rmsnorm, SwiGLU as in swiglu.
 
 Grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), S). Each program streams BLOCK_N rows of W over its
-slice of K once, for up to BLOCK_M rows of x, through tl.dot (BLOCK_M is at least 16, the
-tensor cores' smallest tile; padding rows cost registers, not memory). The norm prologue reads
+slice of K once, for up to BLOCK_M rows of x: for up to FMA_MAX_ROWS rows as fp32 products
+summed over a (BLOCK_M, BLOCK_N, BLOCK_K) tile, for more through tl.dot (BLOCK_M at least 16,
+the tensor cores' smallest tile; padding rows cost registers, not memory). The norm prologue reads
 its rows of x twice (sum of squares, then the product) in every program; that is a few KB per
 program for a decode step's few rows, and the step normalises separately for larger batches.
 """
@@ -34,6 +35,7 @@ import triton.language as tl
 from kernels.triton_support import dot_dtype, round_to, runs_kernel
 
 MAX_BLOCK_M = 64  # rows of x per program; more rows take another tile (another pass over W)
+FMA_MAX_ROWS = 4  # up to this many rows no tl.dot (it would pad them to 16)
 SMS_FALLBACK = 132  # the H100 SXM's, where the device cannot say (the interpreter)
 # Programs a launch aims to give each SM: a GEMV is bound by the loads it has in flight, and
 # one program's pipeline (num_stages tiles) is not enough to cover HBM's latency on its own.
@@ -80,6 +82,7 @@ class Tiles:
     block_k: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    dot: bool | None = None  # tl.dot or FMAs; None: tl.dot above FMA_MAX_ROWS rows
 
 
 @triton.jit
@@ -101,13 +104,25 @@ def load_sum(
 
 
 @triton.jit
+def times_t(a, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """a (BLOCK_M, BLOCK_K) fp32 times w (BLOCK_N, BLOCK_K) transposed -> fp32 (BLOCK_M,
+    BLOCK_N): tensor cores, or the products of a broadcast tile summed over K."""
+    if USE_DOT:
+        out = tl.dot(a.to(DOT_DTYPE), tl.trans(w.to(DOT_DTYPE)), input_precision="ieee")
+    else:
+        out = tl.sum(a[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    return out
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, s_ptr,
     M, N, K, k_per_split, eps,
     stride_x_split, stride_x_m, stride_r_m, stride_w_n, stride_y_split, stride_y_m, stride_s_m,
     X_SPLITS: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     WRITE_S: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dtype = w_ptr.dtype.element_ty  # the model's
@@ -143,13 +158,12 @@ def _gemv_kernel(
         if NORM:
             g = tl.load(g_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
             a = round_to(round_to(a * rstd[:, None], dtype) * g[None, :], dtype)
-        a = a.to(DOT_DTYPE)
         w_tile = in_n[:, None] & in_k[None, :]
         w = tl.load(w_ptr + w_rows + ks[None, :], mask=w_tile, other=0.0)
-        acc += tl.dot(a, tl.trans(w.to(DOT_DTYPE)), input_precision="ieee")
+        acc += times_t(a, w, USE_DOT, DOT_DTYPE)
         if SWIGLU:
             w = tl.load(w_ptr + N * stride_w_n + w_rows + ks[None, :], mask=w_tile, other=0.0)
-            acc_up += tl.dot(a, tl.trans(w.to(DOT_DTYPE)), input_precision="ieee")
+            acc_up += times_t(a, w, USE_DOT, DOT_DTYPE)
 
     if HAS_BIAS:  # in the first slice only
         bias = tl.load(b_ptr + cols, mask=cols < tl.where(split == 0, N, 0), other=0.0)
@@ -189,7 +203,9 @@ def gemv(
     out_dtype = torch.float32 if split_k > 1 else dtype
     y = torch.empty(splits, M, N, device=weight.device, dtype=out_dtype)
     s, r, write_s = _residual_out(parts, norm, dtype)
-    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(M)))
+    use_dot = M > FMA_MAX_ROWS if tiles.dot is None else tiles.dot
+    block_m = triton.next_power_of_2(M)
+    block_m = min(MAX_BLOCK_M, max(16, block_m)) if use_dot else min(FMA_MAX_ROWS, block_m)
     grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(M, block_m), splits)
     g = norm.weight if norm is not None else weight
     _gemv_kernel[grid](
@@ -199,7 +215,7 @@ def gemv(
         s.stride(0),
         X_SPLITS=parts.shape[0], NORM=norm is not None,
         HAS_RESIDUAL=norm is not None and norm.residual is not None, WRITE_S=write_s,
-        HAS_BIAS=bias is not None, SWIGLU=swiglu, DOT_DTYPE=dot_dtype(dtype),
+        HAS_BIAS=bias is not None, SWIGLU=swiglu, USE_DOT=use_dot, DOT_DTYPE=dot_dtype(dtype),
         BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip

@@ -14,9 +14,9 @@ The products, as realtime/kernel_step.py's fused step launches them:
 - mlp_proj: W_down (896 x 4864) over SwiGLU's output, split over K.
 Bytes are the weight's plus the activations read and written once.
 
---sweep also times each case over launch shapes (BLOCK_N, BLOCK_K, warps, stages and, for the
-split products, slices) and prints the five fastest: what to set kernels/gemv.py's defaults
-(Tiles, PROGRAMS_PER_SM) from.
+--sweep also times each case (from its CUDA graph) over launch shapes (BLOCK_N, BLOCK_K, warps,
+tl.dot or FMAs; for the split products also the number of slices) and prints the five
+fastest: what to set kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM) from.
 """
 
 import itertools
@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from benchmarks.kernels import common
 
-SWEEP_TILES = dict(block_n=(16, 32, 64), block_k=(64, 128), num_warps=(4, 8), num_stages=(2, 3))
-SWEEP_SPLITS = (1, 2, 4, 8, 16)
+# (num_stages is left at 2: on sm_90 these loops compile to the same code at 1..4 stages)
+SWEEP_TILES = dict(block_n=(16, 32), block_k=(64, 128), num_warps=(4, 8), dot=(False, True))
+SWEEP_SPLITS = (1, 2, 3, 5, 8, 12)  # with the default tiles
 BATCHES = (1, 4, 8, 32, 64)
 
 
@@ -86,24 +87,30 @@ def contenders(kwargs: dict) -> dict:
 
 def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
     """Every launch shape for one case, fastest first."""
+    import triton.testing
+
     from kernels.gemv import Tiles, gemv
 
-    shapes = [Tiles(*values) for values in itertools.product(*SWEEP_TILES.values())]
-    splits = SWEEP_SPLITS if "split_k" in kwargs else (None,)
+    split = kwargs.get("split_k")
+    shapes = [dict(zip(SWEEP_TILES, values, strict=True))
+              for values in itertools.product(*SWEEP_TILES.values())]  # fmt: skip
+    shapes = [(Tiles(**shape), split) for shape in shapes]
+    if split is not None:
+        shapes += [(Tiles(), s) for s in SWEEP_SPLITS if s != split]
     results = []
-    for tiles, split in itertools.product(shapes, splits):
-        args = dict(kwargs, tiles=tiles) | ({} if split is None else {"split_k": split})
+    for tiles, split_k in shapes:
+        args = dict(kwargs, tiles=tiles) | ({} if split_k is None else {"split_k": split_k})
         try:
-            us = common.time_us(lambda args=args: gemv(**args))["graph_us"]
+            us = 1e3 * triton.testing.do_bench_cudagraph(lambda args=args: gemv(**args), rep=20)
         except Exception as exc:  # a shape the compiler refuses (e.g. out of shared memory)
-            print(f"  {name} {tiles} split {split}: {type(exc).__name__}")
+            print(f"  {name} {tiles} split {split_k}: {type(exc).__name__}")
             continue
-        results.append({**tiles.__dict__, "split_k": split, "graph_us": us,
+        results.append({**tiles.__dict__, "split_k": split_k, "graph_us": us,
                         "GB_per_s": nbytes / us / 1e3})  # fmt: skip
     results.sort(key=lambda r: r["graph_us"])
     for r in results[:5]:
         print(f"  {name:>10} {r['graph_us']:7.2f} us {r['GB_per_s']:6.0f} GB/s  "
-              f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} s{r['num_stages']} "
+              f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} dot {r['dot']} "
               f"split {r['split_k']}")  # fmt: skip
     return results
 

@@ -15,6 +15,7 @@ TOL = {
     torch.bfloat16: dict(rtol=2**-6, atol=2e-2),
 }
 SMALL = Tiles(block_n=16, block_k=32)  # several K tiles, slices and column blocks at toy sizes
+SMALL_DOT, SMALL_FMA = Tiles(16, 32, dot=True), Tiles(16, 32, dot=False)
 
 
 def randn(*shape, dtype, device, seed, scale=1.0):
@@ -32,7 +33,9 @@ def close(got, want, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 64, 48), (3, 100, 70), (17, 96, 33)])
-@pytest.mark.parametrize("tiles", [None, SMALL], ids=["default", "small"])
+@pytest.mark.parametrize(
+    "tiles", [None, SMALL_DOT, SMALL_FMA], ids=["default", "small-dot", "small-fma"]
+)
 def test_product_with_bias(device, dtype, m, k, n, tiles):
     x = randn(m, k, dtype=dtype, device=device, seed=m)
     w = randn(n, k, dtype=dtype, device=device, seed=k, scale=k**-0.5)
@@ -45,7 +48,8 @@ def test_product_with_bias(device, dtype, m, k, n, tiles):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("sliced", [False, True])
-def test_norm_prologue(device, dtype, residual, sliced):
+@pytest.mark.parametrize("tiles", [SMALL_DOT, SMALL_FMA], ids=["dot", "fma"])
+def test_norm_prologue(device, dtype, residual, sliced, tiles):
     """rmsnorm(x + residual) * g first, with x a plain tensor or a product's slices; s is the
     new residual stream (x itself when there is nothing to add)."""
     m, k, n = 5, 80, 40
@@ -56,7 +60,7 @@ def test_norm_prologue(device, dtype, residual, sliced):
     norm = Norm(randn(k, dtype=dtype, device=device, seed=4) + 1, r, 1e-6)
     w = randn(n, k, dtype=dtype, device=device, seed=5, scale=k**-0.5)
     b = randn(n, dtype=dtype, device=device, seed=6)
-    got, s = gemv(x, w, b, norm=norm, tiles=SMALL)
+    got, s = gemv(x, w, b, norm=norm, tiles=tiles)
     want, want_s = gemv_ref(x, w, b, norm=norm)
     close(got, want, dtype)
     torch.testing.assert_close(s, want_s, rtol=0, atol=0)  # additions in the same order
@@ -66,12 +70,13 @@ def test_norm_prologue(device, dtype, residual, sliced):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("norm", [False, True])
-def test_swiglu_epilogue(device, dtype, norm):
+@pytest.mark.parametrize("tiles", [SMALL_DOT, SMALL_FMA], ids=["dot", "fma"])
+def test_swiglu_epilogue(device, dtype, norm, tiles):
     m, k, n = 3, 72, 50
     x = randn(m, k, dtype=dtype, device=device, seed=7)
     w = randn(2 * n, k, dtype=dtype, device=device, seed=8, scale=2 * k**-0.5)
     prologue = Norm(torch.ones(k, dtype=dtype, device=device), x.clone(), 1e-5) if norm else None
-    got, _ = gemv(x, w, norm=prologue, swiglu=True, tiles=SMALL)
+    got, _ = gemv(x, w, norm=prologue, swiglu=True, tiles=tiles)
     assert got.shape == (m, n)
     close(got, gemv_ref(x, w, norm=prologue, swiglu=True)[0], dtype)
 
