@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print("decode_step needs a CUDA GPU (or --dry-run to check the script on a CPU)")
         return 2
     from benchmarks import step_contenders as sc
-    from realtime.kernel_step import PRODUCTS
+    from realtime.config import STEP_PRODUCTS
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     runtime = sc.load_runtime(args.model, device, "tiny" if args.dry_run else "mini-omni")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(add_peak(case, device))
             print(format_case(case), flush=True)
     first_audio = {}
-    for products in PRODUCTS:
+    for products in STEP_PRODUCTS:
         first_audio[products] = result = sc.end_of_turn_to_first_audio(
             runtime, CLIP, repeats=1 if args.dry_run else 5, products=products
         )

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
-from realtime.config import PRESETS, DecodingOptions
+from realtime.config import PRESETS, STEP_PRODUCTS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
 from realtime.generate import PrefillInput, decode_step, generate_tokens
-from realtime.kernel_step import PRODUCTS, KernelDecoder, KernelStep, StepGraphs
+from realtime.kernel_step import KernelDecoder, KernelStep, StepGraphs
 from realtime.model import KVCache, OmniLM, apply_rope
 from realtime.prompts import Task, build_prompt
 from realtime.runtime import MAX_ROWS, Runtime
@@ -162,7 +162,7 @@ def time_contenders(
             out["compiled"] = wall_ms(lambda: fn(*args), steps, sync)
             if cuda:  # its launches captured in a CUDA graph too: the best torch can do
                 out["compiled+graph"] = graph_ms(lambda: fn(*args), steps)
-        for products in PRODUCTS:  # "kernels", "graph", ...: cuBLAS's; "...[fused]": ours
+        for products in STEP_PRODUCTS:  # "kernels", "graph", ...: cuBLAS's; "...[fused]": ours
             step = kernel_step(lm, cache, ids, positions, slots, text_running, products)
             tag = "" if products == "cublas" else f"[{products}]"
             out |= {name + tag: ms for name, ms in time_kernel_step(step, steps, sync).items()}

@@ -24,10 +24,10 @@ from benchmarks import step_contenders as sc
 from benchmarks.decode_step import CLIP
 from realtime import tokens
 from realtime.audio import load_audio
-from realtime.config import DecodingOptions
+from realtime.config import STEP_PRODUCTS, DecodingOptions
 from realtime.encoder import encode_chunked
 from realtime.generate import PrefillInput, generate_tokens
-from realtime.kernel_step import PRODUCTS, StepGraphs
+from realtime.kernel_step import StepGraphs
 from realtime.prompts import Task, build_prompt
 from realtime.vocoder import VocoderStream
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--top", type=int, default=14, help="kernels listed per batch")
-    parser.add_argument("--products", default=",".join(PRODUCTS), help="the steps' products")
+    parser.add_argument("--products", default=",".join(STEP_PRODUCTS), help="the steps' products")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("step_profile needs a CUDA GPU")

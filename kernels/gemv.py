@@ -26,6 +26,7 @@ program for a decode step's few rows, and the step normalises separately for lar
 """
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -260,10 +261,16 @@ def _slices(k: int, block_k: int, split_k: int) -> tuple[int, int]:
 
 
 def _programs_wanted(device: torch.device) -> int:
-    sms = SMS_FALLBACK
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return PROGRAMS_PER_SM * sms
+    if device.type != "cuda":
+        return PROGRAMS_PER_SM * SMS_FALLBACK
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return PROGRAMS_PER_SM * _sms(index)
+
+
+@cache
+def _sms(index: int) -> int:
+    """SMs of CUDA device `index` (asked once: every launch without tiles needs it)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def gemv_ref(

@@ -15,7 +15,7 @@ import numpy as np
 
 from realtime import tokens
 from realtime.checkpoint import DEFAULT_MODEL, DTYPES, ModelError
-from realtime.config import ENCODER_MODES, PRESETS, DecodingOptions
+from realtime.config import ENCODER_MODES, PRESETS, STEP_PRODUCTS, DecodingOptions
 from realtime.prompts import TASKS, Task
 
 EXIT_BAD_INPUT = 2
@@ -105,7 +105,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sessions", type=_positive_int, default=4, help="concurrent calls")
     p.add_argument(
         "--step-products",
-        choices=("cublas", "fused"),
+        choices=STEP_PRODUCTS,
         default="cublas",
         help="the GPU decode step's products: cuBLAS's, or ours with the norms and SwiGLU "
         "fused in (see benchmarks/kernels/gemv.py for how they compare)",

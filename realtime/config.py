@@ -68,6 +68,9 @@ class SnacConfig:
 # How speech becomes whisper features: "exact" pads to 30 s as the reference does (and waits for
 # the end of the utterance); "chunked" encodes 2 s blocks as the caller talks.
 ENCODER_MODES = ("exact", "chunked")
+# Whose products the GPU decode step runs: torch's F.linear, or kernels/gemv.py with the ops
+# around them fused in (realtime/kernel_step.py)
+STEP_PRODUCTS = ("cublas", "fused")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ two kinds (`products=`):
 - "cublas": torch's F.linear, everything between them ours (as drawn above);
 - "fused": ours (kernels/gemv.py), with the ops around them folded in, 7 launches a block:
 
-    [gemv(norm_1 + qkv) ─► qkv_rope_cache ─► decode_attention ─► gemv(proj, split over K)
-        ─► gemv(norm_2 + fc_1|fc_2 + swiglu) ─► gemv(proj, split over K)] x n_layer
+    [gemv(norm_1 + qkv + bias) ─► qkv_rope_cache ─► decode_attention (2 launches)
+        ─► gemv(attn.proj, split over K) ─► gemv(norm_2 + fc_1|fc_2 + swiglu)
+        ─► gemv(mlp.proj, split over K)] x n_layer
 
   where a split product's slices are summed by the next launch as it loads them, and for more
   than NORM_IN_PRODUCT_ROWS rows the norms run as add_rmsnorm before their products.
@@ -48,14 +49,13 @@ from kernels.qkv_rope_cache import qkv_rope_cache
 from kernels.swiglu import swiglu
 from kernels.triton_support import interpreting
 from realtime import tokens
-from realtime.config import DecodingOptions
+from realtime.config import STEP_PRODUCTS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.generate import Generation, sample_step
 from realtime.model import Attention, KVCache, OmniLM, RMSNorm, linear
 from realtime.prompt_graph import PromptGraphs
 from realtime.sampling import is_greedy
 
-PRODUCTS = ("cublas", "fused")  # whose products the step runs (see above)
 # Up to this many rows the fused step normalises inside the products' prologue, where every
 # program re-reads its rows (and a split product's slices): cheap for a few rows, not for many.
 NORM_IN_PRODUCT_ROWS = 4
@@ -107,8 +107,8 @@ class KernelStep:
             raise ValueError("the kernel step needs the model's SwiGLUs fused (OmniLM.fuse)")
         if lm.cos.dtype != torch.float32:
             raise ValueError("the kernel step needs fp32 RoPE tables, as load_lm builds them")
-        if products not in PRODUCTS:
-            raise ValueError(f"products must be one of {PRODUCTS}, not {products!r}")
+        if products not in STEP_PRODUCTS:
+            raise ValueError(f"products must be one of {STEP_PRODUCTS}, not {products!r}")
         self.lm, self.cache, self.max_rows, self.pad_slot = lm, cache, max_rows, pad_slot
         self.products = products
         dev, R, cfg = cache.k.device, max_rows, lm.cfg

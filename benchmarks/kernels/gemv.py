@@ -72,9 +72,9 @@ def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
 
 
 def contenders(kwargs: dict) -> dict:
-    from kernels.gemv import gemv, gemv_ref
+    from kernels.gemv import SplitSums, gemv, gemv_ref
 
-    x = kwargs["x"].total() if hasattr(kwargs["x"], "total") else kwargs["x"]
+    x = kwargs["x"].total() if isinstance(kwargs["x"], SplitSums) else kwargs["x"]
     weight = kwargs["weight"]
     ref = torch.compile(lambda: gemv_ref(**kwargs), dynamic=False)
     return {
@@ -118,7 +118,7 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
 def main() -> None:
     args = common.parse_args(__doc__, sweep=(bool, False))
     device = common.require_gpu("benchmarks.kernels.gemv")
-    from kernels.gemv import gemv, gemv_ref
+    from kernels.gemv import SplitSums, gemv, gemv_ref
 
     dtype = common.DTYPES[args["dtype"]]
     common.print_header()
@@ -127,7 +127,7 @@ def main() -> None:
         torch.manual_seed(rows)
         for name, (kwargs, nbytes) in cases(device, dtype, rows).items():
             got, want = gemv(**kwargs)[0], gemv_ref(**kwargs)[0]
-            if hasattr(got, "total"):
+            if isinstance(got, SplitSums):
                 got, want = got.total(), want.total()
             torch.testing.assert_close(got, want, rtol=2**-6, atol=2e-2)
             row = common.compare(f"{name} rows={rows}", nbytes, contenders(kwargs))

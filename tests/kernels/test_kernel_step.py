@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 
 from kernels.head_argmax import head_argmax_ref
 from realtime import checkpoint, events, kernel_step, tokens
-from realtime.config import DecodingOptions
+from realtime.config import STEP_PRODUCTS, DecodingOptions
 from realtime.engine import Engine, EngineOptions
 from realtime.generate import Generation, decode_step, generate_tokens
 from realtime.kernel_step import KernelDecoder, StepRow, buckets, picked
@@ -235,7 +235,7 @@ def test_fused_greedy_tokens_equal_the_reference(device, runtimes, fused):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("products", kernel_step.PRODUCTS)
+@pytest.mark.parametrize("products", STEP_PRODUCTS)
 def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products):
     """The captured step (the default on CUDA) against the torch path: fp32 tokens equal over
     longer answers than the interpreter can afford, greedy and drawn on the device."""
@@ -253,7 +253,7 @@ def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("products", kernel_step.PRODUCTS)
+@pytest.mark.parametrize("products", STEP_PRODUCTS)
 def test_on_gpu_a_replay_equals_eager_launches(tiny_lm, products):
     """bf16: the CUDA graph replays exactly the launches the eager step makes."""
     lm = tiny_lm(torch.bfloat16, "cuda")
