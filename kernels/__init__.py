@@ -3,21 +3,24 @@
 - cpu_decode: bf16 decode on CPUs, in C (a GEMV for a few rows; one row's RoPE, cache write
   and attention in one call);
 - Triton kernels for the GPU decode step, one module per op: embed_mean, add_rmsnorm,
-  qkv_rope_cache, decode_attention, swiglu, gemv (the products for a few rows, with the norm,
-  bias, SwiGLU and split-K slices folded in), head_argmax, head_sample (top-k / temperature /
-  top-p drawn on the device), feedback.
+  qkv_rope_cache (any number of positions per row, a launch of its own: the decode step does
+  this inside decode_attention_qkv, and the attention benchmark times the two against it),
+  decode_attention, swiglu, gemv (the products for a few rows, with the norm, bias, SwiGLU and
+  split-K slices folded in), head_argmax, head_sample (top-k / temperature / top-p drawn on
+  the device), feedback.
 
 realtime/kernel_step.py puts the Triton kernels together into the decode step (captured as a
 CUDA graph per batch-size bucket). On an H100 (2026-11-22) every test in tests/kernels passed
 compiled, `gpu`-marked ones included, and the graphed step took 1.07 ms at batch 1 and 1.44 ms
 at batch 64 (benchmarks/results/decode_step-*.json). `python -m benchmarks.step_profile` lists
 where that goes: cuBLAS's four products per layer (4-9 us each where the weights need 1-6 us at
-HBM speed), 49 RMSNorms of 1.8 us, the head at 2.9 TB/s. gemv is the answer to that (7
-launches a block instead of 11; KernelStep(products="fused")), written after that run and
-not yet timed: `benchmarks/gpu_checklist.sh sweep decode` sets its launch shapes and decides
-whether it becomes the default. Then tune head_argmax's blocks and decode_attention's split
-length with their benchmarks. `bash benchmarks/gpu_checklist.sh` runs the tests and every
-benchmark on a GPU in one command.
+HBM speed), 49 RMSNorms of 1.8 us, the head at 2.9 TB/s. gemv is the answer to that (6
+launches a block instead of 10; KernelStep(products="fused")), and decode_attention_qkv (RoPE
+and the cache write inside the attention) took one launch a block out of both products. Both
+were written after that run and are not yet timed: `benchmarks/gpu_checklist.sh sweep decode`
+sets gemv's launch shapes and decides whether it becomes the default. Then tune head_argmax's
+blocks and decode_attention's split length with their benchmarks.
+`bash benchmarks/gpu_checklist.sh` runs the tests and every benchmark on a GPU in one command.
 """
 
 import os

@@ -13,13 +13,20 @@ partial output and log-sum-exp. Splits past a row's length run no iterations and
 lse = -inf. Stage 2, grid (B, n_head): weights the splits by exp2(lse - max lse). The grid
 depends only on `max_length` (default: the cache's max_seq), never on the lengths' values, so
 a launch needs no host sync and can be captured in a CUDA graph.
+
+`decode_attention_qkv` takes the step's qkv product instead of q and does qkv_rope_cache's work
+in stage 1 (ROPE): each program rotates its group's queries (a few hundred values), and the one
+program whose split holds the row's new position (lengths - 1) rotates the new key, writes key
+and value to the cache, and takes them from its registers for its own keys. A decode step saves
+a launch per block and the round trip of q through memory.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_support import dot_dtype, runs_kernel
+from kernels.qkv_rope_cache import qkv_rope_cache_ref, rope
+from kernels.triton_support import dot_dtype, round_to, runs_kernel
 
 SPLIT_LEN = 128  # keys per stage-1 program: 16 splits of a 2048-position cache
 BLOCK_N = 64  # keys per loop iteration
@@ -28,26 +35,43 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _decode_attention_kernel(
-    q_ptr, k_ptr, v_ptr, slot_ptr, len_ptr, mid_o_ptr, mid_lse_ptr,
+    q_ptr, k_ptr, v_ptr, slot_ptr, len_ptr, cos_ptr, sin_ptr, mid_o_ptr, mid_lse_ptr,
     qk_scale,
-    stride_q_b, stride_q_h,
+    stride_q_b, stride_q_h, stride_rope_p,
     stride_cache_s, stride_cache_g, stride_cache_p,
     stride_mid_b, stride_mid_h, stride_mid_split,
     Q_PER_KV: tl.constexpr, HS: tl.constexpr, SPLIT_LEN: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROPE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     b, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
     head = g * Q_PER_KV + h  # (BLOCK_H,) query heads of this group
     q_tile = (h < Q_PER_KV)[:, None] & (d < HS)[None, :]
-    q_offs = b * stride_q_b + head[:, None] * stride_q_h + d[None, :]
-    q = tl.load(q_ptr + q_offs, mask=q_tile, other=0.0).to(DOT_DTYPE)  # zero padding rows
 
     length = tl.load(len_ptr + b)
     start = split * SPLIT_LEN
     end = tl.minimum(start + SPLIT_LEN, length)
     kv = tl.load(slot_ptr + b).to(tl.int64) * stride_cache_s + g * stride_cache_g
+    pos = (length - 1).to(tl.int64)  # the row's new position (ROPE: its key is not cached yet)
+    k_new = tl.zeros([BLOCK_D], dtype=tl.float32)
+    v_new = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if ROPE:  # q_ptr holds qkv rows: per group its queries, key and value, HS apart
+        dtype = k_ptr.dtype.element_ty
+        group = q_ptr + b * stride_q_b + g * (Q_PER_KV + 2) * HS
+        cos, sin = cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p
+        q = rope(group + h[:, None] * HS, d[None, :], q_tile, cos, sin, HS)
+        q = round_to(q, dtype).to(DOT_DTYPE)
+        k_new = round_to(rope(group + Q_PER_KV * HS, d, d < HS, cos, sin, HS), dtype)
+        v_new = tl.load(group + (Q_PER_KV + 1) * HS + d, mask=d < HS, other=0.0).to(tl.float32)
+        # into the cache for the steps after this one, by the one program whose keys hold pos
+        new = kv + pos * stride_cache_p + d
+        mine = d < tl.where(pos // SPLIT_LEN == split, HS, 0)  # (a scalar flag as a mask)
+        tl.store(k_ptr + new, k_new.to(dtype), mask=mine)
+        tl.store(v_ptr + new, v_new.to(dtype), mask=mine)
+    else:
+        q_offs = b * stride_q_b + head[:, None] * stride_q_h + d[None, :]
+        q = tl.load(q_ptr + q_offs, mask=q_tile, other=0.0).to(DOT_DTYPE)  # zero padding rows
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -55,14 +79,20 @@ def _decode_attention_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         kv_tile = (n < end)[:, None] & (d < HS)[None, :]
         offs = kv + n[:, None].to(tl.int64) * stride_cache_p + d[None, :]  # (BLOCK_N, BLOCK_D)
-        k = tl.load(k_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
+        k = tl.load(k_ptr + offs, mask=kv_tile, other=0.0)
+        if ROPE:  # the new key and value from registers: the cache's row may not be written yet
+            k = tl.where((n == pos)[:, None], k_new[None, :].to(k.dtype), k)
+        k = k.to(DOT_DTYPE)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_H, BLOCK_N)
         s = tl.where((n < end)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
+        v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0)
+        if ROPE:
+            v = tl.where((n == pos)[:, None], v_new[None, :].to(v.dtype), v)
+        v = v.to(DOT_DTYPE)
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
         m_i = m_new
 
@@ -109,27 +139,68 @@ def decode_attention(
     with 1 <= lengths <= max_length (default max_seq) -> out (B, n_head, hs) in q's dtype."""
     if not runs_kernel(q, k_cache):
         return decode_attention_ref(q, k_cache, v_cache, layer, slots, lengths)
-    B, n_head, hs = q.shape
-    _, _, groups, max_seq, _ = k_cache.shape
+    assert q.stride(2) == 1
+    return _attention(q, None, k_cache, v_cache, layer, slots, lengths, max_length, split_len,
+                      q.shape[1], q.stride(1))  # fmt: skip
+
+
+def decode_attention_qkv(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layer: int,
+    slots: torch.Tensor,
+    lengths: torch.Tensor,
+    max_length: int | None = None,
+    split_len: int = SPLIT_LEN,
+) -> torch.Tensor:
+    """A decode step's whole attention from its qkv product: qkv_rope_cache at positions
+    lengths - 1, then decode_attention, in the launches of decode_attention alone.
+
+    qkv (B, groups * (q_per_kv + 2) * hs) with its bias, cos/sin (max_seq, hs) fp32, the rest as
+    decode_attention -> out (B, n_head, hs) in qkv's dtype; writes each row's new key and value
+    to its cache row. Every program rotates its group's queries itself; the program whose split
+    holds the new position also rotates the key and writes both, and reads them from its
+    registers rather than the cache it is writing."""
+    if not runs_kernel(qkv, k_cache):
+        return decode_attention_qkv_ref(qkv, cos, sin, k_cache, v_cache, layer, slots, lengths)
+    groups, hs = k_cache.shape[2], k_cache.shape[4]
+    n_head = qkv.shape[1] // hs - 2 * groups
+    assert qkv.stride(1) == 1 and cos.dtype == sin.dtype == torch.float32
+    assert cos.stride(1) == 1 and cos.stride() == sin.stride()
+    return _attention(qkv, (cos, sin), k_cache, v_cache, layer, slots, lengths, max_length,
+                      split_len, n_head, hs)  # fmt: skip
+
+
+def _attention(
+    q, rope_tables, k_cache, v_cache, layer, slots, lengths, max_length, split_len, n_head,
+    stride_q_h,
+):  # fmt: skip
+    """Both launches of either launcher; q: the queries, or the qkv rows with rope_tables."""
+    B = q.shape[0]
+    _, _, groups, max_seq, hs = k_cache.shape
     block_n = min(BLOCK_N, split_len)
-    assert split_len % block_n == 0 and q.stride(2) == 1
+    assert split_len % block_n == 0
     k_layer, v_layer = k_cache[layer], v_cache[layer]  # (slots, groups, max_seq, hs)
     assert k_layer.stride() == v_layer.stride() and k_layer.stride(3) == 1
+    cos, sin = rope_tables if rope_tables is not None else (k_layer, k_layer)
     splits = triton.cdiv(max_length or max_seq, split_len)
     mid_o = torch.empty(B, n_head, splits, hs, device=q.device, dtype=torch.float32)
     mid_lse = torch.empty(B, n_head, splits, device=q.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(hs))  # tl.dot takes no dimension under 16
     _decode_attention_kernel[(B, groups, splits)](
-        q, k_layer, v_layer, slots, lengths, mid_o, mid_lse,
+        q, k_layer, v_layer, slots, lengths, cos, sin, mid_o, mid_lse,
         hs**-0.5 * LOG2E,
-        q.stride(0), q.stride(1),
+        q.stride(0), stride_q_h, cos.stride(0),
         k_layer.stride(0), k_layer.stride(1), k_layer.stride(2),
         mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
         Q_PER_KV=n_head // groups, HS=hs, SPLIT_LEN=split_len, DOT_DTYPE=dot_dtype(q.dtype),
-        BLOCK_H=max(16, triton.next_power_of_2(n_head // groups)), BLOCK_N=block_n,
-        BLOCK_D=block_d,
+        ROPE=rope_tables is not None, BLOCK_H=max(16, triton.next_power_of_2(n_head // groups)),
+        BLOCK_N=block_n, BLOCK_D=block_d,
     )  # fmt: skip
-    out = torch.empty_like(q)
+    out = torch.empty(B, n_head, hs, device=q.device, dtype=q.dtype)
     _decode_attention_reduce_kernel[(B, n_head)](
         mid_o, mid_lse, out,
         mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
@@ -160,3 +231,20 @@ def decode_attention_ref(
     scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v  # (B, groups, q_per_kv, hs)
     return out.to(q.dtype).view(B, n_head, hs)
+
+
+def decode_attention_qkv_ref(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layer: int,
+    slots: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """The torch computation: qkv_rope_cache_ref at positions lengths - 1, then
+    decode_attention_ref."""
+    positions = (lengths - 1)[:, None]  # (B, 1)
+    q = qkv_rope_cache_ref(qkv[:, None], cos, sin, positions, slots, k_cache, v_cache, layer)
+    return decode_attention_ref(q[:, :, 0], k_cache, v_cache, layer, slots, lengths)

@@ -9,8 +9,8 @@ The qkv row of a position is litgpt's per-group interleave: (groups, q_per_kv + 
     v_cache[layer, slots[b], g, p] = qkv[b, t, g, q_per_kv + 1]
 
 computed in fp32 and rounded once to the model dtype, as realtime.model.apply_rope does.
-One program per (position, group) holds its q_per_kv + 2 heads as one (BLOCK_J, BLOCK_D) tile;
-the rotated half is a second, permuted load of the same (cached) row.
+One program per (position, group) holds its q_per_kv + 2 heads as one (BLOCK_J, BLOCK_D) tile.
+A decode step does the same inside its attention (decode_attention_qkv, which shares `rope`).
 """
 
 import torch
@@ -19,6 +19,21 @@ import triton.language as tl
 
 from kernels.triton_support import runs_kernel
 from realtime.model import apply_rope
+
+
+@triton.jit
+def rope(head_ptr, d, mask, cos_ptr, sin_ptr, HS: tl.constexpr):
+    """RoPE of the heads at head_ptr (each hs long) at one position, whose cos and sin rows are
+    at cos_ptr and sin_ptr: fp32, not rounded. d: the offsets within a head, broadcast
+    against head_ptr; mask: which of them are loaded. The rotated half is a second, permuted
+    load of the same (cached) row."""
+    x = tl.load(head_ptr + d, mask=mask, other=0.0).to(tl.float32)
+    half = HS // 2
+    x_rot = tl.load(head_ptr + (d + half) % HS, mask=mask, other=0.0).to(tl.float32)
+    x_rot = tl.where(d < half, -x_rot, x_rot)
+    cos = tl.load(cos_ptr + d, mask=d < HS, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + d, mask=d < HS, other=0.0).to(tl.float32)
+    return x * cos + x_rot * sin
 
 
 @triton.jit
@@ -38,14 +53,9 @@ def _qkv_rope_cache_kernel(
     d = tl.arange(0, BLOCK_D)[None, :]
     tile = (j < Q_PER_KV + 2) & (d < HS)
     head = qkv_ptr + b * stride_qkv_b + t * stride_qkv_t + (g * (Q_PER_KV + 2) + j) * HS
-    x = tl.load(head + d, mask=tile, other=0.0).to(tl.float32)  # (BLOCK_J, BLOCK_D)
-    half = HS // 2
-    x_rot = tl.load(head + (d + half) % HS, mask=tile, other=0.0).to(tl.float32)
-    x_rot = tl.where(d < half, -x_rot, x_rot)
     pos = tl.load(pos_ptr + b * stride_pos_b + t * stride_pos_t).to(tl.int64)
-    cos = tl.load(cos_ptr + pos * stride_rope_p + d, mask=d < HS, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + pos * stride_rope_p + d, mask=d < HS, other=0.0).to(tl.float32)
-    roped = x * cos + x_rot * sin
+    x = tl.load(head + d, mask=tile, other=0.0).to(tl.float32)  # (BLOCK_J, BLOCK_D)
+    roped = rope(head, d, tile, cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p, HS)
 
     q_dst = q_ptr + b * stride_q_b + (g * Q_PER_KV + j) * stride_q_h + t * stride_q_t + d
     tl.store(q_dst, roped.to(q_ptr.dtype.element_ty), mask=tile & (j < Q_PER_KV))

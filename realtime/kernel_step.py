@@ -1,10 +1,10 @@
 """The decode step on our Triton kernels, with its inputs kept on the device and each batch
 size's step captured as a CUDA graph.
 
-    ids (R, 8) ─► embed_mean ─► [add_rmsnorm ─► qkv GEMM ─► qkv_rope_cache ─► decode_attention
-        ─► proj GEMM ─► add_rmsnorm ─► fc_1|fc_2 GEMM ─► swiglu ─► proj GEMM] x n_layer
-        ─► add_rmsnorm (ln_f) ─► head_argmax (or head_sample) ─► feedback ─► ids (R, 8) for
-        the next step
+    ids (R, 8) ─► embed_mean ─► [add_rmsnorm ─► qkv GEMM ─► decode_attention_qkv (RoPE, cache
+        write, split-KV attention: 2 launches) ─► proj GEMM ─► add_rmsnorm ─► fc_1|fc_2 GEMM
+        ─► swiglu ─► proj GEMM] x n_layer ─► add_rmsnorm (ln_f) ─► head_argmax (or
+        head_sample) ─► feedback ─► ids (R, 8) for the next step
 
 `KernelStep.forward(size)` is the hot step: static shapes, inputs and outputs in buffers
 allocated once (intermediates come from the graph's memory pool), no host sync, so
@@ -12,9 +12,9 @@ allocated once (intermediates come from the graph's memory pool), no host sync, 
 two kinds (`products=`):
 
 - "cublas": torch's F.linear, everything between them ours (as drawn above);
-- "fused": ours (kernels/gemv.py), with the ops around them folded in, 7 launches a block:
+- "fused": ours (kernels/gemv.py), with the ops around them folded in, 6 launches a block:
 
-    [gemv(norm_1 + qkv + bias) ─► qkv_rope_cache ─► decode_attention (2 launches)
+    [gemv(norm_1 + qkv + bias) ─► decode_attention_qkv (2 launches)
         ─► gemv(attn.proj, split over K) ─► gemv(norm_2 + fc_1|fc_2 + swiglu)
         ─► gemv(mlp.proj, split over K)] x n_layer
 
@@ -39,13 +39,12 @@ from functools import partial
 import torch
 
 from kernels.add_rmsnorm import add_rmsnorm
-from kernels.decode_attention import decode_attention
+from kernels.decode_attention import decode_attention_qkv
 from kernels.embed_mean import embed_mean
 from kernels.feedback import feedback
 from kernels.gemv import Norm, gemv, split_for
 from kernels.head_argmax import head_argmax
 from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
-from kernels.qkv_rope_cache import qkv_rope_cache
 from kernels.swiglu import swiglu
 from kernels.triton_support import interpreting
 from realtime import tokens
@@ -148,7 +147,7 @@ class KernelStep:
         lengths = positions + 1  # each row attends to its cache up to and including itself
         x = embed_mean(ids[:, None], lm.transformer.wte.weight)[:, 0]  # (size, C)
         blocks = self._fused_blocks if self.products == "fused" else self._blocks
-        x, residual = blocks(x, positions, slots, lengths)
+        x, residual = blocks(x, slots, lengths)
         hidden, _ = add_rmsnorm(x, residual, lm.transformer.ln_f.weight, cfg.norm_eps)
 
         skip_text = self.text_ended[:size] | self.no_text[:size]
@@ -175,20 +174,20 @@ class KernelStep:
         self.sampled[:size].copy_(sampled)
         self.hidden[:size].copy_(hidden)
 
-    def _blocks(self, x, positions, slots, lengths):
+    def _blocks(self, x, slots, lengths):
         """The blocks on cuBLAS's products -> (the last block's output, the residual stream)."""
         eps, residual = self.lm.cfg.norm_eps, None
         for layer, block in enumerate(self.lm.transformer.h):
             y, residual = add_rmsnorm(x, residual, block.norm_1.weight, eps)
             attn = block.attn.attn
             qkv = linear(y, attn.weight, attn.bias)  # (size, width)
-            out = self._attend(qkv, layer, positions, slots, lengths)
+            out = self._attend(qkv, layer, slots, lengths)
             x = linear(out, block.attn.proj.weight)
             y, residual = add_rmsnorm(x, residual, block.norm_2.weight, eps)
             x = linear(swiglu(linear(y, block.mlp.fc_12)), block.mlp.proj.weight)
         return x, residual
 
-    def _fused_blocks(self, x, positions, slots, lengths):
+    def _fused_blocks(self, x, slots, lengths):
         """The blocks on kernels/gemv.py -> (the last block's output as slices, the residual
         stream)."""
         residual = None
@@ -196,7 +195,7 @@ class KernelStep:
             attn: Attention = block.attn
             qkv_w, qkv_b = attn.attn.weight, attn.attn.bias
             qkv, residual = self._normed(x, residual, block.norm_1, qkv_w, qkv_b)
-            out = self._attend(qkv, layer, positions, slots, lengths)
+            out = self._attend(qkv, layer, slots, lengths)
             x, _ = gemv(out, attn.proj.weight, split_k=self.split_attn)
             h, residual = self._normed(x, residual, block.norm_2, block.mlp.fc_12, swiglu=True)
             x, _ = gemv(h, block.mlp.proj.weight, split_k=self.split_mlp)
@@ -210,14 +209,15 @@ class KernelStep:
         y, residual = add_rmsnorm(x, residual, norm.weight, eps)
         return gemv(y, weight, bias, swiglu=swiglu)[0], residual
 
-    def _attend(self, qkv, layer: int, positions, slots, lengths):
+    def _attend(self, qkv, layer: int, slots, lengths):
         """qkv (size, width) -> the attention's output (size, n_head * head_size), with the new
         keys and values written to the cache."""
-        k, v = self.cache.k, self.cache.v
-        q = qkv_rope_cache(qkv[:, None], self.lm.cos, self.lm.sin, positions[:, None], slots,
-                           k, v, layer)  # fmt: skip
-        # The grid is fixed by the cache's length, not the rows' lengths: nothing to sync on.
-        out = decode_attention(q[:, :, 0], k, v, layer, slots, lengths, self.cache.max_seq)
+        lm, cache = self.lm, self.cache
+        # RoPE and the cache write happen inside; the new position is lengths - 1. The grid is
+        # fixed by the cache's length, not the rows' lengths: nothing to sync on.
+        out = decode_attention_qkv(
+            qkv, lm.cos, lm.sin, cache.k, cache.v, layer, slots, lengths, cache.max_seq
+        )
         return out.reshape(qkv.shape[0], -1)
 
     def load(self, batch: list[StepRow]) -> int:

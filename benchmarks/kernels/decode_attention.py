@@ -1,7 +1,10 @@
 """GB/s of kernels/decode_attention.py (split-KV GQA decode) against its torch reference (the
 model's decode attention) and torch.compile, at the released head layout in a 2048-position
 cache: every row at the same length, for several lengths and batches. GB/s counts the keys and
-values each row reads. Writes benchmarks/results/triton_decode_attention-<gpu>.json.
+values each row reads. Then the same for decode_attention_qkv (from the qkv product: RoPE and
+the cache write inside), also against its two steps as launches of their own ("unfused":
+qkv_rope_cache, then decode_attention). Writes
+benchmarks/results/triton_decode_attention-<gpu>.json.
 
     python -m benchmarks.kernels.decode_attention [--dtype bf16] [--split-len 128]
 """
@@ -9,6 +12,7 @@ values each row reads. Writes benchmarks/results/triton_decode_attention-<gpu>.j
 import torch
 
 from benchmarks.kernels import common
+from realtime.model import rope_cache
 
 SYNCING = ("torch", "compiled")
 
@@ -40,7 +44,47 @@ def main() -> None:
             label = f"B={B} length={length}"
             # the reference reads int(lengths.max()) back: no CUDA graph for it
             cases.append(common.compare(label, nbytes, impls, *inputs, host_sync=SYNCING))
+    cases += qkv_cases(args, device, dtype)
     common.write_results("decode_attention", cases, args)
+
+
+def qkv_cases(args: dict, device, dtype) -> list[dict]:
+    from kernels.decode_attention import decode_attention, decode_attention_qkv
+    from kernels.decode_attention import decode_attention_qkv_ref as ref
+    from kernels.qkv_rope_cache import qkv_rope_cache
+
+    cfg, split_len = common.RELEASED, args["split_len"]
+    hs, groups, max_seq = cfg.head_size, cfg.n_query_groups, cfg.block_size
+    cos, sin = (t.to(device) for t in rope_cache(max_seq, hs, cfg.rope_base))
+
+    def fused(qkv, k, v, slots, lengths):
+        return decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, lengths, split_len=split_len)
+
+    def unfused(qkv, k, v, slots, lengths):
+        positions = (lengths - 1)[:, None]
+        q = qkv_rope_cache(qkv[:, None], cos, sin, positions, slots, k, v, 0)
+        return decode_attention(q[:, :, 0], k, v, 0, slots, lengths, split_len=split_len)
+
+    def torch_ref(qkv, k, v, slots, lengths):
+        return ref(qkv, cos, sin, k, v, 0, slots, lengths)
+
+    impls = common.implementations(fused, torch_ref)
+    impls = {"triton": impls["triton"], "unfused": unfused, **impls}
+    cases = []
+    for B in common.DECODE_BATCHES:
+        k, v = (torch.randn(1, B, groups, max_seq, hs, device=device, dtype=dtype) for _ in "kv")
+        qkv = torch.randn(B, (cfg.n_head + 2 * groups) * hs, device=device, dtype=dtype)
+        slots = torch.randperm(B, device=device)
+        for length in (256, 1024, max_seq):
+            lengths = torch.full((B,), length, device=device)
+            inputs = (qkv, k, v, slots, lengths)
+            want = torch_ref(qkv, k.clone(), v.clone(), slots, lengths)
+            torch.testing.assert_close(fused(*inputs), want, rtol=2**-7, atol=1e-2)
+            nbytes = 2 * B * groups * length * hs + B * qkv.shape[1] + B * cfg.n_head * hs
+            nbytes *= qkv.element_size()
+            label = f"qkv B={B} length={length}"
+            cases.append(common.compare(label, nbytes, impls, *inputs, host_sync=SYNCING))
+    return cases
 
 
 if __name__ == "__main__":

@@ -103,7 +103,9 @@ def run_launchers(dtype: torch.dtype) -> None:
     qkv = empty(B, 1, (cfg.n_head + 2 * groups) * hs)
     mods["qkv_rope_cache"].qkv_rope_cache(qkv, cos, sin, positions, slots, *cache, 3)
     lengths = empty(B, dt=torch.int64)
-    mods["decode_attention"].decode_attention(empty(B, cfg.n_head, hs), *cache, 3, slots, lengths)
+    attention = mods["decode_attention"]
+    attention.decode_attention(empty(B, cfg.n_head, hs), *cache, 3, slots, lengths)
+    attention.decode_attention_qkv(qkv[:, 0], cos, sin, *cache, 3, slots, lengths)
     mods["swiglu"].swiglu(empty(B, 2 * cfg.intermediate_size))
     gemv, hidden = mods["gemv"], cfg.intermediate_size
     split = gemv.split_for(hidden, C, torch.device("cpu"))

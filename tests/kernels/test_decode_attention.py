@@ -6,8 +6,14 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernels.decode_attention import decode_attention, decode_attention_ref
+from kernels.decode_attention import (
+    decode_attention,
+    decode_attention_qkv,
+    decode_attention_qkv_ref,
+    decode_attention_ref,
+)
 from kernels.qkv_rope_cache import qkv_rope_cache_ref
+from realtime.model import rope_cache
 
 # fp32: another summation order. bf16: both compute in fp32 and round once at the end; on a GPU
 # the kernel also rounds the softmax weights to bf16 for the tensor-core product.
@@ -57,6 +63,50 @@ def test_max_length_bounds_the_splits(device):
     )
 
 
+def make_qkv_case(lengths, groups, q_per_kv, hs, max_seq, dtype, device):
+    B = len(lengths)
+    _, k, v, slots = make_case(B, groups, q_per_kv, hs, max_seq, dtype, device, seed=B * hs + 1)
+    gen = torch.Generator().manual_seed(hs)
+    qkv = (2 * torch.randn(B, groups * (q_per_kv + 2) * hs, generator=gen)).to(device, dtype)
+    cos, sin = (t.to(device) for t in rope_cache(max_seq, hs, 10_000))
+    return qkv, cos, sin, k, v, slots, torch.tensor(lengths, device=device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("groups", "q_per_kv", "hs", "lengths", "split_len"), CASES)
+def test_qkv_matches_ref(device, dtype, groups, q_per_kv, hs, lengths, split_len):
+    """The attention from the qkv product: the output, and the new keys and values written at
+    each row's last position (a split's first and last key among them), nothing else."""
+    case = make_qkv_case(lengths, groups, q_per_kv, hs, 48, dtype, device)
+    qkv, cos, sin, k, v, slots, lengths = case
+    k_ref, v_ref, k_before = k.clone(), v.clone(), k.clone()
+    got = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, lengths, split_len=split_len)
+    want = decode_attention_qkv_ref(qkv, cos, sin, k_ref, v_ref, 1, slots, lengths)
+    assert got.shape == (len(lengths), groups * q_per_kv, hs) and got.dtype == dtype
+    torch.testing.assert_close(got, want, **TOL[dtype])
+    # keys: as qkv_rope_cache's (the GPU may fuse RoPE's product and sum); values: copied
+    torch.testing.assert_close(k, k_ref, rtol=2**-7 if dtype != torch.float32 else 1e-6, atol=0)
+    assert torch.equal(v, v_ref)
+    new = (1, slots, slice(None), lengths - 1)
+    assert not torch.equal(k[new], k_before[new])  # written: k_ref's new rows, not what was
+
+
+def test_qkv_is_rope_cache_then_attention(device):
+    """decode_attention_qkv equals its two steps run as launches of their own, in fp32, where
+    both compute the same thing: qkv_rope_cache's kernel, then decode_attention's."""
+    from kernels.qkv_rope_cache import qkv_rope_cache
+
+    case = make_qkv_case([9, 1, 33], 2, 2, 16, 48, torch.float32, device)
+    qkv, cos, sin, k, v, slots, lengths = case
+    k_two, v_two = k.clone(), v.clone()
+    got = decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, lengths, split_len=16)
+    positions = (lengths - 1)[:, None]
+    q = qkv_rope_cache(qkv[:, None], cos, sin, positions, slots, k_two, v_two, 0)
+    want = decode_attention(q[:, :, 0], k_two, v_two, 0, slots, lengths, split_len=16)
+    assert torch.equal(k, k_two) and torch.equal(v, v_two)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_refs_are_the_model_attention(tiny_lm, model_products, dtype):
     """One decode step of rows at different positions and slots through the model's Attention:
@@ -93,3 +143,17 @@ def test_released_shapes_on_gpu(B):
     got = decode_attention(q, k, v, 1, slots, lengths)
     want = decode_attention_ref(q, k, v, 1, slots, lengths)
     torch.testing.assert_close(got, want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 8])
+def test_qkv_released_shapes_on_gpu(B):
+    lengths = torch.randint(1, 2049, (B,)).tolist()
+    qkv, cos, sin, k, v, slots, lengths = make_qkv_case(lengths, 2, 7, 64, 2048, torch.bfloat16,
+                                                        "cuda")  # fmt: skip
+    k_ref, v_ref = k.clone(), v.clone()
+    got = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, lengths)
+    want = decode_attention_qkv_ref(qkv, cos, sin, k_ref, v_ref, 1, slots, lengths)
+    torch.testing.assert_close(got, want, **TOL[torch.bfloat16])
+    torch.testing.assert_close(k, k_ref, rtol=2**-7, atol=0)
+    assert torch.equal(v, v_ref)
