@@ -15,22 +15,15 @@ import os
 
 import torch
 import triton
+from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
 from realtime import tokens
 from realtime.config import PRESETS
 from realtime.model import rope_cache
-
-TYPES = {
-    torch.bfloat16: "bf16",
-    torch.float16: "fp16",
-    torch.float32: "fp32",
-    torch.int64: "i64",
-    torch.int32: "i32",
-    torch.uint8: "u8",
-}
 
 
 def capture_launches(run_launchers) -> list[tuple[JITFunction, dict, dict]]:
@@ -51,20 +44,32 @@ def capture_launches(run_launchers) -> list[tuple[JITFunction, dict, dict]]:
     return launches
 
 
-def compile_for(fn: JITFunction, args: dict, options: dict, arch: int):
-    """Compile one captured launch for compute capability `arch` (e.g. 90: sm_90)."""
-    signature, constexprs = {}, {}
-    for i, name in enumerate(fn.arg_names):
+def specialize(fn: JITFunction, args: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attributes) of a launch, as Triton's JIT specializes it: an int
+    equal to 1 becomes a constant, ints and pointers divisible by 16 are marked so (which is
+    what lets the compiler vectorize loads)."""
+    signature, constexprs, attrs = {}, {}, {}
+    for i, (name, param) in enumerate(zip(fn.arg_names, fn.params, strict=True)):
         value = args[name]
         if i in fn.constexprs:
             signature[name], constexprs[(i,)] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + TYPES[value.dtype]
-        elif isinstance(value, bool | int):
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        else:
-            signature[name] = "fp32"
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+            continue
+        kind, spec = native_specialize_impl(
+            CUDABackend, value, param.is_const, not param.do_not_specialize,
+            not param.do_not_specialize_on_alignment,
+        )  # fmt: skip
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[(i,)] = spec
+        elif isinstance(spec, str):
+            attrs[(i,)] = CUDABackend.parse_attr(spec)
+    return signature, constexprs, attrs
+
+
+def compile_for(fn: JITFunction, args: dict, options: dict, arch: int):
+    """Compile one captured launch for compute capability `arch` (e.g. 90: sm_90)."""
+    signature, constexprs, attrs = specialize(fn, args)
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
@@ -147,11 +152,12 @@ def run_step(dtype: torch.dtype) -> None:
 
 
 def distinct(launches):
-    """One launch per kernel and set of constexprs and options (the rest does not change the
-    compiled code)."""
+    """One launch per kernel and specialization (constexprs, alignment) and options: the rest
+    does not change the compiled code."""
     seen = {}
     for fn, args, options in launches:
-        key = (fn.__name__, tuple(args[fn.arg_names[i]] for i in sorted(fn.constexprs)),
+        signature, constexprs, attrs = specialize(fn, args)
+        key = (fn.__name__, str(signature), str(constexprs), str(attrs),
                tuple(sorted(options.items())))  # fmt: skip
         seen.setdefault(key, (fn, args, options))
     return list(seen.values())
