@@ -15,10 +15,11 @@ depends only on `max_length` (default: the cache's max_seq), never on the length
 a launch needs no host sync and can be captured in a CUDA graph.
 
 `decode_attention_qkv` takes the step's qkv product instead of q and does qkv_rope_cache's work
-in stage 1 (ROPE): each program rotates its group's queries (a few hundred values), and the one
-program whose split holds the row's new position (lengths - 1) rotates the new key, writes key
-and value to the cache, and takes them from its registers for its own keys. A decode step saves
-a launch per block and the round trip of q through memory.
+in stage 1 (ROPE): each program rotates its group's queries (a few hundred values) and reads
+the cache only before the row's new position (lengths - 1); the one program whose split holds
+that position rotates the new key, writes key and value to the cache, and adds them to its
+softmax as one more key from registers. A decode step saves a launch per block and the round
+trip of q through memory.
 """
 
 import torch
@@ -53,48 +54,37 @@ def _decode_attention_kernel(
     start = split * SPLIT_LEN
     end = tl.minimum(start + SPLIT_LEN, length)
     kv = tl.load(slot_ptr + b).to(tl.int64) * stride_cache_s + g * stride_cache_g
-    pos = (length - 1).to(tl.int64)  # the row's new position (ROPE: its key is not cached yet)
-    k_new = tl.zeros([BLOCK_D], dtype=tl.float32)
-    v_new = tl.zeros([BLOCK_D], dtype=tl.float32)
+    pos = (length - 1).to(tl.int64)  # the row's new position
+    cached = end  # keys read from the cache: all, or (ROPE) those before the new one
     if ROPE:  # q_ptr holds qkv rows: per group its queries, key and value, HS apart
-        dtype = k_ptr.dtype.element_ty
         group = q_ptr + b * stride_q_b + g * (Q_PER_KV + 2) * HS
         cos, sin = cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p
         q = rope(group + h[:, None] * HS, d[None, :], q_tile, cos, sin, HS)
-        q = round_to(q, dtype).to(DOT_DTYPE)
-        k_new = round_to(rope(group + Q_PER_KV * HS, d, d < HS, cos, sin, HS), dtype)
-        v_new = tl.load(group + (Q_PER_KV + 1) * HS + d, mask=d < HS, other=0.0).to(tl.float32)
-        # into the cache for the steps after this one, by the one program whose keys hold pos
-        new = kv + pos * stride_cache_p + d
-        mine = d < tl.where(pos // SPLIT_LEN == split, HS, 0)  # (a scalar flag as a mask)
-        tl.store(k_ptr + new, k_new.to(dtype), mask=mine)
-        tl.store(v_ptr + new, v_new.to(dtype), mask=mine)
+        q = round_to(q, k_ptr.dtype.element_ty).to(DOT_DTYPE)
+        cached = tl.minimum(end, pos)
     else:
         q_offs = b * stride_q_b + head[:, None] * stride_q_h + d[None, :]
         q = tl.load(q_ptr + q_offs, mask=q_tile, other=0.0).to(DOT_DTYPE)  # zero padding rows
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
+    for n0 in range(start, cached, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        kv_tile = (n < end)[:, None] & (d < HS)[None, :]
+        kv_tile = (n < cached)[:, None] & (d < HS)[None, :]
         offs = kv + n[:, None].to(tl.int64) * stride_cache_p + d[None, :]  # (BLOCK_N, BLOCK_D)
-        k = tl.load(k_ptr + offs, mask=kv_tile, other=0.0)
-        if ROPE:  # the new key and value from registers: the cache's row may not be written yet
-            k = tl.where((n == pos)[:, None], k_new[None, :].to(k.dtype), k)
-        k = k.to(DOT_DTYPE)
+        k = tl.load(k_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_H, BLOCK_N)
-        s = tl.where((n < end)[None, :], s, float("-inf"))
+        s = tl.where((n < cached)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0)
-        if ROPE:
-            v = tl.where((n == pos)[:, None], v_new[None, :].to(v.dtype), v)
-        v = v.to(DOT_DTYPE)
+        v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
         m_i = m_new
+    if ROPE and pos // SPLIT_LEN == split:  # the new key and value: this program's to add
+        m_i, l_i, acc = _new_key(q, group, kv + pos * stride_cache_p, k_ptr, v_ptr, cos, sin,
+                                 qk_scale, m_i, l_i, acc, d, Q_PER_KV, HS)  # fmt: skip
 
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -103,6 +93,25 @@ def _decode_attention_kernel(
     mid = b * stride_mid_b + head * stride_mid_h + split * stride_mid_split  # (BLOCK_H,)
     tl.store(mid_o_ptr + mid[:, None] * HS + d[None, :], out, mask=q_tile)
     tl.store(mid_lse_ptr + mid, lse, mask=h < Q_PER_KV)
+
+
+@triton.jit
+def _new_key(q, group, cache_off, k_ptr, v_ptr, cos, sin, qk_scale, m_i, l_i, acc, d,
+             Q_PER_KV: tl.constexpr, HS: tl.constexpr):  # fmt: skip
+    """The row's new key (rotated here) and value, from its qkv row at `group`: written to the
+    cache at `cache_off` for the steps after this one, and added to this program's online
+    softmax (m_i, l_i, acc) as one more key, from registers -> the updated (m_i, l_i, acc)."""
+    dtype = k_ptr.dtype.element_ty
+    k_new = round_to(rope(group + Q_PER_KV * HS, d, d < HS, cos, sin, HS), dtype)  # (BLOCK_D,)
+    v_new = tl.load(group + (Q_PER_KV + 1) * HS + d, mask=d < HS, other=0.0)
+    tl.store(k_ptr + cache_off + d, k_new.to(dtype), mask=d < HS)
+    tl.store(v_ptr + cache_off + d, v_new, mask=d < HS)
+    s = tl.sum(q.to(tl.float32) * k_new[None, :], axis=1) * qk_scale  # (BLOCK_H,)
+    m_new = tl.maximum(m_i, s)
+    alpha = tl.exp2(m_i - m_new)  # 0 when the split had no other keys (m_i = -inf)
+    p = tl.exp2(s - m_new)
+    acc = acc * alpha[:, None] + p[:, None] * v_new.to(tl.float32)[None, :]
+    return m_new, l_i * alpha + p, acc
 
 
 @triton.jit
