@@ -23,6 +23,9 @@ summed over a (BLOCK_M, BLOCK_N, BLOCK_K) tile, for more through tl.dot (BLOCK_M
 the tensor cores' smallest tile; padding rows cost registers, not memory). The norm prologue reads
 its rows of x twice (sum of squares, then the product) in every program; that is a few KB per
 program for a decode step's few rows, and the step normalises separately for larger batches.
+Both loops over K are software-pipelined (tl.range with NUM_STAGES: cp.async copies of 16 bytes
+a thread into shared memory, several tiles ahead), which a plain range() only does for loads
+that feed a tl.dot.
 """
 
 from dataclasses import dataclass
@@ -77,12 +80,14 @@ class Tiles:
     """Launch shape, chosen by `choose_tiles()` unless given (benchmarks/kernels/gemv.py sweeps
     them). The defaults compile for sm_90 without spilling registers in every variant the
     step launches (BLOCK_K 128 spills with the prologue summing slices); their speed is
-    unmeasured."""
+    unmeasured. num_stages: tiles of W each program has in flight, plus one. A GEMV is bound
+    by the bytes in flight: HBM's ~3.35 TB/s x ~0.7 us is ~18 KB per SM, where a program
+    with 2 stages keeps one 2 KB tile in flight and a launch gives an SM about 2 programs."""
 
     block_n: int = 16
     block_k: int = 64
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 4
     dot: bool | None = None  # tl.dot or FMAs; None: tl.dot above FMA_MAX_ROWS rows
 
 
@@ -123,7 +128,7 @@ def _gemv_kernel(
     X_SPLITS: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     WRITE_S: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     pid_n, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dtype = w_ptr.dtype.element_ty  # the model's
@@ -134,7 +139,7 @@ def _gemv_kernel(
     rstd = tl.full([BLOCK_M], 1.0, tl.float32)
     if NORM:  # first pass: each row's sum of squares over the whole of K
         squares = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):  # (pipelined as below)
             ks = k0 + tl.arange(0, BLOCK_K)
             tile = in_m[:, None] & (ks < K)[None, :]
             s = load_sum(x_ptr, r_ptr, rows, ks, tile, stride_x_split, stride_x_m, stride_r_m,
@@ -151,7 +156,8 @@ def _gemv_kernel(
     w_rows = cols[:, None].to(tl.int64) * stride_w_n  # (BLOCK_N, 1)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # SwiGLU's second half
-    for k0 in range(k_start, k_end, BLOCK_K):
+    # NUM_STAGES - 1 tiles of W in flight ahead of the one being summed
+    for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         ks = k0 + tl.arange(0, BLOCK_K)
         in_k = ks < k_end
         a = load_sum(x_ptr, r_ptr, rows, ks, in_m[:, None] & in_k[None, :], stride_x_split,
@@ -218,7 +224,7 @@ def gemv(
         HAS_RESIDUAL=norm is not None and norm.residual is not None, WRITE_S=write_s,
         HAS_BIAS=bias is not None, SWIGLU=swiglu, USE_DOT=use_dot, DOT_DTYPE=dot_dtype(dtype),
         BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
     out = SplitSums(y, dtype) if split_k > 1 else y[0]
     return out, (s if norm is not None else None)

@@ -4,7 +4,9 @@ The interpreter runs a kernel's Python, not Triton's compiler: a global that is 
 constexpr, a dot under 16 wide or a type the backend cannot lower pass there and fail on a
 GPU. Here each launcher runs for real shapes with its kernel launches intercepted, and each
 captured launch is compiled (TTIR -> TTGIR -> LLVM -> PTX -> cubin, Triton's bundled ptxas) for
-the target. Run without TRITON_INTERPRET (test_compile.py starts it that way):
+the target, and reported with what its cubin and PTX say about its speed (registers, spilled
+stack, 16-byte pipelined copies). Run without TRITON_INTERPRET (test_compile.py starts it
+that way):
 
     python -m tests.kernels.compile_check [--arch 90]
 """
@@ -12,6 +14,10 @@ the target. Run without TRITON_INTERPRET (test_compile.py starts it that way):
 import argparse
 import importlib
 import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import torch
 import triton
@@ -24,6 +30,9 @@ from triton.runtime.jit import JITFunction
 from realtime import tokens
 from realtime.config import PRESETS
 from realtime.model import rope_cache
+
+# Triton's wheel bundles the CUDA binary tools its compiler uses
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
 def capture_launches(run_launchers) -> list[tuple[JITFunction, dict, dict]]:
@@ -163,6 +172,22 @@ def distinct(launches):
     return list(seen.values())
 
 
+def describe(kernel) -> str:
+    """What decides a memory-bound kernel's speed and shows without a GPU, from its cubin and
+    PTX: registers and stack per thread (stack: spilled registers), and whether it copies 16
+    bytes a thread into shared memory (cp.async, how pipelined loops load)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run(
+            [CUOBJDUMP, "--dump-resource-usage", cubin.name],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    wide = re.search(r"cp\.async\.c[ag]\.shared\.global[^;]*, 0x10", kernel.asm["ptx"])
+    return f"regs={regs} stack={stack} cp16={'yes' if wide else 'no'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100")
@@ -174,8 +199,8 @@ def main() -> None:
             launches = capture_launches(lambda dtype=dtype, runner=runner: runner(dtype))
             for fn, kernel_args, options in distinct(launches):
                 try:
-                    compile_for(fn, kernel_args, options, args.arch)
-                    print(f"ok {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__}")
+                    facts = describe(compile_for(fn, kernel_args, options, args.arch))
+                    print(f"ok {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__} {facts}")
                 except Exception as exc:  # report every kernel, then fail
                     failed += 1
                     print(f"FAILED {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__}: {exc}")
