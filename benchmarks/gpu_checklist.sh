@@ -5,11 +5,13 @@
 # own time limit and the next one runs whatever the last one did; the log of all of them goes to
 # $OUT/log.txt (or ./gpu-checklist.log) and the results files they wrote to $OUT/results.tar.
 #
-#     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [vocoder] [kernels] [sweep] [NAME...]
+#     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [vocoder] [kernels]
+#         [sweep] [sweep-batched] [NAME...]
 #
-# With no parts named, all but `sweep` run. `decode` skips torch.compile (minutes of compiling);
-# `compile` is the same benchmark with it. `sweep` times kernels/gemv.py over its launch shapes
-# (what its defaults are set from). A NAME (e.g. head_argmax) runs that kernel's
+# With no parts named, all but the sweeps run. `decode` skips torch.compile (minutes of
+# compiling); `compile` is the same benchmark with it. `sweep` times kernels/gemv.py over its
+# launch shapes for 1 and 4 rows, `sweep-batched` for 8, 32 and 64 (what its defaults are set
+# from; minutes each, so one per device call). A NAME (e.g. head_argmax) runs that kernel's
 # benchmark alone. Extra pytest arguments go in PYTEST_ARGS, decode_step's for `compile` in
 # COMPILE_ARGS.
 set -u
@@ -46,7 +48,8 @@ for part in "${parts[@]}"; do
         decode) run 360 python3 -m benchmarks.decode_step --no-compile ;;
         compile) run 540 python3 -m benchmarks.decode_step ${COMPILE_ARGS:-} ;;
         profile) run 240 python3 -m benchmarks.step_profile ;;
-        sweep) run 420 python3 -m benchmarks.kernels.gemv --sweep ;;
+        sweep) run 560 python3 -m benchmarks.kernels.gemv --sweep --batches 1,4 ;;
+        sweep-batched) run 560 python3 -m benchmarks.kernels.gemv --sweep --batches 8,32,64 ;;
         vocoder) run 120 python3 -m benchmarks.vocoder_speed --device cuda ;;
         kernels)
             for bench in embed_mean add_rmsnorm qkv_rope_cache decode_attention swiglu \

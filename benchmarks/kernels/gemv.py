@@ -4,7 +4,7 @@ reference under torch.compile, and cuBLAS's product alone (F.linear: no norm, no
 whole product in one launch), for decode batches. Writes
 benchmarks/results/triton_gemv-<gpu>.json.
 
-    python -m benchmarks.kernels.gemv [--dtype bf16] [--sweep]
+    python -m benchmarks.kernels.gemv [--dtype bf16] [--sweep] [--batches 1,4,8,32,64]
 
 The products, as realtime/kernel_step.py's fused step launches them:
 - qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias;
@@ -15,8 +15,9 @@ The products, as realtime/kernel_step.py's fused step launches them:
 Bytes are the weight's plus the activations read and written once.
 
 --sweep also times each case (from its CUDA graph) over launch shapes (BLOCK_N, BLOCK_K, warps,
-tl.dot or FMAs; for the split products also the number of slices) and prints the five
-fastest: what to set kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM) from.
+pipeline stages, tl.dot or FMAs; for the split products also the number of slices) and prints
+the five fastest: what to set kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM)
+from.
 """
 
 import itertools
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 
 from benchmarks.kernels import common
 
-# (num_stages is left at 2: on sm_90 these loops compile to the same code at 1..4 stages)
-SWEEP_TILES = dict(block_n=(16, 32), block_k=(64, 128), num_warps=(4, 8), dot=(False, True))
+SWEEP_TILES = dict(
+    block_n=(16, 32), block_k=(64, 128), num_warps=(4, 8), num_stages=(2, 4), dot=(False, True)
+)
 SWEEP_SPLITS = (1, 2, 3, 5, 8, 12)  # with the default tiles
-BATCHES = (1, 4, 8, 32, 64)
+BATCHES = "1,4,8,32,64"
 
 
 def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
@@ -110,20 +112,25 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
     results.sort(key=lambda r: r["graph_us"])
     for r in results[:5]:
         print(f"  {name:>10} {r['graph_us']:7.2f} us {r['GB_per_s']:6.0f} GB/s  "
-              f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} dot {r['dot']} "
+              f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} s{r['num_stages']} "
+              f"dot {r['dot']} "
               f"split {r['split_k']}")  # fmt: skip
     return results
 
 
 def main() -> None:
-    args = common.parse_args(__doc__, sweep=(bool, False))
+    args = common.parse_args(__doc__, sweep=(bool, False), batches=(str, BATCHES))
     device = common.require_gpu("benchmarks.kernels.gemv")
     from kernels.gemv import SplitSums, gemv, gemv_ref
 
     dtype = common.DTYPES[args["dtype"]]
+    batches = [int(b) for b in args["batches"].split(",")]
+    # a sweep of some batches has a file of its own, rewritten after each batch (a sweep takes
+    # minutes: what finished survives a time limit)
+    results_name = f"gemv-sweep-rows{'_'.join(map(str, batches))}" if args["sweep"] else "gemv"
     common.print_header()
     results = []
-    for rows in BATCHES:
+    for rows in batches:
         torch.manual_seed(rows)
         for name, (kwargs, nbytes) in cases(device, dtype, rows).items():
             got, want = gemv(**kwargs)[0], gemv_ref(**kwargs)[0]
@@ -134,7 +141,7 @@ def main() -> None:
             if args["sweep"]:
                 row["sweep"] = sweep(name, kwargs, nbytes)
             results.append(row)
-    common.write_results("gemv", results, args)
+        common.write_results(results_name, results, args)
 
 
 if __name__ == "__main__":
