@@ -26,8 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.gemv import SplitSums
 from kernels.qkv_rope_cache import qkv_rope_cache_ref, rope
-from kernels.triton_support import dot_dtype, round_to, runs_kernel
+from kernels.triton_support import dot_dtype, load_total, round_to, runs_kernel
 
 SPLIT_LEN = 128  # keys per stage-1 program: 16 splits of a 2048-position cache
 BLOCK_N = 64  # keys per loop iteration
@@ -38,11 +39,12 @@ LOG2E = 1.4426950408889634
 def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, slot_ptr, len_ptr, cos_ptr, sin_ptr, mid_o_ptr, mid_lse_ptr,
     qk_scale,
-    stride_q_b, stride_q_h, stride_rope_p,
+    stride_q_split, stride_q_b, stride_q_h, stride_rope_p,
     stride_cache_s, stride_cache_g, stride_cache_p,
     stride_mid_b, stride_mid_h, stride_mid_split,
     Q_PER_KV: tl.constexpr, HS: tl.constexpr, SPLIT_LEN: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    ROPE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROPE: tl.constexpr, Q_SPLITS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     b, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     h = tl.arange(0, BLOCK_H)
@@ -56,11 +58,13 @@ def _decode_attention_kernel(
     kv = tl.load(slot_ptr + b).to(tl.int64) * stride_cache_s + g * stride_cache_g
     pos = (length - 1).to(tl.int64)  # the row's new position
     cached = end  # keys read from the cache: all, or (ROPE) those before the new one
-    if ROPE:  # q_ptr holds qkv rows: per group its queries, key and value, HS apart
+    if ROPE:  # q_ptr holds qkv rows (or their slices): per group its queries, key and value
+        dtype = k_ptr.dtype.element_ty
         group = q_ptr + b * stride_q_b + g * (Q_PER_KV + 2) * HS
         cos, sin = cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p
-        q = rope(group + h[:, None] * HS, d[None, :], q_tile, cos, sin, HS)
-        q = round_to(q, k_ptr.dtype.element_ty).to(DOT_DTYPE)
+        q = rope(group + h[:, None] * HS, d[None, :], q_tile, cos, sin, stride_q_split, HS,
+                 Q_SPLITS, dtype)  # fmt: skip
+        q = round_to(q, dtype).to(DOT_DTYPE)
         cached = tl.minimum(end, pos)
     else:
         q_offs = b * stride_q_b + head[:, None] * stride_q_h + d[None, :]
@@ -83,8 +87,9 @@ def _decode_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
         m_i = m_new
     if ROPE and pos // SPLIT_LEN == split:  # the new key and value: this program's to add
-        m_i, l_i, acc = _new_key(q, group, kv + pos * stride_cache_p, k_ptr, v_ptr, cos, sin,
-                                 qk_scale, m_i, l_i, acc, d, Q_PER_KV, HS)  # fmt: skip
+        m_i, l_i, acc = _new_key(q, group, stride_q_split, kv + pos * stride_cache_p, k_ptr,
+                                 v_ptr, cos, sin, qk_scale, m_i, l_i, acc, d, Q_PER_KV, HS,
+                                 Q_SPLITS)  # fmt: skip
 
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -96,21 +101,22 @@ def _decode_attention_kernel(
 
 
 @triton.jit
-def _new_key(q, group, cache_off, k_ptr, v_ptr, cos, sin, qk_scale, m_i, l_i, acc, d,
-             Q_PER_KV: tl.constexpr, HS: tl.constexpr):  # fmt: skip
+def _new_key(q, group, stride_split, cache_off, k_ptr, v_ptr, cos, sin, qk_scale, m_i, l_i, acc,
+             d, Q_PER_KV: tl.constexpr, HS: tl.constexpr, SPLITS: tl.constexpr):  # fmt: skip
     """The row's new key (rotated here) and value, from its qkv row at `group`: written to the
     cache at `cache_off` for the steps after this one, and added to this program's online
     softmax (m_i, l_i, acc) as one more key, from registers -> the updated (m_i, l_i, acc)."""
     dtype = k_ptr.dtype.element_ty
-    k_new = round_to(rope(group + Q_PER_KV * HS, d, d < HS, cos, sin, HS), dtype)  # (BLOCK_D,)
-    v_new = tl.load(group + (Q_PER_KV + 1) * HS + d, mask=d < HS, other=0.0)
+    k_new = rope(group + Q_PER_KV * HS, d, d < HS, cos, sin, stride_split, HS, SPLITS, dtype)
+    k_new = round_to(k_new, dtype)  # (BLOCK_D,)
+    v_new = load_total(group + (Q_PER_KV + 1) * HS, d, d < HS, stride_split, SPLITS, dtype)
     tl.store(k_ptr + cache_off + d, k_new.to(dtype), mask=d < HS)
-    tl.store(v_ptr + cache_off + d, v_new, mask=d < HS)
+    tl.store(v_ptr + cache_off + d, v_new.to(dtype), mask=d < HS)
     s = tl.sum(q.to(tl.float32) * k_new[None, :], axis=1) * qk_scale  # (BLOCK_H,)
     m_new = tl.maximum(m_i, s)
     alpha = tl.exp2(m_i - m_new)  # 0 when the split had no other keys (m_i = -inf)
     p = tl.exp2(s - m_new)
-    acc = acc * alpha[:, None] + p[:, None] * v_new.to(tl.float32)[None, :]
+    acc = acc * alpha[:, None] + p[:, None] * v_new[None, :]
     return m_new, l_i * alpha + p, acc
 
 
@@ -145,16 +151,17 @@ def decode_attention(
     split_len: int = SPLIT_LEN,
 ) -> torch.Tensor:
     """q (B, n_head, hs), caches (n_layer, slots, groups, max_seq, hs), slots (B,), lengths (B,)
-    with 1 <= lengths <= max_length (default max_seq) -> out (B, n_head, hs) in q's dtype."""
+    with 1 <= lengths <= max_length (default max_seq) -> out (B, n_head, hs) in the caches'
+    dtype (q's)."""
     if not runs_kernel(q, k_cache):
         return decode_attention_ref(q, k_cache, v_cache, layer, slots, lengths)
     assert q.stride(2) == 1
-    return _attention(q, None, k_cache, v_cache, layer, slots, lengths, max_length, split_len,
-                      q.shape[1], q.stride(1))  # fmt: skip
+    return _attention(q[None], None, k_cache, v_cache, layer, slots, lengths, max_length,
+                      split_len, q.shape[1], q.stride(1))  # fmt: skip
 
 
 def decode_attention_qkv(
-    qkv: torch.Tensor,
+    qkv: torch.Tensor | SplitSums,
     cos: torch.Tensor,
     sin: torch.Tensor,
     k_cache: torch.Tensor,
@@ -168,27 +175,30 @@ def decode_attention_qkv(
     """A decode step's whole attention from its qkv product: qkv_rope_cache at positions
     lengths - 1, then decode_attention, in the launches of decode_attention alone.
 
-    qkv (B, groups * (q_per_kv + 2) * hs) with its bias, cos/sin (max_seq, hs) fp32, the rest as
-    decode_attention -> out (B, n_head, hs) in qkv's dtype; writes each row's new key and value
-    to its cache row. Every program rotates its group's queries itself; the program whose split
-    holds the new position also rotates the key and writes both, and reads them from its
-    registers rather than the cache it is writing."""
-    if not runs_kernel(qkv, k_cache):
+    qkv (B, groups * (q_per_kv + 2) * hs) with its bias, or its slices (a product split over
+    K, summed here as they are loaded); cos/sin (max_seq, hs) fp32; the rest as
+    decode_attention -> out (B, n_head, hs) in the caches' dtype; writes each row's new key and
+    value to its cache row. Every program rotates its group's queries itself; the program whose
+    split holds the new position also rotates the key, writes both, and adds them to its
+    softmax from registers."""
+    if not runs_kernel(cos, k_cache):
         return decode_attention_qkv_ref(qkv, cos, sin, k_cache, v_cache, layer, slots, lengths)
+    parts = qkv.parts if isinstance(qkv, SplitSums) else qkv[None]  # (S, B, width)
     groups, hs = k_cache.shape[2], k_cache.shape[4]
-    n_head = qkv.shape[1] // hs - 2 * groups
-    assert qkv.stride(1) == 1 and cos.dtype == sin.dtype == torch.float32
+    n_head = parts.shape[2] // hs - 2 * groups
+    assert parts.stride(2) == 1 and cos.dtype == sin.dtype == torch.float32
     assert cos.stride(1) == 1 and cos.stride() == sin.stride()
-    return _attention(qkv, (cos, sin), k_cache, v_cache, layer, slots, lengths, max_length,
+    return _attention(parts, (cos, sin), k_cache, v_cache, layer, slots, lengths, max_length,
                       split_len, n_head, hs)  # fmt: skip
 
 
 def _attention(
-    q, rope_tables, k_cache, v_cache, layer, slots, lengths, max_length, split_len, n_head,
+    parts, rope_tables, k_cache, v_cache, layer, slots, lengths, max_length, split_len, n_head,
     stride_q_h,
 ):  # fmt: skip
-    """Both launches of either launcher; q: the queries, or the qkv rows with rope_tables."""
-    B = q.shape[0]
+    """Both launches of either launcher; parts (S, B, ...): the queries (S = 1), or the qkv rows
+    or their slices with rope_tables."""
+    B, dtype = parts.shape[1], k_cache.dtype
     _, _, groups, max_seq, hs = k_cache.shape
     block_n = min(BLOCK_N, split_len)
     assert split_len % block_n == 0
@@ -196,20 +206,21 @@ def _attention(
     assert k_layer.stride() == v_layer.stride() and k_layer.stride(3) == 1
     cos, sin = rope_tables if rope_tables is not None else (k_layer, k_layer)
     splits = triton.cdiv(max_length or max_seq, split_len)
-    mid_o = torch.empty(B, n_head, splits, hs, device=q.device, dtype=torch.float32)
-    mid_lse = torch.empty(B, n_head, splits, device=q.device, dtype=torch.float32)
+    mid_o = torch.empty(B, n_head, splits, hs, device=k_cache.device, dtype=torch.float32)
+    mid_lse = torch.empty(B, n_head, splits, device=k_cache.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(hs))  # tl.dot takes no dimension under 16
     _decode_attention_kernel[(B, groups, splits)](
-        q, k_layer, v_layer, slots, lengths, cos, sin, mid_o, mid_lse,
+        parts, k_layer, v_layer, slots, lengths, cos, sin, mid_o, mid_lse,
         hs**-0.5 * LOG2E,
-        q.stride(0), stride_q_h, cos.stride(0),
+        parts.stride(0), parts.stride(1), stride_q_h, cos.stride(0),
         k_layer.stride(0), k_layer.stride(1), k_layer.stride(2),
         mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
-        Q_PER_KV=n_head // groups, HS=hs, SPLIT_LEN=split_len, DOT_DTYPE=dot_dtype(q.dtype),
-        ROPE=rope_tables is not None, BLOCK_H=max(16, triton.next_power_of_2(n_head // groups)),
-        BLOCK_N=block_n, BLOCK_D=block_d,
+        Q_PER_KV=n_head // groups, HS=hs, SPLIT_LEN=split_len, DOT_DTYPE=dot_dtype(dtype),
+        ROPE=rope_tables is not None, Q_SPLITS=parts.shape[0],
+        BLOCK_H=max(16, triton.next_power_of_2(n_head // groups)), BLOCK_N=block_n,
+        BLOCK_D=block_d,
     )  # fmt: skip
-    out = torch.empty(B, n_head, hs, device=q.device, dtype=q.dtype)
+    out = torch.empty(B, n_head, hs, device=k_cache.device, dtype=dtype)
     _decode_attention_reduce_kernel[(B, n_head)](
         mid_o, mid_lse, out,
         mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
@@ -243,7 +254,7 @@ def decode_attention_ref(
 
 
 def decode_attention_qkv_ref(
-    qkv: torch.Tensor,
+    qkv: torch.Tensor | SplitSums,
     cos: torch.Tensor,
     sin: torch.Tensor,
     k_cache: torch.Tensor,
@@ -254,6 +265,7 @@ def decode_attention_qkv_ref(
 ) -> torch.Tensor:
     """The torch computation: qkv_rope_cache_ref at positions lengths - 1, then
     decode_attention_ref."""
+    qkv = qkv.total() if isinstance(qkv, SplitSums) else qkv
     positions = (lengths - 1)[:, None]  # (B, 1)
     q = qkv_rope_cache_ref(qkv[:, None], cos, sin, positions, slots, k_cache, v_cache, layer)
     return decode_attention_ref(q[:, :, 0], k_cache, v_cache, layer, slots, lengths)

@@ -9,10 +9,10 @@ For x (M, K) and a weight W (N, K), one launch computes
     f(z)    = silu(z[:, :N]) * z[:, N:]      (optional SwiGLU epilogue: W is fc_12, (2N, K))
 
 or, split over K, the fp32 partial products `SplitSums.parts` (S, M, N): slice i of K summed
-by its own programs, so that a short, wide product (the attention and MLP projections) still
-fills the GPU. The split is not reduced here: the next launch that reads the product (this
-kernel's prologue, or kernels/add_rmsnorm.py) sums the slices as it loads them, so the
-projection, the residual add and the norm cost no launch of their own.
+by its own programs (the bias in slice 0's), so that a product with too few columns to fill
+the GPU (qkv's 1152, the projections' 896) still does. The split is not reduced here: the
+next launch that reads the product (this kernel's prologue, kernels/add_rmsnorm.py, or the
+attention for qkv) sums the slices as it loads them, so the split costs no launch.
 
 Rounding follows the model's: the product (sum of slices) is rounded to the model dtype before
 the residual add, the add is rounded, the norm as in add_rmsnorm, SwiGLU as in swiglu.
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.triton_support import dot_dtype, round_to, runs_kernel
+from kernels.triton_support import dot_dtype, load_total, round_to, runs_kernel
 
 MAX_BLOCK_M = 64  # rows of x per program; more rows take another tile (another pass over W)
 FMA_MAX_ROWS = 4  # up to this many rows no tl.dot (it would pad them to 16)
@@ -99,10 +99,7 @@ def load_sum(
     """(rows, ks) of x (the sum of X_SPLITS slices, rounded to DTYPE), plus the residual
     (rounded again) when there is one; fp32."""
     offs = rows[:, None].to(tl.int64) * stride_x_m + ks[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    for i in tl.static_range(1, X_SPLITS):
-        x += tl.load(x_ptr + i * stride_x_split + offs, mask=mask, other=0.0).to(tl.float32)
-    x = round_to(x, DTYPE)
+    x = load_total(x_ptr, offs, mask, stride_x_split, X_SPLITS, DTYPE)
     if HAS_RESIDUAL:
         r_offs = rows[:, None].to(tl.int64) * stride_r_m + ks[None, :]
         x = round_to(x + tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(tl.float32), DTYPE)
@@ -195,15 +192,15 @@ def gemv(
 ) -> tuple[torch.Tensor | SplitSums, torch.Tensor | None]:
     """x (M, K) or its slices, weight (N, K) ((2 N, K) with swiglu), bias (N,) ->
     (y, s): y = f(norm(x) weight^T + bias) (M, N) in the model dtype, or with split_k > 1 its
-    SplitSums (bias and SwiGLU need split_k 1); s = x + norm.residual (x itself without a
-    residual), None without a norm."""
+    SplitSums (the bias in the first slice; SwiGLU needs split_k 1); s = x + norm.residual (x
+    itself without a residual), None without a norm."""
     if not runs_kernel(weight):
         return gemv_ref(x, weight, bias, norm, swiglu, split_k)
     parts = x.parts if isinstance(x, SplitSums) else x[None]  # (X_SPLITS, M, K)
     _, M, K = parts.shape
     N = weight.shape[0] // (2 if swiglu else 1)
     assert parts.stride(2) == 1 and weight.stride(1) == 1 and weight.shape[1] == K
-    assert split_k == 1 or (bias is None and not swiglu), "slices take no epilogue"
+    assert split_k == 1 or not swiglu, "SwiGLU needs the whole product"
     tiles = tiles or choose_tiles(N, weight.device)
     dtype = weight.dtype
     k_per_split, splits = _slices(K, tiles.block_k, split_k)
@@ -297,6 +294,7 @@ def gemv_ref(
     if norm is not None:
         x, s = add_rmsnorm_ref(x, norm.residual, norm.weight, norm.eps)
     if split_k > 1:  # one slice: the whole product in fp32
-        return SplitSums(F.linear(x.float(), weight.float())[None], x.dtype), s
+        b = bias.float() if bias is not None else None
+        return SplitSums(F.linear(x.float(), weight.float(), b)[None], x.dtype), s
     y = F.linear(x, weight, bias)
     return (swiglu_ref(y) if swiglu else y), s

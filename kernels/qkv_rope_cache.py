@@ -17,19 +17,23 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_support import runs_kernel
+from kernels.triton_support import load_total, runs_kernel
 from realtime.model import apply_rope
 
 
 @triton.jit
-def rope(head_ptr, d, mask, cos_ptr, sin_ptr, HS: tl.constexpr):
-    """RoPE of the heads at head_ptr (each hs long) at one position, whose cos and sin rows are
-    at cos_ptr and sin_ptr: fp32, not rounded. d: the offsets within a head, broadcast
-    against head_ptr; mask: which of them are loaded. The rotated half is a second, permuted
-    load of the same (cached) row."""
-    x = tl.load(head_ptr + d, mask=mask, other=0.0).to(tl.float32)
+def rope(
+    head_ptr, d, mask, cos_ptr, sin_ptr, stride_split,
+    HS: tl.constexpr, SPLITS: tl.constexpr, DTYPE: tl.constexpr,
+):  # fmt: skip
+    """RoPE of the heads at head_ptr (each hs long; the sum of SPLITS fp32 slices rounded to
+    DTYPE, or one tensor in DTYPE) at one position, whose cos and sin rows are at cos_ptr and
+    sin_ptr: fp32, not rounded. d: the offsets within a head, broadcast against head_ptr;
+    mask: which of them are loaded. The rotated half is a second, permuted load of the same
+    (cached) row."""
+    x = load_total(head_ptr, d, mask, stride_split, SPLITS, DTYPE)
     half = HS // 2
-    x_rot = tl.load(head_ptr + (d + half) % HS, mask=mask, other=0.0).to(tl.float32)
+    x_rot = load_total(head_ptr, (d + half) % HS, mask, stride_split, SPLITS, DTYPE)
     x_rot = tl.where(d < half, -x_rot, x_rot)
     cos = tl.load(cos_ptr + d, mask=d < HS, other=0.0).to(tl.float32)
     sin = tl.load(sin_ptr + d, mask=d < HS, other=0.0).to(tl.float32)
@@ -55,7 +59,8 @@ def _qkv_rope_cache_kernel(
     head = qkv_ptr + b * stride_qkv_b + t * stride_qkv_t + (g * (Q_PER_KV + 2) + j) * HS
     pos = tl.load(pos_ptr + b * stride_pos_b + t * stride_pos_t).to(tl.int64)
     x = tl.load(head + d, mask=tile, other=0.0).to(tl.float32)  # (BLOCK_J, BLOCK_D)
-    roped = rope(head, d, tile, cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p, HS)
+    cos, sin = cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p
+    roped = rope(head, d, tile, cos, sin, 0, HS, 1, qkv_ptr.dtype.element_ty)
 
     q_dst = q_ptr + b * stride_q_b + (g * Q_PER_KV + j) * stride_q_h + t * stride_q_t + d
     tl.store(q_dst, roped.to(q_ptr.dtype.element_ty), mask=tile & (j < Q_PER_KV))

@@ -44,6 +44,16 @@ def round_to(x, DTYPE: tl.constexpr):
     return y
 
 
+@triton.jit
+def load_total(ptr, offs, mask, stride_split, SPLITS: tl.constexpr, DTYPE: tl.constexpr):
+    """A product's values at offs, fp32: the sum of its SPLITS slices (stride_split apart; one
+    for a plain tensor) rounded to DTYPE, as kernels/gemv.py's SplitSums defines them."""
+    x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for i in tl.static_range(1, SPLITS):
+        x += tl.load(ptr + i * stride_split + offs, mask=mask, other=0.0).to(tl.float32)
+    return round_to(x, DTYPE)
+
+
 def dot_dtype(dtype: torch.dtype) -> tl.dtype:
     """Operand dtype for a kernel's tl.dot: the model's 16-bit dtype on a GPU (its products are
     exact in the fp32 accumulator, on tensor cores), fp32 for fp32 inputs and under the

@@ -14,7 +14,7 @@ two kinds (`products=`):
 - "cublas": torch's F.linear, everything between them ours (as drawn above);
 - "fused": ours (kernels/gemv.py), with the ops around them folded in, 6 launches a block:
 
-    [gemv(norm_1 + qkv + bias) ─► decode_attention_qkv (2 launches)
+    [gemv(norm_1 + qkv + bias, split over K) ─► decode_attention_qkv (2 launches)
         ─► gemv(attn.proj, split over K) ─► gemv(norm_2 + fc_1|fc_2 + swiglu)
         ─► gemv(mlp.proj, split over K)] x n_layer
 
@@ -111,7 +111,10 @@ class KernelStep:
         self.lm, self.cache, self.max_rows, self.pad_slot = lm, cache, max_rows, pad_slot
         self.products = products
         dev, R, cfg = cache.k.device, max_rows, lm.cfg
-        # slices over K of the fused step's two projections (attention's, the MLP's)
+        # slices over K of the fused step's products that are too narrow to fill the GPU:
+        # qkv's (the attention sums them), the attention's and the MLP's projections
+        qkv_width = (cfg.n_head + 2 * cfg.n_query_groups) * cfg.head_size
+        self.split_qkv = split_for(cfg.n_embd, qkv_width, dev)
         self.split_attn = split_for(cfg.n_head * cfg.head_size, cfg.n_embd, dev)
         self.split_mlp = split_for(cfg.intermediate_size, cfg.n_embd, dev)
 
@@ -194,20 +197,22 @@ class KernelStep:
         for layer, block in enumerate(self.lm.transformer.h):
             attn: Attention = block.attn
             qkv_w, qkv_b = attn.attn.weight, attn.attn.bias
-            qkv, residual = self._normed(x, residual, block.norm_1, qkv_w, qkv_b)
+            qkv, residual = self._normed(x, residual, block.norm_1, qkv_w, qkv_b,
+                                         split_k=self.split_qkv)  # fmt: skip
             out = self._attend(qkv, layer, slots, lengths)
             x, _ = gemv(out, attn.proj.weight, split_k=self.split_attn)
             h, residual = self._normed(x, residual, block.norm_2, block.mlp.fc_12, swiglu=True)
             x, _ = gemv(h, block.mlp.proj.weight, split_k=self.split_mlp)
         return x, residual
 
-    def _normed(self, x, residual, norm: RMSNorm, weight, bias=None, swiglu=False):
+    def _normed(self, x, residual, norm: RMSNorm, weight, bias=None, swiglu=False, split_k=1):
         """norm(x + residual), then the product -> (its output, x + residual)."""
         eps = self.lm.cfg.norm_eps
+        product = dict(bias=bias, swiglu=swiglu, split_k=split_k)
         if x.shape[0] <= NORM_IN_PRODUCT_ROWS:
-            return gemv(x, weight, bias, norm=Norm(norm.weight, residual, eps), swiglu=swiglu)
+            return gemv(x, weight, norm=Norm(norm.weight, residual, eps), **product)
         y, residual = add_rmsnorm(x, residual, norm.weight, eps)
-        return gemv(y, weight, bias, swiglu=swiglu)[0], residual
+        return gemv(y, weight, **product)[0], residual
 
     def _attend(self, qkv, layer: int, slots, lengths):
         """qkv (size, width) -> the attention's output (size, n_head * head_size), with the new

@@ -7,7 +7,7 @@ benchmarks/results/triton_gemv-<gpu>.json.
     python -m benchmarks.kernels.gemv [--dtype bf16] [--sweep] [--batches 1,4,8,32,64]
 
 The products, as realtime/kernel_step.py's fused step launches them:
-- qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias;
+- qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias, split over K;
 - attn_proj: W_o (896 x 896) over the attention's output, split over K;
 - fc_12: norm_2(the attention projection's slices + residual) then fc_1|fc_2 (9728 x 896)
   and SwiGLU;
@@ -49,13 +49,14 @@ def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
         return Norm(1 + 0.1 * randn(C), randn(rows, C), eps)
 
     size = torch.finfo(dtype).bits // 8
+    split_qkv = split_for(C, width, device)
     split_attn, split_mlp = split_for(C, C, device), split_for(hidden, C, device)
     slices = SplitSums(torch.randn(split_attn, rows, C, device=device), dtype)
     return {
         "qkv": (
             dict(x=randn(rows, C), weight=randn(width, C, scale=C**-0.5), bias=randn(width),
-                 norm=norm()),
-            (width * C + 3 * rows * C + rows * width) * size,
+                 norm=norm(), split_k=split_qkv),
+            (width * C + 3 * rows * C) * size + split_qkv * rows * width * 4,
         ),
         "attn_proj": (
             dict(x=randn(rows, C), weight=randn(C, C, scale=C**-0.5), split_k=split_attn),

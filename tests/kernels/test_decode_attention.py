@@ -91,6 +91,25 @@ def test_qkv_matches_ref(device, dtype, groups, q_per_kv, hs, lengths, split_len
     assert not torch.equal(k[new], k_before[new])  # written: k_ref's new rows, not what was
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qkv_from_slices(device, dtype):
+    """qkv handed over as a product split over K (fp32 slices, summed and rounded as they are
+    loaded) gives what its rounded total gives."""
+    from kernels.gemv import SplitSums
+
+    qkv, cos, sin, k, v, slots, lengths = make_qkv_case([5, 30, 17], 2, 2, 16, 48, dtype, device)
+    gen = torch.Generator().manual_seed(7)
+    parts = torch.randn(3, *qkv.shape, generator=gen).to(device)  # (3, B, width) fp32
+    sliced = SplitSums(parts, dtype)
+    k_ref, v_ref = k.clone(), v.clone()
+    got = decode_attention_qkv(sliced, cos, sin, k, v, 1, slots, lengths, split_len=16)
+    want = decode_attention_qkv_ref(sliced.total(), cos, sin, k_ref, v_ref, 1, slots, lengths)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, **TOL[dtype])
+    torch.testing.assert_close(k, k_ref, rtol=2**-7 if dtype != torch.float32 else 1e-6, atol=0)
+    assert torch.equal(v, v_ref)  # the slices' sum, rounded as SplitSums.total rounds it
+
+
 def test_qkv_is_rope_cache_then_attention(device):
     """decode_attention_qkv equals its two steps run as launches of their own, in fp32, where
     both compute the same thing: qkv_rope_cache's kernel, then decode_attention's."""

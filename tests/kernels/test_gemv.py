@@ -102,6 +102,24 @@ def test_split_over_k(device, dtype, k, split_k, slices):
         torch.testing.assert_close(y, want_y, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", [False, True])
+def test_split_with_bias(device, dtype, norm):
+    """The bias goes into the first slice: the slices' sum is the product plus the bias, as the
+    qkv product hands it to the attention."""
+    m, k, n = 3, 96, 40
+    x = randn(m, k, dtype=dtype, device=device, seed=11)
+    w = randn(n, k, dtype=dtype, device=device, seed=12, scale=k**-0.5)
+    b = randn(n, dtype=dtype, device=device, seed=13)
+    prologue = Norm(torch.ones(k, dtype=dtype, device=device), None, 1e-6) if norm else None
+    got, _ = gemv(x, w, b, norm=prologue, split_k=3, tiles=SMALL)
+    assert got.parts.shape == (3, m, n)
+    want = gemv_ref(x, w, b, norm=prologue, split_k=3)[0]
+    close(got, want, dtype)
+    unsplit = gemv_ref(x, w, b, norm=prologue)[0]  # the model's product, rounded once
+    torch.testing.assert_close(want.total(), unsplit, **TOL[dtype])
+
+
 def test_split_for_fills_the_sms():
     cpu = torch.device("cpu")  # 132 SMs assumed off a GPU: 264 programs wanted
     assert split_for(896, 896, cpu) == 5  # 56 column blocks of 16 x 5 slices of 3 K tiles of 64

@@ -6,11 +6,14 @@ float32 is compared token for token (with the reference implementation's goldens
 within its rounding.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from kernels import gemv
 from kernels.head_argmax import head_argmax_ref
 from realtime import checkpoint, events, kernel_step, tokens
 from realtime.config import STEP_PRODUCTS, DecodingOptions
@@ -40,19 +43,28 @@ def test_buckets():
 
 
 def use_products(name: str, monkeypatch) -> str:
-    """ "cublas", "fused" (norms in the products' prologue, as for a step of few rows) or
-    "fused-norms-apart" (norms before the products, as for a step of many) -> products=."""
+    """ "cublas", "fused" (norms in the products' prologue, as for a step of few rows),
+    "fused-norms-apart" (norms before the products, as for a step of many) or "fused-sliced"
+    (K tiles of 16, so that the tiny model's products split over K as the released model's do:
+    qkv's, attn.proj's and mlp.proj's into 4, 4 and 8 slices) -> products=."""
     if name == "fused-norms-apart":
         monkeypatch.setattr(kernel_step, "NORM_IN_PRODUCT_ROWS", 0)
-    return name.removesuffix("-norms-apart")
+    if name == "fused-sliced":
+        narrow = gemv.choose_tiles
+
+        def tiles(n, device):
+            return dataclasses.replace(narrow(n, device), block_k=16)
+
+        monkeypatch.setattr(gemv, "choose_tiles", tiles)
+    return name.removesuffix("-norms-apart").removesuffix("-sliced")
 
 
-@pytest.fixture(params=["cublas", "fused", "fused-norms-apart"])
+@pytest.fixture(params=["cublas", "fused", "fused-norms-apart", "fused-sliced"])
 def products(request, monkeypatch) -> str:
     return use_products(request.param, monkeypatch)
 
 
-@pytest.fixture(params=["fused", "fused-norms-apart"])
+@pytest.fixture(params=["fused", "fused-norms-apart", "fused-sliced"])
 def fused(request, monkeypatch) -> str:
     return use_products(request.param, monkeypatch)
 
@@ -115,6 +127,15 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype, products):
             row += len(item.slots)
     assert decoder.loads == 1
     assert torch.equal(cache.k[:, 2], untouched)
+
+
+def test_sliced_products_split_at_the_tiny_shapes(tiny_lm, monkeypatch):
+    """ "fused-sliced" splits what the released shapes split (else its tests test nothing)."""
+    lm = tiny_lm(torch.float32)
+    step = kernel_step.KernelStep(
+        lm, lm.new_cache(2), 1, 1, use_products("fused-sliced", monkeypatch)
+    )
+    assert (step.split_qkv, step.split_attn, step.split_mlp) == (4, 4, 8)
 
 
 def test_unknown_products_are_refused(tiny_lm):
