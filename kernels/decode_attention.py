@@ -151,8 +151,8 @@ def decode_attention(
     split_len: int = SPLIT_LEN,
 ) -> torch.Tensor:
     """q (B, n_head, hs), caches (n_layer, slots, groups, max_seq, hs), slots (B,), lengths (B,)
-    with 1 <= lengths <= max_length (default max_seq) -> out (B, n_head, hs) in the caches'
-    dtype (q's)."""
+    with 1 <= lengths <= max_length (default max_seq) -> out (B, n_head, hs) in q's dtype (the
+    caches')."""
     if not runs_kernel(q, k_cache):
         return decode_attention_ref(q, k_cache, v_cache, layer, slots, lengths)
     assert q.stride(2) == 1

@@ -78,11 +78,12 @@ class Norm:
 @dataclass(frozen=True)
 class Tiles:
     """Launch shape, chosen by `choose_tiles()` unless given (benchmarks/kernels/gemv.py sweeps
-    them). The defaults compile for sm_90 without spilling registers in every variant the
-    step launches (BLOCK_K 128 spills with the prologue summing slices); their speed is
-    unmeasured. num_stages: tiles of W each program has in flight, plus one. A GEMV is bound
-    by the bytes in flight: HBM's ~3.35 TB/s x ~0.7 us is ~18 KB per SM, where a program
-    with 2 stages keeps one 2 KB tile in flight and a launch gives an SM about 2 programs."""
+    them). Every variant the bf16 step launches compiles for sm_90 without spilling registers,
+    at these defaults and with BLOCK_K 128 (tests/kernels/compile_check.py, specialised as the
+    JIT specialises); which is faster is unmeasured. num_stages: tiles of W each program has
+    in flight, plus one. A GEMV is bound by the bytes in flight: HBM's ~3.35 TB/s x ~0.7 us
+    is ~18 KB per SM, where a program with 2 stages keeps one 2 KB tile in flight and a
+    launch gives an SM about 2 programs."""
 
     block_n: int = 16
     block_k: int = 64
