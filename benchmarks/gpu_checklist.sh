@@ -5,10 +5,11 @@
 # own time limit and the next one runs whatever the last one did; the log of all of them goes to
 # $OUT/log.txt (or ./gpu-checklist.log) and the results files they wrote to $OUT/results.tar.
 #
-#     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [vocoder] [kernels]
-#         [sweep] [sweep-batched] [NAME...]
+#     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [profile-pdl]
+#         [vocoder] [kernels] [sweep] [sweep-batched] [NAME...]
 #
-# With no parts named, all but the sweeps run. `decode` skips torch.compile (minutes of
+# With no parts named, all but the sweeps and profile-pdl run (the step's kernels launched as
+# programmatic dependents are timed by decode; profile-pdl lists them kernel by kernel). `decode` skips torch.compile (minutes of
 # compiling); `compile` is the same benchmark with it. `sweep` times kernels/gemv.py over its
 # launch shapes for 1 and 4 rows, `sweep-batched` for 8, 32 and 64 (what its defaults are set
 # from; minutes each, so one per device call). A NAME (e.g. head_argmax) runs that kernel's
@@ -48,6 +49,7 @@ for part in "${parts[@]}"; do
         decode) run 360 python3 -m benchmarks.decode_step --no-compile ;;
         compile) run 540 python3 -m benchmarks.decode_step ${COMPILE_ARGS:-} ;;
         profile) run 240 python3 -m benchmarks.step_profile ;;
+        profile-pdl) run 240 python3 -m benchmarks.step_profile --pdl ;;
         sweep) run 560 python3 -m benchmarks.kernels.gemv --sweep --batches 1,4 ;;
         sweep-batched) run 560 python3 -m benchmarks.kernels.gemv --sweep --batches 8,32,64 ;;
         vocoder) run 120 python3 -m benchmarks.vocoder_speed --device cuda ;;

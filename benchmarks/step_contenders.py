@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kernels.triton_support import interpreting, supports_dependent_launches
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
 from realtime.config import PRESETS, STEP_PRODUCTS, DecodingOptions
@@ -117,11 +118,18 @@ def static_step(lm: OmniLM, k_cache, v_cache, ids, positions, slots, length: int
 
 
 def kernel_step(
-    lm: OmniLM, cache: KVCache, ids, positions, slots, text_running: bool, products: str
+    lm: OmniLM,
+    cache: KVCache,
+    ids,
+    positions,
+    slots,
+    text_running: bool,
+    products: str,
+    pdl: bool = False,
 ):
     """A KernelStep whose rows stay at their positions (advance 0) and keep their text on."""
     batch = ids.shape[0]
-    step = KernelStep(lm, cache, batch, pad_slot=batch, products=products)
+    step = KernelStep(lm, cache, batch, pad_slot=batch, products=products, pdl=pdl)
     step.ids.copy_(ids)
     step.positions.copy_(positions)
     step.slots.copy_(slots)
@@ -162,9 +170,15 @@ def time_contenders(
             out["compiled"] = wall_ms(lambda: fn(*args), steps, sync)
             if cuda:  # its launches captured in a CUDA graph too: the best torch can do
                 out["compiled+graph"] = graph_ms(lambda: fn(*args), steps)
-        for products in STEP_PRODUCTS:  # "kernels", "graph", ...: cuBLAS's; "...[fused]": ours
-            step = kernel_step(lm, cache, ids, positions, slots, text_running, products)
-            tag = "" if products == "cublas" else f"[{products}]"
+        # "kernels", "graph", ...: on cuBLAS's products; "...[fused]": ours; "...[+pdl]",
+        # "...[fused+pdl]": launched as programmatic dependents (where the GPU can; a dry run
+        # under the interpreter goes through the motions)
+        dependents = supports_dependent_launches(cache.k.device) or interpreting()
+        pdl = [False, True] if dependents else [False]
+        for products, dependent in [(p, d) for d in pdl for p in STEP_PRODUCTS]:
+            step = kernel_step(lm, cache, ids, positions, slots, text_running, products, dependent)
+            tag = ("" if products == "cublas" else products) + ("+pdl" if dependent else "")
+            tag = f"[{tag}]" if tag else ""
             out |= {name + tag: ms for name, ms in time_kernel_step(step, steps, sync).items()}
     contenders = {
         name: {"ms": ms, "GB_per_s": None if ms is None else nbytes / ms / 1e6}

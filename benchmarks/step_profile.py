@@ -3,7 +3,8 @@ phase: the guide for tuning benchmarks/decode_step.py's numbers.
 
 - per kernel: the kernel step's launches at each batch size under torch.profiler (device time
   per launch, launches per step), the sum of device time against the CUDA graph's replay time
-  (the difference is the gaps between kernels);
+  (the difference is the gaps between kernels; with --pdl, kernels that overlap make it
+  smaller, or negative);
 - per phase: a 2 s utterance's prefill, first pick, each decode step and each vocoder call up
   to the first audio sample, synchronised one by one.
 
@@ -34,9 +35,9 @@ from realtime.vocoder import VocoderStream
 STEPS = 20
 
 
-def kernels_of_step(lm, batch: int, context: int, top: int, products: str) -> None:
+def kernels_of_step(lm, batch: int, context: int, top: int, products: str, pdl: bool) -> None:
     cache, ids, positions, slots = sc.step_inputs(lm, batch, context)
-    step = sc.kernel_step(lm, cache, ids, positions, slots, True, products)
+    step = sc.kernel_step(lm, cache, ids, positions, slots, True, products, pdl)
     with torch.inference_mode():
         graphs = StepGraphs(step, [batch])
         replay = sc.wall_ms(lambda: graphs.replay(batch, False), 200, torch.cuda.synchronize)
@@ -56,7 +57,8 @@ def kernels_of_step(lm, batch: int, context: int, top: int, products: str) -> No
     launches = sum(n for n, _ in per_kernel.values()) / STEPS
     device_ms = sum(t for _, t in per_kernel.values()) / STEPS / 1e3
     print(
-        f"\nbatch {batch}, {products} products: {launches:.0f} launches/step, "
+        f"\nbatch {batch}, {products} products{' as dependents' if pdl else ''}: "
+        f"{launches:.0f} launches/step, "
         f"{device_ms:.3f} ms of kernels/step, "
         f"graph replay {replay:.3f} ms/step (gaps {replay - device_ms:.3f} ms)"
     )
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--top", type=int, default=14, help="kernels listed per batch")
     parser.add_argument("--products", default=",".join(STEP_PRODUCTS), help="the steps' products")
+    parser.add_argument("--pdl", action="store_true", help="launch as programmatic dependents")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("step_profile needs a CUDA GPU")
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = sc.load_runtime(args.model, torch.device("cuda"), "mini-omni")
     for products in args.products.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            kernels_of_step(runtime.lm, batch, args.context, args.top, products)
+            kernels_of_step(runtime.lm, batch, args.context, args.top, products, args.pdl)
     phases_of_end_of_turn(runtime)
     return 0
 

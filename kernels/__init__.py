@@ -20,6 +20,9 @@ and the cache write inside the attention) took one launch a block out of both pr
 were written after that run and are not yet timed: `benchmarks/gpu_checklist.sh sweep decode`
 sets gemv's launch shapes and decides whether it becomes the default. Then tune head_argmax's
 blocks and decode_attention's split length with their benchmarks.
+Launched within `triton_support.dependent_launches()` (KernelStep(pdl=True), sm_90+) every
+kernel starts as a programmatic dependent of the launch before it, and gemv prefetches its
+weights into L2 while it waits: also untimed (decode_step's `[+pdl]` contenders).
 `bash benchmarks/gpu_checklist.sh` runs the tests and every benchmark on a GPU in one command.
 """
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels.gemv import SplitSums
-from kernels.triton_support import round_to, runs_kernel
+from kernels.triton_support import handoff, launch_options, round_to, runs_kernel
 
 
 @triton.jit
@@ -25,7 +25,9 @@ def _add_rmsnorm_kernel(
     C, eps,
     stride_x_split, stride_x_row, stride_r_row, stride_y_row, stride_s_row,
     X_SPLITS: tl.constexpr, SUMMED: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK_C: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     in_row = cols < C
@@ -75,6 +77,7 @@ def add_rmsnorm(
         X_SPLITS=parts.shape[0], SUMMED=isinstance(x, SplitSums), HAS_RESIDUAL=has_residual,
         BLOCK_C=triton.next_power_of_2(C),
         num_warps=4 if C <= 2048 else 8,
+        **launch_options(),
     )  # fmt: skip
     return y.view(x.shape), s.view(x.shape)
 

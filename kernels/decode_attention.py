@@ -28,7 +28,14 @@ import triton.language as tl
 
 from kernels.gemv import SplitSums
 from kernels.qkv_rope_cache import qkv_rope_cache_ref, rope
-from kernels.triton_support import dot_dtype, load_total, round_to, runs_kernel
+from kernels.triton_support import (
+    dot_dtype,
+    handoff,
+    launch_options,
+    load_total,
+    round_to,
+    runs_kernel,
+)
 
 SPLIT_LEN = 128  # keys per stage-1 program: 16 splits of a 2048-position cache
 BLOCK_N = 64  # keys per loop iteration
@@ -44,8 +51,9 @@ def _decode_attention_kernel(
     stride_mid_b, stride_mid_h, stride_mid_split,
     Q_PER_KV: tl.constexpr, HS: tl.constexpr, SPLIT_LEN: tl.constexpr, DOT_DTYPE: tl.constexpr,
     ROPE: tl.constexpr, Q_SPLITS: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     b, g, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
@@ -126,7 +134,9 @@ def _decode_attention_reduce_kernel(
     stride_mid_b, stride_mid_h, stride_mid_split,
     stride_out_b, stride_out_h,
     SPLITS: tl.constexpr, HS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     b, h = tl.program_id(0), tl.program_id(1)
     sp = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
@@ -219,6 +229,7 @@ def _attention(
         ROPE=rope_tables is not None, Q_SPLITS=parts.shape[0],
         BLOCK_H=max(16, triton.next_power_of_2(n_head // groups)), BLOCK_N=block_n,
         BLOCK_D=block_d,
+        **launch_options(),
     )  # fmt: skip
     out = torch.empty(B, n_head, hs, device=k_cache.device, dtype=dtype)
     _decode_attention_reduce_kernel[(B, n_head)](
@@ -226,6 +237,7 @@ def _attention(
         mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
         out.stride(0), out.stride(1),
         SPLITS=splits, HS=hs, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
+        **launch_options(),
     )  # fmt: skip
     return out
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_support import round_to, runs_kernel
+from kernels.triton_support import handoff, launch_options, round_to, runs_kernel
 from realtime import tokens
 
 BLOCK_C = 256
@@ -29,8 +29,9 @@ def _embed_mean_kernel(
     stride_audio_row,
     stride_out_row,
     STREAMS: tl.constexpr, AUDIO_STREAMS: tl.constexpr,
-    HAS_AUDIO: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_AUDIO: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     row = tl.program_id(0)  # one (b, t) position
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     in_row = cols < C
@@ -88,6 +89,7 @@ def embed_mean(
         out.stride(0),
         STREAMS=tokens.STREAMS, AUDIO_STREAMS=tokens.AUDIO_LAYERS,
         HAS_AUDIO=has_audio, BLOCK_C=BLOCK_C,
+        **launch_options(),
     )  # fmt: skip
     return out.view(B, T, C)
 

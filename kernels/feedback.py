@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_support import runs_kernel
+from kernels.triton_support import handoff, launch_options, runs_kernel
 from realtime import tokens
 
 BLOCK_B = 16
@@ -36,8 +36,9 @@ def _feedback_kernel(
     stride_sampled_b, stride_next_b,
     AUDIO_LAYERS: tl.constexpr, TEXT_VOCAB: tl.constexpr, AUDIO_VOCAB: tl.constexpr,
     EOT: tl.constexpr, PAD_T: tl.constexpr, EOA: tl.constexpr, PAD_A: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
     s = tl.arange(0, BLOCK_S)[None, :]  # stream: audio layers, then the text
     in_b = rows < B
@@ -87,6 +88,7 @@ def feedback(
         AUDIO_VOCAB=tokens.AUDIO_LAYER_VOCAB,
         EOT=tokens.EOT, PAD_T=tokens.PAD_T, EOA=tokens.EOA, PAD_A=tokens.PAD_A,
         BLOCK_B=BLOCK_B, BLOCK_S=triton.next_power_of_2(tokens.STREAMS),
+        **launch_options(),
     )  # fmt: skip
     return next_ids, stop
 

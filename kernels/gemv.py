@@ -36,7 +36,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.triton_support import dot_dtype, load_total, round_to, runs_kernel
+from kernels.triton_support import (
+    dot_dtype,
+    handoff,
+    launch_options,
+    load_total,
+    prefetch_l2,
+    round_to,
+    runs_kernel,
+)
 
 MAX_BLOCK_M = 64  # rows of x per program; more rows take another tile (another pass over W)
 FMA_MAX_ROWS = 4  # up to this many rows no tl.dot (it would pad them to 16)
@@ -44,6 +52,7 @@ SMS_FALLBACK = 132  # the H100 SXM's, where the device cannot say (the interpret
 # Programs a launch aims to give each SM: a GEMV is bound by the loads it has in flight, and
 # one program's pipeline (num_stages tiles) is not enough to cover HBM's latency on its own.
 PROGRAMS_PER_SM = 2
+L2_LINE_BYTES = 128  # what one L2 prefetch brings in
 
 
 @dataclass(frozen=True)
@@ -127,12 +136,27 @@ def _gemv_kernel(
     WRITE_S: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    PDL: tl.constexpr, LINE: tl.constexpr, LINE_POINTS: tl.constexpr,
 ):  # fmt: skip
     pid_n, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dtype = w_ptr.dtype.element_ty  # the model's
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     in_m, in_n = rows < M, cols < N
+    k_start = split * k_per_split
+    k_end = tl.minimum(K, k_start + k_per_split)
+    w_rows = cols[:, None].to(tl.int64) * stride_w_n  # (BLOCK_N, 1)
+    if PDL:  # W never changes: its lines go to L2 while the launch before this one finishes
+        for k0 in range(k_start, k_end, BLOCK_K):
+            # points at most LINE apart from the tile's first element to its last: one in
+            # every line the tile touches, aligned or not
+            last = tl.minimum(k0 + BLOCK_K, k_end) - 1
+            ks = tl.minimum(k0 + tl.arange(0, LINE_POINTS) * LINE, last)
+            lines = w_ptr + w_rows + ks[None, :]  # (BLOCK_N, LINE_POINTS)
+            prefetch_l2(lines, in_n[:, None])
+            if SWIGLU:
+                prefetch_l2(lines + N * stride_w_n, in_n[:, None])
+    handoff(PDL)
 
     rstd = tl.full([BLOCK_M], 1.0, tl.float32)
     if NORM:  # first pass: each row's sum of squares over the whole of K
@@ -149,9 +173,6 @@ def _gemv_kernel(
             squares += tl.sum(s * s, axis=1)
         rstd = tl.math.rsqrt(squares / K + eps)
 
-    k_start = split * k_per_split
-    k_end = tl.minimum(K, k_start + k_per_split)
-    w_rows = cols[:, None].to(tl.int64) * stride_w_n  # (BLOCK_N, 1)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # SwiGLU's second half
     # NUM_STAGES - 1 tiles of W in flight ahead of the one being summed
@@ -212,6 +233,7 @@ def gemv(
     block_m = triton.next_power_of_2(M)
     block_m = min(MAX_BLOCK_M, max(16, block_m)) if use_dot else min(FMA_MAX_ROWS, block_m)
     grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(M, block_m), splits)
+    line = max(1, L2_LINE_BYTES // weight.element_size())  # W's elements a cache line holds
     g = norm.weight if norm is not None else weight
     _gemv_kernel[grid](
         parts, r, g, weight, bias if bias is not None else weight, y, s,
@@ -223,6 +245,8 @@ def gemv(
         HAS_BIAS=bias is not None, SWIGLU=swiglu, USE_DOT=use_dot, DOT_DTYPE=dot_dtype(dtype),
         BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        LINE=line, LINE_POINTS=triton.next_power_of_2(triton.cdiv(tiles.block_k - 1, line) + 1),
+        **launch_options(),
     )  # fmt: skip
     out = SplitSums(y, dtype) if split_k > 1 else y[0]
     return out, (s if norm is not None else None)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.triton_support import dot_dtype, round_to, runs_kernel
+from kernels.triton_support import dot_dtype, handoff, launch_options, round_to, runs_kernel
 from realtime import tokens
 
 BLOCK_V = 64  # table rows per program: 2830 programs at the released vocab
@@ -41,8 +41,9 @@ def _head_argmax_kernel(
     TEXT_V: tl.constexpr, AUDIO_V: tl.constexpr,
     TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr,
-    WRITE_LOGITS: tl.constexpr,
+    WRITE_LOGITS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     pid = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) rows of h
     is_text = pid < TEXT_BLOCKS
@@ -86,8 +87,9 @@ def _head_argmax_reduce_kernel(
     part_val_ptr, part_idx_ptr, skip_ptr, ids_ptr,
     stride_part_b, stride_ids_b,
     AUDIO_LAYERS: tl.constexpr, TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr,
-    TEXT_FILL: tl.constexpr, BLOCK_P: tl.constexpr,
+    TEXT_FILL: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     b, r = tl.program_id(0), tl.program_id(1)  # r: audio layer 0..6, then 7 for the text
     is_text = r == AUDIO_LAYERS
     first = tl.where(is_text, 0, TEXT_BLOCKS + r * AUDIO_BLOCKS)
@@ -186,6 +188,7 @@ def head_partials(
         TEXT_BLOCKS=layout.text_blocks, AUDIO_BLOCKS=layout.audio_blocks,
         DOT_DTYPE=dot_dtype(h.dtype), BLOCK_B=block_b, BLOCK_V=layout.block_v,
         BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)), WRITE_LOGITS=write,
+        **launch_options(),
     )  # fmt: skip
     return part_val, part_idx
 
@@ -202,6 +205,7 @@ def head_reduce(
         AUDIO_LAYERS=layout.audio_layers, TEXT_BLOCKS=layout.text_blocks,
         AUDIO_BLOCKS=layout.audio_blocks, TEXT_FILL=tokens.PAD_T,
         BLOCK_P=min(1024, triton.next_power_of_2(layout.text_blocks)),
+        **launch_options(),
     )  # fmt: skip
     return ids
 

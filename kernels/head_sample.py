@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels.head_argmax import BLOCK_V, HeadLayout, head_argmax_ref, head_partials, head_reduce
-from kernels.triton_support import runs_kernel
+from kernels.triton_support import handoff, launch_options, runs_kernel
 from realtime import tokens
 from realtime.config import DecodingOptions
 from realtime.sampling import UNIFORM_BITS, sample
@@ -113,8 +113,9 @@ def _head_sample_kernel(
     stride_part_b, stride_l_b, stride_ids_b,
     TEXT_V: tl.constexpr, AUDIO_V: tl.constexpr, AUDIO_LAYERS: tl.constexpr,
     TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCKS_TILE: tl.constexpr, K: tl.constexpr,
+    BLOCKS_TILE: tl.constexpr, K: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     b, r = tl.program_id(0), tl.program_id(1)  # r: audio layer 0..6, then 7 for the text
     is_text = r == AUDIO_LAYERS
     idle = tl.load(sampling_ptr + b) == 0
@@ -187,6 +188,7 @@ def head_sample(
         TEXT_BLOCKS=layout.text_blocks, AUDIO_BLOCKS=layout.audio_blocks, BLOCK_V=block_v,
         BLOCKS_TILE=max(TOP_K_MAX, triton.next_power_of_2(layout.text_blocks)), K=TOP_K_MAX,
         num_warps=8,
+        **launch_options(),
     )  # fmt: skip
     return ids
 

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_support import load_total, runs_kernel
+from kernels.triton_support import handoff, launch_options, load_total, runs_kernel
 from realtime.model import apply_rope
 
 
@@ -50,7 +50,9 @@ def _qkv_rope_cache_kernel(
     stride_q_b, stride_q_h, stride_q_t,
     stride_cache_s, stride_cache_g, stride_cache_p,
     Q_PER_KV: tl.constexpr, HS: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     b, t = tl.program_id(0) // T, tl.program_id(0) % T
     g = tl.program_id(1)
     j = tl.arange(0, BLOCK_J)[:, None]  # head within the group: q_per_kv queries, k, v
@@ -108,6 +110,7 @@ def qkv_rope_cache(
         k_layer.stride(0), k_layer.stride(1), k_layer.stride(2),
         Q_PER_KV=q_per_kv, HS=hs,
         BLOCK_J=triton.next_power_of_2(q_per_kv + 2), BLOCK_D=triton.next_power_of_2(hs),
+        **launch_options(),
     )  # fmt: skip
     return q
 

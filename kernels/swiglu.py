@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.triton_support import round_to, runs_kernel
+from kernels.triton_support import handoff, launch_options, round_to, runs_kernel
 
 BLOCK = 1024
 
@@ -23,8 +23,9 @@ def _swiglu_kernel(
     x_ptr, y_ptr,
     n_hidden,
     stride_x_row, stride_y_row,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    handoff(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_row = cols < n_hidden
@@ -45,7 +46,13 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
     assert x2.stride(1) == 1
     y = torch.empty(x2.shape[0], n_hidden, device=x.device, dtype=x.dtype)
     _swiglu_kernel[(x2.shape[0], triton.cdiv(n_hidden, BLOCK))](
-        x2, y, n_hidden, x2.stride(0), y.stride(0), BLOCK=BLOCK
+        x2,
+        y,
+        n_hidden,
+        x2.stride(0),
+        y.stride(0),
+        BLOCK=BLOCK,
+        **launch_options(),
     )
     return y.view(*x.shape[:-1], n_hidden)
 

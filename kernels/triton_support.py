@@ -1,17 +1,32 @@
-"""What the Triton decode kernels share: when a launcher runs its kernel, and exact rounding.
+"""What the Triton decode kernels share: when a launcher runs its kernel, how it launches it,
+and exact rounding.
 
 A launcher runs its kernel for CUDA tensors, or for any tensors under Triton's interpreter
 (TRITON_INTERPRET=1, how the tests run on a CPU); otherwise it returns its torch reference, so
 the model keeps working on a machine without a GPU (REALTIME_TORCH_ONLY=1 forces that).
+
+Within `dependent_launches()` (sm_90 and later) every launcher launches its kernel as a
+programmatic dependent of the launch before it (PDL): the GPU starts its programs while that
+launch's last programs still run, instead of after the whole grid has drained. Each kernel
+begins with `handoff(PDL)`, which waits for the earlier launch's writes before anything reads
+them and then lets the next launch start in turn; what a kernel does before it must not read
+anything an earlier launch writes (gemv prefetches its weights into L2 there). The decode step
+is a chain of ~150 short launches, so the gaps between them are a good part of its time.
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels import torch_only
+
+_dependent: ContextVar[bool] = ContextVar("dependent_launches", default=False)
 
 
 def interpreting() -> bool:
@@ -24,6 +39,50 @@ def runs_kernel(*tensors: torch.Tensor) -> bool:
     if torch_only():
         return False
     return interpreting() or all(t.is_cuda for t in tensors)
+
+
+@contextmanager
+def dependent_launches(enabled: bool = True) -> Iterator[None]:
+    """Launch the kernels run within as programmatic dependents (see above); a no-op when not
+    `enabled` and under the interpreter (which runs one program at a time anyway). Needs a GPU
+    of compute capability 9.0 or later: `supports_dependent_launches()`."""
+    token = _dependent.set(enabled and not interpreting())
+    try:
+        yield
+    finally:
+        _dependent.reset(token)
+
+
+def launch_options() -> dict:
+    """A launcher's keywords for its kernel: the PDL constexpr every kernel takes, and whether
+    Triton launches it as a programmatic dependent."""
+    pdl = _dependent.get()
+    return {"PDL": pdl, "launch_pdl": pdl}
+
+
+def supports_dependent_launches(device: torch.device) -> bool:
+    """Whether `device` can launch programmatic dependents (a CUDA GPU of sm_90 or later)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+@triton.jit
+def handoff(PDL: tl.constexpr):
+    """A kernel's first step when launched as a programmatic dependent: wait until the launch
+    before it has finished and its writes are visible, then let the launch after it start its
+    programs (which wait here in turn, so each launch runs at most one ahead)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptrs, mask):
+    """Ask L2 to fetch the lines holding `ptrs` where `mask`, without waiting for them (PTX
+    prefetch.global.L2, one per element: point at one element of each 128-byte line)."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $1, 0; @p prefetch.global.L2 [$2]; mov.u32 $0, 0; }",
+        "=r,r,l", [mask.to(tl.int32), ptrs], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
 
 
 @triton.jit

@@ -110,6 +110,12 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
         help="the GPU decode step's products: cuBLAS's, or ours with the norms and SwiGLU "
         "fused in (see benchmarks/kernels/gemv.py for how they compare)",
     )
+    p.add_argument(
+        "--pdl",
+        action="store_true",
+        help="launch the GPU decode step's kernels as programmatic dependents, each starting "
+        "while the one before it finishes (H100 and later; benchmarks/decode_step.py times it)",
+    )
     p.add_argument("--token", help="callers must present it (the page reads it from #token=)")
     p.add_argument("--tls-cert", type=Path, help="serve HTTPS (a phone's mic needs it)")
     p.add_argument("--tls-key", type=Path)
@@ -256,6 +262,7 @@ def _server_options(args: argparse.Namespace):
         token=args.token,
         max_sessions=args.max_sessions,
         step_products=args.step_products,
+        pdl=args.pdl,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         call=call,

@@ -42,6 +42,9 @@ class EngineOptions:
     # The kernel step's products: "cublas" (torch's F.linear) or "fused" (kernels/gemv.py, with
     # the norms, SwiGLU and the projections' reduction folded in; see realtime/kernel_step.py)
     step_products: str = "cublas"
+    # Launch the kernel step's kernels as programmatic dependents (sm_90+; see
+    # kernels/triton_support.py): each starts while the one before it drains
+    pdl: bool = False
 
 
 class EngineBusy(Exception):
@@ -92,7 +95,7 @@ class Engine:
 
             self.decoder = KernelDecoder(
                 runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,
-                products=options.step_products,
+                products=options.step_products, pdl=options.pdl,
             )  # fmt: skip
         self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close
         self._sessions: dict[int, Session] = {}  # built on the inference thread
@@ -147,8 +150,9 @@ class Engine:
             return f"torch on {self.cache.k.device}"
         graphed = self.decoder.graphs is not None
         sizes = ", ".join(map(str, self.decoder.sizes))
-        products = self.decoder.step.products
-        return f"Triton kernels ({products} products) on {self.cache.k.device}, " + (
+        step = self.decoder.step
+        products = f"{step.products} products" + (", dependent launches" if step.pdl else "")
+        return f"Triton kernels ({products}) on {self.cache.k.device}, " + (
             f"CUDA graphs for batch sizes {sizes}" if graphed else "launched eagerly"
         )
 

@@ -29,6 +29,12 @@ sample with top_k <= TOP_K_MAX are drawn on the device (each step is captured tw
 only, and with head_sample's draw); a request with no top_k (or a larger one) is sampled on the
 host from the step's hidden states, and its batch reloads every step.
 
+With `pdl=True` (sm_90 and later) every kernel of the step is launched as a programmatic
+dependent of the one before it (kernels/triton_support.py's `dependent_launches`): its
+programs start while that launch drains, and the products fetch their weights into L2 while
+they wait for its writes. Stream capture keeps this in the graphs as programmatic edges
+(CUDA 12.3 and later).
+
 Used on CUDA (or anywhere under TRITON_INTERPRET=1, which is how the tests run it on a CPU);
 REALTIME_TORCH_ONLY=1 keeps the plain torch step everywhere.
 """
@@ -46,7 +52,11 @@ from kernels.gemv import Norm, gemv, split_for
 from kernels.head_argmax import head_argmax
 from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
 from kernels.swiglu import swiglu
-from kernels.triton_support import interpreting
+from kernels.triton_support import (
+    dependent_launches,
+    interpreting,
+    supports_dependent_launches,
+)
 from realtime import tokens
 from realtime.config import STEP_PRODUCTS, DecodingOptions
 from realtime.cuda_graphs import capture
@@ -100,7 +110,13 @@ class KernelStep:
     """
 
     def __init__(
-        self, lm: OmniLM, cache: KVCache, max_rows: int, pad_slot: int, products: str = "cublas"
+        self,
+        lm: OmniLM,
+        cache: KVCache,
+        max_rows: int,
+        pad_slot: int,
+        products: str = "cublas",
+        pdl: bool = False,
     ) -> None:
         if any(block.mlp.fc_12 is None for block in lm.transformer.h):
             raise ValueError("the kernel step needs the model's SwiGLUs fused (OmniLM.fuse)")
@@ -108,8 +124,10 @@ class KernelStep:
             raise ValueError("the kernel step needs fp32 RoPE tables, as load_lm builds them")
         if products not in STEP_PRODUCTS:
             raise ValueError(f"products must be one of {STEP_PRODUCTS}, not {products!r}")
+        if pdl and cache.k.is_cuda and not supports_dependent_launches(cache.k.device):
+            raise ValueError("programmatic dependent launches (pdl) need a GPU of sm_90 or later")
         self.lm, self.cache, self.max_rows, self.pad_slot = lm, cache, max_rows, pad_slot
-        self.products = products
+        self.products, self.pdl = products, pdl
         dev, R, cfg = cache.k.device, max_rows, lm.cfg
         # slices over K of the fused step's products that are too narrow to fill the GPU:
         # qkv's (the attention sums them), the attention's and the MLP's projections
@@ -145,6 +163,10 @@ class KernelStep:
     def forward(self, size: int, sampling: bool = False) -> None:
         """One step of rows 0..size-1: reads the input buffers, writes the outputs, the caches
         and the next step's inputs. `sampling`: draw the `sampling` rows (else all are greedy)."""
+        with dependent_launches(self.pdl):
+            self._step(size, sampling)
+
+    def _step(self, size: int, sampling: bool) -> None:
         lm, cfg = self.lm, self.lm.cfg
         ids, positions, slots = self.ids[:size], self.positions[:size], self.slots[:size]
         lengths = positions + 1  # each row attends to its cache up to and including itself
@@ -319,14 +341,23 @@ class KernelDecoder:
         pad_slot: int,
         graphs: bool = True,
         products: str = "cublas",
+        pdl: bool = False,
     ) -> None:
         self.sizes = buckets(max_rows)
-        self.step = KernelStep(lm, cache, max_rows, pad_slot, products)
+        self.step = KernelStep(lm, cache, max_rows, pad_slot, products, pdl)
         self.graphs = None
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
         if graphs and cache.k.is_cuda:
             with torch.inference_mode():
-                self.graphs = StepGraphs(self.step, self.sizes)
+                try:
+                    self.graphs = StepGraphs(self.step, self.sizes)
+                except RuntimeError as exc:
+                    if not pdl:
+                        raise
+                    raise RuntimeError(  # e.g. a driver older than CUDA 12.3
+                        f"capturing the step with programmatic dependent launches failed: {exc};"
+                        " run without pdl (realtime serve without --pdl)"
+                    ) from exc
             self.prompts = PromptGraphs(lm, cache, pad_slot)
         self._last: list[tuple[Generation, int]] | None = None  # what the device holds
         self.loads = 0  # steps that needed the host's state (for tests and monitoring)

@@ -113,7 +113,7 @@ async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str],
     # On CUDA building the engine compiles the kernels and captures the step's graphs: off
     # the loop, though nothing is served yet.
     engine_options = EngineOptions(
-        max_sessions=options.max_sessions, step_products=options.step_products
+        max_sessions=options.max_sessions, step_products=options.step_products, pdl=options.pdl
     )
     engine = (await asyncio.to_thread(Engine, runtime, engine_options)).start()
     log.info("decode step: %s", engine.decode_path)

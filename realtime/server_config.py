@@ -49,6 +49,7 @@ class ServerOptions:
     token: str | None = None  # required on offers; mandatory beyond localhost
     max_sessions: int = 4
     step_products: str = "cublas"  # EngineOptions.step_products
+    pdl: bool = False  # EngineOptions.pdl
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_dir: Path = CLIENT_DIR

@@ -238,16 +238,20 @@ def test_threads_option_sets_torch_s_threads(tiny_dir):
         torch.set_num_threads(before)
 
 
-def test_serve_step_products_reach_the_engine(tiny_dir):
+def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir):
     from realtime.cli import _build_parser, _server_options
     from realtime.engine import Engine, EngineOptions
     from realtime.runtime import Runtime
 
     parse = _build_parser().parse_args
-    assert _server_options(parse(["serve"])).step_products == "cublas"
-    assert _server_options(parse(["serve", "--step-products", "fused"])).step_products == "fused"
+    default = _server_options(parse(["serve"]))
+    assert default.step_products == "cublas" and not default.pdl
+    chosen = _server_options(parse(["serve", "--step-products", "fused", "--pdl"]))
+    assert chosen.step_products == "fused" and chosen.pdl
     with pytest.raises(SystemExit):
         parse(["serve", "--step-products", "mkl"])
     runtime = Runtime.load(str(tiny_dir), offline=True)
-    engine = Engine(runtime, EngineOptions(max_sessions=1, kernels=True, step_products="fused"))
-    assert engine.decoder.step.products == "fused" and "fused products" in engine.decode_path
+    options = EngineOptions(max_sessions=1, kernels=True, step_products="fused", pdl=True)
+    engine = Engine(runtime, options)
+    assert engine.decoder.step.products == "fused" and engine.decoder.step.pdl
+    assert "fused products, dependent launches" in engine.decode_path

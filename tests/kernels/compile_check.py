@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,13 +36,16 @@ from realtime.model import rope_cache
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "launch_pdl")  # compile options, not arguments
+
+
 def capture_launches(run_launchers) -> list[tuple[JITFunction, dict, dict]]:
     """(kernel, arguments by name, launch options) of every launch run_launchers makes."""
     launches = []
 
     def intercept(self, *args, grid, warmup, **kwargs):
         bound = dict(zip(self.arg_names, args, strict=False))
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in LAUNCH_OPTIONS if k in kwargs}
         launches.append((self, {**bound, **kwargs}, options))
 
     original = JITFunction.run
@@ -138,10 +142,11 @@ def run_launchers(dtype: torch.dtype) -> None:
     mods["feedback"].feedback(empty(B, tokens.STREAMS, dt=torch.int64), *flags)
 
 
-def run_step(dtype: torch.dtype) -> None:
+def run_step(dtype: torch.dtype, pdl: bool = False) -> None:
     """realtime.kernel_step's whole decode step at the released shapes, on either products,
     once per batch-size bucket of a 32-session engine, on meta tensors (nothing is allocated
-    or computed): its launches carry the constexprs the engine really compiles."""
+    or computed): its launches carry the constexprs the engine really compiles. `pdl`: as
+    programmatic dependents (KernelStep(pdl=True), which a GPU of sm_90 or later takes)."""
     from realtime.kernel_step import KernelStep, buckets
     from realtime.model import OmniLM
 
@@ -154,7 +159,8 @@ def run_step(dtype: torch.dtype) -> None:
         lm.fuse()
         rows = 64
         for products in ("cublas", "fused"):
-            step = KernelStep(lm, lm.new_cache(rows + 1), rows, pad_slot=rows, products=products)
+            cache = lm.new_cache(rows + 1)
+            step = KernelStep(lm, cache, rows, pad_slot=rows, products=products, pdl=pdl)
             for size in buckets(rows):
                 step.forward(size, sampling=False)
                 step.forward(size, sampling=True)
@@ -184,8 +190,24 @@ def describe(kernel) -> str:
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
-    wide = re.search(r"cp\.async\.c[ag]\.shared\.global[^;]*, 0x10", kernel.asm["ptx"])
-    return f"regs={regs} stack={stack} cp16={'yes' if wide else 'no'}"
+    ptx = kernel.asm["ptx"]
+    wide = re.search(r"cp\.async\.c[ag]\.shared\.global[^;]*, 0x10", ptx)
+    return f"regs={regs} stack={stack} cp16={'yes' if wide else 'no'} {dependent_launch(ptx)}"
+
+
+def dependent_launch(ptx: str) -> str:
+    """How a kernel takes part in programmatic dependent launch, from its PTX: `pdl=` none
+    (no griddepcontrol), ordered (it waits for the launch before it ahead of its first global
+    load, store or copy, and lets the next launch start only after waiting) or early (some
+    access comes first: a race); `l2pf=` whether it prefetches into L2 before waiting."""
+    wait = ptx.find("griddepcontrol.wait")
+    if wait < 0:
+        return "pdl=none l2pf=no"
+    access = re.search(r"\b(ld|st|cp\.async|atom|red)(\.[a-z0-9:]+)*\.global", ptx)
+    launch = ptx.find("griddepcontrol.launch_dependents")
+    ordered = (access is None or wait < access.start()) and wait < launch
+    prefetch = 0 <= ptx.find("prefetch.global.L2") < wait
+    return f"pdl={'ordered' if ordered else 'early'} l2pf={'yes' if prefetch else 'no'}"
 
 
 def main() -> None:
@@ -194,8 +216,14 @@ def main() -> None:
     args = parser.parse_args()
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "unset TRITON_INTERPRET to compile"
     failed = 0
-    for what, runner in (("kernel", run_launchers), ("step", run_step)):
-        for dtype in (torch.bfloat16, torch.float32):
+    both = (torch.bfloat16, torch.float32)
+    runners = (  # the step launched as programmatic dependents: in the GPU engine's dtype
+        ("kernel", run_launchers, both),
+        ("step", run_step, both),
+        ("pdl", partial(run_step, pdl=True), (torch.bfloat16,)),
+    )
+    for what, runner, dtypes in runners:
+        for dtype in dtypes:
             launches = capture_launches(lambda dtype=dtype, runner=runner: runner(dtype))
             for fn, kernel_args, options in distinct(launches):
                 try:

@@ -53,3 +53,36 @@ def test_the_bf16_step_spills_nothing_and_streams_its_weights_16_bytes_wide(comp
     assert not spilled
     products = [facts for _, name, facts in step if name == "_gemv_kernel"]
     assert products and all(facts["cp16"] == "yes" for facts in products), products
+
+
+def test_the_step_as_dependent_launches_waits_before_it_reads(compiled):
+    """KernelStep(pdl=True): every kernel of the step, on either products, waits for the launch
+    before it ahead of its first global access and only then lets the next one start; the
+    products prefetch their weights into L2 before waiting. Without pdl nothing waits."""
+    plain = {name for what, dtype, name, _ in compiled if what == "step"}
+    pdl = [(name, facts) for what, _, name, facts in compiled if what == "pdl"]
+    assert {name for name, _ in pdl} == plain
+    assert all(facts["pdl"] == "ordered" for _, facts in pdl), pdl
+    assert all(facts["l2pf"] == "yes" for name, facts in pdl if name == "_gemv_kernel")
+    assert all(facts["stack"] == "0" for _, facts in pdl)
+    step = [facts for what, _, _, facts in compiled if what == "step"]
+    assert all(facts["pdl"] == "none" for facts in step)
+
+
+def test_dependent_launch_order_is_read_from_the_ptx():
+    """The check above can fail: a load ahead of the wait is a race, and so is letting the next
+    launch start before waiting."""
+    from tests.kernels.compile_check import dependent_launch
+
+    wait, go = "griddepcontrol.wait;", "griddepcontrol.launch_dependents;"
+    load, copy = (
+        "ld.global.nc.v4.b32 {%r1}, [%rd1];",
+        "cp.async.cg.shared.global [%r2], [%rd2], 16;",
+    )
+    prefetch = "@p prefetch.global.L2 [%rd3];"
+    assert dependent_launch("\n".join([load])) == "pdl=none l2pf=no"
+    assert dependent_launch("\n".join([prefetch, wait, go, load, copy])) == "pdl=ordered l2pf=yes"
+    assert dependent_launch("\n".join([wait, go, copy])) == "pdl=ordered l2pf=no"
+    assert dependent_launch("\n".join([load, wait, go])) == "pdl=early l2pf=no"
+    assert dependent_launch("\n".join([copy, wait, go])) == "pdl=early l2pf=no"
+    assert dependent_launch("\n".join([go, wait, load])) == "pdl=early l2pf=no"

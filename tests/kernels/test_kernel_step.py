@@ -255,13 +255,27 @@ def test_fused_greedy_tokens_equal_the_reference(device, runtimes, fused):
     ]
 
 
+def pdl_choices() -> list[bool]:
+    """Launching as programmatic dependents, where the GPU can: off, and on."""
+    from kernels.triton_support import supports_dependent_launches
+
+    cuda = torch.cuda.is_available()
+    return [False, True] if cuda and supports_dependent_launches(torch.device("cuda")) else [False]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("products", STEP_PRODUCTS)
-def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products):
+@pytest.mark.parametrize("pdl", [False, True], ids=["plain", "pdl"])
+def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products, pdl):
     """The captured step (the default on CUDA) against the torch path: fp32 tokens equal over
-    longer answers than the interpreter can afford, greedy and drawn on the device."""
+    longer answers than the interpreter can afford, greedy and drawn on the device; with its
+    kernels launched plainly and as programmatic dependents."""
+    if pdl not in pdl_choices():
+        pytest.skip("programmatic dependent launch needs a GPU of sm_90 or later")
     torch_rt, rt = runtimes
-    decoder = KernelDecoder(rt.lm, rt.cache, MAX_ROWS, pad_slot=MAX_ROWS, products=products)
+    decoder = KernelDecoder(
+        rt.lm, rt.cache, MAX_ROWS, pad_slot=MAX_ROWS, products=products, pdl=pdl
+    )
     assert decoder.graphs is not None
     sampling = DecodingOptions(temperature=0.9, top_k=40, top_p=0.95, seed=9, max_new_tokens=48)
     for case in PREFIXES:
@@ -276,12 +290,13 @@ def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products):
 @pytest.mark.gpu
 @pytest.mark.parametrize("products", STEP_PRODUCTS)
 def test_on_gpu_a_replay_equals_eager_launches(tiny_lm, products):
-    """bf16: the CUDA graph replays exactly the launches the eager step makes."""
+    """bf16: the CUDA graph replays exactly the launches the eager step makes, and launching
+    them as programmatic dependents changes no bit (a kernel reading before its wait would)."""
     lm = tiny_lm(torch.bfloat16, "cuda")
     results = []
-    for graphs in (False, True):
+    for graphs, pdl in [(graphs, pdl) for pdl in pdl_choices() for graphs in (False, True)]:
         cache = lm.new_cache(4, max_seq=256)
-        decoder = KernelDecoder(lm, cache, 3, pad_slot=3, graphs=graphs, products=products)
+        decoder = KernelDecoder(lm, cache, 3, pad_slot=3, graphs=graphs, products=products, pdl=pdl)
         assert (decoder.graphs is not None) == graphs
         batch = [StepRow(history(Task.A2A, 30, 4, seed=5), [0], GREEDY),
                  StepRow(history(Task.A2A_BATCH, 12, 2, seed=6), [1, 2], GREEDY)]  # fmt: skip
@@ -291,8 +306,9 @@ def test_on_gpu_a_replay_equals_eager_launches(tiny_lm, products):
                 for item, row in zip(batch, (0, 1), strict=True):
                     item.gen.accept(*picked(sampled[row], item.gen))
         results.append((hidden.clone(), cache.k.clone(), [item.gen.audio for item in batch]))
-    (h0, k0, a0), (h1, k1, a1) = results
-    assert torch.equal(h0, h1) and torch.equal(k0[:, :3], k1[:, :3]) and a0 == a1
+    (h0, k0, a0), *others = results
+    for h1, k1, a1 in others:
+        assert torch.equal(h0, h1) and torch.equal(k0[:, :3], k1[:, :3]) and a0 == a1
 
 
 def test_kernels_by_default_on_cuda_only_and_never_when_torch_only(monkeypatch):
