@@ -11,6 +11,7 @@ the batch after their prefill and leave when they finish or are cancelled, betwe
     gateway ◄──────────── sink(event) ───────┘  (events: text, audio, timings, errors)
 """
 
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from realtime import events, tokens
+from realtime.encoder import BLOCK_MS, encode_chunked
 from realtime.generate import decode_step
 from realtime.prompts import TASKS
 from realtime.runtime import MAX_ROWS, Runtime
@@ -29,7 +31,10 @@ from realtime.sampling import is_greedy, sample
 from realtime.session import Session, SessionError, SessionOptions, check_options
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
+ENCODER_WARMUP_SAMPLES = BLOCK_MS * tokens.INPUT_SAMPLE_RATE_HZ // 1000  # a block of silence
 STEP_LOG = 4096  # recent steps kept for benchmarks and monitoring
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,24 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self.steps = 0  # batched decode steps run
         self.step_log: deque[tuple[int, float]] = deque(maxlen=STEP_LOG)  # (rows, ms) per step
+        if self.decoder is not None and self.decoder.prompts is not None:
+            self._capture_ahead()
+
+    def _capture_ahead(self) -> None:
+        """On CUDA, do now what the first calls would otherwise wait for at their first end of
+        turn: capture every prompt bucket's graph and the vocoder's stream graphs, and run the
+        encoder once (CUDA's libraries set themselves up on first use)."""
+        began, rt = time.perf_counter(), self.runtime
+        rows = {spec.rows for spec in TASKS.values()}
+        prompts = self.decoder.prompts.capture_all(rows, rt.lm.lm_head.weight.dtype)
+        vocoder = rt.vocoder.capture_streams(self.options.max_sessions)
+        with torch.inference_mode():
+            encode_chunked(rt.whisper, np.zeros(ENCODER_WARMUP_SAMPLES, np.float32))
+        torch.cuda.synchronize(self.cache.k.device)
+        log.info(
+            "captured %d prompt and %d vocoder graphs and warmed the encoder in %.1f s",
+            prompts, vocoder, time.perf_counter() - began,
+        )  # fmt: skip
 
     # --- lifecycle (any thread) ---------------------------------------------------------------
 

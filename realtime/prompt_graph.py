@@ -13,6 +13,7 @@ So prompts run padded to a bucket length, one captured graph per (rows, bucket):
 The warm-up before each capture runs on the padding slot, which no request owns.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,8 @@ class _Graph:
 
 
 class PromptGraphs:
-    """`lm(x, positions, slots, cache)` for prompts, from graphs captured on first use."""
+    """`lm(x, positions, slots, cache)` for prompts, from graphs captured on first use (or
+    ahead of it, with `capture_all`)."""
 
     def __init__(self, lm: OmniLM, cache: KVCache, pad_slot: int) -> None:
         if not cache.k.is_cuda:
@@ -56,6 +58,15 @@ class PromptGraphs:
         graph.slots.copy_(slots)
         graph.graph.replay()
         return graph.hidden[:, :length]
+
+    def capture_all(self, rows: Iterable[int], dtype: torch.dtype) -> int:
+        """Capture now every bucket for prompts of each of `rows` (a request's rows), so that
+        no caller's end of turn waits for a capture -> how many were new."""
+        keys = [(r, b) for r in sorted(set(rows)) for b in BUCKETS if b <= self.cache.max_seq]
+        missing = [key for key in keys if key not in self.graphs]
+        for key in missing:
+            self._capture(*key, dtype)
+        return len(missing)
 
     def _capture(self, rows: int, bucket: int, dtype: torch.dtype) -> _Graph:
         device, channels = self.cache.k.device, self.lm.cfg.n_embd

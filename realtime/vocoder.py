@@ -213,7 +213,8 @@ class Vocoder:
     """Owns one SNAC model; decodes whole utterances and batches of streams.
 
     On a CUDA device, stream decoding replays CUDA graphs (one per batch size, frames per
-    chunk and whether the chunk needs masks at the utterance's start, captured on first use):
+    chunk and whether the chunk needs masks at the utterance's start; captured on first use,
+    or ahead of it with `capture_streams`):
     the decoder's ~400 small launches become one, the host's cost of a chunk its few copies.
     `graphs=False` keeps every call eager.
     """
@@ -311,14 +312,44 @@ class Vocoder:
             stream._pending = stream._pending[:0]
         return out
 
+    def graph_key(self, batch: int, frames: int, starts: list[int]) -> tuple[int, int, bool]:
+        """The graph that decodes a chunk of `frames` frames for `batch` streams at latent
+        steps `starts`: (batch size captured, frames, whether it needs masks)."""
+        size = next(b for b in GRAPH_BATCHES if b >= batch)
+        return size, frames, self.decoder.needs_masks(starts, ended=False)
+
+    def stream_shapes(self, max_streams: int) -> list[tuple[int, int, bool]]:
+        """The graph keys of the chunks streams send when each gets one frame per decode step,
+        as the engine's do: a stream's first chunk (the frames up to its first audio, from the
+        utterance's start), then one frame at a time; for every captured batch size up to
+        max_streams."""
+        first = self.first_audio_delay_frames
+        later = first * tokens.SNAC_STEPS_PER_FRAME  # the latent step of its second chunk
+        top = next((b for b in GRAPH_BATCHES if b >= max_streams), GRAPH_BATCHES[-1])
+        return [
+            self.graph_key(batch, frames, [start] * batch)
+            for batch in GRAPH_BATCHES
+            if batch <= top
+            for frames, start in ((first, 0), (1, later))
+        ]
+
+    def capture_streams(self, max_streams: int) -> int:
+        """Capture now the graphs `stream_shapes(max_streams)` names, so that no caller's first
+        audio waits for a capture -> how many were new (none without graphs)."""
+        if self.graphs is None:
+            return 0
+        missing = [key for key in self.stream_shapes(max_streams) if key not in self.graphs]
+        for key in missing:
+            self._capture(*key)
+        return len(missing)
+
     def _replay(
         self, frames: torch.Tensor, starts: list[int], states: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode of `frames` (B, P, 7) from the CUDA graph of its shape: (pcm (B, T), the
         streams' new states (B, state_size)), both views of the graph's buffers."""
-        batch, chunk = frames.shape[:2]
-        size = next(b for b in GRAPH_BATCHES if b >= batch)
-        key = (size, chunk, self.decoder.needs_masks(starts, ended=False))
+        batch = frames.shape[0]
+        key = self.graph_key(batch, frames.shape[1], starts)
         graph = self.graphs.get(key) or self._capture(*key)
         graph.frames[:batch].copy_(frames)
         graph.starts[:batch, 0].copy_(torch.tensor(starts), non_blocking=True)

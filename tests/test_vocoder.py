@@ -153,6 +153,35 @@ def test_frames_wait_for_the_first_audio_in_one_call(vocoder, monkeypatch):
     assert_matches_full(audio, vocoder.decode_full(frames[:-1]))
 
 
+def test_stream_shapes_name_every_chunk_an_engine_sends(vocoder, monkeypatch):
+    """What Vocoder.capture_streams captures at an engine's start: every chunk of streams
+    that get one frame per step (joining at different steps, some at the same one) comes
+    out in a shape it names, so no first audio waits for a capture."""
+    keys = []
+    decode = Vocoder._decode
+
+    def recording(self, streams, final):
+        if not final:
+            starts = [s.decoded * tokens.SNAC_STEPS_PER_FRAME for s in streams]
+            keys.append(self.graph_key(len(streams), len(streams[0]._pending), starts))
+        return decode(self, streams, final)
+
+    monkeypatch.setattr(Vocoder, "_decode", recording)
+    joins = [0, 0, 1, 4, 4, 9]  # the step each of 6 streams starts speaking at
+    streams = [VocoderStream() for _ in joins]
+    for step in range(16):
+        live = [s for s, join in zip(streams, joins, strict=True) if join <= step]
+        for stream in live:
+            stream.push(random_frames(1, seed=step))
+        vocoder.step(live)
+    shapes = vocoder.stream_shapes(len(streams))
+    assert set(keys) <= set(shapes) and len(set(keys)) >= 4
+    first = vocoder.first_audio_delay_frames
+    assert {(frames, masks) for _, frames, masks in shapes} == {(first, True), (1, False)}
+    assert {batch for batch, *_ in shapes} == {1, 2, 4, 8}  # up to 8 >= 6 streams
+    assert vocoder.capture_streams(6) == 0  # on a CPU there are no graphs to capture
+
+
 def test_repair_codes_uses_previous_valid_code_of_the_layer():
     frames = torch.tensor([[tokens.PAD_A, 5], [7, tokens.EOA], [-1, 9]])  # (N=3, 2 layers)
     repaired, replaced = repair_codes(frames, last_valid=torch.tensor([3, 4]))

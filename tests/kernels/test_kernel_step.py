@@ -240,6 +240,33 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
         engine.stop()
 
 
+@pytest.mark.gpu
+def test_on_gpu_the_engine_captures_before_its_first_caller(runtimes):
+    """Every graph the first calls need exists when the engine is built: their ends of turn
+    capture no prompt, their first audio no vocoder graph (captures are tens of ms each)."""
+    _, rt = runtimes
+    engine = Engine(rt, EngineOptions(max_sessions=3, kernels=True))
+    prompts, vocoder = engine.decoder.prompts.graphs, rt.vocoder.graphs
+    assert prompts and vocoder
+    before = (set(prompts), set(vocoder))
+    plan = [
+        (Task.A2A, clip("q_capital.wav", 1.5), DecodingOptions(max_new_tokens=24)),
+        (Task.A2A_BATCH, clip("q_weather.wav", 1.0), DecodingOptions(max_new_tokens=20)),
+        (Task.A2A, clip("mini_omni_sample_1.wav", 3.5), DecodingOptions(max_new_tokens=28)),
+    ]
+    engine.start()
+    try:
+        recorders = [Recorder() for _ in plan]
+        for (task, pcm, opts), rec in zip(plan, recorders, strict=True):
+            speak(engine.open_session(SessionOptions(task=task, decoding=opts), rec), pcm)
+        for rec in recorders:
+            rec.wait_for(events.Done)
+    finally:
+        engine.stop()
+    assert any(rec.of(events.FirstAudio) for rec in recorders)  # the vocoder's graphs ran
+    assert (set(prompts), set(vocoder)) == before
+
+
 def test_fused_greedy_tokens_equal_the_reference(device, runtimes, fused):
     """The step on our own products: still the reference implementation's tokens (an
     a2a-batch request: two rows, text and audio)."""
