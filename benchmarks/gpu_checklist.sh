@@ -45,7 +45,7 @@ run() {  # run LIMIT_S COMMAND...: one part, its output in the log, its status a
 
 for part in "${parts[@]}"; do
     case $part in
-        tests) run 240 python3 -m pytest -q $(python3 -c 'import xdist' 2>/dev/null && printf -- '-n 8') --timeout 120 tests/kernels ${PYTEST_ARGS:-} ;;
+        tests) run 420 python3 -m pytest -q $(python3 -c 'import xdist' 2>/dev/null && printf -- '-n 8') --timeout 120 tests/kernels ${PYTEST_ARGS:-} ;;
         decode) run 360 python3 -m benchmarks.decode_step --no-compile ;;
         compile) run 540 python3 -m benchmarks.decode_step ${COMPILE_ARGS:-} ;;
         profile) run 240 python3 -m benchmarks.step_profile ;;
