@@ -241,6 +241,7 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(300)  # compiles every step kernel if no earlier test in its worker did
 def test_on_gpu_the_engine_captures_before_its_first_caller(runtimes):
     """Every graph the first calls need exists when the engine is built: their ends of turn
     capture no prompt, their first audio no vocoder graph (captures are tens of ms each)."""
