@@ -46,14 +46,8 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
     assert x2.stride(1) == 1
     y = torch.empty(x2.shape[0], n_hidden, device=x.device, dtype=x.dtype)
     _swiglu_kernel[(x2.shape[0], triton.cdiv(n_hidden, BLOCK))](
-        x2,
-        y,
-        n_hidden,
-        x2.stride(0),
-        y.stride(0),
-        BLOCK=BLOCK,
-        **launch_options(),
-    )
+        x2, y, n_hidden, x2.stride(0), y.stride(0), BLOCK=BLOCK, **launch_options(),
+    )  # fmt: skip
     return y.view(*x.shape[:-1], n_hidden)
 
 
