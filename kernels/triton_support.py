@@ -22,7 +22,6 @@ from contextvars import ContextVar
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels import torch_only
 
@@ -70,9 +69,11 @@ def handoff(PDL: tl.constexpr):
     """A kernel's first step when launched as a programmatic dependent: wait until the launch
     before it has finished and its writes are visible, then let the launch after it start its
     programs (which wait here in turn, so each launch runs at most one ahead)."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    if PDL:  # PTX of our own: Triton's gdc_wait() does not compile in its 3.4 release
+        tl.inline_asm_elementwise(
+            "griddepcontrol.wait; griddepcontrol.launch_dependents; mov.u32 $0, 0;",
+            "=r", [], dtype=tl.int32, is_pure=False, pack=1,
+        )  # fmt: skip
 
 
 @triton.jit

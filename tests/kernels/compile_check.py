@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 import triton
-from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
@@ -31,6 +30,16 @@ from triton.runtime.jit import JITFunction
 from realtime import tokens
 from realtime.config import PRESETS
 from realtime.model import rope_cache
+
+try:  # Triton 3.6 and later specialize in C++
+    from triton._C.libtriton import native_specialize_impl
+
+    def specialize_value(value, is_const: bool, specialize: bool, align: bool):
+        return native_specialize_impl(CUDABackend, value, is_const, specialize, align)
+except ImportError:  # 3.4 and 3.5 (what torch 2.8 and 2.9 pin) in Python
+    from triton.runtime.jit import create_specialize_impl
+
+    specialize_value = create_specialize_impl(CUDABackend.get_arg_specialization)
 
 # Triton's wheel bundles the CUDA binary tools its compiler uses
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -67,8 +76,8 @@ def specialize(fn: JITFunction, args: dict) -> tuple[dict, dict, dict]:
         if i in fn.constexprs:
             signature[name], constexprs[(i,)] = "constexpr", value
             continue
-        kind, spec = native_specialize_impl(
-            CUDABackend, value, param.is_const, not param.do_not_specialize,
+        kind, spec = specialize_value(
+            value, param.is_const, not param.do_not_specialize,
             not param.do_not_specialize_on_alignment,
         )  # fmt: skip
         signature[name] = kind
