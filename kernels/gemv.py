@@ -309,8 +309,10 @@ def gemv_ref(
     swiglu: bool = False,
     split_k: int = 1,
 ) -> tuple[torch.Tensor | SplitSums, torch.Tensor | None]:
-    """The torch computation: the block's add and RMSNorm (add_rmsnorm_ref), F.linear, then
-    swiglu_ref; with split_k > 1 the product in fp32 as a single slice."""
+    """The torch computation: the block's add and RMSNorm (add_rmsnorm_ref), the product (with
+    its bias) in fp32 rounded once to the model dtype, then swiglu_ref; with split_k > 1 the
+    fp32 product as a single slice. Rounded once, as the kernel and the model's CPU products
+    round: a bf16 F.linear rounds partial sums on some CPUs (oneDNN's AMX and AVX-512 paths)."""
     from kernels.add_rmsnorm import add_rmsnorm_ref
     from kernels.swiglu import swiglu_ref
 
@@ -318,8 +320,9 @@ def gemv_ref(
     s = None
     if norm is not None:
         x, s = add_rmsnorm_ref(x, norm.residual, norm.weight, norm.eps)
-    if split_k > 1:  # one slice: the whole product in fp32
-        b = bias.float() if bias is not None else None
-        return SplitSums(F.linear(x.float(), weight.float(), b)[None], x.dtype), s
-    y = F.linear(x, weight, bias)
+    b = bias.float() if bias is not None else None
+    y = F.linear(x.float(), weight.float(), b)
+    if split_k > 1:  # one slice: the whole product
+        return SplitSums(y[None], x.dtype), s
+    y = y.to(x.dtype)
     return (swiglu_ref(y) if swiglu else y), s
