@@ -7,7 +7,7 @@ model's head returns them), and per row
     ids[b, 7] = argmax(logits[b, 0 : TEXT])   or _pad_t where skip_text[b]
 
 with TEXT = 152000, A = 4160; ties go to the lowest index (torch.argmax's rule). Stage 1, grid
-(blocks, B tiles): a block is BLOCK_V rows of one range (ranges never share a block), streamed
+(B tiles, blocks): a block is BLOCK_V rows of one range (ranges never share a block), streamed
 once for up to BLOCK_B rows of h through tl.dot, reduced to a max and argmax per row. Text
 blocks read nothing when every row of the tile skips the text (after _eot it is forced), which
 leaves a decode step 26 MB of audio rows instead of 325 MB (bf16). Stage 2, grid (B, 8): reduces
@@ -29,7 +29,9 @@ from realtime import tokens
 
 BLOCK_V = 64  # table rows per program: 2830 programs at the released vocab
 BLOCK_C = 128
-MAX_BLOCK_B = 32  # rows of h per program; more rows take another tile (another pass over W)
+# Rows of h per program (fp32: half as many; 64 of them spill registers on sm_90, per
+# tests/kernels/compile_check.py); more rows take another tile (see head_partials).
+MAX_BLOCK_B = 64
 NO_INDEX = tl.constexpr(2**31 - 1)  # a global a kernel reads must be a constexpr
 
 
@@ -44,8 +46,8 @@ def _head_argmax_kernel(
     WRITE_LOGITS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     handoff(PDL)
-    pid = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) rows of h
+    pid = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,) rows of h
     is_text = pid < TEXT_BLOCKS
     audio_pid = tl.maximum(pid - TEXT_BLOCKS, 0)
     block = tl.where(is_text, pid, audio_pid % AUDIO_BLOCKS)  # within the range
@@ -178,8 +180,10 @@ def head_partials(
     if write:
         assert logits.shape == (B, layout.vocab) and logits.stride(1) == 1
         keep = keep.contiguous().view(torch.uint8)
-    block_b = min(MAX_BLOCK_B, max(16, triton.next_power_of_2(B)))  # tl.dot's minimum is 16
-    _head_argmax_kernel[(layout.blocks, triton.cdiv(B, block_b))](
+    block_b = tile_rows(B, h.dtype)
+    # A block's row tiles are neighbours in the grid (launched together), so all but the
+    # first find its rows of W in L2: W crosses HBM once however many tiles there are.
+    _head_argmax_kernel[(triton.cdiv(B, block_b), layout.blocks)](
         h, weight, skip, part_val, part_idx, logits if write else part_val,
         keep if write else skip,
         B, C,
@@ -191,6 +195,13 @@ def head_partials(
         **launch_options(),
     )  # fmt: skip
     return part_val, part_idx
+
+
+def tile_rows(B: int, dtype: torch.dtype) -> int:
+    """Rows of h a stage 1 program takes, for B rows in `dtype`: a power of two from 16 (tl.dot's
+    smallest) up to MAX_BLOCK_B."""
+    most = MAX_BLOCK_B if dtype.itemsize <= 2 else MAX_BLOCK_B // 2
+    return min(most, max(16, triton.next_power_of_2(B)))
 
 
 def head_reduce(

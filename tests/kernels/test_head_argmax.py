@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernels.head_argmax import head_argmax, head_argmax_ref
+from kernels.head_argmax import MAX_BLOCK_B, head_argmax, head_argmax_ref, tile_rows
 from realtime import tokens
 
 LAYERS = tokens.AUDIO_LAYERS
@@ -46,12 +46,19 @@ def test_exact_logits_match_ref_and_ties_go_low(device, dtype, text, audio, B, C
 
 
 def test_more_rows_than_one_tile(device):
-    """40 rows: two tiles of h, each streaming the table (and skipping text) on its own."""
+    """Two tiles of h, each streaming the table (and skipping text) on its own."""
     text, audio = LAYOUTS[0]
-    h, w = make_case(40, 24, text, audio, torch.float32, device, integer=True)
-    skip = torch.arange(40, device=device) >= 32  # the second tile needs no text
+    tile = tile_rows(MAX_BLOCK_B, torch.float32)
+    h, w = make_case(tile + 8, 24, text, audio, torch.float32, device, integer=True)
+    skip = torch.arange(tile + 8, device=device) >= tile  # the second tile needs no text
     got = head_argmax(h, w, skip, text, audio, LAYERS, block_v=64)
     assert torch.equal(got, head_argmax_ref(h, w, skip, text, audio, LAYERS))
+
+
+def test_tiles_are_as_tall_as_the_rows_up_to_the_most_without_spilling():
+    assert tile_rows(3, torch.bfloat16) == 16  # tl.dot's smallest
+    assert tile_rows(40, torch.bfloat16) == tile_rows(64, torch.bfloat16) == MAX_BLOCK_B == 64
+    assert tile_rows(64, torch.float32) == 32  # fp32 tiles of 64 rows spill on sm_90
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -98,7 +105,7 @@ def test_ref_is_the_model_heads(tiny_lm):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("B", [1, 8, 40])
+@pytest.mark.parametrize("B", [1, 8, 40, 72])
 def test_released_shapes_on_gpu(B):
     layout = (tokens.TEXT_VOCAB_PADDED, tokens.AUDIO_LAYER_VOCAB)
     h, w = make_case(B, 896, *layout, torch.bfloat16, "cuda", integer=False)
