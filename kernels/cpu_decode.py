@@ -1,7 +1,8 @@
 """CPU kernels for bf16 decode steps, in C (kernels/csrc/):
 
 - `gemv_bf16`: y = x W^T + b for 1..8 rows of x (gemv_bf16.c): streams the weights faster
-  than torch's bf16 matmul on CPUs without native bf16;
+  than torch's bf16 matmul on CPUs without native bf16, and for one row on those with it
+  (AMX or AVX-512 BF16, where oneDNN's products win from 2 rows on: `usable()` says);
 - `rope_attend_bf16`: one row's RoPE + KV-cache write + grouped-query attention at one new
   position (attention_bf16.c): one call instead of ~30 tiny torch ops per layer.
 
@@ -28,6 +29,10 @@ from kernels import TORCH_ONLY_ENV, torch_only  # noqa: F401 (TORCH_ONLY_ENV: re
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.c", "attention_bf16.c")]
 HEADER = Path(__file__).parent / "csrc" / "bf16.h"  # included by both
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+# The most rows gemv_bf16 takes on a CPU with native bf16. On a 2-core Xeon with AMX the
+# released model's bf16 decode step (heads included) took 78 ms for 1 row either way, and with
+# torch's products from 2 rows on 100 ms for 2 rows (ours: 113), 105 for 4 (126), 107 for 8 (175)
+NATIVE_BF16_ROWS = 1
 
 
 def gemv_bf16_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -58,13 +63,25 @@ def gemv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether gemv_bf16 can take this product (else use torch)."""
+    """Whether gemv_bf16 should take this product (else use torch): it can, and it is the
+    faster for this many rows on this CPU."""
+    most = min(NATIVE_BF16_ROWS, _max_rows()) if native_bf16() else _max_rows()
     return (
         x.dtype == torch.bfloat16 == weight.dtype
         and x.device.type == "cpu" == weight.device.type  # C reads both through host pointers
-        and x.numel() // x.shape[-1] <= _max_rows()
+        and x.numel() // x.shape[-1] <= most
         and weight.is_contiguous()
     )
+
+
+@cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 itself (AMX tiles or AVX-512 BF16 dot products), so that
+    torch's bf16 products (oneDNN) are fast: faster than an fp32 upcast for a prefill's rows,
+    and than our GEMV beyond NATIVE_BF16_ROWS rows. (torch.cpu's probes are private: a torch
+    without them counts as a CPU without native bf16, the old behaviour.)"""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def rope_attend_bf16_ref(qkv, cos, sin, k_cache, v_cache, pos: int, q_per_kv: int):

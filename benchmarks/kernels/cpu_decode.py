@@ -1,7 +1,10 @@
 """GB/s of weight streamed by our CPU bf16 GEMV against torch's bf16 linear, at the released
 model's shapes and for 1..8 activation rows, cycling through more weight than the caches hold
-(as a decode step does). Writes benchmarks/results/cpu_gemv-<machine>.json. (The GEMV of
-kernels/cpu_decode.py; its one-row attention is timed inside generate_speed's decode step.)
+(as a decode step does); `routed` is realtime.model.linear, which picks one of them by the
+rows and the CPU (kernels/cpu_decode.usable). Then a 2 s prompt's 104 rows through the blocks'
+products (a prefill): torch's bf16 against an upcast to fp32, and routed. Writes
+benchmarks/results/cpu_gemv-<machine>[-native-bf16].json. (The GEMV of kernels/cpu_decode.py;
+its one-row attention is timed inside generate_speed's decode step.)
 
     python -m benchmarks.kernels.cpu_decode [--repeats 6]
 """
@@ -16,6 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from kernels import cpu_decode
+from realtime.model import linear as routed
+
+PREFILL_ROWS = 104  # a 2 s utterance's prompt
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # One decode step's products at the released shapes: 24 x (qkv, attn proj, fc_1+fc_2, mlp
@@ -42,6 +48,26 @@ def time_step(weights, rows: int, linear) -> float:
     return time.perf_counter() - began
 
 
+def upcast(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.float(), w.float()).to(x.dtype)
+
+
+def best_of(repeats: int, weights, rows: int, contenders: dict) -> dict:
+    """Each contender's best time over `repeats` interleaved rounds (robust to a noisy
+    neighbour) -> {name: {ms, GB_per_s}}."""
+    gigabytes = sum(w.numel() * w.element_size() for w in weights) / 1e9
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(repeats):
+        for name, linear in contenders.items():
+            best[name] = min(best[name], time_step(weights, rows, linear))
+    results = {name: {"ms": t * 1000, "GB_per_s": gigabytes / t} for name, t in best.items()}
+    print(
+        f"rows {rows}: "
+        + ", ".join(f"{n} {r['ms']:.1f} ms {r['GB_per_s']:.1f} GB/s" for n, r in results.items())
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
@@ -51,34 +77,29 @@ def main() -> None:
         raise SystemExit("the CPU GEMV kernel is not available here (no AVX2/FMA or compiler)")
     weights = step_weights(args.layers)
     gigabytes = sum(w.numel() * w.element_size() for w in weights) / 1e9
-    rows_results = {}
-    for rows in (1, 2, 4, 8):
-        best = {"ours": float("inf"), "torch": float("inf")}
-        for _ in range(args.repeats):  # interleaved, best of: robust to a noisy neighbour
-            best["ours"] = min(best["ours"], time_step(weights, rows, cpu_decode.gemv_bf16))
-            best["torch"] = min(best["torch"], time_step(weights, rows, F.linear))
-        rows_results[rows] = {
-            name: {"ms": t * 1000, "GB_per_s": gigabytes / t} for name, t in best.items()
-        }
-        print(
-            f"rows {rows}: "
-            + ", ".join(
-                f"{n} {r['ms']:.1f} ms {r['GB_per_s']:.1f} GB/s"
-                for n, r in rows_results[rows].items()
-            )
-        )
+    native = cpu_decode.native_bf16()
+    print(f"{gigabytes:.2f} GB of weights; native bf16: {native}")
+    decode = {"ours": cpu_decode.gemv_bf16, "torch": F.linear, "routed": routed}
+    rows_results = {rows: best_of(args.repeats, weights, rows, decode) for rows in (1, 2, 4, 8)}
+    prefill = {"torch": F.linear, "fp32": upcast, "routed": routed}
+    blocks = weights[:-1]  # a prefill runs the head for its last position only
+    prefill_results = best_of(max(1, args.repeats // 2), blocks, PREFILL_ROWS, prefill)
     result = {
         "machine": {
             "platform": platform.platform(),
+            "processor": platform.processor(),
             "cpus": torch.get_num_threads(),
             "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native,
         },
         "weights_GB": gigabytes,
         "rows": rows_results,
+        "prefill": {"rows": PREFILL_ROWS, "layers": args.layers, **prefill_results},
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"cpu_gemv-{platform.machine()}-{torch.get_num_threads()}cpu.json"
+    name = f"cpu_gemv-{platform.machine()}-{torch.get_num_threads()}cpu"
+    out = RESULTS / f"{name}{'-native-bf16' if native else ''}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 

@@ -43,6 +43,35 @@ def test_keeps_leading_dims_and_refuses_too_many_rows():
     assert not cpu_decode.usable(torch.randn(1, 64), w.float())  # fp32 stays with torch
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_products_go_where_they_are_fastest(monkeypatch, native):
+    """Our GEMV takes up to max_rows() rows, or NATIVE_BF16_ROWS on a CPU with native bf16;
+    a prefill's many rows go to torch in bf16 there, elsewhere upcast to fp32."""
+    from realtime import model
+
+    monkeypatch.setattr(cpu_decode, "native_bf16", lambda: native)
+    w = torch.randn(32, 64).bfloat16()
+    most = cpu_decode.NATIVE_BF16_ROWS if native else cpu_decode.max_rows()
+    assert cpu_decode.usable(torch.randn(most, 64).bfloat16(), w)
+    assert not cpu_decode.usable(torch.randn(most + 1, 64).bfloat16(), w)
+    seen = []
+    product = torch.nn.functional.linear
+
+    def spy(x, weight, bias=None):
+        seen.append(x.dtype)
+        return product(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    x = torch.randn(model.CPU_UPCAST_ROWS + 1, 64).bfloat16()
+    assert model.linear(x, w).dtype == torch.bfloat16
+    assert seen == [torch.bfloat16 if native else torch.float32]
+
+
+def test_native_bf16_asks_torch_s_probes():
+    probes = [torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()]
+    assert cpu_decode.native_bf16() == any(probes)
+
+
 def test_torch_only_switch(monkeypatch):
     monkeypatch.setenv(cpu_decode.TORCH_ONLY_ENV, "1")
     cpu_decode._library.cache_clear(), cpu_decode._max_rows.cache_clear()
