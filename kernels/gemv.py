@@ -312,7 +312,7 @@ def gemv_ref(
     """The torch computation: the block's add and RMSNorm (add_rmsnorm_ref), the product (with
     its bias) in fp32 rounded once to the model dtype, then swiglu_ref; with split_k > 1 the
     fp32 product as a single slice. Rounded once, as the kernel and the model's CPU products
-    round: a bf16 F.linear rounds partial sums on some CPUs (oneDNN's AMX and AVX-512 paths)."""
+    round: a bf16 F.linear rounds partial sums on some CPUs (seen with oneDNN on AMX)."""
     from kernels.add_rmsnorm import add_rmsnorm_ref
     from kernels.swiglu import swiglu_ref
 
