@@ -10,9 +10,13 @@ Stage 1, grid (B, groups, splits): one program takes the q_per_kv queries of a g
 a (BLOCK_H, BLOCK_D) tile for tl.dot) over one split of SPLIT_LEN keys, with an online softmax
 in fp32 (base 2: the scale and log2(e) are one factor), and writes each query's normalised
 partial output and log-sum-exp. Splits past a row's length run no iterations and write
-lse = -inf. Stage 2, grid (B, n_head): weights the splits by exp2(lse - max lse). The grid
-depends only on `max_length` (default: the cache's max_seq), never on the lengths' values, so
-a launch needs no host sync and can be captured in a CUDA graph.
+lse = -inf only (their output is never read: a short context in a long cache writes and reads
+a few splits' outputs, not all). Stage 2, grid (B, n_head): weights the splits by
+exp2(lse - max lse). The grid depends only on `max_length` (default: the cache's max_seq),
+never on the lengths' values, so a launch needs no host sync and can be captured in a CUDA
+graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns the splits
+(kernels/gemv.py's SoftmaxSplits), for the product after the attention to combine as it loads
+them: a launch fewer per block.
 
 `decode_attention_qkv` takes the step's qkv product instead of q and does qkv_rope_cache's work
 in stage 1 (ROPE): each program rotates its group's queries (a few hundred values) and reads
@@ -26,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.gemv import SplitSums
+from kernels.gemv import SoftmaxSplits, SplitSums
 from kernels.qkv_rope_cache import qkv_rope_cache_ref, rope
 from kernels.triton_support import (
     dot_dtype,
@@ -104,7 +108,7 @@ def _decode_attention_kernel(
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
     # mid_lse (B, n_head, splits) and mid_o (B, n_head, splits, HS) are contiguous: one offset
     mid = b * stride_mid_b + head * stride_mid_h + split * stride_mid_split  # (BLOCK_H,)
-    tl.store(mid_o_ptr + mid[:, None] * HS + d[None, :], out, mask=q_tile)
+    tl.store(mid_o_ptr + mid[:, None] * HS + d[None, :], out, mask=q_tile & has_keys[:, None])
     tl.store(mid_lse_ptr + mid, lse, mask=h < Q_PER_KV)
 
 
@@ -143,11 +147,12 @@ def _decode_attention_reduce_kernel(
     mid = b * stride_mid_b + h * stride_mid_h + sp * stride_mid_split  # (BLOCK_S,)
     lse = tl.load(mid_lse_ptr + mid, mask=sp < SPLITS, other=float("-inf"))
     w = tl.exp2(lse - tl.max(lse, axis=0))  # empty splits weigh 0
-    tile = (sp < SPLITS)[:, None] & (d < HS)[None, :]
+    tile = (lse > float("-inf"))[:, None] & (d < HS)[None, :]  # (their outputs are unwritten)
     o = tl.load(mid_o_ptr + mid[:, None] * HS + d[None, :], mask=tile, other=0.0)
     out = tl.sum(w[:, None] * o, axis=0) / tl.sum(w, axis=0)
     dst = out_ptr + b * stride_out_b + h * stride_out_h + d
-    tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=d < HS)
+    dtype = out_ptr.dtype.element_ty  # (round_to: the interpreter's cast to bf16 truncates)
+    tl.store(dst, round_to(out, dtype).to(dtype), mask=d < HS)
 
 
 def decode_attention(
@@ -181,33 +186,43 @@ def decode_attention_qkv(
     lengths: torch.Tensor,
     max_length: int | None = None,
     split_len: int = SPLIT_LEN,
-) -> torch.Tensor:
+    reduce: bool = True,
+) -> torch.Tensor | SoftmaxSplits:
     """A decode step's whole attention from its qkv product: qkv_rope_cache at positions
     lengths - 1, then decode_attention, in the launches of decode_attention alone.
 
     qkv (B, groups * (q_per_kv + 2) * hs) with its bias, or its slices (a product split over
     K, summed here as they are loaded); cos/sin (max_seq, hs) fp32; the rest as
-    decode_attention -> out (B, n_head, hs) in the caches' dtype; writes each row's new key and
-    value to its cache row. Every program rotates its group's queries itself; the program whose
-    split holds the new position also rotates the key, writes both, and adds them to its
-    softmax from registers."""
+    decode_attention -> out (B, n_head, hs) in the caches' dtype, or without `reduce` its
+    SoftmaxSplits ((B, n_head * hs) once combined); writes each row's new key and value to its
+    cache row. Every program rotates its group's queries itself; the program whose split holds
+    the new position also rotates the key, writes both, and adds them to its softmax from
+    registers."""
     if not runs_kernel(cos, k_cache):
-        return decode_attention_qkv_ref(qkv, cos, sin, k_cache, v_cache, layer, slots, lengths)
+        out = decode_attention_qkv_ref(qkv, cos, sin, k_cache, v_cache, layer, slots, lengths)
+        return out if reduce else _one_split(out)
     parts = qkv.parts if isinstance(qkv, SplitSums) else qkv[None]  # (S, B, width)
     groups, hs = k_cache.shape[2], k_cache.shape[4]
     n_head = parts.shape[2] // hs - 2 * groups
     assert parts.stride(2) == 1 and cos.dtype == sin.dtype == torch.float32
     assert cos.stride(1) == 1 and cos.stride() == sin.stride()
     return _attention(parts, (cos, sin), k_cache, v_cache, layer, slots, lengths, max_length,
-                      split_len, n_head, hs)  # fmt: skip
+                      split_len, n_head, hs, reduce)  # fmt: skip
+
+
+def _one_split(out: torch.Tensor) -> SoftmaxSplits:
+    """An attention's output (B, n_head, hs) as its SoftmaxSplits: one split holding it all."""
+    B, n_head, hs = out.shape
+    lse = torch.zeros(B, n_head, 1, device=out.device)
+    return SoftmaxSplits(out.float()[:, :, None].contiguous(), lse, out.dtype)
 
 
 def _attention(
     parts, rope_tables, k_cache, v_cache, layer, slots, lengths, max_length, split_len, n_head,
-    stride_q_h,
+    stride_q_h, reduce=True,
 ):  # fmt: skip
-    """Both launches of either launcher; parts (S, B, ...): the queries (S = 1), or the qkv rows
-    or their slices with rope_tables."""
+    """Both launches of either launcher (the first only without `reduce`); parts (S, B, ...):
+    the queries (S = 1), or the qkv rows or their slices with rope_tables."""
     B, dtype = parts.shape[1], k_cache.dtype
     _, _, groups, max_seq, hs = k_cache.shape
     block_n = min(BLOCK_N, split_len)
@@ -231,6 +246,8 @@ def _attention(
         BLOCK_D=block_d,
         **launch_options(),
     )  # fmt: skip
+    if not reduce:
+        return SoftmaxSplits(mid_o, mid_lse, dtype)
     out = torch.empty(B, n_head, hs, device=k_cache.device, dtype=dtype)
     _decode_attention_reduce_kernel[(B, n_head)](
         mid_o, mid_lse, out,

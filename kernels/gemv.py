@@ -13,6 +13,9 @@ by its own programs (the bias in slice 0's), so that a product with too few colu
 the GPU (qkv's 1152, the projections' 896) still does. The split is not reduced here: the
 next launch that reads the product (this kernel's prologue, kernels/add_rmsnorm.py, or the
 attention for qkv) sums the slices as it loads them, so the split costs no launch.
+Likewise x may be an attention's output left as its splits over the keys (`SoftmaxSplits`,
+kernels/decode_attention.py's first stage): the loop weighs and sums each element's splits
+as it loads it, which does the attention's second launch inside this one.
 
 Rounding follows the model's: the product (sum of slices) is rounded to the model dtype before
 the residual add, the add is rounded, the norm as in add_rmsnorm, SwiGLU as in swiglu.
@@ -52,6 +55,11 @@ SMS_FALLBACK = 132  # the H100 SXM's, where the device cannot say (the interpret
 # Programs a launch aims to give each SM: a GEMV is bound by the loads it has in flight, and
 # one program's pipeline (num_stages tiles) is not enough to cover HBM's latency on its own.
 PROGRAMS_PER_SM = 2
+# Pipeline stages at most when x is an attention's splits: each K tile then also loads every
+# split's tile of the attention's output and log-sum-exps, and the pipeline holds them all (4
+# stages of a 1-row product spill registers on sm_90, per tests/kernels/compile_check.py). The
+# projection's slice of K is 3 tiles at the released shapes anyway.
+SOFTMAX_SPLITS_STAGES = 2
 L2_LINE_BYTES = 128  # what one L2 prefetch brings in
 
 
@@ -73,6 +81,32 @@ class SplitSums:
         for part in self.parts[1:]:
             total += part
         return total.to(self.dtype)
+
+
+@dataclass(frozen=True)
+class SoftmaxSplits:
+    """An attention's output (M, n_head * hs) left as its splits over the keys: per row, head
+    and split the output normalised over the split's keys, and their log-sum-exp (base 2;
+    -inf for a split with no keys, whose `out` is never read, so it need not be written).
+    Its value is the splits weighted by exp2(lse - max lse), summed and divided by the
+    weights' sum (fp32), rounded to `dtype`."""
+
+    out: torch.Tensor  # (M, n_head, S, hs) fp32, contiguous
+    lse: torch.Tensor  # (M, n_head, S) fp32, contiguous
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        rows, heads, _, hs = self.out.shape
+        return torch.Size((rows, heads * hs))
+
+    def total(self) -> torch.Tensor:
+        """The attention's output, (M, n_head * hs) in `dtype`."""
+        keys = self.lse > float("-inf")  # (M, n_head, S)
+        w = torch.exp2(self.lse - self.lse.amax(dim=2, keepdim=True))
+        out = torch.where(keys[..., None], self.out, 0.0)  # unwritten splits may hold anything
+        out = (w[..., None] * out).sum(2) / w.sum(2)[..., None]  # (M, n_head, hs)
+        return out.to(self.dtype).flatten(1)
 
 
 @dataclass(frozen=True)
@@ -117,6 +151,35 @@ def load_sum(
 
 
 @triton.jit
+def load_softmax_splits(
+    o_ptr, lse_ptr, rows, ks, mask, stride_o_m, stride_lse_m,
+    SPLITS: tl.constexpr, HS: tl.constexpr, DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(rows, ks) of an attention's output from its SoftmaxSplits (out (M, n_head, SPLITS, HS)
+    and lse (M, n_head, SPLITS), contiguous), rounded to DTYPE; fp32. Split by split, in the
+    tile's own layout (a (rows, splits, ks) tile would not be, and costs registers): the
+    largest log-sum-exp first, then the weighted sum. A split without keys reads nothing of
+    `out`."""
+    row = rows[:, None].to(tl.int64)
+    head_split = (ks // HS * SPLITS)[None, :]  # (1, BLOCK_K): split 0 of each element's head
+    lse_at = lse_ptr + row * stride_lse_m + head_split  # (BLOCK_M, BLOCK_K)
+    o_at = o_ptr + row * stride_o_m + head_split * HS + (ks % HS)[None, :]
+    top = tl.full(mask.shape, float("-inf"), tl.float32)
+    for split in tl.static_range(SPLITS):  # unrolled: the loads go out together
+        top = tl.maximum(top, tl.load(lse_at + split, mask=mask, other=float("-inf")))
+    top = tl.where(top > float("-inf"), top, 0.0)  # masked out: every weight 0
+    total = tl.zeros(mask.shape, tl.float32)
+    weights = tl.zeros(mask.shape, tl.float32)
+    for split in tl.static_range(SPLITS):  # unrolled: the loads go out together
+        lse = tl.load(lse_at + split, mask=mask, other=float("-inf"))
+        w = tl.exp2(lse - top)
+        total += w * tl.load(o_at + split * HS, mask=lse > float("-inf"), other=0.0)
+        weights += w
+    # weights >= 1 where any split has keys (the largest weighs exp2(0)), 0 where masked out
+    return round_to(total / tl.maximum(weights, 1.0), DTYPE)
+
+
+@triton.jit
 def times_t(a, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """a (BLOCK_M, BLOCK_K) fp32 times w (BLOCK_N, BLOCK_K) transposed -> fp32 (BLOCK_M,
     BLOCK_N): tensor cores, or the products of a broadcast tile summed over K."""
@@ -129,10 +192,12 @@ def times_t(a, w, USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr):
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, s_ptr,
+    x_ptr, lse_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, s_ptr,
     M, N, K, k_per_split, eps,
-    stride_x_split, stride_x_m, stride_r_m, stride_w_n, stride_y_split, stride_y_m, stride_s_m,
-    X_SPLITS: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    stride_x_split, stride_x_m, stride_lse_m, stride_r_m, stride_w_n, stride_y_split, stride_y_m,
+    stride_s_m,
+    X_SPLITS: tl.constexpr, KEY_SPLITS: tl.constexpr, HS: tl.constexpr,
+    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     WRITE_S: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
@@ -179,8 +244,13 @@ def _gemv_kernel(
     for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         ks = k0 + tl.arange(0, BLOCK_K)
         in_k = ks < k_end
-        a = load_sum(x_ptr, r_ptr, rows, ks, in_m[:, None] & in_k[None, :], stride_x_split,
-                     stride_x_m, stride_r_m, X_SPLITS, HAS_RESIDUAL, dtype)  # fmt: skip
+        x_tile = in_m[:, None] & in_k[None, :]
+        if KEY_SPLITS > 0:  # x: an attention's SoftmaxSplits (no norm)
+            a = load_softmax_splits(x_ptr, lse_ptr, rows, ks, x_tile, stride_x_m, stride_lse_m,
+                                    KEY_SPLITS, HS, dtype)  # fmt: skip
+        else:
+            a = load_sum(x_ptr, r_ptr, rows, ks, x_tile, stride_x_split, stride_x_m, stride_r_m,
+                         X_SPLITS, HAS_RESIDUAL, dtype)  # fmt: skip
         if NORM:
             g = tl.load(g_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
             a = round_to(round_to(a * rstd[:, None], dtype) * g[None, :], dtype)
@@ -204,7 +274,7 @@ def _gemv_kernel(
 
 
 def gemv(
-    x: torch.Tensor | SplitSums,
+    x: torch.Tensor | SplitSums | SoftmaxSplits,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     norm: Norm | None = None,
@@ -212,14 +282,21 @@ def gemv(
     split_k: int = 1,
     tiles: Tiles | None = None,
 ) -> tuple[torch.Tensor | SplitSums, torch.Tensor | None]:
-    """x (M, K) or its slices, weight (N, K) ((2 N, K) with swiglu), bias (N,) ->
-    (y, s): y = f(norm(x) weight^T + bias) (M, N) in the model dtype, or with split_k > 1 its
-    SplitSums (the bias in the first slice; SwiGLU needs split_k 1); s = x + norm.residual (x
-    itself without a residual), None without a norm."""
+    """x (M, K), its slices or an attention's splits (then without a norm), weight (N, K)
+    ((2 N, K) with swiglu), bias (N,) -> (y, s): y = f(norm(x) weight^T + bias) (M, N) in the
+    model dtype, or with split_k > 1 its SplitSums (the bias in the first slice; SwiGLU needs
+    split_k 1); s = x + norm.residual (x itself without a residual), None without a norm."""
     if not runs_kernel(weight):
         return gemv_ref(x, weight, bias, norm, swiglu, split_k)
-    parts = x.parts if isinstance(x, SplitSums) else x[None]  # (X_SPLITS, M, K)
-    _, M, K = parts.shape
+    lse, key_splits, hs = weight, 0, 1  # (lse is not read unless x is a SoftmaxSplits)
+    if isinstance(x, SoftmaxSplits):
+        assert norm is None, "an attention's splits take no norm"
+        assert x.out.is_contiguous() and x.lse.is_contiguous()
+        M, heads, key_splits, hs = x.out.shape
+        parts, lse, K = x.out.view(1, M, -1), x.lse, heads * hs  # parts (1, M, heads * S * hs)
+    else:
+        parts = x.parts if isinstance(x, SplitSums) else x[None]  # (X_SPLITS, M, K)
+        _, M, K = parts.shape
     N = weight.shape[0] // (2 if swiglu else 1)
     assert parts.stride(2) == 1 and weight.stride(1) == 1 and weight.shape[1] == K
     assert split_k == 1 or not swiglu, "SwiGLU needs the whole product"
@@ -229,6 +306,7 @@ def gemv(
     out_dtype = torch.float32 if split_k > 1 else dtype
     y = torch.empty(splits, M, N, device=weight.device, dtype=out_dtype)
     s, r, write_s = _residual_out(parts, norm, dtype)
+    stages = tiles.num_stages if key_splits == 0 else min(tiles.num_stages, SOFTMAX_SPLITS_STAGES)
     use_dot = M > FMA_MAX_ROWS if tiles.dot is None else tiles.dot
     block_m = triton.next_power_of_2(M)
     block_m = min(MAX_BLOCK_M, max(16, block_m)) if use_dot else min(FMA_MAX_ROWS, block_m)
@@ -236,15 +314,15 @@ def gemv(
     line = max(1, L2_LINE_BYTES // weight.element_size())  # W's elements a cache line holds
     g = norm.weight if norm is not None else weight
     _gemv_kernel[grid](
-        parts, r, g, weight, bias if bias is not None else weight, y, s,
+        parts, lse, r, g, weight, bias if bias is not None else weight, y, s,
         M, N, K, k_per_split, norm.eps if norm is not None else 0.0,
-        parts.stride(0), parts.stride(1), r.stride(0), weight.stride(0), y.stride(0), y.stride(1),
-        s.stride(0),
-        X_SPLITS=parts.shape[0], NORM=norm is not None,
+        parts.stride(0), parts.stride(1), lse.stride(0), r.stride(0), weight.stride(0),
+        y.stride(0), y.stride(1), s.stride(0),
+        X_SPLITS=parts.shape[0], KEY_SPLITS=key_splits, HS=hs, NORM=norm is not None,
         HAS_RESIDUAL=norm is not None and norm.residual is not None, WRITE_S=write_s,
         HAS_BIAS=bias is not None, SWIGLU=swiglu, USE_DOT=use_dot, DOT_DTYPE=dot_dtype(dtype),
         BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        NUM_STAGES=stages, num_warps=tiles.num_warps, num_stages=stages,
         LINE=line, LINE_POINTS=triton.next_power_of_2(triton.cdiv(tiles.block_k - 1, line) + 1),
         **launch_options(),
     )  # fmt: skip
@@ -302,7 +380,7 @@ def _sms(index: int) -> int:
 
 
 def gemv_ref(
-    x: torch.Tensor | SplitSums,
+    x: torch.Tensor | SplitSums | SoftmaxSplits,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     norm: Norm | None = None,
@@ -316,7 +394,7 @@ def gemv_ref(
     from kernels.add_rmsnorm import add_rmsnorm_ref
     from kernels.swiglu import swiglu_ref
 
-    x = x.total() if isinstance(x, SplitSums) else x
+    x = x.total() if isinstance(x, SplitSums | SoftmaxSplits) else x
     s = None
     if norm is not None:
         x, s = add_rmsnorm_ref(x, norm.residual, norm.weight, norm.eps)

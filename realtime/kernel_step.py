@@ -12,14 +12,15 @@ allocated once (intermediates come from the graph's memory pool), no host sync, 
 two kinds (`products=`):
 
 - "cublas": torch's F.linear, everything between them ours (as drawn above);
-- "fused": ours (kernels/gemv.py), with the ops around them folded in, 6 launches a block:
+- "fused": ours (kernels/gemv.py), with the ops around them folded in, 5 launches a block:
 
-    [gemv(norm_1 + qkv + bias, split over K) ─► decode_attention_qkv (2 launches)
-        ─► gemv(attn.proj, split over K) ─► gemv(norm_2 + fc_1|fc_2 + swiglu)
-        ─► gemv(mlp.proj, split over K)] x n_layer
+    [gemv(norm_1 + qkv + bias, split over K) ─► decode_attention_qkv (its split-KV stage)
+        ─► gemv(the attention's splits combined + attn.proj, split over K)
+        ─► gemv(norm_2 + fc_1|fc_2 + swiglu) ─► gemv(mlp.proj, split over K)] x n_layer
 
-  where a split product's slices are summed by the next launch as it loads them, and for more
-  than NORM_IN_PRODUCT_ROWS rows the norms run as add_rmsnorm before their products.
+  where a split product's slices are summed by the next launch as it loads them; for more
+  than PROLOGUE_ROWS rows the norms run as add_rmsnorm before their products and the
+  attention combines its splits in its own second launch (8 launches a block).
 
 `KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
 stay the authority on stop rules) it loads their state into the buffers only when the batch
@@ -65,9 +66,10 @@ from realtime.model import Attention, KVCache, OmniLM, RMSNorm, linear
 from realtime.prompt_graph import PromptGraphs
 from realtime.sampling import is_greedy
 
-# Up to this many rows the fused step normalises inside the products' prologue, where every
-# program re-reads its rows (and a split product's slices): cheap for a few rows, not for many.
-NORM_IN_PRODUCT_ROWS = 4
+# Up to this many rows the fused step normalises, and combines the attention's splits over the
+# keys, inside the products' loads, where every program re-reads its rows (and their slices or
+# splits): cheap for a few rows, not for many.
+PROLOGUE_ROWS = 4
 
 
 def buckets(max_rows: int) -> list[int]:
@@ -221,7 +223,8 @@ class KernelStep:
             qkv_w, qkv_b = attn.attn.weight, attn.attn.bias
             qkv, residual = self._normed(x, residual, block.norm_1, qkv_w, qkv_b,
                                          split_k=self.split_qkv)  # fmt: skip
-            out = self._attend(qkv, layer, slots, lengths)
+            few = qkv.shape[0] <= PROLOGUE_ROWS  # the projection combines the splits
+            out = self._attend(qkv, layer, slots, lengths, reduce=not few)
             x, _ = gemv(out, attn.proj.weight, split_k=self.split_attn)
             h, residual = self._normed(x, residual, block.norm_2, block.mlp.fc_12, swiglu=True)
             x, _ = gemv(h, block.mlp.proj.weight, split_k=self.split_mlp)
@@ -231,21 +234,20 @@ class KernelStep:
         """norm(x + residual), then the product -> (its output, x + residual)."""
         eps = self.lm.cfg.norm_eps
         product = dict(bias=bias, swiglu=swiglu, split_k=split_k)
-        if x.shape[0] <= NORM_IN_PRODUCT_ROWS:
+        if x.shape[0] <= PROLOGUE_ROWS:
             return gemv(x, weight, norm=Norm(norm.weight, residual, eps), **product)
         y, residual = add_rmsnorm(x, residual, norm.weight, eps)
         return gemv(y, weight, **product)[0], residual
 
-    def _attend(self, qkv, layer: int, slots, lengths):
-        """qkv (size, width) -> the attention's output (size, n_head * head_size), with the new
-        keys and values written to the cache."""
+    def _attend(self, qkv, layer: int, slots, lengths, reduce: bool = True):
+        """qkv (size, width) -> the attention's output (size, n_head * head_size), or without
+        `reduce` its SoftmaxSplits, with the new keys and values written to the cache."""
         lm, cache = self.lm, self.cache
         # RoPE and the cache write happen inside; the new position is lengths - 1. The grid is
         # fixed by the cache's length, not the rows' lengths: nothing to sync on.
-        out = decode_attention_qkv(
-            qkv, lm.cos, lm.sin, cache.k, cache.v, layer, slots, lengths, cache.max_seq
-        )
-        return out.reshape(qkv.shape[0], -1)
+        out = decode_attention_qkv(qkv, lm.cos, lm.sin, cache.k, cache.v, layer, slots, lengths,
+                                   cache.max_seq, reduce=reduce)  # fmt: skip
+        return out.reshape(qkv.shape[0], -1) if reduce else out
 
     def load(self, batch: list[StepRow]) -> int:
         """Write the host's state of `batch` into the input buffers and reset every other row to

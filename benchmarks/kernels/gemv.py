@@ -9,6 +9,10 @@ benchmarks/results/triton_gemv-<gpu>.json.
 The products, as realtime/kernel_step.py's fused step launches them:
 - qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias, split over K;
 - attn_proj: W_o (896 x 896) over the attention's output, split over K;
+- attn_proj_splits (up to PROLOGUE_ROWS rows): the same over the attention's splits over the
+  keys (16 for the released 2048-position cache, 3 of them with keys), combined as they are
+  loaded: its time less attn_proj's is what the fold costs, against the attention's second
+  launch (decode_attention's reduce), which it saves;
 - fc_12: norm_2(the attention projection's slices + residual) then fc_1|fc_2 (9728 x 896)
   and SwiGLU;
 - mlp_proj: W_down (896 x 4864) over SwiGLU's output, split over K.
@@ -36,7 +40,9 @@ BATCHES = "1,4,8,32,64"
 
 def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
     """name -> (gemv's keyword arguments, bytes), with random inputs at the released shapes."""
-    from kernels.gemv import Norm, SplitSums, split_for
+    from kernels.decode_attention import SPLIT_LEN
+    from kernels.gemv import Norm, SoftmaxSplits, SplitSums, split_for
+    from realtime.kernel_step import PROLOGUE_ROWS
 
     cfg = common.RELEASED
     C, hidden, eps = cfg.n_embd, cfg.intermediate_size, cfg.norm_eps
@@ -52,7 +58,12 @@ def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
     split_qkv = split_for(C, width, device)
     split_attn, split_mlp = split_for(C, C, device), split_for(hidden, C, device)
     slices = SplitSums(torch.randn(split_attn, rows, C, device=device), dtype)
-    return {
+    key_splits, used = cfg.block_size // SPLIT_LEN, 3
+    lse = torch.full((rows, cfg.n_head, key_splits), float("-inf"), device=device)
+    lse[:, :, :used] = torch.randn(rows, cfg.n_head, used, device=device)
+    out = torch.randn(rows, cfg.n_head, key_splits, cfg.head_size, device=device)
+    attention = SoftmaxSplits(out, lse, dtype)
+    by_case = {
         "qkv": (
             dict(x=randn(rows, C), weight=randn(width, C, scale=C**-0.5), bias=randn(width),
                  norm=norm(), split_k=split_qkv),
@@ -71,13 +82,22 @@ def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
                  split_k=split_mlp),
             (C * hidden + rows * hidden) * size + split_mlp * rows * C * 4,
         ),
+        "attn_proj_splits": (
+            dict(x=attention, weight=randn(C, C, scale=C**-0.5), split_k=split_attn),
+            C * C * size + (used * rows * C + rows * cfg.n_head * key_splits) * 4
+            + split_attn * rows * C * 4,
+        ),
     }  # fmt: skip
+    if rows > PROLOGUE_ROWS:  # the step combines the splits in a launch of their own
+        del by_case["attn_proj_splits"]
+    return by_case
 
 
 def contenders(kwargs: dict) -> dict:
-    from kernels.gemv import SplitSums, gemv, gemv_ref
+    from kernels.gemv import SoftmaxSplits, SplitSums, gemv, gemv_ref
 
-    x = kwargs["x"].total() if isinstance(kwargs["x"], SplitSums) else kwargs["x"]
+    x = kwargs["x"]
+    x = x.total() if isinstance(x, SplitSums | SoftmaxSplits) else x
     weight = kwargs["weight"]
     ref = torch.compile(lambda: gemv_ref(**kwargs), dynamic=False)
     return {

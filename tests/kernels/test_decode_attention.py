@@ -110,6 +110,25 @@ def test_qkv_from_slices(device, dtype):
     assert torch.equal(v, v_ref)  # the slices' sum, rounded as SplitSums.total rounds it
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qkv_unreduced_splits_combine_to_the_output(device, dtype):
+    """reduce=False stops after stage 1: its splits (each row's first, some also its second;
+    the third empty for all) combine to what stage 2 writes, and the same cache is written."""
+    from kernels.gemv import SoftmaxSplits
+
+    case = make_qkv_case([5, 30, 17], 2, 2, 16, 48, dtype, device)
+    qkv, cos, sin, k, v, slots, lengths = case
+    k_two, v_two = k.clone(), v.clone()
+    splits = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, lengths, split_len=16,
+                                  reduce=False)  # fmt: skip
+    want = decode_attention_qkv(qkv, cos, sin, k_two, v_two, 1, slots, lengths, split_len=16)
+    assert isinstance(splits, SoftmaxSplits) and splits.shape == (3, 4 * 16)
+    assert splits.out.shape == (3, 4, 3, 16) and splits.dtype == dtype
+    assert splits.lse[:, :, 2].isinf().all() and splits.lse[1, :, 1].isfinite().all()
+    torch.testing.assert_close(splits.total(), want.flatten(1), rtol=1e-6, atol=1e-6)
+    assert torch.equal(k, k_two) and torch.equal(v, v_two)
+
+
 def test_qkv_is_rope_cache_then_attention(device):
     """decode_attention_qkv equals its two steps run as launches of their own, in fp32, where
     both compute the same thing: qkv_rope_cache's kernel, then decode_attention's."""

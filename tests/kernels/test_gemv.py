@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_ref
-from kernels.gemv import Norm, SplitSums, Tiles, gemv, gemv_ref, split_for
+from kernels.gemv import Norm, SoftmaxSplits, SplitSums, Tiles, gemv, gemv_ref, split_for
 
 # fp32: another summation order. bf16: a rounding step where a value sits on a boundary
 # (the norm's, SwiGLU's, the product's), which the product then carries.
@@ -118,6 +118,38 @@ def test_split_with_bias(device, dtype, norm):
     close(got, want, dtype)
     unsplit = gemv_ref(x, w, b, norm=prologue)[0]  # the model's product, rounded once
     torch.testing.assert_close(want.total(), unsplit, **TOL[dtype])
+
+
+def attention_splits(m, heads, splits, hs, device, dtype, seed) -> SoftmaxSplits:
+    """Random splits of an attention's output; in each row's later splits no keys (lse -inf),
+    their outputs NaN, as if never written."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.randn(m, heads, splits, hs, generator=gen)
+    lse = 4 * torch.randn(m, heads, splits, generator=gen)
+    for row in range(m):
+        used = 1 + row % splits
+        lse[row, :, used:], out[row, :, used:] = float("-inf"), float("nan")
+    return SoftmaxSplits(out.to(device), lse.to(device), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("m", "heads", "splits", "hs"), [(1, 3, 4, 16), (2, 3, 3, 32), (3, 5, 5, 24)]
+)
+@pytest.mark.parametrize("tiles", [SMALL_DOT, SMALL_FMA], ids=["dot", "fma"])
+def test_attention_splits_in(device, dtype, m, heads, splits, hs, tiles):
+    """x an attention's splits over the keys, combined as they are loaded: K tiles of 32 hold
+    two heads of 16 (the last tile one head in K and one past it), or one of 32, or parts of
+    heads of 24; splits without keys are not read (their NaNs stay out); with split_k too, as
+    the step's projection takes them."""
+    x = attention_splits(m, heads, splits, hs, device, dtype, seed=m)
+    assert torch.isfinite(x.total()).all()
+    k, n = heads * hs, 40
+    w = randn(n, k, dtype=dtype, device=device, seed=14, scale=k**-0.5)
+    for split_k in (1, 2):
+        got, s = gemv(x, w, split_k=split_k, tiles=tiles)
+        assert s is None
+        close(got, gemv_ref(x, w, split_k=split_k)[0], dtype)
 
 
 def test_split_for_fills_the_sms():

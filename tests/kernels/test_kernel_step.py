@@ -43,12 +43,13 @@ def test_buckets():
 
 
 def use_products(name: str, monkeypatch) -> str:
-    """ "cublas", "fused" (norms in the products' prologue, as for a step of few rows),
-    "fused-norms-apart" (norms before the products, as for a step of many) or "fused-sliced"
+    """ "cublas", "fused" (norms and the attention's split reduce in the products' loads, as
+    for a step of few rows), "fused-norms-apart" (both in launches of their own before the
+    products, as for a step of many) or "fused-sliced"
     (K tiles of 16, so that the tiny model's products split over K as the released model's do:
     qkv's, attn.proj's and mlp.proj's into 4, 4 and 8 slices) -> products=."""
     if name == "fused-norms-apart":
-        monkeypatch.setattr(kernel_step, "NORM_IN_PRODUCT_ROWS", 0)
+        monkeypatch.setattr(kernel_step, "PROLOGUE_ROWS", 0)
     if name == "fused-sliced":
         narrow = gemv.choose_tiles
 
@@ -91,7 +92,7 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype, products):
         buffer.copy_(torch.randn(buffer.shape, generator=g, device=device).to(dtype))
     batch = [
         StepRow(history(Task.A2A, 40, 9, seed=1), [3], GREEDY),
-        StepRow(history(Task.A2A_BATCH, 120, 3, seed=2), [0, 4], GREEDY),
+        StepRow(history(Task.A2A_BATCH, 150, 3, seed=2), [0, 4], GREEDY),  # keys in 2 splits
         StepRow(history(Task.T2T, 7, 1, seed=3), [1], GREEDY),
     ]
     untouched = cache.k[:, 2].clone()  # a slot no request owns
