@@ -9,12 +9,12 @@ h // q_per_kv):
 Stage 1, grid (B, groups, splits): one program takes the q_per_kv queries of a group (padded to
 a (BLOCK_H, BLOCK_D) tile for tl.dot) over one split of SPLIT_LEN keys, with an online softmax
 in fp32 (base 2: the scale and log2(e) are one factor), and writes each query's normalised
-partial output and log-sum-exp. Splits past a row's length run no iterations and write
-lse = -inf only (their output is never read: a short context in a long cache writes and reads
-a few splits' outputs, not all). Stage 2, grid (B, n_head): weights the splits by
-exp2(lse - max lse). The grid depends only on `max_length` (default: the cache's max_seq),
-never on the lengths' values, so a launch needs no host sync and can be captured in a CUDA
-graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns the splits
+partial output and log-sum-exp. A split past a row's length writes lse = -inf and does
+nothing else (loads no query, writes no output, which is never read): a short context in a
+long cache costs a few splits' work, not all of theirs. Stage 2, grid (B, n_head): weights
+the splits by exp2(lse - max lse). The grid depends only on `max_length` (default: the cache's
+max_seq), never on the lengths' values, so a launch needs no host sync and can be captured in
+a CUDA graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns the splits
 (kernels/gemv.py's SoftmaxSplits), for the product after the attention to combine as it loads
 them: a launch fewer per block.
 
@@ -69,47 +69,51 @@ def _decode_attention_kernel(
     end = tl.minimum(start + SPLIT_LEN, length)
     kv = tl.load(slot_ptr + b).to(tl.int64) * stride_cache_s + g * stride_cache_g
     pos = (length - 1).to(tl.int64)  # the row's new position
-    cached = end  # keys read from the cache: all, or (ROPE) those before the new one
-    if ROPE:  # q_ptr holds qkv rows (or their slices): per group its queries, key and value
-        dtype = k_ptr.dtype.element_ty
-        group = q_ptr + b * stride_q_b + g * (Q_PER_KV + 2) * HS
-        cos, sin = cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p
-        q = rope(group + h[:, None] * HS, d[None, :], q_tile, cos, sin, stride_q_split, HS,
-                 Q_SPLITS, dtype)  # fmt: skip
-        q = round_to(q, dtype).to(DOT_DTYPE)
-        cached = tl.minimum(end, pos)
-    else:
-        q_offs = b * stride_q_b + head[:, None] * stride_q_h + d[None, :]
-        q = tl.load(q_ptr + q_offs, mask=q_tile, other=0.0).to(DOT_DTYPE)  # zero padding rows
-    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for n0 in range(start, cached, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        kv_tile = (n < cached)[:, None] & (d < HS)[None, :]
-        offs = kv + n[:, None].to(tl.int64) * stride_cache_p + d[None, :]  # (BLOCK_N, BLOCK_D)
-        k = tl.load(k_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_H, BLOCK_N)
-        s = tl.where((n < cached)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
-        m_i = m_new
-    if ROPE and pos // SPLIT_LEN == split:  # the new key and value: this program's to add
-        m_i, l_i, acc = _new_key(q, group, stride_q_split, kv + pos * stride_cache_p, k_ptr,
-                                 v_ptr, cos, sin, qk_scale, m_i, l_i, acc, d, Q_PER_KV, HS,
-                                 Q_SPLITS)  # fmt: skip
-
-    has_keys = l_i > 0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
     # mid_lse (B, n_head, splits) and mid_o (B, n_head, splits, HS) are contiguous: one offset
     mid = b * stride_mid_b + head * stride_mid_h + split * stride_mid_split  # (BLOCK_H,)
-    tl.store(mid_o_ptr + mid[:, None] * HS + d[None, :], out, mask=q_tile & has_keys[:, None])
-    tl.store(mid_lse_ptr + mid, lse, mask=h < Q_PER_KV)
+    if start >= length:  # past the row's keys: no queries to rotate, no output to write
+        no_keys = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+        tl.store(mid_lse_ptr + mid, no_keys, mask=h < Q_PER_KV)
+    else:
+        cached = end  # keys read from the cache: all, or (ROPE) those before the new one
+        if ROPE:  # q_ptr holds qkv rows (or their slices): per group its queries, key and value
+            dtype = k_ptr.dtype.element_ty
+            group = q_ptr + b * stride_q_b + g * (Q_PER_KV + 2) * HS
+            cos, sin = cos_ptr + pos * stride_rope_p, sin_ptr + pos * stride_rope_p
+            q = rope(group + h[:, None] * HS, d[None, :], q_tile, cos, sin, stride_q_split, HS,
+                     Q_SPLITS, dtype)  # fmt: skip
+            q = round_to(q, dtype).to(DOT_DTYPE)
+            cached = tl.minimum(end, pos)
+        else:
+            q_offs = b * stride_q_b + head[:, None] * stride_q_h + d[None, :]
+            q = tl.load(q_ptr + q_offs, mask=q_tile, other=0.0).to(DOT_DTYPE)  # zero padding rows
+        m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+        for n0 in range(start, cached, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            kv_tile = (n < cached)[:, None] & (d < HS)[None, :]
+            offs = kv + n[:, None].to(tl.int64) * stride_cache_p + d[None, :]  # (BLOCK_N, BLOCK_D)
+            k = tl.load(k_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_H, BLOCK_N)
+            s = tl.where((n < cached)[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
+            acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
+            m_i = m_new
+        if ROPE and pos // SPLIT_LEN == split:  # the new key and value: this program's to add
+            m_i, l_i, acc = _new_key(q, group, stride_q_split, kv + pos * stride_cache_p, k_ptr,
+                                     v_ptr, cos, sin, qk_scale, m_i, l_i, acc, d, Q_PER_KV, HS,
+                                     Q_SPLITS)  # fmt: skip
+
+        has_keys = l_i > 0
+        out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        tl.store(mid_o_ptr + mid[:, None] * HS + d[None, :], out, mask=q_tile & has_keys[:, None])
+        tl.store(mid_lse_ptr + mid, lse, mask=h < Q_PER_KV)
 
 
 @triton.jit
