@@ -50,24 +50,34 @@ def _add_rmsnorm_kernel(
 
 
 def add_rmsnorm(
-    x: torch.Tensor | SplitSums, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor | SplitSums,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x, residual (..., C), weight (C,) -> (rmsnorm(x + residual) * weight, x + residual).
-    With residual None: (rmsnorm(x) * weight, x). x may be SplitSums of shape (N, C)."""
+    With residual None: (rmsnorm(x) * weight, x). x may be SplitSums of shape (N, C). `out`
+    (N, C): where the first is written (e.g. a CUDA graph's output buffer)."""
     if not runs_kernel(weight):
-        return add_rmsnorm_ref(x, residual, weight, eps)
+        y, s = add_rmsnorm_ref(x, residual, weight, eps)
+        return (y if out is None else out.copy_(y)), s
     C, dtype = x.shape[-1], weight.dtype
     parts = x.parts if isinstance(x, SplitSums) else x.reshape(1, -1, C)  # (X_SPLITS, N, C)
     assert parts.stride(2) == 1 and weight.is_contiguous()
     assert isinstance(x, SplitSums) or x.dtype == dtype
-    y = torch.empty(parts.shape[1:], device=weight.device, dtype=dtype)
+    if out is None:
+        y = torch.empty(parts.shape[1:], device=weight.device, dtype=dtype)
+    else:
+        assert out.shape == parts.shape[1:] and out.dtype == dtype and out.stride(1) == 1
+        y = out
     has_residual = residual is not None
     if has_residual:
         r2 = residual.reshape(-1, C)
         assert r2.stride(1) == 1
-        s = torch.empty_like(y)
+        s = torch.empty(y.shape, device=y.device, dtype=dtype)
     elif isinstance(x, SplitSums):  # the kernel writes the rounded sum
-        r2 = s = torch.empty_like(y)
+        r2 = s = torch.empty(y.shape, device=y.device, dtype=dtype)
     else:  # never touched: HAS_RESIDUAL=False compiles the load and store away
         r2 = s = parts[0]
     _add_rmsnorm_kernel[(parts.shape[1],)](
@@ -79,7 +89,7 @@ def add_rmsnorm(
         num_warps=4 if C <= 2048 else 8,
         **launch_options(),
     )  # fmt: skip
-    return y.view(x.shape), s.view(x.shape)
+    return (y if out is not None else y.view(x.shape)), s.view(x.shape)
 
 
 def add_rmsnorm_ref(

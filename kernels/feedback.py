@@ -14,10 +14,18 @@ row b, with sampled audio a_i (layer-local, i = 0..6) and text t, and `later` = 
     next_ids[b, 7] = t
 
 `sampled[b]` holds row b's request's ids: for a2a-batch the audio of its row 0 and the text of
-its row 1 in both rows (gather them first); `speaks` is set only on a speech task's audio row.
-The length limit stays with the host, which knows every row's step count. One program per
-BLOCK_B rows, each an (BLOCK_B, 8) tile.
+its row 1 in both rows; `speaks` is set only on a speech task's audio row. The length limit
+stays with the host, which knows every row's step count. One program per BLOCK_B rows, each an
+(BLOCK_B, 8) tile.
+
+With `StepRows` the kernel is the decode step's whole tail (realtime/kernel_step.py), in its
+buffers: it gathers `sampled` from the head's picks itself (row b's audio from row
+audio_src[b], its text from row text_src[b]), writes the gathered ids to `sampled` and the
+next ones to `ids` in place, and advances `positions` by `advance`: one launch where torch ops
+took six.
 """
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -29,21 +37,45 @@ from realtime import tokens
 BLOCK_B = 16
 
 
+@dataclass(frozen=True)
+class StepRows:
+    """The decode step's per-row buffers the feedback reads and writes (all (B,) int64 but ids
+    and sampled (B, 8) int64)."""
+
+    audio_src: torch.Tensor  # the row of the head's picks whose audio ids this row takes
+    text_src: torch.Tensor  # ... whose text id it takes
+    ids: torch.Tensor  # written: the next step's input ids
+    sampled: torch.Tensor  # written: the ids as gathered (what the host accepts)
+    positions: torch.Tensor  # advanced in place by `advance`
+    advance: torch.Tensor
+
+
 @triton.jit
 def _feedback_kernel(
     sampled_ptr, speaks_ptr, audio_out_ptr, first_ptr, text_ended_ptr, next_ptr, stop_ptr,
+    audio_src_ptr, text_src_ptr, gathered_ptr, pos_ptr, advance_ptr,
     B,
-    stride_sampled_b, stride_next_b,
+    stride_sampled_b, stride_next_b, stride_gathered_b,
     AUDIO_LAYERS: tl.constexpr, TEXT_VOCAB: tl.constexpr, AUDIO_VOCAB: tl.constexpr,
     EOT: tl.constexpr, PAD_T: tl.constexpr, EOA: tl.constexpr, PAD_A: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
+    STEP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     handoff(PDL)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
     s = tl.arange(0, BLOCK_S)[None, :]  # stream: audio layers, then the text
     in_b = rows < B
     tile = in_b[:, None] & (s <= AUDIO_LAYERS)
-    ids = tl.load(sampled_ptr + rows[:, None] * stride_sampled_b + s, mask=tile, other=0)
+    if STEP:  # row b's ids from its request's audio and text rows of the picks
+        audio_src = tl.load(audio_src_ptr + rows, mask=in_b, other=0)
+        text_src = tl.load(text_src_ptr + rows, mask=in_b, other=0)
+        src = tl.where(s < AUDIO_LAYERS, audio_src[:, None], text_src[:, None])  # (BLOCK_B, S)
+        ids = tl.load(sampled_ptr + src * stride_sampled_b + s, mask=tile, other=0)
+        tl.store(gathered_ptr + rows[:, None] * stride_gathered_b + s, ids, mask=tile)
+        position = tl.load(pos_ptr + rows, mask=in_b, other=0)
+        tl.store(pos_ptr + rows, position + tl.load(advance_ptr + rows, mask=in_b, other=0),
+                 mask=in_b)  # fmt: skip
+    else:
+        ids = tl.load(sampled_ptr + rows[:, None] * stride_sampled_b + s, mask=tile, other=0)
     speaks = tl.load(speaks_ptr + rows, mask=in_b, other=0) != 0
     audio_out = tl.load(audio_out_ptr + rows, mask=in_b, other=0) != 0
     later = tl.load(first_ptr + rows, mask=in_b, other=1) == 0
@@ -68,26 +100,37 @@ def feedback(
     audio_out: torch.Tensor,
     first: torch.Tensor,
     text_ended: torch.Tensor,
+    step: StepRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sampled (B, 8) ids (layer-local audio, then text); speaks, audio_out, first,
-    text_ended (B,) bool -> (next_ids (B, 8) int64, stop (B,) bool); text_ended is updated in
-    place."""
+    """sampled (B, 8) ids (layer-local audio, then text; with `step`, the head's picks, which
+    it gathers); speaks, audio_out, first, text_ended (B,) bool -> (next_ids (B, 8) int64
+    (step.ids with `step`), stop (B,) bool); text_ended is updated in place, and with `step`
+    its ids, sampled and positions."""
     if not runs_kernel(sampled, text_ended):
-        return feedback_ref(sampled, speaks, audio_out, first, text_ended)
-    B = sampled.shape[0]
+        return feedback_ref(sampled, speaks, audio_out, first, text_ended, step)
+    B = text_ended.shape[0]
     assert sampled.shape[1] == tokens.STREAMS and sampled.stride(1) == 1
     assert text_ended.dtype == torch.bool and text_ended.is_contiguous()
     flags = [f.contiguous().view(torch.uint8) for f in (speaks, audio_out, first)]
-    next_ids = torch.empty(B, tokens.STREAMS, device=sampled.device, dtype=torch.int64)
+    if step is None:
+        next_ids = torch.empty(B, tokens.STREAMS, device=sampled.device, dtype=torch.int64)
+        gathered, sources, moves = next_ids, (text_ended, text_ended), (text_ended, text_ended)
+    else:
+        next_ids, gathered = step.ids, step.sampled
+        sources, moves = (step.audio_src, step.text_src), (step.positions, step.advance)
+        assert next_ids.stride(1) == gathered.stride(1) == 1
+        assert all(t.is_contiguous() and t.dtype == torch.int64 for t in (*sources, *moves))
     stop = torch.empty(B, device=sampled.device, dtype=torch.bool)
     _feedback_kernel[(triton.cdiv(B, BLOCK_B),)](
         sampled, *flags, text_ended.view(torch.uint8), next_ids, stop.view(torch.uint8),
+        *sources, gathered, *moves,
         B,
-        sampled.stride(0), next_ids.stride(0),
+        sampled.stride(0), next_ids.stride(0), gathered.stride(0),
         AUDIO_LAYERS=tokens.AUDIO_LAYERS, TEXT_VOCAB=tokens.TEXT_VOCAB_PADDED,
         AUDIO_VOCAB=tokens.AUDIO_LAYER_VOCAB,
         EOT=tokens.EOT, PAD_T=tokens.PAD_T, EOA=tokens.EOA, PAD_A=tokens.PAD_A,
-        BLOCK_B=BLOCK_B, BLOCK_S=triton.next_power_of_2(tokens.STREAMS),
+        STEP=step is not None, BLOCK_B=BLOCK_B,
+        BLOCK_S=triton.next_power_of_2(tokens.STREAMS),
         **launch_options(),
     )  # fmt: skip
     return next_ids, stop
@@ -99,8 +142,16 @@ def feedback_ref(
     audio_out: torch.Tensor,
     first: torch.Tensor,
     text_ended: torch.Tensor,
+    step: StepRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same rules in torch ops (no host sync either)."""
+    if step is not None:  # the gather, the writes and the advance around the rules
+        audio = sampled[step.audio_src, : tokens.AUDIO_LAYERS]
+        sampled = torch.cat((audio, sampled[step.text_src, tokens.TEXT_STREAM :]), dim=1)
+        step.sampled.copy_(sampled)
+        step.positions.add_(step.advance)
+        next_ids, stop = feedback_ref(sampled, speaks, audio_out, first, text_ended)
+        return step.ids.copy_(next_ids), stop
     later = ~first
     audio, text = sampled[:, : tokens.AUDIO_LAYERS], sampled[:, tokens.TEXT_STREAM]
     text = torch.where(audio_out & later & text_ended, tokens.PAD_T, text)

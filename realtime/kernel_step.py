@@ -48,7 +48,7 @@ import torch
 from kernels.add_rmsnorm import add_rmsnorm
 from kernels.decode_attention import decode_attention_qkv
 from kernels.embed_mean import embed_mean
-from kernels.feedback import feedback
+from kernels.feedback import StepRows, feedback
 from kernels.gemv import Norm, gemv, split_for
 from kernels.head_argmax import head_argmax
 from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
@@ -175,7 +175,8 @@ class KernelStep:
         x = embed_mean(ids[:, None], lm.transformer.wte.weight)[:, 0]  # (size, C)
         blocks = self._fused_blocks if self.products == "fused" else self._blocks
         x, residual = blocks(x, slots, lengths)
-        hidden, _ = add_rmsnorm(x, residual, lm.transformer.ln_f.weight, cfg.norm_eps)
+        hidden = self.hidden[:size]  # (the step's output buffer, written in place)
+        add_rmsnorm(x, residual, lm.transformer.ln_f.weight, cfg.norm_eps, out=hidden)
 
         skip_text = self.text_ended[:size] | self.no_text[:size]
         extra = {} if self.head_block_v is None else {"block_v": self.head_block_v}
@@ -188,18 +189,13 @@ class KernelStep:
             picks = head_sample(hidden, head, skip_text, rows, self.logits[:size], **extra)
         else:
             picks = head_argmax(hidden, head, skip_text, **extra)  # (size, 8)
-        # A request's ids in each of its rows: audio from its audio row, text from its text row.
-        audio = picks[self.audio_src[:size], : tokens.AUDIO_LAYERS]
-        text = picks[self.text_src[:size], tokens.TEXT_STREAM :]
-        sampled = torch.cat((audio, text), dim=1)  # (size, 8)
-        next_ids, _ = feedback(  # the host's Generations apply the stops
-            sampled, self.speaks[:size], self.audio_out[:size], self.first[:size],
-            self.text_ended[:size],
-        )  # fmt: skip
-        ids.copy_(next_ids)
-        positions.add_(self.advance[:size])
-        self.sampled[:size].copy_(sampled)
-        self.hidden[:size].copy_(hidden)
+        # A request's ids in each of its rows (audio from its audio row, text from its text
+        # row) to self.sampled, the next ones to ids, the positions advanced: one launch. The
+        # host's Generations apply the stops.
+        rows = StepRows(self.audio_src[:size], self.text_src[:size], ids, self.sampled[:size],
+                        positions, self.advance[:size])  # fmt: skip
+        feedback(picks, self.speaks[:size], self.audio_out[:size], self.first[:size],
+                 self.text_ended[:size], rows)  # fmt: skip
 
     def _blocks(self, x, slots, lengths):
         """The blocks on cuBLAS's products -> (the last block's output, the residual stream)."""

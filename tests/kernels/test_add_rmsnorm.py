@@ -39,6 +39,21 @@ def test_matches_ref(device, dtype, shape, with_residual):
     torch.testing.assert_close(y, y_ref, **TOL[dtype])
 
 
+def test_writes_into_out(device):
+    """out=: the norm goes into the given rows of a larger buffer (as the step's hidden
+    states do), from a product's slices; the rows after them are untouched."""
+    from kernels.gemv import SplitSums
+
+    _, r, w = make_inputs((3, 100), torch.bfloat16, device, seed=4)
+    parts = SplitSums(torch.randn(2, 3, 100, device=device), torch.bfloat16)
+    buffer = torch.zeros(5, 100, device=device, dtype=torch.bfloat16)
+    y, s = add_rmsnorm(parts, r, w, EPS, out=buffer[:3])
+    y_ref, s_ref = add_rmsnorm_ref(parts, r, w, EPS)
+    assert y.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(buffer[:3], y_ref, **TOL[torch.bfloat16])
+    assert torch.equal(s, s_ref) and not buffer[3:].any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ref_is_the_model_norm(tiny_lm, dtype):
     block = tiny_lm(dtype).transformer.h[0]

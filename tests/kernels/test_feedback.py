@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernels.feedback import feedback, feedback_ref
+from kernels.feedback import StepRows, feedback, feedback_ref
 from realtime import tokens
 from realtime.generate import Generation
 from realtime.prompts import Task
@@ -34,6 +34,41 @@ def test_matches_ref(device, B):
         assert next_ids.dtype == torch.int64 and stop.dtype == torch.bool
         assert torch.equal(next_ids, next_ref) and torch.equal(stop, stop_ref)
         assert torch.equal(ended, ended_ref)
+
+
+@pytest.mark.parametrize("B", [3, 37])
+def test_step_rows_match_ref(device, B):
+    """As the decode step's tail: each row's ids gathered from the picks (rows whose audio and
+    text come from different rows, as an a2a-batch request's do), written to the step's
+    buffers, its position advanced; every other row of the buffers untouched."""
+    gen = torch.Generator().manual_seed(B)
+    picks = torch.randint(tokens.EOA - 2, tokens.EOA + 3, (B, tokens.STREAMS), generator=gen)
+    picks[:, tokens.TEXT_STREAM] = torch.randint(
+        tokens.EOT - 1, tokens.EOT + 2, (B,), generator=gen
+    )
+    audio_src, text_src = torch.arange(B), torch.arange(B)
+    audio_src[1], text_src[0] = 0, 1  # rows 0 and 1: one request's audio row and text row
+    flags = random_flags(B, gen)
+    bufs = [torch.randint(0, 9, (B + 2, tokens.STREAMS)) for _ in "is"]  # ids, sampled
+    moves = [torch.randint(0, 90, (B + 2,)), torch.randint(0, 2, (B + 2,))]  # positions, advance
+    runs = []
+    for step_fn in (feedback, feedback_ref):
+        ids, sampled, positions, advance = (t.clone().to(device) for t in (*bufs, *moves))
+        ended = flags[3].clone().to(device)
+        rows = StepRows(audio_src.to(device), text_src.to(device), ids[:B], sampled[:B],
+                        positions[:B], advance[:B])  # fmt: skip
+        next_ids, stop = step_fn(picks.to(device), *(f.to(device) for f in flags[:3]), ended,
+                                 rows)  # fmt: skip
+        assert next_ids.data_ptr() == ids.data_ptr()
+        runs.append((ids, sampled, positions, stop, ended))
+    for got, want in zip(*runs, strict=True):
+        assert torch.equal(got, want)
+    ids, sampled, positions, *_ = runs[0]
+    assert torch.equal(sampled[1], torch.cat((picks[0, :7], picks[1, 7:])).to(device))
+    assert torch.equal(
+        positions.cpu(), moves[0] + torch.cat((moves[1][:B], torch.zeros(2, dtype=torch.long)))
+    )
+    assert torch.equal(ids[B:].cpu(), bufs[0][B:]) and torch.equal(sampled[B:].cpu(), bufs[1][B:])
 
 
 def draw(rng: random.Random) -> tuple[int, list[int]]:

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
 
@@ -137,6 +138,58 @@ def test_sliced_products_split_at_the_tiny_shapes(tiny_lm, monkeypatch):
         lm, lm.new_cache(2), 1, 1, use_products("fused-sliced", monkeypatch)
     )
     assert (step.split_qkv, step.split_attn, step.split_mlp) == (4, 4, 8)
+
+
+class TorchKernels(TorchDispatchMode):
+    """The torch ops run within that would launch a GPU kernel (not views or allocations)."""
+
+    FREE = {"view", "_unsafe_view", "slice", "select", "reshape", "expand", "t", "transpose",
+            "unsqueeze", "squeeze", "as_strided", "alias", "detach", "empty", "empty_like",
+            "empty_strided", "permute", "split", "unbind", "lift_fresh"}  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if (name := func.overloadpacket.__name__) not in self.FREE:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("products", "rows"), [("fused", 1), ("fused", 8), ("cublas", 1)])
+def test_launches_a_step(monkeypatch, products, rows):
+    """What a step launches, counted on meta tensors (nothing runs): on our products 5
+    kernels a block for up to PROLOGUE_ROWS rows (8 for more), and 5 around the blocks
+    (embeddings, the last norm, the head's two, the feedback that is the whole tail); on
+    cuBLAS's 5 of ours and 4 products a block. Besides them two small torch ops."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    from realtime.config import PRESETS
+    from realtime.model import OmniLM, rope_cache
+
+    from .compile_check import KERNEL_MODULES
+
+    ours = []
+    for launcher in (JITFunction, InterpretedFunction):  # compiled, interpreted: not run
+        monkeypatch.setattr(launcher, "run", lambda self, *a, **kw: ours.append(self.__name__))
+    for name in KERNEL_MODULES:
+        monkeypatch.setattr(f"kernels.{name}.runs_kernel", lambda *tensors: True)
+    cfg = PRESETS["tiny"].model
+    with torch.device("meta"):
+        lm = OmniLM(cfg)
+        lm.cos, lm.sin = (t.to("meta") for t in rope_cache(cfg.block_size, cfg.head_size, 10))
+        lm.fuse()
+        step = kernel_step.KernelStep(lm, lm.new_cache(9), 8, pad_slot=8, products=products)
+        with (torch_ops := TorchKernels()):
+            step.forward(rows)
+    per_block = 5 if products == "cublas" or rows <= kernel_step.PROLOGUE_ROWS else 8
+    assert len(ours) == per_block * cfg.n_layer + 5
+    products_run = [op for op in torch_ops.ops if op in ("addmm", "mm")]
+    assert len(products_run) == (4 * cfg.n_layer if products == "cublas" else 0)
+    assert sorted(op for op in torch_ops.ops if op not in ("addmm", "mm")) == [
+        "add", "bitwise_or"]  # fmt: skip
 
 
 def test_unknown_products_are_refused(tiny_lm):
