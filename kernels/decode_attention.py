@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.gemv import SoftmaxSplits, SplitSums
+from kernels.gemv import SoftmaxSplits, SplitSums, programs_wanted
 from kernels.qkv_rope_cache import qkv_rope_cache_ref, rope
 from kernels.triton_support import (
     dot_dtype,
@@ -41,7 +41,7 @@ from kernels.triton_support import (
     runs_kernel,
 )
 
-SPLIT_LEN = 128  # keys per stage-1 program: 16 splits of a 2048-position cache
+SPLIT_LEN = 128  # keys per stage-1 program (at batch 1: 16 splits of a 2048-position cache)
 BLOCK_N = 64  # keys per loop iteration
 LOG2E = 1.4426950408889634
 
@@ -157,6 +157,18 @@ def _decode_attention_reduce_kernel(
     dst = out_ptr + b * stride_out_b + h * stride_out_h + d
     dtype = out_ptr.dtype.element_ty  # (round_to: the interpreter's cast to bf16 truncates)
     tl.store(dst, round_to(out, dtype).to(dtype), mask=d < HS)
+
+
+def split_len_for(rows: int, groups: int, max_seq: int, device: torch.device) -> int:
+    """Keys per split for a step of `rows` rows over a max_seq cache: SPLIT_LEN, doubled while
+    half as many splits still give the GPU kernels/gemv.py's programs_wanted(). A batch fills
+    the GPU with fewer splits, and at the start of a conversation every split past its few
+    keys is a program that only writes -inf (at batch 64 with 128 keys a split, 1920 of
+    2048)."""
+    split_len, wanted = SPLIT_LEN, programs_wanted(device)
+    while split_len < max_seq and rows * groups * triton.cdiv(max_seq, 2 * split_len) >= wanted:
+        split_len *= 2
+    return split_len
 
 
 def decode_attention(

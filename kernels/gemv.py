@@ -347,7 +347,7 @@ def _residual_out(parts: torch.Tensor, norm: Norm | None, dtype: torch.dtype):
 def choose_tiles(n: int, device: torch.device) -> Tiles:
     """The widest BLOCK_N (64, 32 or 16 rows of W per program) that still gives every SM
     PROGRAMS_PER_SM programs; the narrowest otherwise."""
-    programs = _programs_wanted(device)
+    programs = programs_wanted(device)
     block_n = next((b for b in (64, 32) if triton.cdiv(n, b) >= programs), 16)
     return Tiles(block_n=block_n)
 
@@ -356,7 +356,7 @@ def split_for(k: int, n: int, device: torch.device, tiles: Tiles | None = None) 
     """Slices over K that give every SM PROGRAMS_PER_SM programs for an (n, k) weight (as
     `gemv(split_k=)` will cut them: whole K tiles, so at most one per tile)."""
     tiles = tiles or choose_tiles(n, device)
-    wanted = triton.cdiv(_programs_wanted(device), triton.cdiv(n, tiles.block_n))
+    wanted = triton.cdiv(programs_wanted(device), triton.cdiv(n, tiles.block_n))
     return _slices(k, tiles.block_k, wanted)[1]
 
 
@@ -366,7 +366,8 @@ def _slices(k: int, block_k: int, split_k: int) -> tuple[int, int]:
     return k_per_split, triton.cdiv(k, k_per_split)
 
 
-def _programs_wanted(device: torch.device) -> int:
+def programs_wanted(device: torch.device) -> int:
+    """Programs a launch on `device` aims for: PROGRAMS_PER_SM for each of its SMs."""
     if device.type != "cuda":
         return PROGRAMS_PER_SM * SMS_FALLBACK
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -46,7 +46,7 @@ from functools import partial
 import torch
 
 from kernels.add_rmsnorm import add_rmsnorm
-from kernels.decode_attention import decode_attention_qkv
+from kernels.decode_attention import decode_attention_qkv, split_len_for
 from kernels.embed_mean import embed_mean
 from kernels.feedback import StepRows, feedback
 from kernels.gemv import Norm, gemv, split_for
@@ -240,9 +240,10 @@ class KernelStep:
         `reduce` its SoftmaxSplits, with the new keys and values written to the cache."""
         lm, cache = self.lm, self.cache
         # RoPE and the cache write happen inside; the new position is lengths - 1. The grid is
-        # fixed by the cache's length, not the rows' lengths: nothing to sync on.
+        # fixed by the cache's length and the bucket, never the rows' lengths: no sync.
+        split_len = split_len_for(qkv.shape[0], cache.k.shape[2], cache.max_seq, cache.k.device)
         out = decode_attention_qkv(qkv, lm.cos, lm.sin, cache.k, cache.v, layer, slots, lengths,
-                                   cache.max_seq, reduce=reduce)  # fmt: skip
+                                   cache.max_seq, split_len, reduce)  # fmt: skip
         return out.reshape(qkv.shape[0], -1) if reduce else out
 
     def load(self, batch: list[StepRow]) -> int:

@@ -11,6 +11,7 @@ from kernels.decode_attention import (
     decode_attention_qkv,
     decode_attention_qkv_ref,
     decode_attention_ref,
+    split_len_for,
 )
 from kernels.qkv_rope_cache import qkv_rope_cache_ref
 from realtime.model import rope_cache
@@ -51,6 +52,15 @@ def test_matches_ref(device, dtype, groups, q_per_kv, hs, lengths, split_len):
     got = decode_attention(q, k, v, 1, slots, lengths, split_len=split_len)
     assert got.shape == q.shape and got.dtype == dtype
     torch.testing.assert_close(got, decode_attention_ref(q, k, v, 1, slots, lengths), **TOL[dtype])
+
+
+def test_batches_take_longer_splits():
+    """Splits of 128 keys until the rows' groups fill the GPU with fewer (264 programs off a
+    GPU: 132 SMs assumed): the released model's 2 groups over a 2048-position cache."""
+    cpu = torch.device("cpu")
+    assert [split_len_for(rows, 2, 2048, cpu) for rows in (1, 4, 16, 32, 64)] == [
+        128, 128, 128, 256, 512]  # fmt: skip
+    assert split_len_for(512, 2, 256, cpu) == 256  # never past the cache
 
 
 def test_max_length_bounds_the_splits(device):

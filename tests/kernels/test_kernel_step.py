@@ -48,9 +48,15 @@ def use_products(name: str, monkeypatch) -> str:
     for a step of few rows), "fused-norms-apart" (both in launches of their own before the
     products, as for a step of many) or "fused-sliced"
     (K tiles of 16, so that the tiny model's products split over K as the released model's do:
-    qkv's, attn.proj's and mlp.proj's into 4, 4 and 8 slices) -> products=."""
+    qkv's, attn.proj's and mlp.proj's into 4, 4 and 8 slices) or "fused-one-split" (the
+    attention over the whole cache in one split, as a large batch takes longer splits) ->
+    products=."""
     if name == "fused-norms-apart":
         monkeypatch.setattr(kernel_step, "PROLOGUE_ROWS", 0)
+    if name == "fused-one-split":
+        monkeypatch.setattr(
+            kernel_step, "split_len_for", lambda rows, groups, max_seq, dev: max_seq
+        )
     if name == "fused-sliced":
         narrow = gemv.choose_tiles
 
@@ -58,10 +64,10 @@ def use_products(name: str, monkeypatch) -> str:
             return dataclasses.replace(narrow(n, device), block_k=16)
 
         monkeypatch.setattr(gemv, "choose_tiles", tiles)
-    return name.removesuffix("-norms-apart").removesuffix("-sliced")
+    return name.removesuffix("-norms-apart").removesuffix("-sliced").removesuffix("-one-split")
 
 
-@pytest.fixture(params=["cublas", "fused", "fused-norms-apart", "fused-sliced"])
+@pytest.fixture(params=["cublas", "fused", "fused-norms-apart", "fused-sliced", "fused-one-split"])
 def products(request, monkeypatch) -> str:
     return use_products(request.param, monkeypatch)
 
