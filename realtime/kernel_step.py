@@ -192,10 +192,10 @@ class KernelStep:
         # A request's ids in each of its rows (audio from its audio row, text from its text
         # row) to self.sampled, the next ones to ids, the positions advanced: one launch. The
         # host's Generations apply the stops.
-        rows = StepRows(self.audio_src[:size], self.text_src[:size], ids, self.sampled[:size],
+        tail = StepRows(self.audio_src[:size], self.text_src[:size], ids, self.sampled[:size],
                         positions, self.advance[:size])  # fmt: skip
         feedback(picks, self.speaks[:size], self.audio_out[:size], self.first[:size],
-                 self.text_ended[:size], rows)  # fmt: skip
+                 self.text_ended[:size], tail)  # fmt: skip
 
     def _blocks(self, x, slots, lengths):
         """The blocks on cuBLAS's products -> (the last block's output, the residual stream)."""
