@@ -3,7 +3,8 @@ model's decode attention) and torch.compile, at the released head layout in a 20
 cache: every row at the same length, for several lengths and batches. GB/s counts the keys and
 values each row reads. Then the same for decode_attention_qkv (from the qkv product: RoPE and
 the cache write inside), also against its two steps as launches of their own ("unfused":
-qkv_rope_cache, then decode_attention). Writes
+qkv_rope_cache, then decode_attention). Keys per split as the decode step takes them for each
+batch (split_len_for), or --split-len for all. Writes
 benchmarks/results/triton_decode_attention-<gpu>.json.
 
     python -m benchmarks.kernels.decode_attention [--dtype bf16] [--split-len 128]
@@ -17,8 +18,16 @@ from realtime.model import rope_cache
 SYNCING = ("torch", "compiled")
 
 
+def split_len(args: dict, rows: int, k_cache: torch.Tensor) -> int:
+    """--split-len, or what the decode step takes for `rows` rows over this cache."""
+    from kernels.decode_attention import split_len_for
+
+    _, _, groups, max_seq, _ = k_cache.shape
+    return args["split_len"] or split_len_for(rows, groups, max_seq, k_cache.device)
+
+
 def main() -> None:
-    args = common.parse_args(__doc__, split_len=(int, 128))
+    args = common.parse_args(__doc__, split_len=(int, 0))
     device = common.require_gpu("benchmarks.kernels.decode_attention")
     from kernels.decode_attention import decode_attention, decode_attention_ref
 
@@ -26,7 +35,8 @@ def main() -> None:
     hs, groups, max_seq = cfg.head_size, cfg.n_query_groups, cfg.block_size
 
     def kernel(q, k, v, layer, slots, lengths):
-        return decode_attention(q, k, v, layer, slots, lengths, split_len=args["split_len"])
+        split = split_len(args, q.shape[0], k)
+        return decode_attention(q, k, v, layer, slots, lengths, split_len=split)
 
     impls = common.implementations(kernel, decode_attention_ref)
     common.print_header()
@@ -53,17 +63,19 @@ def qkv_cases(args: dict, device, dtype) -> list[dict]:
     from kernels.decode_attention import decode_attention_qkv_ref as ref
     from kernels.qkv_rope_cache import qkv_rope_cache
 
-    cfg, split_len = common.RELEASED, args["split_len"]
+    cfg = common.RELEASED
     hs, groups, max_seq = cfg.head_size, cfg.n_query_groups, cfg.block_size
     cos, sin = (t.to(device) for t in rope_cache(max_seq, hs, cfg.rope_base))
 
     def fused(qkv, k, v, slots, lengths):
-        return decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, lengths, split_len=split_len)
+        split = split_len(args, qkv.shape[0], k)
+        return decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, lengths, split_len=split)
 
     def unfused(qkv, k, v, slots, lengths):
         positions = (lengths - 1)[:, None]
         q = qkv_rope_cache(qkv[:, None], cos, sin, positions, slots, k, v, 0)
-        return decode_attention(q[:, :, 0], k, v, 0, slots, lengths, split_len=split_len)
+        split = split_len(args, qkv.shape[0], k)
+        return decode_attention(q[:, :, 0], k, v, 0, slots, lengths, split_len=split)
 
     def torch_ref(qkv, k, v, slots, lengths):
         return ref(qkv, cos, sin, k, v, 0, slots, lengths)
