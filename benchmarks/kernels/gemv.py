@@ -40,8 +40,7 @@ BATCHES = "1,4,8,32,64"
 
 def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
     """name -> (gemv's keyword arguments, bytes), with random inputs at the released shapes."""
-    from kernels.decode_attention import SPLIT_LEN
-    from kernels.gemv import Norm, SoftmaxSplits, SplitSums, split_for
+    from kernels.gemv import Norm, SplitSums, split_for
     from realtime.kernel_step import PROLOGUE_ROWS
 
     cfg = common.RELEASED
@@ -58,11 +57,6 @@ def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
     split_qkv = split_for(C, width, device)
     split_attn, split_mlp = split_for(C, C, device), split_for(hidden, C, device)
     slices = SplitSums(torch.randn(split_attn, rows, C, device=device), dtype)
-    key_splits, used = cfg.block_size // SPLIT_LEN, 3
-    lse = torch.full((rows, cfg.n_head, key_splits), float("-inf"), device=device)
-    lse[:, :, :used] = torch.randn(rows, cfg.n_head, used, device=device)
-    out = torch.randn(rows, cfg.n_head, key_splits, cfg.head_size, device=device)
-    attention = SoftmaxSplits(out, lse, dtype)
     by_case = {
         "qkv": (
             dict(x=randn(rows, C), weight=randn(width, C, scale=C**-0.5), bias=randn(width),
@@ -82,15 +76,28 @@ def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
                  split_k=split_mlp),
             (C * hidden + rows * hidden) * size + split_mlp * rows * C * 4,
         ),
-        "attn_proj_splits": (
-            dict(x=attention, weight=randn(C, C, scale=C**-0.5), split_k=split_attn),
-            C * C * size + (used * rows * C + rows * cfg.n_head * key_splits) * 4
-            + split_attn * rows * C * 4,
-        ),
     }  # fmt: skip
-    if rows > PROLOGUE_ROWS:  # the step combines the splits in a launch of their own
-        del by_case["attn_proj_splits"]
+    if rows <= PROLOGUE_ROWS:  # (for more the step combines them in a launch of their own)
+        attention, nbytes = attention_splits(device, dtype, rows)
+        by_case["attn_proj_splits"] = (
+            dict(x=attention, weight=randn(C, C, scale=C**-0.5), split_k=split_attn),
+            C * C * size + nbytes + split_attn * rows * C * 4,
+        )
     return by_case
+
+
+def attention_splits(device, dtype, rows: int, used: int = 3):
+    """(an attention's SoftmaxSplits over the released cache, as the step splits it for `rows`
+    rows, with keys in the first `used` splits; the bytes of it that are read)."""
+    from kernels.decode_attention import split_len_for
+    from kernels.gemv import SoftmaxSplits
+
+    cfg = common.RELEASED
+    splits = cfg.block_size // split_len_for(rows, cfg.n_query_groups, cfg.block_size, device)
+    lse = torch.full((rows, cfg.n_head, splits), float("-inf"), device=device)
+    lse[:, :, :used] = torch.randn(rows, cfg.n_head, used, device=device)
+    out = torch.randn(rows, cfg.n_head, splits, cfg.head_size, device=device)
+    return SoftmaxSplits(out, lse, dtype), (used * rows * cfg.n_embd + lse.numel()) * 4
 
 
 def contenders(kwargs: dict) -> dict:
