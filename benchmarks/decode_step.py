@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if args.dry_run else "cuda")
     runtime = sc.load_runtime(args.model, device, "tiny" if args.dry_run else "mini-omni")
     batches = [int(b) for b in args.batches.split(",")]
+    sc.compile_steps_ahead(runtime.lm, batches)  # on every CPU core, not at first launches
     cases = []
     for batch in batches:
         for text_running in (True, False):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels.triton_support import interpreting, supports_dependent_launches
+from kernels.triton_support import compile_ahead, interpreting, supports_dependent_launches
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
 from realtime.config import PRESETS, STEP_PRODUCTS, DecodingOptions
@@ -171,11 +171,8 @@ def time_contenders(
             if cuda:  # its launches captured in a CUDA graph too: the best torch can do
                 out["compiled+graph"] = graph_ms(lambda: fn(*args), steps)
         # "kernels", "graph", ...: on cuBLAS's products; "...[fused]": ours; "...[+pdl]",
-        # "...[fused+pdl]": launched as programmatic dependents (where the GPU can; a dry run
-        # under the interpreter goes through the motions)
-        dependents = supports_dependent_launches(cache.k.device) or interpreting()
-        pdl = [False, True] if dependents else [False]
-        for products, dependent in [(p, d) for d in pdl for p in STEP_PRODUCTS]:
+        # "...[fused+pdl]": launched as programmatic dependents
+        for products, dependent in step_kinds(cache.k.device):
             step = kernel_step(lm, cache, ids, positions, slots, text_running, products, dependent)
             tag = ("" if products == "cublas" else products) + ("+pdl" if dependent else "")
             tag = f"[{tag}]" if tag else ""
@@ -186,6 +183,34 @@ def time_contenders(
     }
     return dict(batch=batch, context=context, text_running=text_running, bytes=nbytes,
                 contenders=contenders)  # fmt: skip
+
+
+def step_kinds(device: torch.device) -> list[tuple[str, bool]]:
+    """(products, pdl) of each kernel step timed: both products, each also launched as
+    programmatic dependents where the GPU can (a dry run under the interpreter goes through the
+    motions)."""
+    dependents = supports_dependent_launches(device) or interpreting()
+    return [(p, d) for d in ([False, True] if dependents else [False]) for p in STEP_PRODUCTS]
+
+
+def compile_steps_ahead(lm: OmniLM, batches: list[int], kinds: list | None = None) -> None:
+    """Compile every kernel variant of the steps of `kinds` (default: step_kinds) at `batches`
+    at once, on a thread per CPU (kernels/triton_support.compile_ahead), instead of one at a
+    time at their first launches."""
+
+    def every_step():
+        for batch in batches:
+            cache = lm.new_cache(batch + 1)
+            for products, pdl in kinds or step_kinds(cache.k.device):
+                step = KernelStep(lm, cache, batch, pad_slot=batch, products=products, pdl=pdl)
+                for sampling in (False, True):
+                    step.forward(batch, sampling)
+
+    began = time.perf_counter()
+    with torch.inference_mode():
+        variants = compile_ahead(every_step)
+    if variants:
+        print(f"compiled {variants} kernel variants ahead in {time.perf_counter() - began:.1f} s")
 
 
 def time_kernel_step(step: KernelStep, steps: int, sync) -> dict[str, float]:

@@ -120,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         print("step_profile needs a CUDA GPU")
         return 2
     runtime = sc.load_runtime(args.model, torch.device("cuda"), "mini-omni")
+    batches = [int(b) for b in args.batches.split(",")]
+    kinds = [(products, args.pdl) for products in args.products.split(",")]
+    sc.compile_steps_ahead(runtime.lm, batches, kinds)
     for products in args.products.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
+        for batch in batches:
             kernels_of_step(runtime.lm, batch, args.context, args.top, products, args.pdl)
     phases_of_end_of_turn(runtime)
     return 0

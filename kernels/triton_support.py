@@ -12,10 +12,16 @@ begins with `handoff(PDL)`, which waits for the earlier launch's writes before a
 them and then lets the next launch start in turn; what a kernel does before it must not read
 anything an earlier launch writes (gemv prefetches its weights into L2 there). The decode step
 is a chain of 130 to 250 short launches, so what each costs around its own work counts.
+
+`compile_ahead(run)` compiles every kernel variant that `run` launches, many at once on
+threads, and launches none: what an engine does before its first step on a GPU, where the
+step's 100-odd variants would otherwise compile one after another at their first launches.
 """
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -26,6 +32,8 @@ import triton.language as tl
 from kernels import torch_only
 
 _dependent: ContextVar[bool] = ContextVar("dependent_launches", default=False)
+_compiling_only: ContextVar[bool] = ContextVar("compiling_only", default=False)
+_ahead = threading.RLock()  # one compile_ahead at a time: it patches Triton's launch method
 
 
 def interpreting() -> bool:
@@ -62,6 +70,55 @@ def launch_options() -> dict:
 def supports_dependent_launches(device: torch.device) -> bool:
     """Whether `device` can launch programmatic dependents (a CUDA GPU of sm_90 or later)."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def compile_ahead(run: Callable[[], object], workers: int | None = None) -> int:
+    """Compile every Triton kernel variant that `run()` launches, `workers` at a time (default:
+    one per CPU this process may use, at most 16), and launch none of them -> how many variants
+    there were (compiled, or found in Triton's cache on disk). Afterwards launches of those
+    variants find them compiled.
+
+    Within `run`, a launch only hands its kernel to Triton's background compile
+    (triton.AsyncCompileMode, Triton 3.5 and later) and returns: the kernels neither read nor
+    write their tensors, so `run` must not depend on what they write (the decode step reads
+    nothing back), while torch ops in it still run. Triton's compiler leaves the GIL for most
+    of its work (2 threads compiled 16 of the step's variants 1.8x as fast as one, on 2 cores).
+    Launches from other threads meanwhile run as usual. Returns 0 without calling `run` where
+    nothing would compile ahead: under the interpreter, with REALTIME_TORCH_ONLY, or with an
+    older Triton (whose kernels compile at their first launch, one at a time, as before).
+    """
+    background = getattr(triton, "AsyncCompileMode", None)
+    if background is None or interpreting() or torch_only():
+        return 0
+    from triton.runtime.jit import JITFunction
+
+    if workers is None:
+        workers = min(16, len(os.sched_getaffinity(0)))
+    with _ahead, _CountingPool(workers, thread_name_prefix="triton-compile") as pool:
+        launch = JITFunction.run
+
+        def compile_only(self, *args, grid, warmup, **kwargs):
+            return launch(self, *args, grid=grid, warmup=warmup or _compiling_only.get(), **kwargs)
+
+        JITFunction.run = compile_only
+        token = _compiling_only.set(True)
+        try:
+            with background(pool):  # leaving waits for every compile, and files each kernel
+                run()
+        finally:
+            _compiling_only.reset(token)
+            JITFunction.run = launch
+    return pool.submitted
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """A thread pool that counts what it was given (Triton submits each variant once)."""
+
+    submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
 
 
 @triton.jit

@@ -40,6 +40,8 @@ Used on CUDA (or anywhere under TRITON_INTERPRET=1, which is how the tests run i
 REALTIME_TORCH_ONLY=1 keeps the plain torch step everywhere.
 """
 
+import logging
+import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -54,6 +56,7 @@ from kernels.head_argmax import head_argmax
 from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
 from kernels.swiglu import swiglu
 from kernels.triton_support import (
+    compile_ahead,
     dependent_launches,
     interpreting,
     supports_dependent_launches,
@@ -65,6 +68,8 @@ from realtime.generate import Generation, sample_step
 from realtime.model import Attention, KVCache, OmniLM, RMSNorm, linear
 from realtime.prompt_graph import PromptGraphs
 from realtime.sampling import is_greedy
+
+log = logging.getLogger(__name__)
 
 # Up to this many rows the fused step normalises, and combines the attention's splits over the
 # keys, inside the products' loads, where every program re-reads its rows (and their slices or
@@ -323,6 +328,29 @@ class StepGraphs:
         self.graphs[size, sampling].replay()
 
 
+def compile_step_ahead(step: KernelStep, sizes: list[int]) -> int:
+    """Compile every kernel variant of `step` at `sizes` (greedy and drawing) not compiled yet,
+    many at once (kernels/triton_support.compile_ahead), and log how long it took -> how many
+    there were. At a first start on a GPU they compile in seconds instead of one at a time at
+    the first launches (half a second or more each); later starts find them in Triton's cache
+    on disk."""
+
+    def every_step():
+        for size in sizes:
+            for drawing in (False, True):
+                step.forward(size, drawing)
+
+    began = time.perf_counter()
+    with torch.inference_mode():
+        variants = compile_ahead(every_step)
+    if variants:
+        log.info(
+            "the decode step's %d kernel variants compiled (or found in Triton's cache) in %.1f s",
+            variants, time.perf_counter() - began,
+        )  # fmt: skip
+    return variants
+
+
 class KernelDecoder:
     """Batched decode steps on the kernels for the requests the caller names each time.
 
@@ -346,6 +374,8 @@ class KernelDecoder:
         self.step = KernelStep(lm, cache, max_rows, pad_slot, products, pdl)
         self.graphs = None
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
+        if cache.k.is_cuda:
+            compile_step_ahead(self.step, self.sizes)
         if graphs and cache.k.is_cuda:
             with torch.inference_mode():
                 try:

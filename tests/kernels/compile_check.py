@@ -5,8 +5,10 @@ constexpr, a dot under 16 wide or a type the backend cannot lower pass there and
 GPU. Here each launcher runs for real shapes with its kernel launches intercepted, and each
 captured launch is compiled (TTIR -> TTGIR -> LLVM -> PTX -> cubin, Triton's bundled ptxas) for
 the target, and reported with what its cubin and PTX say about its speed (registers, spilled
-stack, 16-byte pipelined copies). Run without TRITON_INTERPRET (test_compile.py starts it
-that way):
+stack, 16-byte pipelined copies). Then the step is compiled once more the way an engine on a
+GPU does it, through realtime.kernel_step.compile_step_ahead and Triton's own JIT (told by a
+stand-in driver that the GPU is an sm_90 one), and each of its launches is checked to find its
+kernel compiled. Run without TRITON_INTERPRET (test_compile.py starts it that way):
 
     python -m tests.kernels.compile_check [--arch 90]
 """
@@ -25,6 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
+from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
 from realtime import tokens
@@ -151,11 +154,13 @@ def run_launchers(dtype: torch.dtype) -> None:
     mods["feedback"].feedback(empty(B, tokens.STREAMS, dt=torch.int64), *flags)
 
 
-def run_step(dtype: torch.dtype, pdl: bool = False) -> None:
+def run_step(dtype: torch.dtype, pdl: bool = False, each_step=None) -> None:
     """realtime.kernel_step's whole decode step at the released shapes, on either products,
     once per batch-size bucket of a 32-session engine, on meta tensors (nothing is allocated
     or computed): its launches carry the constexprs the engine really compiles. `pdl`: as
-    programmatic dependents (KernelStep(pdl=True), which a GPU of sm_90 or later takes)."""
+    programmatic dependents (KernelStep(pdl=True), which a GPU of sm_90 or later takes).
+    `each_step(step, sizes)`, if given, runs each products' step instead (greedy and drawing
+    at every size is what it is to run)."""
     from realtime.kernel_step import KernelStep, buckets
     from realtime.model import OmniLM
 
@@ -170,6 +175,9 @@ def run_step(dtype: torch.dtype, pdl: bool = False) -> None:
         for products in ("cublas", "fused"):
             cache = lm.new_cache(rows + 1)
             step = KernelStep(lm, cache, rows, pad_slot=rows, products=products, pdl=pdl)
+            if each_step is not None:
+                each_step(step, buckets(rows))
+                continue
             for size in buckets(rows):
                 step.forward(size, sampling=False)
                 step.forward(size, sampling=True)
@@ -219,6 +227,51 @@ def dependent_launch(ptx: str) -> str:
     return f"pdl={'ordered' if ordered else 'early'} l2pf={'yes' if prefetch else 'no'}"
 
 
+class StandInDriver:
+    """What Triton's JIT asks of the active driver to compile a launch for `arch`, with no GPU
+    (nothing is launched: a launch would ask for more)."""
+
+    def __init__(self, arch: int) -> None:
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+
+def check_compile_ahead(dtype: torch.dtype, arch: int, pdl: bool = False) -> str:
+    """The step compiled ahead as an engine compiles it (realtime.kernel_step's
+    compile_step_ahead, each products' step at every bucket) through Triton's JIT for `arch`;
+    then every launch of the step again, as warm-ups one at a time, counting those that
+    compile (Triton calls its jit_cache_hook for each launch whose kernel is not compiled)."""
+    if not hasattr(triton, "AsyncCompileMode"):  # what compile_ahead needs (3.5 and later)
+        return f"skipped: Triton {triton.__version__} does not compile in the background"
+    from triton import knobs
+
+    from realtime.kernel_step import compile_step_ahead
+
+    launches = capture_launches(partial(run_step, dtype, pdl))
+    previous = driver._active  # None until a launch needs one: none on this machine
+    driver.set_active(StandInDriver(arch))
+    variants, misses = [], []
+    hook = knobs.runtime.jit_cache_hook
+    try:
+        run_step(dtype, pdl, lambda step, sizes: variants.append(compile_step_ahead(step, sizes)))
+        knobs.runtime.jit_cache_hook = lambda *args, **kwargs: misses.append(args) or False
+        for fn, kernel_args, options in launches:
+            fn.run(grid=None, warmup=True, **kernel_args, **options)
+    finally:
+        knobs.runtime.jit_cache_hook = hook
+        driver.set_active(previous)
+    unique = len(distinct(launches))
+    return f"variants={sum(variants)} distinct={unique} compiled_at_launch={len(misses)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100")
@@ -241,6 +294,10 @@ def main() -> None:
                 except Exception as exc:  # report every kernel, then fail
                     failed += 1
                     print(f"FAILED {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__}: {exc}")
+    for pdl in (False, True):
+        facts = check_compile_ahead(torch.bfloat16, args.arch, pdl)
+        print(f"{'skip' if facts.startswith('skipped') else 'ok'} ahead{'+pdl' if pdl else ''} "
+              f"sm_{args.arch} torch.bfloat16 step {facts}")  # fmt: skip
     if failed:
         raise SystemExit(f"{failed} kernel(s) did not compile")
 

@@ -69,6 +69,19 @@ def test_the_step_as_dependent_launches_waits_before_it_reads(compiled):
     assert all(facts["pdl"] == "none" for facts in step)
 
 
+def test_the_whole_step_compiles_ahead_through_tritons_jit(compiled):
+    """kernels/triton_support.compile_ahead, as an engine runs it before its first step on a
+    GPU, hands Triton's JIT every variant of the step once (plain and as dependent launches),
+    and afterwards none of the step's launches compiles anything."""
+    ahead = [(what, facts) for what, _, _, facts in compiled if what.startswith("ahead")]
+    if not ahead:
+        pytest.skip("this Triton does not compile in the background (3.5 and later do)")
+    assert sorted(what for what, _ in ahead) == ["ahead", "ahead+pdl"]
+    for _, facts in ahead:
+        assert int(facts["variants"]) == int(facts["distinct"]) > 0
+        assert facts["compiled_at_launch"] == "0"
+
+
 def test_dependent_launch_order_is_read_from_the_ptx():
     """The check above can fail: a load ahead of the wait is a race, and so is letting the next
     launch start before waiting."""

@@ -1,12 +1,13 @@
 """How launchers launch: as programmatic dependents only within dependent_launches(), never
-under the interpreter (which runs no GPU), and back to plain launches after it."""
+under the interpreter (which runs no GPU), and back to plain launches after it; compile_ahead
+runs nothing where nothing would compile (what it compiles on a GPU target: test_compile.py)."""
 
 import pytest
 
 pytest.importorskip("triton")
 
 from kernels import triton_support
-from kernels.triton_support import dependent_launches, launch_options
+from kernels.triton_support import compile_ahead, dependent_launches, launch_options
 
 PLAIN = {"PDL": False, "launch_pdl": False}
 
@@ -26,6 +27,19 @@ def test_dependent_launches_are_plain_ones_under_the_interpreter(monkeypatch):
     monkeypatch.setattr(triton_support, "interpreting", lambda: True)
     with dependent_launches():
         assert launch_options() == PLAIN
+
+
+def test_compile_ahead_leaves_the_interpreter_and_the_torch_path_alone(monkeypatch):
+    """Under the interpreter nothing compiles, and with REALTIME_TORCH_ONLY no kernel runs: the
+    launches `run` would make must not be made as mere warm-ups there (they would compute
+    nothing), so `run` is not called at all."""
+    calls = []
+    monkeypatch.setattr(triton_support, "interpreting", lambda: True)
+    assert compile_ahead(lambda: calls.append("run")) == 0
+    monkeypatch.setattr(triton_support, "interpreting", lambda: False)
+    monkeypatch.setenv("REALTIME_TORCH_ONLY", "1")
+    assert compile_ahead(lambda: calls.append("run")) == 0
+    assert not calls
 
 
 def test_a_launch_within_the_context_computes_the_same(device):
