@@ -176,14 +176,16 @@ class KernelStep:
     def _step(self, size: int, sampling: bool) -> None:
         lm, cfg = self.lm, self.lm.cfg
         ids, positions, slots = self.ids[:size], self.positions[:size], self.slots[:size]
+        # The step's only torch ops, first: from embed_mean to feedback the launches are ours
+        # alone, so with pdl each one starts as the one before it drains.
         lengths = positions + 1  # each row attends to its cache up to and including itself
+        skip_text = self.text_ended[:size] | self.no_text[:size]
         x = embed_mean(ids[:, None], lm.transformer.wte.weight)[:, 0]  # (size, C)
         blocks = self._fused_blocks if self.products == "fused" else self._blocks
         x, residual = blocks(x, slots, lengths)
         hidden = self.hidden[:size]  # (the step's output buffer, written in place)
         add_rmsnorm(x, residual, lm.transformer.ln_f.weight, cfg.norm_eps, out=hidden)
 
-        skip_text = self.text_ended[:size] | self.no_text[:size]
         extra = {} if self.head_block_v is None else {"block_v": self.head_block_v}
         head = lm.lm_head.weight
         if sampling:
