@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     runtime = sc.load_runtime(args.model, device, "tiny" if args.dry_run else "mini-omni")
     batches = [int(b) for b in args.batches.split(",")]
     sc.compile_steps_ahead(runtime.lm, batches)  # on every CPU core, not at first launches
-    cases = []
+    settings = vars(args).copy()
+    out = settings.pop("out")
+    cases, first_audio = [], {}
     for batch in batches:
         for text_running in (True, False):
             case = sc.time_contenders(
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             cases.append(add_peak(case, device))
             print(format_case(case), flush=True)
-    first_audio = {}
+            if not args.dry_run:  # after each case: a run cut short keeps what it measured
+                write(out, cases, first_audio, settings)
     for products in STEP_PRODUCTS:
         first_audio[products] = result = sc.end_of_turn_to_first_audio(
             runtime, CLIP, repeats=1 if args.dry_run else 5, products=products
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({result['total_ms']:.1f} ms with it; {result['steps']} steps)"
         )
     if not args.dry_run:
-        write(cases, first_audio, vars(args))
+        print(f"wrote {write(out, cases, first_audio, settings)}")
     return 0
 
 
@@ -120,12 +123,13 @@ def format_case(case: dict) -> str:
     )
 
 
-def write(cases: list[dict], first_audio: dict[str, dict], args: dict) -> None:
+def write(out: Path | None, cases: list[dict], first_audio: dict[str, dict], args: dict) -> Path:
+    """The results so far to `out` (default: results/decode_step-<gpu>.json) -> its path."""
     import torch
     import triton
 
     gpu = torch.cuda.get_device_name()
-    out = args.pop("out") or RESULTS / f"decode_step-{gpu.replace(' ', '_')}.json"
+    out = out or RESULTS / f"decode_step-{gpu.replace(' ', '_')}.json"
     result = {
         "machine": {
             "gpu": gpu,
@@ -142,7 +146,7 @@ def write(cases: list[dict], first_audio: dict[str, dict], args: dict) -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":
