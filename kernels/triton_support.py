@@ -72,7 +72,9 @@ def supports_dependent_launches(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
-def compile_ahead(run: Callable[[], object], workers: int | None = None) -> int:
+def compile_ahead(
+    run: Callable[[], object], workers: int | None = None, ignore_errors: bool = False
+) -> int:
     """Compile every Triton kernel variant that `run()` launches, `workers` at a time (default:
     one per CPU this process may use, at most 16), and launch none of them -> how many variants
     there were (compiled, or found in Triton's cache on disk). Afterwards launches of those
@@ -86,6 +88,8 @@ def compile_ahead(run: Callable[[], object], workers: int | None = None) -> int:
     Launches from other threads meanwhile run as usual. Returns 0 without calling `run` where
     nothing would compile ahead: under the interpreter, with REALTIME_TORCH_ONLY, or with an
     older Triton (whose kernels compile at their first launch, one at a time, as before).
+    A variant that fails to compile raises here, unless `ignore_errors` (then it is left to
+    compile, and fail, at its first launch: a sweep over launch shapes catches it there).
     """
     background = getattr(triton, "AsyncCompileMode", None)
     if background is None or interpreting() or torch_only():
@@ -103,7 +107,8 @@ def compile_ahead(run: Callable[[], object], workers: int | None = None) -> int:
         JITFunction.run = compile_only
         token = _compiling_only.set(True)
         try:
-            with background(pool):  # leaving waits for every compile, and files each kernel
+            # leaving waits for every compile, and files each kernel where launches find it
+            with background(pool, ignore_errors=ignore_errors):
                 run()
         finally:
             _compiling_only.reset(token)

@@ -19,11 +19,12 @@ The products, as realtime/kernel_step.py's fused step launches them:
 Bytes are the weight's plus the activations read and written once.
 
 --sweep also times each case (from its CUDA graph) over launch shapes (BLOCK_N, BLOCK_K, warps,
-pipeline stages, tl.dot or FMAs; for the split products also the number of slices) and prints
-the five fastest: what to set kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM)
-from.
+pipeline stages, tl.dot or FMAs; for the split products also the number of slices), all of
+them compiled first on a thread per core, and prints the five fastest: what to set
+kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM) from.
 """
 
+import contextlib
 import itertools
 
 import torch
@@ -120,6 +121,7 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
     import triton.testing
 
     from kernels.gemv import Tiles, gemv
+    from kernels.triton_support import compile_ahead
 
     split = kwargs.get("split_k")
     shapes = [dict(zip(SWEEP_TILES, values, strict=True))
@@ -127,9 +129,17 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
     shapes = [(Tiles(**shape), split) for shape in shapes]
     if split is not None:
         shapes += [(Tiles(), s) for s in SWEEP_SPLITS if s != split]
+    shapes = [(tiles, split_k, dict(kwargs, tiles=tiles) | ({} if split_k is None else
+               {"split_k": split_k})) for tiles, split_k in shapes]  # fmt: skip
+
+    def compile_all():  # one at a time, compiling would be most of a sweep's minutes
+        for *_, args in shapes:
+            with contextlib.suppress(Exception):  # reported where it is timed, below
+                gemv(**args)
+
+    compile_ahead(compile_all, ignore_errors=True)  # on a thread per core
     results = []
-    for tiles, split_k in shapes:
-        args = dict(kwargs, tiles=tiles) | ({} if split_k is None else {"split_k": split_k})
+    for tiles, split_k, args in shapes:
         try:
             us = 1e3 * triton.testing.do_bench_cudagraph(lambda args=args: gemv(**args), rep=20)
         except Exception as exc:  # a shape the compiler refuses (e.g. out of shared memory)
