@@ -14,16 +14,20 @@ CUDA graph per batch-size bucket). On an H100 (2026-11-22) every test in tests/k
 compiled, `gpu`-marked ones included, and the graphed step took 1.07 ms at batch 1 and 1.44 ms
 at batch 64 (benchmarks/results/decode_step-*.json). `python -m benchmarks.step_profile` lists
 where that goes: cuBLAS's four products per layer (4-9 us each where the weights need 1-6 us at
-HBM speed), 49 RMSNorms of 1.8 us, the head at 2.9 TB/s. gemv is the answer to that (6
-launches a block instead of 10; KernelStep(products="fused")), and decode_attention_qkv (RoPE
-and the cache write inside the attention) took one launch a block out of both products. Both
-were written after that run and are not yet timed: `benchmarks/gpu_checklist.sh sweep decode`
-sets gemv's launch shapes and decides whether it becomes the default. Then tune head_argmax's
-blocks and decode_attention's split length with their benchmarks.
-Launched within `triton_support.dependent_launches()` (KernelStep(pdl=True), sm_90+) every
-kernel starts as a programmatic dependent of the launch before it, and gemv prefetches its
-weights into L2 while it waits: also untimed (decode_step's `[+pdl]` contenders).
+HBM speed), 49 RMSNorms of 1.8 us, the head at 2.9 TB/s. gemv is the answer to that (5
+launches a block instead of 10 for up to 4 rows, 8 for more; KernelStep(products="fused")), and
+decode_attention_qkv (RoPE and the cache write inside the attention) took one launch a block
+out of both products. Both were written after that run and are not yet timed:
+`benchmarks/gpu_checklist.sh sweep decode` sets gemv's launch shapes and decides whether it
+becomes the default. Then tune head_argmax's blocks and decode_attention's split length with
+their benchmarks. Launched within `triton_support.dependent_launches()` (KernelStep(pdl=True),
+sm_90+) every kernel starts as a programmatic dependent of the launch before it, and gemv
+prefetches its weights into L2 while it waits: also untimed (decode_step's `[+pdl]`
+contenders).
 `bash benchmarks/gpu_checklist.sh` runs the tests and every benchmark on a GPU in one command.
+`triton_support.compile_ahead` compiles every kernel variant a function would launch, many at
+once, without launching any: the engine does it for its step before its first one, and the
+benchmarks for what they time.
 """
 
 import os
