@@ -406,6 +406,41 @@ def test_on_gpu_a_replay_equals_eager_launches(tiny_lm, products):
         assert torch.equal(h0, h1) and torch.equal(k0[:, :3], k1[:, :3]) and a0 == a1
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("products", STEP_PRODUCTS)
+def test_on_gpu_a_decoder_compiles_its_step_before_its_first(monkeypatch, tiny_lm, products):
+    """A KernelDecoder compiles every kernel variant of its step when it is built
+    (compile_step_ahead): its first steps, at every bucket, greedy and drawing, compile
+    nothing (Triton calls its jit_cache_hook for each launch whose kernel is not compiled).
+    Each kernel's compiled variants are forgotten first, so that earlier tests' launches do not
+    stand in for the decoder's own (Triton's disk cache, which stays, only saves time)."""
+    import importlib
+
+    import triton
+    from triton import knobs
+    from triton.runtime.jit import JITFunction
+
+    from .compile_check import KERNEL_MODULES
+
+    if not hasattr(triton, "AsyncCompileMode"):
+        pytest.skip(f"Triton {triton.__version__} does not compile in the background")
+    for name in KERNEL_MODULES:
+        for value in vars(importlib.import_module(f"kernels.{name}")).values():
+            if isinstance(value, JITFunction):
+                value.device_caches.clear()
+    lm = tiny_lm(torch.bfloat16, "cuda")
+    decoder = KernelDecoder(lm, lm.new_cache(4, max_seq=256), 3, pad_slot=3, graphs=False,
+                            products=products)  # fmt: skip
+    compiled = []
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", lambda *a, **kw: compiled.append(kw))
+    with torch.inference_mode():
+        for size in decoder.sizes:
+            for drawing in (False, True):
+                decoder.step.forward(size, drawing)
+    torch.cuda.synchronize()
+    assert not compiled
+
+
 def test_kernels_by_default_on_cuda_only_and_never_when_torch_only(monkeypatch):
     from realtime.runtime import kernel_step_enabled
 
