@@ -15,7 +15,8 @@ is a chain of 130 to 250 short launches, so what each costs around its own work 
 
 `compile_ahead(run)` compiles every kernel variant that `run` launches, many at once on
 threads, and launches none: what an engine does before its first step on a GPU, where the
-step's 100-odd variants would otherwise compile one after another at their first launches.
+step's variants (25 to 31 for a 64-row engine, by products) would otherwise compile one after
+another at their first launches.
 """
 
 import os
@@ -84,7 +85,8 @@ def compile_ahead(
     (triton.AsyncCompileMode, Triton 3.5 and later) and returns: the kernels neither read nor
     write their tensors, so `run` must not depend on what they write (the decode step reads
     nothing back), while torch ops in it still run. Triton's compiler leaves the GIL for most
-    of its work (2 threads compiled 16 of the step's variants 1.8x as fast as one, on 2 cores).
+    of its work: on 2 cores, 2 threads compiled the 56 variants of both products' steps for
+    sm_90 1.7x as fast as one (18.2 against 31.6 s).
     Launches from other threads meanwhile run as usual. Returns 0 without calling `run` where
     nothing would compile ahead: under the interpreter, with REALTIME_TORCH_ONLY, or with an
     older Triton (whose kernels compile at their first launch, one at a time, as before).
