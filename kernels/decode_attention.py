@@ -18,9 +18,11 @@ a CUDA graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns the
 (kernels/gemv.py's SoftmaxSplits), for the product after the attention to combine as it loads
 them: a launch fewer per block.
 
-`decode_attention_qkv` takes the step's qkv product instead of q and does qkv_rope_cache's work
-in stage 1 (ROPE): each program rotates its group's queries (a few hundred values) and reads
-the cache only before the row's new position (lengths - 1); the one program whose split holds
+`decode_attention_qkv` takes the step's qkv product instead of q, and each row's new position
+instead of its length (one more: the step's positions as they are, no add launched before it),
+and does qkv_rope_cache's work in stage 1 (ROPE): each program rotates its group's queries (a
+few hundred values) and reads the cache only before the new position; the one program whose
+split holds
 that position rotates the new key, writes key and value to the cache, and adds them to its
 softmax as one more key from registers. A decode step saves a launch per block and the round
 trip of q through memory.
@@ -48,7 +50,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _decode_attention_kernel(
-    q_ptr, k_ptr, v_ptr, slot_ptr, len_ptr, cos_ptr, sin_ptr, mid_o_ptr, mid_lse_ptr,
+    q_ptr, k_ptr, v_ptr, slot_ptr, at_ptr, cos_ptr, sin_ptr, mid_o_ptr, mid_lse_ptr,
     qk_scale,
     stride_q_split, stride_q_b, stride_q_h, stride_rope_p,
     stride_cache_s, stride_cache_g, stride_cache_p,
@@ -64,7 +66,9 @@ def _decode_attention_kernel(
     head = g * Q_PER_KV + h  # (BLOCK_H,) query heads of this group
     q_tile = (h < Q_PER_KV)[:, None] & (d < HS)[None, :]
 
-    length = tl.load(len_ptr + b)
+    length = tl.load(at_ptr + b)  # the row's length; with ROPE its new position, one less
+    if ROPE:
+        length += 1
     start = split * SPLIT_LEN
     end = tl.minimum(start + SPLIT_LEN, length)
     kv = tl.load(slot_ptr + b).to(tl.int64) * stride_cache_s + g * stride_cache_g
@@ -199,30 +203,31 @@ def decode_attention_qkv(
     v_cache: torch.Tensor,
     layer: int,
     slots: torch.Tensor,
-    lengths: torch.Tensor,
+    positions: torch.Tensor,
     max_length: int | None = None,
     split_len: int = SPLIT_LEN,
     reduce: bool = True,
 ) -> torch.Tensor | SoftmaxSplits:
-    """A decode step's whole attention from its qkv product: qkv_rope_cache at positions
-    lengths - 1, then decode_attention, in the launches of decode_attention alone.
+    """A decode step's whole attention from its qkv product: qkv_rope_cache at `positions`,
+    then decode_attention over lengths positions + 1, in the launches of decode_attention alone.
 
     qkv (B, groups * (q_per_kv + 2) * hs) with its bias, or its slices (a product split over
-    K, summed here as they are loaded); cos/sin (max_seq, hs) fp32; the rest as
-    decode_attention -> out (B, n_head, hs) in the caches' dtype, or without `reduce` its
-    SoftmaxSplits ((B, n_head * hs) once combined); writes each row's new key and value to its
-    cache row. Every program rotates its group's queries itself; the program whose split holds
-    the new position also rotates the key, writes both, and adds them to its softmax from
+    K, summed here as they are loaded); cos/sin (max_seq, hs) fp32; positions (B,), each row's
+    new position, below max_length (default max_seq); the rest as decode_attention -> out
+    (B, n_head, hs) in the caches' dtype, or without `reduce` its SoftmaxSplits
+    ((B, n_head * hs) once combined); writes each row's new key and value to its cache row.
+    Every program rotates its group's queries itself; the program whose split holds the new
+    position also rotates the key, writes both, and adds them to its softmax from
     registers."""
     if not runs_kernel(cos, k_cache):
-        out = decode_attention_qkv_ref(qkv, cos, sin, k_cache, v_cache, layer, slots, lengths)
+        out = decode_attention_qkv_ref(qkv, cos, sin, k_cache, v_cache, layer, slots, positions)
         return out if reduce else _one_split(out)
     parts = qkv.parts if isinstance(qkv, SplitSums) else qkv[None]  # (S, B, width)
     groups, hs = k_cache.shape[2], k_cache.shape[4]
     n_head = parts.shape[2] // hs - 2 * groups
     assert parts.stride(2) == 1 and cos.dtype == sin.dtype == torch.float32
     assert cos.stride(1) == 1 and cos.stride() == sin.stride()
-    return _attention(parts, (cos, sin), k_cache, v_cache, layer, slots, lengths, max_length,
+    return _attention(parts, (cos, sin), k_cache, v_cache, layer, slots, positions, max_length,
                       split_len, n_head, hs, reduce)  # fmt: skip
 
 
@@ -234,11 +239,12 @@ def _one_split(out: torch.Tensor) -> SoftmaxSplits:
 
 
 def _attention(
-    parts, rope_tables, k_cache, v_cache, layer, slots, lengths, max_length, split_len, n_head,
+    parts, rope_tables, k_cache, v_cache, layer, slots, at, max_length, split_len, n_head,
     stride_q_h, reduce=True,
 ):  # fmt: skip
     """Both launches of either launcher (the first only without `reduce`); parts (S, B, ...):
-    the queries (S = 1), or the qkv rows or their slices with rope_tables."""
+    the queries (S = 1) and `at` their lengths, or the qkv rows or their slices with
+    rope_tables and `at` their positions."""
     B, dtype = parts.shape[1], k_cache.dtype
     _, _, groups, max_seq, hs = k_cache.shape
     block_n = min(BLOCK_N, split_len)
@@ -251,7 +257,7 @@ def _attention(
     mid_lse = torch.empty(B, n_head, splits, device=k_cache.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(hs))  # tl.dot takes no dimension under 16
     _decode_attention_kernel[(B, groups, splits)](
-        parts, k_layer, v_layer, slots, lengths, cos, sin, mid_o, mid_lse,
+        parts, k_layer, v_layer, slots, at, cos, sin, mid_o, mid_lse,
         hs**-0.5 * LOG2E,
         parts.stride(0), parts.stride(1), stride_q_h, cos.stride(0),
         k_layer.stride(0), k_layer.stride(1), k_layer.stride(2),
@@ -306,11 +312,11 @@ def decode_attention_qkv_ref(
     v_cache: torch.Tensor,
     layer: int,
     slots: torch.Tensor,
-    lengths: torch.Tensor,
+    positions: torch.Tensor,
 ) -> torch.Tensor:
-    """The torch computation: qkv_rope_cache_ref at positions lengths - 1, then
-    decode_attention_ref."""
+    """The torch computation: qkv_rope_cache_ref at `positions`, then decode_attention_ref
+    over lengths positions + 1."""
     qkv = qkv.total() if isinstance(qkv, SplitSums) else qkv
-    positions = (lengths - 1)[:, None]  # (B, 1)
-    q = qkv_rope_cache_ref(qkv[:, None], cos, sin, positions, slots, k_cache, v_cache, layer)
-    return decode_attention_ref(q[:, :, 0], k_cache, v_cache, layer, slots, lengths)
+    q = qkv_rope_cache_ref(qkv[:, None], cos, sin, positions[:, None], slots, k_cache, v_cache,
+                           layer)  # fmt: skip
+    return decode_attention_ref(q[:, :, 0], k_cache, v_cache, layer, slots, positions + 1)

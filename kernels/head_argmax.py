@@ -13,10 +13,14 @@ blocks read nothing when every row of the tile skips the text (after _eot it is 
 leaves a decode step 26 MB of audio rows instead of 325 MB (bf16). Stage 2, grid (B, 8): reduces
 each range's partials in block order, so the lowest index still wins a tie.
 
+skip_text is one (B,) bool tensor or a tuple of two, whose rows skip where either is set (the
+decode step's text_ended and no_text, or'ed here instead of in a launch of their own).
+
 Stage 1 can also write the logits of chosen rows (`head_partials(..., logits, keep)`): the
 rows that sample, for kernels/head_sample.py, which draws from them and the block maxima.
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -34,16 +38,43 @@ BLOCK_C = 128
 MAX_BLOCK_B = 64
 NO_INDEX = tl.constexpr(2**31 - 1)  # a global a kernel reads must be a constexpr
 
+SkipText = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@triton.jit
+def skips_text(skip_ptr, skip2_ptr, rows, mask, FLAGS: tl.constexpr):
+    """Whether each of `rows` skips the text: either of its FLAGS (1 or 2) flags set (a row
+    outside `mask` skips)."""
+    skip = tl.load(skip_ptr + rows, mask=mask, other=1) != 0
+    if FLAGS == 2:
+        skip = skip | (tl.load(skip2_ptr + rows, mask=mask, other=1) != 0)
+    return skip
+
+
+def skip_flags(skip_text: SkipText) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """skip_text as the kernels take it: (its first flags, its last, how many), (B,) uint8."""
+    flags = skip_text if isinstance(skip_text, tuple) else (skip_text,)
+    assert len(flags) in (1, 2) and all(f.dtype == torch.bool for f in flags)
+    views = [f.contiguous().view(torch.uint8) for f in flags]
+    return views[0], views[-1], len(views)
+
+
+def skipping(skip_text: SkipText | None) -> torch.Tensor | None:
+    """skip_text as one (B,) bool tensor: its flags or'ed."""
+    if isinstance(skip_text, tuple):
+        return functools.reduce(torch.logical_or, skip_text)
+    return skip_text
+
 
 @triton.jit
 def _head_argmax_kernel(
-    h_ptr, w_ptr, skip_ptr, part_val_ptr, part_idx_ptr, logits_ptr, keep_ptr,
+    h_ptr, w_ptr, skip_ptr, skip2_ptr, part_val_ptr, part_idx_ptr, logits_ptr, keep_ptr,
     B, C,
     stride_h_b, stride_w_v, stride_part_b, stride_l_b,
     TEXT_V: tl.constexpr, AUDIO_V: tl.constexpr,
     TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr,
-    WRITE_LOGITS: tl.constexpr, PDL: tl.constexpr,
+    WRITE_LOGITS: tl.constexpr, SKIP_FLAGS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     handoff(PDL)
     pid = tl.program_id(1)
@@ -53,8 +84,8 @@ def _head_argmax_kernel(
     block = tl.where(is_text, pid, audio_pid % AUDIO_BLOCKS)  # within the range
     range_start = tl.where(is_text, 0, TEXT_V + (audio_pid // AUDIO_BLOCKS) * AUDIO_V)
     range_len = tl.where(is_text, TEXT_V, AUDIO_V)
-    skip = tl.load(skip_ptr + rows, mask=rows < B, other=1)
-    needed = tl.sum(tl.where(skip == 0, 1, 0), axis=0) > 0
+    skip = skips_text(skip_ptr, skip2_ptr, rows, rows < B, SKIP_FLAGS)
+    needed = tl.sum(tl.where(skip, 0, 1), axis=0) > 0
     # A masked load reads no memory: no row wants this text block, so none of it is read.
     range_len = tl.where(is_text & ~needed, 0, range_len)
 
@@ -86,10 +117,11 @@ def _head_argmax_kernel(
 
 @triton.jit
 def _head_argmax_reduce_kernel(
-    part_val_ptr, part_idx_ptr, skip_ptr, ids_ptr,
+    part_val_ptr, part_idx_ptr, skip_ptr, skip2_ptr, ids_ptr,
     stride_part_b, stride_ids_b,
     AUDIO_LAYERS: tl.constexpr, TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr,
-    TEXT_FILL: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr,
+    TEXT_FILL: tl.constexpr, BLOCK_P: tl.constexpr, SKIP_FLAGS: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     handoff(PDL)
     b, r = tl.program_id(0), tl.program_id(1)  # r: audio layer 0..6, then 7 for the text
@@ -108,22 +140,22 @@ def _head_argmax_reduce_kernel(
         better = chunk_best > best
         best_id = tl.where(better, chunk_id, best_id)
         best = tl.where(better, chunk_best, best)
-    skipped = is_text & (tl.load(skip_ptr + b) != 0)
+    skipped = is_text & skips_text(skip_ptr, skip2_ptr, b, b >= 0, SKIP_FLAGS)
     tl.store(ids_ptr + b * stride_ids_b + r, tl.where(skipped, TEXT_FILL, best_id).to(tl.int64))
 
 
 def head_argmax(
     h: torch.Tensor,
     weight: torch.Tensor,
-    skip_text: torch.Tensor | None = None,
+    skip_text: SkipText | None = None,
     text_vocab: int = tokens.TEXT_VOCAB_PADDED,
     audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
     audio_layers: int = tokens.AUDIO_LAYERS,
     block_v: int = BLOCK_V,
 ) -> torch.Tensor:
-    """h (B, C), weight (text_vocab + audio_layers * audio_vocab, C), skip_text (B,) bool or
-    None -> ids (B, audio_layers + 1) int64: layer-local audio ids, then the text id (_pad_t
-    where skip_text)."""
+    """h (B, C), weight (text_vocab + audio_layers * audio_vocab, C), skip_text (B,) bool (or
+    two, or'ed) or None -> ids (B, audio_layers + 1) int64: layer-local audio ids, then the
+    text id (_pad_t where skip_text)."""
     if not runs_kernel(h, weight):
         return head_argmax_ref(h, weight, skip_text, text_vocab, audio_vocab, audio_layers)
     if skip_text is None:
@@ -162,7 +194,7 @@ class HeadLayout:
 def head_partials(
     h: torch.Tensor,
     weight: torch.Tensor,
-    skip_text: torch.Tensor,
+    skip_text: SkipText,
     layout: HeadLayout,
     logits: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
@@ -173,7 +205,7 @@ def head_partials(
     B, C = h.shape
     assert weight.shape[0] == layout.vocab
     assert h.stride(1) == 1 and weight.stride(1) == 1
-    skip = skip_text.contiguous().view(torch.uint8)
+    skip, skip2, flags = skip_flags(skip_text)
     part_val = torch.empty(B, layout.blocks, device=h.device, dtype=torch.float32)
     part_idx = torch.empty(B, layout.blocks, device=h.device, dtype=torch.int32)
     write = logits is not None
@@ -184,14 +216,14 @@ def head_partials(
     # A block's row tiles are neighbours in the grid (launched together), so all but the
     # first find its rows of W in L2: W crosses HBM once however many tiles there are.
     _head_argmax_kernel[(triton.cdiv(B, block_b), layout.blocks)](
-        h, weight, skip, part_val, part_idx, logits if write else part_val,
+        h, weight, skip, skip2, part_val, part_idx, logits if write else part_val,
         keep if write else skip,
         B, C,
         h.stride(0), weight.stride(0), part_val.stride(0), logits.stride(0) if write else 0,
         TEXT_V=layout.text_vocab, AUDIO_V=layout.audio_vocab,
         TEXT_BLOCKS=layout.text_blocks, AUDIO_BLOCKS=layout.audio_blocks,
         DOT_DTYPE=dot_dtype(h.dtype), BLOCK_B=block_b, BLOCK_V=layout.block_v,
-        BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)), WRITE_LOGITS=write,
+        BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)), WRITE_LOGITS=write, SKIP_FLAGS=flags,
         **launch_options(),
     )  # fmt: skip
     return part_val, part_idx
@@ -205,17 +237,18 @@ def tile_rows(B: int, dtype: torch.dtype) -> int:
 
 
 def head_reduce(
-    part_val: torch.Tensor, part_idx: torch.Tensor, skip_text: torch.Tensor, layout: HeadLayout
+    part_val: torch.Tensor, part_idx: torch.Tensor, skip_text: SkipText, layout: HeadLayout
 ) -> torch.Tensor:
     """Stage 2: the partials -> ids (B, audio_layers + 1) int64, the greedy picks."""
     B = part_val.shape[0]
+    skip, skip2, flags = skip_flags(skip_text)
     ids = torch.empty(B, layout.audio_layers + 1, device=part_val.device, dtype=torch.int64)
     _head_argmax_reduce_kernel[(B, layout.audio_layers + 1)](
-        part_val, part_idx, skip_text.contiguous().view(torch.uint8), ids,
+        part_val, part_idx, skip, skip2, ids,
         part_val.stride(0), ids.stride(0),
         AUDIO_LAYERS=layout.audio_layers, TEXT_BLOCKS=layout.text_blocks,
         AUDIO_BLOCKS=layout.audio_blocks, TEXT_FILL=tokens.PAD_T,
-        BLOCK_P=min(1024, triton.next_power_of_2(layout.text_blocks)),
+        BLOCK_P=min(1024, triton.next_power_of_2(layout.text_blocks)), SKIP_FLAGS=flags,
         **launch_options(),
     )  # fmt: skip
     return ids
@@ -224,7 +257,7 @@ def head_reduce(
 def head_argmax_ref(
     h: torch.Tensor,
     weight: torch.Tensor,
-    skip_text: torch.Tensor | None = None,
+    skip_text: SkipText | None = None,
     text_vocab: int = tokens.TEXT_VOCAB_PADDED,
     audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
     audio_layers: int = tokens.AUDIO_LAYERS,
@@ -235,6 +268,6 @@ def head_argmax_ref(
     logits = F.linear(h, weight).float()
     text = logits[:, :text_vocab].argmax(dim=-1)  # (B,)
     if skip_text is not None:
-        text = torch.where(skip_text, tokens.PAD_T, text)
+        text = torch.where(skipping(skip_text), tokens.PAD_T, text)
     audio = logits[:, text_vocab:].view(-1, audio_layers, audio_vocab).argmax(dim=-1)  # (B, 7)
     return torch.cat((audio, text[:, None]), dim=1)

@@ -24,7 +24,17 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.head_argmax import BLOCK_V, HeadLayout, head_argmax_ref, head_partials, head_reduce
+from kernels.head_argmax import (
+    BLOCK_V,
+    HeadLayout,
+    SkipText,
+    head_argmax_ref,
+    head_partials,
+    head_reduce,
+    skip_flags,
+    skipping,
+    skips_text,
+)
 from kernels.triton_support import handoff, launch_options, runs_kernel
 from realtime import tokens
 from realtime.config import DecodingOptions
@@ -108,18 +118,19 @@ def _largest(keys, K: tl.constexpr):
 
 @triton.jit
 def _head_sample_kernel(
-    part_val_ptr, logits_ptr, sampling_ptr, skip_ptr, top_k_ptr, temperature_ptr, top_p_ptr,
+    part_val_ptr, logits_ptr, sampling_ptr, skip_ptr, skip2_ptr, top_k_ptr, temperature_ptr,
+    top_p_ptr,
     seed_ptr, position_ptr, ids_ptr,
     stride_part_b, stride_l_b, stride_ids_b,
     TEXT_V: tl.constexpr, AUDIO_V: tl.constexpr, AUDIO_LAYERS: tl.constexpr,
     TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCKS_TILE: tl.constexpr, K: tl.constexpr, PDL: tl.constexpr,
+    BLOCKS_TILE: tl.constexpr, K: tl.constexpr, SKIP_FLAGS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     handoff(PDL)
     b, r = tl.program_id(0), tl.program_id(1)  # r: audio layer 0..6, then 7 for the text
     is_text = r == AUDIO_LAYERS
     idle = tl.load(sampling_ptr + b) == 0
-    if idle | (is_text & (tl.load(skip_ptr + b) != 0)):
+    if idle | (is_text & skips_text(skip_ptr, skip2_ptr, b, b >= 0, SKIP_FLAGS)):
         return  # the greedy pick (or _pad_t) stays
     first = tl.where(is_text, 0, TEXT_BLOCKS + r * AUDIO_BLOCKS)
     count = tl.where(is_text, TEXT_BLOCKS, AUDIO_BLOCKS)
@@ -159,7 +170,7 @@ def _head_sample_kernel(
 def head_sample(
     h: torch.Tensor,
     weight: torch.Tensor,
-    skip_text: torch.Tensor,
+    skip_text: SkipText,
     rows: SamplingRows,
     logits: torch.Tensor | None = None,
     text_vocab: int = tokens.TEXT_VOCAB_PADDED,
@@ -167,10 +178,10 @@ def head_sample(
     audio_layers: int = tokens.AUDIO_LAYERS,
     block_v: int = BLOCK_V,
 ) -> torch.Tensor:
-    """h (B, C), weight (V, C), skip_text (B,) bool -> ids (B, audio_layers + 1) int64: the
-    draws of the `rows.sampling` rows, the greedy picks of the others (layer-local audio ids,
-    then the text id; _pad_t where skip_text). `logits`: a (B, V) buffer in h's dtype for the
-    sampling rows' logits (allocated when None)."""
+    """h (B, C), weight (V, C), skip_text (B,) bool (or two, or'ed) -> ids (B, audio_layers
+    + 1) int64: the draws of the `rows.sampling` rows, the greedy picks of the others
+    (layer-local audio ids, then the text id; _pad_t where skip_text). `logits`: a (B, V)
+    buffer in h's dtype for the sampling rows' logits (allocated when None)."""
     if not runs_kernel(h, weight):
         return head_sample_ref(h, weight, skip_text, rows, text_vocab, audio_vocab, audio_layers)
     layout = HeadLayout(text_vocab, audio_vocab, audio_layers, block_v)
@@ -180,14 +191,15 @@ def head_sample(
         logits = torch.empty(B, layout.vocab, device=h.device, dtype=h.dtype)
     part_val, part_idx = head_partials(h, weight, skip_text, layout, logits, rows.sampling)
     ids = head_reduce(part_val, part_idx, skip_text, layout)
+    skip, skip2, flags = skip_flags(skip_text)
     _head_sample_kernel[(B, audio_layers + 1)](
-        part_val, logits, rows.sampling.view(torch.uint8), skip_text.view(torch.uint8),
+        part_val, logits, rows.sampling.view(torch.uint8), skip, skip2,
         rows.top_k, rows.temperature, rows.top_p, rows.seeds, rows.positions, ids,
         part_val.stride(0), logits.stride(0), ids.stride(0),
         TEXT_V=text_vocab, AUDIO_V=audio_vocab, AUDIO_LAYERS=audio_layers,
         TEXT_BLOCKS=layout.text_blocks, AUDIO_BLOCKS=layout.audio_blocks, BLOCK_V=block_v,
         BLOCKS_TILE=max(TOP_K_MAX, triton.next_power_of_2(layout.text_blocks)), K=TOP_K_MAX,
-        num_warps=8,
+        SKIP_FLAGS=flags, num_warps=8,
         **launch_options(),
     )  # fmt: skip
     return ids
@@ -196,7 +208,7 @@ def head_sample(
 def head_sample_ref(
     h: torch.Tensor,
     weight: torch.Tensor,
-    skip_text: torch.Tensor,
+    skip_text: SkipText,
     rows: SamplingRows,
     text_vocab: int = tokens.TEXT_VOCAB_PADDED,
     audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
@@ -210,6 +222,6 @@ def head_sample_ref(
         logits = F.linear(h[b], weight)  # (V,)
         audio = logits[text_vocab:].view(audio_layers, audio_vocab)
         ids[b, :audio_layers] = sample(audio, opts, position, 0)
-        if not skip_text[b]:
+        if not skipping(skip_text)[b]:
             ids[b, audio_layers] = sample(logits[:text_vocab], opts, position, audio_layers)
     return ids

@@ -176,13 +176,13 @@ class KernelStep:
     def _step(self, size: int, sampling: bool) -> None:
         lm, cfg = self.lm, self.lm.cfg
         ids, positions, slots = self.ids[:size], self.positions[:size], self.slots[:size]
-        # The step's only torch ops, first: from embed_mean to feedback the launches are ours
-        # alone, so with pdl each one starts as the one before it drains.
-        lengths = positions + 1  # each row attends to its cache up to and including itself
-        skip_text = self.text_ended[:size] | self.no_text[:size]
+        # No torch op (on our products no other launch at all): the attention takes the
+        # positions as they are and the head ors the rows' two reasons to skip the text, so
+        # with pdl every launch starts as the one before it drains.
+        skip_text = (self.text_ended[:size], self.no_text[:size])
         x = embed_mean(ids[:, None], lm.transformer.wte.weight)[:, 0]  # (size, C)
         blocks = self._fused_blocks if self.products == "fused" else self._blocks
-        x, residual = blocks(x, slots, lengths)
+        x, residual = blocks(x, slots, positions)
         hidden = self.hidden[:size]  # (the step's output buffer, written in place)
         add_rmsnorm(x, residual, lm.transformer.ln_f.weight, cfg.norm_eps, out=hidden)
 
@@ -204,20 +204,20 @@ class KernelStep:
         feedback(picks, self.speaks[:size], self.audio_out[:size], self.first[:size],
                  self.text_ended[:size], tail)  # fmt: skip
 
-    def _blocks(self, x, slots, lengths):
+    def _blocks(self, x, slots, positions):
         """The blocks on cuBLAS's products -> (the last block's output, the residual stream)."""
         eps, residual = self.lm.cfg.norm_eps, None
         for layer, block in enumerate(self.lm.transformer.h):
             y, residual = add_rmsnorm(x, residual, block.norm_1.weight, eps)
             attn = block.attn.attn
             qkv = linear(y, attn.weight, attn.bias)  # (size, width)
-            out = self._attend(qkv, layer, slots, lengths)
+            out = self._attend(qkv, layer, slots, positions)
             x = linear(out, block.attn.proj.weight)
             y, residual = add_rmsnorm(x, residual, block.norm_2.weight, eps)
             x = linear(swiglu(linear(y, block.mlp.fc_12)), block.mlp.proj.weight)
         return x, residual
 
-    def _fused_blocks(self, x, slots, lengths):
+    def _fused_blocks(self, x, slots, positions):
         """The blocks on kernels/gemv.py -> (the last block's output as slices, the residual
         stream)."""
         residual = None
@@ -227,7 +227,7 @@ class KernelStep:
             qkv, residual = self._normed(x, residual, block.norm_1, qkv_w, qkv_b,
                                          split_k=self.split_qkv)  # fmt: skip
             few = qkv.shape[0] <= PROLOGUE_ROWS  # the projection combines the splits
-            out = self._attend(qkv, layer, slots, lengths, reduce=not few)
+            out = self._attend(qkv, layer, slots, positions, reduce=not few)
             x, _ = gemv(out, attn.proj.weight, split_k=self.split_attn)
             h, residual = self._normed(x, residual, block.norm_2, block.mlp.fc_12, swiglu=True)
             x, _ = gemv(h, block.mlp.proj.weight, split_k=self.split_mlp)
@@ -242,14 +242,15 @@ class KernelStep:
         y, residual = add_rmsnorm(x, residual, norm.weight, eps)
         return gemv(y, weight, **product)[0], residual
 
-    def _attend(self, qkv, layer: int, slots, lengths, reduce: bool = True):
+    def _attend(self, qkv, layer: int, slots, positions, reduce: bool = True):
         """qkv (size, width) -> the attention's output (size, n_head * head_size), or without
         `reduce` its SoftmaxSplits, with the new keys and values written to the cache."""
         lm, cache = self.lm, self.cache
-        # RoPE and the cache write happen inside; the new position is lengths - 1. The grid is
-        # fixed by the cache's length and the bucket, never the rows' lengths: no sync.
+        # RoPE and the cache write at each row's position happen inside, and the row attends to
+        # its cache up to and including it. The grid is fixed by the cache's length and the
+        # bucket, never the rows' positions: no sync.
         split_len = split_len_for(qkv.shape[0], cache.k.shape[2], cache.max_seq, cache.k.device)
-        out = decode_attention_qkv(qkv, lm.cos, lm.sin, cache.k, cache.v, layer, slots, lengths,
+        out = decode_attention_qkv(qkv, lm.cos, lm.sin, cache.k, cache.v, layer, slots, positions,
                                    cache.max_seq, split_len, reduce)  # fmt: skip
         return out.reshape(qkv.shape[0], -1) if reduce else out
 

@@ -67,18 +67,17 @@ def qkv_cases(args: dict, device, dtype) -> list[dict]:
     hs, groups, max_seq = cfg.head_size, cfg.n_query_groups, cfg.block_size
     cos, sin = (t.to(device) for t in rope_cache(max_seq, hs, cfg.rope_base))
 
-    def fused(qkv, k, v, slots, lengths):
+    def fused(qkv, k, v, slots, positions):
         split = split_len(args, qkv.shape[0], k)
-        return decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, lengths, split_len=split)
+        return decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, positions, split_len=split)
 
-    def unfused(qkv, k, v, slots, lengths):
-        positions = (lengths - 1)[:, None]
-        q = qkv_rope_cache(qkv[:, None], cos, sin, positions, slots, k, v, 0)
+    def unfused(qkv, k, v, slots, positions):
+        q = qkv_rope_cache(qkv[:, None], cos, sin, positions[:, None], slots, k, v, 0)
         split = split_len(args, qkv.shape[0], k)
-        return decode_attention(q[:, :, 0], k, v, 0, slots, lengths, split_len=split)
+        return decode_attention(q[:, :, 0], k, v, 0, slots, positions + 1, split_len=split)
 
-    def torch_ref(qkv, k, v, slots, lengths):
-        return ref(qkv, cos, sin, k, v, 0, slots, lengths)
+    def torch_ref(qkv, k, v, slots, positions):
+        return ref(qkv, cos, sin, k, v, 0, slots, positions)
 
     impls = common.implementations(fused, torch_ref)
     impls = {"triton": impls["triton"], "unfused": unfused, **impls}
@@ -88,9 +87,9 @@ def qkv_cases(args: dict, device, dtype) -> list[dict]:
         qkv = torch.randn(B, (cfg.n_head + 2 * groups) * hs, device=device, dtype=dtype)
         slots = torch.randperm(B, device=device)
         for length in (256, 1024, max_seq):
-            lengths = torch.full((B,), length, device=device)
-            inputs = (qkv, k, v, slots, lengths)
-            want = torch_ref(qkv, k.clone(), v.clone(), slots, lengths)
+            positions = torch.full((B,), length - 1, device=device)  # the new key's
+            inputs = (qkv, k, v, slots, positions)
+            want = torch_ref(qkv, k.clone(), v.clone(), slots, positions)
             torch.testing.assert_close(fused(*inputs), want, rtol=2**-7, atol=1e-2)
             nbytes = 2 * B * groups * length * hs + B * qkv.shape[1] + B * cfg.n_head * hs
             nbytes *= qkv.element_size()

@@ -135,7 +135,7 @@ def run_launchers(dtype: torch.dtype) -> None:
     lengths = empty(B, dt=torch.int64)
     attention = mods["decode_attention"]
     attention.decode_attention(empty(B, cfg.n_head, hs), *cache, 3, slots, lengths)
-    attention.decode_attention_qkv(qkv[:, 0], cos, sin, *cache, 3, slots, lengths)
+    attention.decode_attention_qkv(qkv[:, 0], cos, sin, *cache, 3, slots, positions[:, 0])
     mods["swiglu"].swiglu(empty(B, 2 * cfg.intermediate_size))
     gemv, hidden = mods["gemv"], cfg.intermediate_size
     split = gemv.split_for(hidden, C, torch.device("cpu"))

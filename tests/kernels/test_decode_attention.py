@@ -74,12 +74,13 @@ def test_max_length_bounds_the_splits(device):
 
 
 def make_qkv_case(lengths, groups, q_per_kv, hs, max_seq, dtype, device):
+    """(qkv, cos, sin, k, v, slots, positions): each row's new position is its length - 1."""
     B = len(lengths)
     _, k, v, slots = make_case(B, groups, q_per_kv, hs, max_seq, dtype, device, seed=B * hs + 1)
     gen = torch.Generator().manual_seed(hs)
     qkv = (2 * torch.randn(B, groups * (q_per_kv + 2) * hs, generator=gen)).to(device, dtype)
     cos, sin = (t.to(device) for t in rope_cache(max_seq, hs, 10_000))
-    return qkv, cos, sin, k, v, slots, torch.tensor(lengths, device=device)
+    return qkv, cos, sin, k, v, slots, torch.tensor(lengths, device=device) - 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -88,16 +89,16 @@ def test_qkv_matches_ref(device, dtype, groups, q_per_kv, hs, lengths, split_len
     """The attention from the qkv product: the output, and the new keys and values written at
     each row's last position (a split's first and last key among them), nothing else."""
     case = make_qkv_case(lengths, groups, q_per_kv, hs, 48, dtype, device)
-    qkv, cos, sin, k, v, slots, lengths = case
+    qkv, cos, sin, k, v, slots, positions = case
     k_ref, v_ref, k_before = k.clone(), v.clone(), k.clone()
-    got = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, lengths, split_len=split_len)
-    want = decode_attention_qkv_ref(qkv, cos, sin, k_ref, v_ref, 1, slots, lengths)
+    got = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, positions, split_len=split_len)
+    want = decode_attention_qkv_ref(qkv, cos, sin, k_ref, v_ref, 1, slots, positions)
     assert got.shape == (len(lengths), groups * q_per_kv, hs) and got.dtype == dtype
     torch.testing.assert_close(got, want, **TOL[dtype])
     # keys: as qkv_rope_cache's (the GPU may fuse RoPE's product and sum); values: copied
     torch.testing.assert_close(k, k_ref, rtol=2**-7 if dtype != torch.float32 else 1e-6, atol=0)
     assert torch.equal(v, v_ref)
-    new = (1, slots, slice(None), lengths - 1)
+    new = (1, slots, slice(None), positions)
     assert not torch.equal(k[new], k_before[new])  # written: k_ref's new rows, not what was
 
 
@@ -107,13 +108,13 @@ def test_qkv_from_slices(device, dtype):
     loaded) gives what its rounded total gives."""
     from kernels.gemv import SplitSums
 
-    qkv, cos, sin, k, v, slots, lengths = make_qkv_case([5, 30, 17], 2, 2, 16, 48, dtype, device)
+    qkv, cos, sin, k, v, slots, at = make_qkv_case([5, 30, 17], 2, 2, 16, 48, dtype, device)
     gen = torch.Generator().manual_seed(7)
     parts = torch.randn(3, *qkv.shape, generator=gen).to(device)  # (3, B, width) fp32
     sliced = SplitSums(parts, dtype)
     k_ref, v_ref = k.clone(), v.clone()
-    got = decode_attention_qkv(sliced, cos, sin, k, v, 1, slots, lengths, split_len=16)
-    want = decode_attention_qkv_ref(sliced.total(), cos, sin, k_ref, v_ref, 1, slots, lengths)
+    got = decode_attention_qkv(sliced, cos, sin, k, v, 1, slots, at, split_len=16)
+    want = decode_attention_qkv_ref(sliced.total(), cos, sin, k_ref, v_ref, 1, slots, at)
     assert got.dtype == dtype
     torch.testing.assert_close(got, want, **TOL[dtype])
     torch.testing.assert_close(k, k_ref, rtol=2**-7 if dtype != torch.float32 else 1e-6, atol=0)
@@ -127,11 +128,11 @@ def test_qkv_unreduced_splits_combine_to_the_output(device, dtype):
     from kernels.gemv import SoftmaxSplits
 
     case = make_qkv_case([5, 30, 17], 2, 2, 16, 48, dtype, device)
-    qkv, cos, sin, k, v, slots, lengths = case
+    qkv, cos, sin, k, v, slots, positions = case
     k_two, v_two = k.clone(), v.clone()
-    splits = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, lengths, split_len=16,
+    splits = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, positions, split_len=16,
                                   reduce=False)  # fmt: skip
-    want = decode_attention_qkv(qkv, cos, sin, k_two, v_two, 1, slots, lengths, split_len=16)
+    want = decode_attention_qkv(qkv, cos, sin, k_two, v_two, 1, slots, positions, split_len=16)
     assert isinstance(splits, SoftmaxSplits) and splits.shape == (3, 4 * 16)
     assert splits.out.shape == (3, 4, 3, 16) and splits.dtype == dtype
     assert splits.lse[:, :, 2].isinf().all() and splits.lse[1, :, 1].isfinite().all()
@@ -145,12 +146,11 @@ def test_qkv_is_rope_cache_then_attention(device):
     from kernels.qkv_rope_cache import qkv_rope_cache
 
     case = make_qkv_case([9, 1, 33], 2, 2, 16, 48, torch.float32, device)
-    qkv, cos, sin, k, v, slots, lengths = case
+    qkv, cos, sin, k, v, slots, positions = case
     k_two, v_two = k.clone(), v.clone()
-    got = decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, lengths, split_len=16)
-    positions = (lengths - 1)[:, None]
-    q = qkv_rope_cache(qkv[:, None], cos, sin, positions, slots, k_two, v_two, 0)
-    want = decode_attention(q[:, :, 0], k_two, v_two, 0, slots, lengths, split_len=16)
+    got = decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, positions, split_len=16)
+    q = qkv_rope_cache(qkv[:, None], cos, sin, positions[:, None], slots, k_two, v_two, 0)
+    want = decode_attention(q[:, :, 0], k_two, v_two, 0, slots, positions + 1, split_len=16)
     assert torch.equal(k, k_two) and torch.equal(v, v_two)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
@@ -197,11 +197,11 @@ def test_released_shapes_on_gpu(B):
 @pytest.mark.parametrize("B", [1, 8])
 def test_qkv_released_shapes_on_gpu(B):
     lengths = torch.randint(1, 2049, (B,)).tolist()
-    qkv, cos, sin, k, v, slots, lengths = make_qkv_case(lengths, 2, 7, 64, 2048, torch.bfloat16,
-                                                        "cuda")  # fmt: skip
+    qkv, cos, sin, k, v, slots, positions = make_qkv_case(lengths, 2, 7, 64, 2048,
+                                                          torch.bfloat16, "cuda")  # fmt: skip
     k_ref, v_ref = k.clone(), v.clone()
-    got = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, lengths)
-    want = decode_attention_qkv_ref(qkv, cos, sin, k_ref, v_ref, 1, slots, lengths)
+    got = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, positions)
+    want = decode_attention_qkv_ref(qkv, cos, sin, k_ref, v_ref, 1, slots, positions)
     torch.testing.assert_close(got, want, **TOL[torch.bfloat16])
     torch.testing.assert_close(k, k_ref, rtol=2**-7, atol=0)
     assert torch.equal(v, v_ref)

@@ -95,6 +95,21 @@ def test_skipped_rows_get_pad_t(device):
         assert torch.equal(got, head_argmax_ref(h, w, skip, text, audio, LAYERS))
 
 
+def test_two_skip_flags_are_ored(device):
+    """skip_text as two flags (the step's text_ended and no_text): a row skips the text where
+    either is set, in the partials' tiles (a tile where no row needs text reads none) and the
+    picks."""
+    text, audio = LAYOUTS[0]
+    h, w = make_case(4, 40, text, audio, torch.float32, device, integer=True)
+    ended = torch.tensor([False, True, False, True], device=device)
+    for off in ([False, False, True, True], [True, False, True, False]):
+        off = torch.tensor(off, device=device)
+        got = head_argmax(h, w, (ended, off), text, audio, LAYERS, block_v=32)
+        assert torch.equal(got, head_argmax(h, w, ended | off, text, audio, LAYERS, block_v=32))
+        assert torch.equal(got, head_argmax_ref(h, w, ended | off, text, audio, LAYERS))
+        assert torch.equal(got, head_argmax_ref(h, w, (ended, off), text, audio, LAYERS))
+
+
 def test_ref_is_the_model_heads(tiny_lm):
     lm = tiny_lm(torch.float32)
     h = torch.randn(3, lm.cfg.n_embd, generator=torch.Generator().manual_seed(0))

@@ -83,6 +83,18 @@ def test_draws_equal_the_host_s(device, dtype, integer, text, audio, block_v):
     assert (logits[~rows.sampling] == 7.0).all()
 
 
+def test_two_skip_flags_are_ored(device):
+    """skip_text as two flags: the draws of a row whose text either flag skips keep _pad_t."""
+    B, C, text, audio = 6, 40, 300, 70
+    h, w = make_case(B, C, text, audio, torch.float32, device, False, seed=3)
+    rows = make_rows(device, B, seed=3)
+    ended = torch.tensor([False, True, False, False, True, False], device=device)
+    off = torch.tensor([True, False, False, False, True, False], device=device)
+    got = head_sample(0.3 * h, w, (ended, off), rows, None, text, audio, LAYERS, block_v=32)
+    assert torch.equal(got, head_sample_ref(0.3 * h, w, ended | off, rows, text, audio, LAYERS))
+    assert (got[ended | off, LAYERS] == tokens.PAD_T).all()
+
+
 def test_a_draw_changes_with_the_position_and_follows_the_greedy_when_top_k_is_1(device):
     """The same logits drawn at other positions give other ids; top_k 1 is the argmax."""
     text, audio = 300, 70
