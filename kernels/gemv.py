@@ -42,6 +42,7 @@ import triton.language as tl
 from kernels.triton_support import (
     dot_dtype,
     handoff,
+    interpreting,
     launch_options,
     load_total,
     prefetch_l2,
@@ -133,6 +134,10 @@ class Tiles:
     num_warps: int = 4
     num_stages: int = 4
     dot: bool | None = None  # tl.dot or FMAs; None: tl.dot above FMA_MAX_ROWS rows
+    # Ask L2 for all of a program's lines of W before its loop: None: when launched as a
+    # programmatic dependent (while the launch before it drains); True: always (more bytes in
+    # flight from the start, as the sweep times it); False: never.
+    prefetch: bool | None = None
 
 
 @triton.jit
@@ -201,7 +206,7 @@ def _gemv_kernel(
     WRITE_S: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-    PDL: tl.constexpr, LINE: tl.constexpr, LINE_POINTS: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr, LINE_POINTS: tl.constexpr,
 ):  # fmt: skip
     pid_n, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dtype = w_ptr.dtype.element_ty  # the model's
@@ -211,7 +216,7 @@ def _gemv_kernel(
     k_start = split * k_per_split
     k_end = tl.minimum(K, k_start + k_per_split)
     w_rows = cols[:, None].to(tl.int64) * stride_w_n  # (BLOCK_N, 1)
-    if PDL:  # W never changes: its lines go to L2 while the launch before this one finishes
+    if PREFETCH:  # W never changes: with PDL its lines go to L2 while the launch before drains
         for k0 in range(k_start, k_end, BLOCK_K):
             # points at most LINE apart from the tile's first element to its last: one in
             # every line the tile touches, aligned or not
@@ -313,6 +318,8 @@ def gemv(
     grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(M, block_m), splits)
     line = max(1, L2_LINE_BYTES // weight.element_size())  # W's elements a cache line holds
     g = norm.weight if norm is not None else weight
+    options = launch_options()
+    prefetch = options["PDL"] if tiles.prefetch is None else tiles.prefetch
     _gemv_kernel[grid](
         parts, lse, r, g, weight, bias if bias is not None else weight, y, s,
         M, N, K, k_per_split, norm.eps if norm is not None else 0.0,
@@ -323,8 +330,9 @@ def gemv(
         HAS_BIAS=bias is not None, SWIGLU=swiglu, USE_DOT=use_dot, DOT_DTYPE=dot_dtype(dtype),
         BLOCK_M=block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
         NUM_STAGES=stages, num_warps=tiles.num_warps, num_stages=stages,
+        PREFETCH=prefetch and not interpreting(),  # (PTX of its own: none in the interpreter)
         LINE=line, LINE_POINTS=triton.next_power_of_2(triton.cdiv(tiles.block_k - 1, line) + 1),
-        **launch_options(),
+        **options,
     )  # fmt: skip
     out = SplitSums(y, dtype) if split_k > 1 else y[0]
     return out, (s if norm is not None else None)

@@ -19,7 +19,8 @@ The products, as realtime/kernel_step.py's fused step launches them:
 Bytes are the weight's plus the activations read and written once.
 
 --sweep also times each case (from its CUDA graph) over launch shapes (BLOCK_N, BLOCK_K, warps,
-pipeline stages, tl.dot or FMAs; for the split products also the number of slices), all of
+pipeline stages, tl.dot or FMAs; for the split products also the number of slices; the
+default shape also with W's lines asked of L2 before the loop, as with PDL), all of
 them compiled first on a thread per core, and prints the five fastest: what to set
 kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM) from.
 """
@@ -129,6 +130,9 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
     shapes = [(Tiles(**shape), split) for shape in shapes]
     if split is not None:
         shapes += [(Tiles(), s) for s in SWEEP_SPLITS if s != split]
+    # the default tiles asking L2 for all their lines of W first, as they do when launched as
+    # programmatic dependents (these launches are not): more bytes in flight from the start
+    shapes += [(Tiles(prefetch=True), split)]
     shapes = [(tiles, split_k, dict(kwargs, tiles=tiles) | ({} if split_k is None else
                {"split_k": split_k})) for tiles, split_k in shapes]  # fmt: skip
 
@@ -151,7 +155,7 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
     for r in results[:5]:
         print(f"  {name:>10} {r['graph_us']:7.2f} us {r['GB_per_s']:6.0f} GB/s  "
               f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} s{r['num_stages']} "
-              f"dot {r['dot']} "
+              f"dot {r['dot']} prefetch {r['prefetch']} "
               f"split {r['split_k']}")  # fmt: skip
     return results
 

@@ -144,6 +144,7 @@ def run_launchers(dtype: torch.dtype) -> None:
     gemv.gemv(down, empty(2 * hidden, C), norm=norm, swiglu=True)  # summed, added, normed, SwiGLU
     gemv.gemv(empty(B, C), empty(3 * C, C), empty(3 * C), norm=gemv.Norm(empty(C), None, 1e-6))
     gemv.gemv(empty(B, C), empty(3 * C, C), empty(3 * C))  # the plain product with its bias
+    gemv.gemv(empty(B, C), empty(C, C), tiles=gemv.Tiles(prefetch=True))  # L2 first, no PDL
     mods["add_rmsnorm"].add_rmsnorm(down, None, empty(C), cfg.norm_eps)
     mods["head_argmax"].head_argmax(empty(B, C), table, empty(B, dt=torch.bool))
     sample = mods["head_sample"]
@@ -216,10 +217,11 @@ def dependent_launch(ptx: str) -> str:
     """How a kernel takes part in programmatic dependent launch, from its PTX: `pdl=` none
     (no griddepcontrol), ordered (it waits for the launch before it ahead of its first global
     load, store or copy, and lets the next launch start only after waiting) or early (some
-    access comes first: a race); `l2pf=` whether it prefetches into L2 before waiting."""
+    access comes first: a race); `l2pf=` whether it prefetches into L2 before waiting (without
+    a wait: at all)."""
     wait = ptx.find("griddepcontrol.wait")
     if wait < 0:
-        return "pdl=none l2pf=no"
+        return f"pdl=none l2pf={'yes' if 'prefetch.global.L2' in ptx else 'no'}"
     access = re.search(r"\b(ld|st|cp\.async|atom|red)(\.[a-z0-9:]+)*\.global", ptx)
     launch = ptx.find("griddepcontrol.launch_dependents")
     ordered = (access is None or wait < access.start()) and wait < launch

@@ -29,8 +29,8 @@ def compiled() -> list[tuple[str, str, str, dict[str, str]]]:
 
 def test_kernels_and_the_decode_step_compile_for_sm90(compiled):
     # 10 kernels x (bf16, fp32), the head's stage 1 also as it writes the sampling rows' logits,
-    # the attention's stage 1 also from the qkv rows
-    assert sum(what == "kernel" for what, *_ in compiled) == 34
+    # the attention's stage 1 also from the qkv rows, gemv also prefetching without PDL
+    assert sum(what == "kernel" for what, *_ in compiled) == 36
     # the decode step's launches, on cuBLAS's products and on ours: every kernel, in each dtype
     # (how many variants of each depends on the launch shapes the step picks)
     kernels = {"_embed_mean_kernel", "_add_rmsnorm_kernel", "_decode_attention_kernel",
@@ -82,6 +82,15 @@ def test_the_whole_step_compiles_ahead_through_tritons_jit(compiled):
         assert facts["compiled_at_launch"] == "0"
 
 
+def test_a_product_can_prefetch_its_weights_without_pdl(compiled):
+    """gemv's Tiles(prefetch=True), which the sweep times: W's lines asked of L2 before the
+    loop, with no dependent launch to overlap."""
+    products = [facts for what, _, name, facts in compiled
+                if what == "kernel" and name == "_gemv_kernel"]  # fmt: skip
+    assert any(f["l2pf"] == "yes" and f["pdl"] == "none" for f in products)
+    assert any(f["l2pf"] == "no" for f in products)
+
+
 def test_dependent_launch_order_is_read_from_the_ptx():
     """The check above can fail: a load ahead of the wait is a race, and so is letting the next
     launch start before waiting."""
@@ -94,6 +103,7 @@ def test_dependent_launch_order_is_read_from_the_ptx():
     )
     prefetch = "@p prefetch.global.L2 [%rd3];"
     assert dependent_launch("\n".join([load])) == "pdl=none l2pf=no"
+    assert dependent_launch("\n".join([prefetch, load])) == "pdl=none l2pf=yes"
     assert dependent_launch("\n".join([prefetch, wait, go, load, copy])) == "pdl=ordered l2pf=yes"
     assert dependent_launch("\n".join([wait, go, copy])) == "pdl=ordered l2pf=no"
     assert dependent_launch("\n".join([load, wait, go])) == "pdl=early l2pf=no"
