@@ -7,11 +7,14 @@ h // q_per_kv):
     out[b, h] = softmax(q[b, h] . K[b, g]^T / sqrt(hs)) V[b, g]    over keys 0 .. lengths[b] - 1
 
 Stage 1, grid (B, groups, splits): one program takes the q_per_kv queries of a group (padded to
-a (BLOCK_H, BLOCK_D) tile for tl.dot) over one split of SPLIT_LEN keys, with an online softmax
+a (BLOCK_H, BLOCK_D) tile for tl.dot) over one split of the row's keys, with an online softmax
 in fp32 (base 2: the scale and log2(e) are one factor), and writes each query's normalised
-partial output and log-sum-exp. A split past a row's length writes lse = -inf and does
-nothing else (loads no query, writes no output, which is never read): a short context in a
-long cache costs a few splits' work, not all of theirs. Stage 2, grid (B, n_head): weights
+partial output and log-sum-exp. The splits share a row's own keys 0 .. lengths[b] - 1 out
+evenly, in whole BLOCK_N tiles (at most split_len keys each: the grid has max_length /
+split_len splits), so a short context is as spread over the GPU as a long one instead of
+falling to the first split or two. A split past a row's keys (a short row runs out of tiles)
+writes lse = -inf and does nothing else (loads no query, writes no output, which is never
+read). Stage 2, grid (B, n_head): weights
 the splits by exp2(lse - max lse). The grid depends only on `max_length` (default: the cache's
 max_seq), never on the lengths' values, so a launch needs no host sync and can be captured in
 a CUDA graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns the splits
@@ -43,7 +46,7 @@ from kernels.triton_support import (
     runs_kernel,
 )
 
-SPLIT_LEN = 128  # keys per stage-1 program (at batch 1: 16 splits of a 2048-position cache)
+SPLIT_LEN = 128  # the most keys of a stage-1 program (batch 1: 16 splits of a 2048 cache)
 BLOCK_N = 64  # keys per loop iteration
 LOG2E = 1.4426950408889634
 
@@ -55,7 +58,7 @@ def _decode_attention_kernel(
     stride_q_split, stride_q_b, stride_q_h, stride_rope_p,
     stride_cache_s, stride_cache_g, stride_cache_p,
     stride_mid_b, stride_mid_h, stride_mid_split,
-    Q_PER_KV: tl.constexpr, HS: tl.constexpr, SPLIT_LEN: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    Q_PER_KV: tl.constexpr, HS: tl.constexpr, SPLITS: tl.constexpr, DOT_DTYPE: tl.constexpr,
     ROPE: tl.constexpr, Q_SPLITS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
@@ -69,8 +72,9 @@ def _decode_attention_kernel(
     length = tl.load(at_ptr + b)  # the row's length; with ROPE its new position, one less
     if ROPE:
         length += 1
-    start = split * SPLIT_LEN
-    end = tl.minimum(start + SPLIT_LEN, length)
+    chunk = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK_N) * BLOCK_N  # this row's keys a split
+    start = split * chunk
+    end = tl.minimum(start + chunk, length)
     kv = tl.load(slot_ptr + b).to(tl.int64) * stride_cache_s + g * stride_cache_g
     pos = (length - 1).to(tl.int64)  # the row's new position
     # mid_lse (B, n_head, splits) and mid_o (B, n_head, splits, HS) are contiguous: one offset
@@ -108,7 +112,7 @@ def _decode_attention_kernel(
             v = tl.load(v_ptr + offs, mask=kv_tile, other=0.0).to(DOT_DTYPE)
             acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision="ieee")
             m_i = m_new
-        if ROPE and pos // SPLIT_LEN == split:  # the new key and value: this program's to add
+        if ROPE and (start <= pos) & (pos < end):  # the new key and value: this program's to add
             m_i, l_i, acc = _new_key(q, group, stride_q_split, kv + pos * stride_cache_p, k_ptr,
                                      v_ptr, cos, sin, qk_scale, m_i, l_i, acc, d, Q_PER_KV, HS,
                                      Q_SPLITS)  # fmt: skip
@@ -164,11 +168,11 @@ def _decode_attention_reduce_kernel(
 
 
 def split_len_for(rows: int, groups: int, max_seq: int, device: torch.device) -> int:
-    """Keys per split for a step of `rows` rows over a max_seq cache: SPLIT_LEN, doubled while
-    half as many splits still give the GPU kernels/gemv.py's programs_wanted(). A batch fills
-    the GPU with fewer splits, and at the start of a conversation every split past its few
-    keys is a program that only writes -inf (at batch 64 with 128 keys a split, 1920 of
-    2048)."""
+    """The most keys a split takes, for a step of `rows` rows over a max_seq cache (the grid
+    has max_seq / split_len splits): SPLIT_LEN, doubled while half as many splits still give
+    the GPU kernels/gemv.py's programs_wanted(). A batch fills the GPU with fewer splits, and
+    every split costs its partials' write and their combining (at batch 64 with 128 keys a
+    split: 2048 programs a layer, where 512 fill 132 SMs)."""
     split_len, wanted = SPLIT_LEN, programs_wanted(device)
     while split_len < max_seq and rows * groups * triton.cdiv(max_seq, 2 * split_len) >= wanted:
         split_len *= 2
@@ -262,7 +266,7 @@ def _attention(
         parts.stride(0), parts.stride(1), stride_q_h, cos.stride(0),
         k_layer.stride(0), k_layer.stride(1), k_layer.stride(2),
         mid_lse.stride(0), mid_lse.stride(1), mid_lse.stride(2),
-        Q_PER_KV=n_head // groups, HS=hs, SPLIT_LEN=split_len, DOT_DTYPE=dot_dtype(dtype),
+        Q_PER_KV=n_head // groups, HS=hs, SPLITS=splits, DOT_DTYPE=dot_dtype(dtype),
         ROPE=rope_tables is not None, Q_SPLITS=parts.shape[0],
         BLOCK_H=max(16, triton.next_power_of_2(n_head // groups)), BLOCK_N=block_n,
         BLOCK_D=block_d,

@@ -140,6 +140,26 @@ def test_qkv_unreduced_splits_combine_to_the_output(device, dtype):
     assert torch.equal(k, k_two) and torch.equal(v, v_two)
 
 
+def test_a_row_s_keys_are_shared_out_among_the_splits(device):
+    """The splits divide each row's own keys, in whole tiles of 64, not the cache: 200 keys
+    over 4 splits of at most 128 take all 4 (64, 64, 64, 8), 40 keys one, a full row 128
+    each; and the combined output is still the reference's."""
+    from kernels.gemv import SoftmaxSplits
+
+    case = make_qkv_case([200, 40, 512], 2, 2, 16, 512, torch.float32, device)
+    qkv, cos, sin, k, v, slots, positions = case
+    k_ref, v_ref = k.clone(), v.clone()
+    splits = decode_attention_qkv(qkv, cos, sin, k, v, 1, slots, positions, split_len=128,
+                                  reduce=False)  # fmt: skip
+    assert isinstance(splits, SoftmaxSplits) and splits.lse.shape == (3, 4, 4)
+    with_keys = splits.lse.isfinite().all(dim=1)  # (rows, splits): every head alike
+    assert with_keys.tolist() == [[True] * 4, [True, False, False, False], [True] * 4]
+    want = decode_attention_qkv_ref(qkv, cos, sin, k_ref, v_ref, 1, slots, positions)
+    torch.testing.assert_close(splits.total(), want.flatten(1), **TOL[torch.float32])
+    torch.testing.assert_close(k, k_ref, rtol=1e-6, atol=0)
+    assert torch.equal(v, v_ref)
+
+
 def test_qkv_is_rope_cache_then_attention(device):
     """decode_attention_qkv equals its two steps run as launches of their own, in fp32, where
     both compute the same thing: qkv_rope_cache's kernel, then decode_attention's."""
