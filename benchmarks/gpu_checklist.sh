@@ -6,15 +6,16 @@
 # $OUT/log.txt (or ./gpu-checklist.log) and the results files they wrote to $OUT/results.tar.
 #
 #     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [profile-pdl]
-#         [vocoder] [kernels] [sweep] [sweep-batched] [NAME...]
+#         [vocoder] [kernels] [sweep] [sweep-batched] [attention-sweep] [NAME...]
 #
 # With no parts named, all but the sweeps and profile-pdl run (the step's kernels launched as
-# programmatic dependents are timed by decode; profile-pdl lists them kernel by kernel). `decode` skips torch.compile (minutes of
-# compiling); `compile` is the same benchmark with it. `sweep` times kernels/gemv.py over its
-# launch shapes for 1 and 4 rows, `sweep-batched` for 8, 32 and 64 (what its defaults are set
-# from; minutes each, so one per device call). A NAME (e.g. head_argmax) runs that kernel's
-# benchmark alone. Extra pytest arguments go in PYTEST_ARGS, decode_step's for `compile` in
-# COMPILE_ARGS.
+# programmatic dependents are timed by decode; profile-pdl lists them kernel by kernel). `decode`
+# skips torch.compile (minutes of compiling); `compile` is the same benchmark with it. `sweep`
+# times kernels/gemv.py over its launch shapes for 1 and 4 rows, `sweep-batched` for 8, 32 and 64
+# (what its defaults are set from; minutes each, so one per device call); `attention-sweep` times
+# the attention at each split length against the one split_len_for picks (what its rule is set
+# from). A NAME (e.g. head_argmax) runs that kernel's benchmark alone. Extra pytest arguments go
+# in PYTEST_ARGS, decode_step's for `compile` in COMPILE_ARGS.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -52,6 +53,7 @@ for part in "${parts[@]}"; do
         profile-pdl) run 240 python3 -m benchmarks.step_profile --pdl ;;
         sweep) run 560 python3 -m benchmarks.kernels.gemv --sweep --batches 1,4 ;;
         sweep-batched) run 560 python3 -m benchmarks.kernels.gemv --sweep --batches 8,32,64 ;;
+        attention-sweep) run 300 python3 -m benchmarks.kernels.decode_attention --sweep --batches 1,8,32,64 ;;
         vocoder) run 120 python3 -m benchmarks.vocoder_speed --device cuda ;;
         kernels)
             for bench in embed_mean add_rmsnorm qkv_rope_cache decode_attention swiglu \

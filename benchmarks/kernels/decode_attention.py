@@ -4,10 +4,12 @@ cache: every row at the same length, for several lengths and batches. GB/s count
 values each row reads. Then the same for decode_attention_qkv (from the qkv product: RoPE and
 the cache write inside), also against its two steps as launches of their own ("unfused":
 qkv_rope_cache, then decode_attention). Keys per split as the decode step takes them for each
-batch (split_len_for), or --split-len for all. Writes
-benchmarks/results/triton_decode_attention-<gpu>.json.
+batch (split_len_for), or --split-len for all. --sweep also times decode_attention_qkv at
+each of SWEEP_SPLIT_LENS (from its CUDA graph) for every case, against what split_len_for
+picks: what to set its rule from. Writes benchmarks/results/triton_decode_attention-<gpu>.json.
 
     python -m benchmarks.kernels.decode_attention [--dtype bf16] [--split-len 128]
+        [--batches 1,8,32] [--sweep]
 """
 
 import torch
@@ -16,6 +18,7 @@ from benchmarks.kernels import common
 from realtime.model import rope_cache
 
 SYNCING = ("torch", "compiled")
+SWEEP_SPLIT_LENS = (128, 256, 512, 1024, 2048)
 
 
 def split_len(args: dict, rows: int, k_cache: torch.Tensor) -> int:
@@ -27,7 +30,9 @@ def split_len(args: dict, rows: int, k_cache: torch.Tensor) -> int:
 
 
 def main() -> None:
-    args = common.parse_args(__doc__, split_len=(int, 0))
+    args = common.parse_args(
+        __doc__, split_len=(int, 0), batches=(str, "1,8,32"), sweep=(bool, False)
+    )
     device = common.require_gpu("benchmarks.kernels.decode_attention")
     from kernels.decode_attention import decode_attention, decode_attention_ref
 
@@ -41,7 +46,7 @@ def main() -> None:
     impls = common.implementations(kernel, decode_attention_ref)
     common.print_header()
     cases = []
-    for B in common.DECODE_BATCHES:
+    for B in batches(args):
         k, v = (torch.randn(1, B, groups, max_seq, hs, device=device, dtype=dtype) for _ in "kv")
         q = torch.randn(B, cfg.n_head, hs, device=device, dtype=dtype)
         slots = torch.randperm(B, device=device)
@@ -82,7 +87,7 @@ def qkv_cases(args: dict, device, dtype) -> list[dict]:
     impls = common.implementations(fused, torch_ref)
     impls = {"triton": impls["triton"], "unfused": unfused, **impls}
     cases = []
-    for B in common.DECODE_BATCHES:
+    for B in batches(args):
         k, v = (torch.randn(1, B, groups, max_seq, hs, device=device, dtype=dtype) for _ in "kv")
         qkv = torch.randn(B, (cfg.n_head + 2 * groups) * hs, device=device, dtype=dtype)
         slots = torch.randperm(B, device=device)
@@ -95,7 +100,35 @@ def qkv_cases(args: dict, device, dtype) -> list[dict]:
             nbytes *= qkv.element_size()
             label = f"qkv B={B} length={length}"
             cases.append(common.compare(label, nbytes, impls, *inputs, host_sync=SYNCING))
+            if args["sweep"]:
+                cases[-1]["split_sweep"] = sweep_split_lens(label, inputs, cos, sin)
     return cases
+
+
+def batches(args: dict) -> list[int]:
+    return [int(b) for b in args["batches"].split(",")]
+
+
+def sweep_split_lens(label: str, inputs: tuple, cos, sin) -> dict[int, float]:
+    """decode_attention_qkv's graph microseconds at each of SWEEP_SPLIT_LENS (those under the
+    cache's length), printed with the one split_len_for picks marked."""
+    import triton.testing
+
+    from kernels.decode_attention import decode_attention_qkv, split_len_for
+
+    qkv, k, v, slots, positions = inputs
+    _, _, groups, max_seq, _ = k.shape
+    picked = split_len_for(qkv.shape[0], groups, max_seq, k.device)
+    times = {}
+    for split in (s for s in SWEEP_SPLIT_LENS if s <= max_seq):
+
+        def run(split=split):
+            return decode_attention_qkv(qkv, cos, sin, k, v, 0, slots, positions, split_len=split)
+
+        times[split] = 1e3 * triton.testing.do_bench_cudagraph(run, rep=50, return_mode="median")
+    cells = "  ".join(f"{s}{'*' if s == picked else ''} {us:.1f}" for s, us in times.items())
+    print(f"  {label} split_len (*: split_len_for) -> graph us: {cells}")
+    return times
 
 
 if __name__ == "__main__":
