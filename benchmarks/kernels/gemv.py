@@ -10,9 +10,9 @@ The products, as realtime/kernel_step.py's fused step launches them:
 - qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias, split over K;
 - attn_proj: W_o (896 x 896) over the attention's output, split over K;
 - attn_proj_splits (up to PROLOGUE_ROWS rows): the same over the attention's splits over the
-  keys (16 for the released 2048-position cache, 3 of them with keys), combined as they are
-  loaded: its time less attn_proj's is what the fold costs, against the attention's second
-  launch (decode_attention's reduce), which it saves;
+  keys (16 for the released 2048-position cache; at 256 positions 4 of them hold 64 keys
+  each), combined as they are loaded: its time less attn_proj's is what the fold costs,
+  against the attention's second launch (decode_attention's reduce), which it saves;
 - fc_12: norm_2(the attention projection's slices + residual) then fc_1|fc_2 (9728 x 896)
   and SwiGLU;
 - mlp_proj: W_down (896 x 4864) over SwiGLU's output, split over K.
@@ -88,7 +88,7 @@ def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
     return by_case
 
 
-def attention_splits(device, dtype, rows: int, used: int = 3):
+def attention_splits(device, dtype, rows: int, used: int = 4):
     """(an attention's SoftmaxSplits over the released cache, as the step splits it for `rows`
     rows, with keys in the first `used` splits; the bytes of it that are read)."""
     from kernels.decode_attention import split_len_for
