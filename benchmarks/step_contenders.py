@@ -20,7 +20,7 @@ from realtime.config import PRESETS, STEP_PRODUCTS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
 from realtime.generate import PrefillInput, decode_step, generate_tokens
-from realtime.kernel_step import KernelDecoder, KernelStep, StepGraphs
+from realtime.kernel_step import KernelDecoder, KernelStep, StepGraphs, every_variant
 from realtime.model import KVCache, OmniLM, apply_rope
 from realtime.prompts import Task, build_prompt
 from realtime.runtime import MAX_ROWS, Runtime
@@ -203,8 +203,7 @@ def compile_steps_ahead(lm: OmniLM, batches: list[int], kinds: list | None = Non
             cache = lm.new_cache(batch + 1)
             for products, pdl in kinds or step_kinds(cache.k.device):
                 step = KernelStep(lm, cache, batch, pad_slot=batch, products=products, pdl=pdl)
-                for sampling in (False, True):
-                    step.forward(batch, sampling)
+                every_variant(step, [batch])
 
     began = time.perf_counter()
     with torch.inference_mode():

@@ -10,25 +10,23 @@ Stage 1, grid (B, groups, splits): one program takes the q_per_kv queries of a g
 a (BLOCK_H, BLOCK_D) tile for tl.dot) over one split of the row's keys, with an online softmax
 in fp32 (base 2: the scale and log2(e) are one factor), and writes each query's normalised
 partial output and log-sum-exp. The splits share a row's own keys 0 .. lengths[b] - 1 out
-evenly, in whole BLOCK_N tiles (at most split_len keys each: the grid has max_length /
-split_len splits), so a short context is as spread over the GPU as a long one instead of
-falling to the first split or two. A split past a row's keys (a short row runs out of tiles)
-writes lse = -inf and does nothing else (loads no query, writes no output, which is never
-read). Stage 2, grid (B, n_head): weights
-the splits by exp2(lse - max lse). The grid depends only on `max_length` (default: the cache's
-max_seq), never on the lengths' values, so a launch needs no host sync and can be captured in
-a CUDA graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns the splits
-(kernels/gemv.py's SoftmaxSplits), for the product after the attention to combine as it loads
-them: a launch fewer per block.
+evenly, in whole BLOCK_N tiles (at most split_len keys each: the grid has max_length / split_len
+splits), so a short context is as spread over the GPU as a long one instead of falling to the
+first split or two. A split past a row's keys (a short row runs out of tiles) writes lse = -inf
+and does nothing else (loads no query, writes no output, which is never read). Stage 2, grid
+(B, n_head): weights the splits by exp2(lse - max lse). The grid depends only on `max_length`
+(default: the cache's max_seq), never on the lengths' values, so a launch needs no host sync and
+can be captured in a CUDA graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns
+the splits (kernels/gemv.py's SoftmaxSplits), for the product after the attention to combine as
+it loads them: a launch fewer per block.
 
 `decode_attention_qkv` takes the step's qkv product instead of q, and each row's new position
 instead of its length (one more: the step's positions as they are, no add launched before it),
 and does qkv_rope_cache's work in stage 1 (ROPE): each program rotates its group's queries (a
 few hundred values) and reads the cache only before the new position; the one program whose
-split holds
-that position rotates the new key, writes key and value to the cache, and adds them to its
-softmax as one more key from registers. A decode step saves a launch per block and the round
-trip of q through memory.
+split holds that position rotates the new key, writes key and value to the cache, and adds them
+to its softmax as one more key from registers. A decode step saves a launch per block and the
+round trip of q through memory.
 """
 
 import torch

@@ -118,9 +118,8 @@ def _largest(keys, K: tl.constexpr):
 
 @triton.jit
 def _head_sample_kernel(
-    part_val_ptr, logits_ptr, sampling_ptr, skip_ptr, skip2_ptr, top_k_ptr, temperature_ptr,
-    top_p_ptr,
-    seed_ptr, position_ptr, ids_ptr,
+    part_val_ptr, logits_ptr, sampling_ptr, skip_ptr, skip2_ptr,
+    top_k_ptr, temperature_ptr, top_p_ptr, seed_ptr, position_ptr, ids_ptr,
     stride_part_b, stride_l_b, stride_ids_b,
     TEXT_V: tl.constexpr, AUDIO_V: tl.constexpr, AUDIO_LAYERS: tl.constexpr,
     TEXT_BLOCKS: tl.constexpr, AUDIO_BLOCKS: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -217,11 +216,12 @@ def head_sample_ref(
     """The torch computation: the greedy head, then realtime.sampling.sample for each sampling
     row over its full logits (in the model's dtype, as OmniLM's heads return them)."""
     ids = head_argmax_ref(h, weight, skip_text, text_vocab, audio_vocab, audio_layers)
+    skip = skipping(skip_text)
     for b in torch.nonzero(rows.sampling).flatten().tolist():
         opts, position = rows.options(b), int(rows.positions[b])
         logits = F.linear(h[b], weight)  # (V,)
         audio = logits[text_vocab:].view(audio_layers, audio_vocab)
         ids[b, :audio_layers] = sample(audio, opts, position, 0)
-        if not skipping(skip_text)[b]:
+        if not skip[b]:
             ids[b, audio_layers] = sample(logits[:text_vocab], opts, position, audio_layers)
     return ids

@@ -11,7 +11,7 @@ launch's last programs still run, instead of after the whole grid has drained. E
 begins with `handoff(PDL)`, which waits for the earlier launch's writes before anything reads
 them and then lets the next launch start in turn; what a kernel does before it must not read
 anything an earlier launch writes (gemv prefetches its weights into L2 there). The decode step
-is a chain of 130 to 250 short launches, so what each costs around its own work counts.
+is a chain of 125 to 221 short launches, so what each costs around its own work counts.
 
 `compile_ahead(run)` compiles every kernel variant that `run` launches, many at once on
 threads, and launches none: what an engine does before its first step on a GPU, where the

@@ -331,21 +331,22 @@ class StepGraphs:
         self.graphs[size, sampling].replay()
 
 
+def every_variant(step: KernelStep, sizes: list[int]) -> None:
+    """step.forward at each of `sizes`, greedy and drawing: every launch its graphs hold."""
+    for size in sizes:
+        for drawing in (False, True):
+            step.forward(size, drawing)
+
+
 def compile_step_ahead(step: KernelStep, sizes: list[int]) -> int:
     """Compile every kernel variant of `step` at `sizes` (greedy and drawing) not compiled yet,
     many at once (kernels/triton_support.compile_ahead), and log how long it took -> how many
     there were. At a first start on a GPU they compile in seconds instead of one at a time at
     the first launches (half a second or more each); later starts find them in Triton's cache
     on disk."""
-
-    def every_step():
-        for size in sizes:
-            for drawing in (False, True):
-                step.forward(size, drawing)
-
     began = time.perf_counter()
     with torch.inference_mode():
-        variants = compile_ahead(every_step)
+        variants = compile_ahead(partial(every_variant, step, sizes))
     if variants:
         log.info(
             "the decode step's %d kernel variants compiled (or found in Triton's cache) in %.1f s",

@@ -160,9 +160,9 @@ def run_step(dtype: torch.dtype, pdl: bool = False, each_step=None) -> None:
     once per batch-size bucket of a 32-session engine, on meta tensors (nothing is allocated
     or computed): its launches carry the constexprs the engine really compiles. `pdl`: as
     programmatic dependents (KernelStep(pdl=True), which a GPU of sm_90 or later takes).
-    `each_step(step, sizes)`, if given, runs each products' step instead (greedy and drawing
-    at every size is what it is to run)."""
-    from realtime.kernel_step import KernelStep, buckets
+    `each_step(step, sizes)`, if given, runs each products' step instead of
+    kernel_step.every_variant."""
+    from realtime.kernel_step import KernelStep, buckets, every_variant
     from realtime.model import OmniLM
 
     for name in KERNEL_MODULES:
@@ -176,12 +176,7 @@ def run_step(dtype: torch.dtype, pdl: bool = False, each_step=None) -> None:
         for products in ("cublas", "fused"):
             cache = lm.new_cache(rows + 1)
             step = KernelStep(lm, cache, rows, pad_slot=rows, products=products, pdl=pdl)
-            if each_step is not None:
-                each_step(step, buckets(rows))
-                continue
-            for size in buckets(rows):
-                step.forward(size, sampling=False)
-                step.forward(size, sampling=True)
+            (each_step or every_variant)(step, buckets(rows))
 
 
 def distinct(launches):
