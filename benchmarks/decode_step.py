@@ -15,13 +15,17 @@ audio heads with greedy selection, and the feedback of the picked ids into the n
   on the device (kernels/head_sample.py), as a sampling session's batch runs; its bytes are
   counted as the greedy step's (the sampling rows' logits written and reread come on top);
 - `kernels[fused]`, `graph[fused]`, `graph+sampling[fused]`: the same three on our own
-  products (kernels/gemv.py, KernelStep(products="fused")) instead of cuBLAS's.
+  products (kernels/gemv.py, KernelStep(products="fused")) instead of cuBLAS's;
+- `decoder`, `decoder+ahead` (and `[fused]`): while the text runs, a step as the engine's loop
+  sees it: KernelDecoder.decode (the graph's replay, the ids' copy to the host) and the host's
+  stop rules for every request; without and with each step launched before the host has taken
+  the last one's ids (realtime/kernel_step.py's run_ahead, the default on CUDA).
 
 Each step's HBM traffic is counted (every weight once, the text head's 325 MB only while some
 row needs text, each row's keys and values) and reported as GB/s and % of the GPU's peak.
 Then end of turn to first audio sample: a 2 s utterance is prefilled, its answer decoded on
-the kernel step (on either products) and vocoded until the first PCM sample, with the
-encoder's share given apart.
+the kernel step (on either products, with steps run ahead and without) and vocoded until the
+first PCM sample, with the encoder's share given apart.
 
     python -m benchmarks.decode_step [--model DIR] [--batches 1,8,64] [--context 256]
 
@@ -82,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:  # after each case: a run cut short keeps what it measured
                 write(out, cases, first_audio, settings)
     for products in STEP_PRODUCTS:
-        first_audio[products] = result = sc.end_of_turn_to_first_audio(
-            runtime, CLIP, repeats=1 if args.dry_run else 5, products=products
-        )
-        print(
-            f"end of turn -> first audio sample ({products} products): "
-            f"{result['after_encode_ms']:.1f} ms after the encoder "
-            f"({result['total_ms']:.1f} ms with it; {result['steps']} steps)"
-        )
+        for run_ahead in (False, True):
+            name = products + ("+ahead" if run_ahead else "")
+            first_audio[name] = result = sc.end_of_turn_to_first_audio(
+                runtime, CLIP, 1 if args.dry_run else 5, products, run_ahead
+            )
+            print(
+                f"end of turn -> first audio sample ({products} products"
+                f"{', steps run ahead' if run_ahead else ''}): "
+                f"{result['after_encode_ms']:.1f} ms after the encoder "
+                f"({result['total_ms']:.1f} ms with it; {result['steps']} steps)"
+            )
     if not args.dry_run:
         print(f"wrote {write(out, cases, first_audio, settings)}")
     return 0

@@ -19,8 +19,8 @@ from realtime.audio import load_audio
 from realtime.config import PRESETS, STEP_PRODUCTS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
-from realtime.generate import PrefillInput, decode_step, generate_tokens
-from realtime.kernel_step import KernelDecoder, KernelStep, StepGraphs, every_variant
+from realtime.generate import Generation, PrefillInput, decode_step, generate_tokens
+from realtime.kernel_step import KernelDecoder, KernelStep, StepGraphs, StepRow, every_variant
 from realtime.model import KVCache, OmniLM, apply_rope
 from realtime.prompts import Task, build_prompt
 from realtime.runtime import MAX_ROWS, Runtime
@@ -177,6 +177,9 @@ def time_contenders(
             tag = ("" if products == "cublas" else products) + ("+pdl" if dependent else "")
             tag = f"[{tag}]" if tag else ""
             out |= {name + tag: ms for name, ms in time_kernel_step(step, steps, sync).items()}
+            if text_running and not dependent:  # (the decoder's rows run their own text)
+                loop = decoder_ms(lm, batch, context, products, steps)
+                out |= {name + tag: ms for name, ms in loop.items()}
     contenders = {
         name: {"ms": ms, "GB_per_s": None if ms is None else nbytes / ms / 1e6}
         for name, ms in out.items()
@@ -226,6 +229,39 @@ def time_kernel_step(step: KernelStep, steps: int, sync) -> dict[str, float]:
     return out
 
 
+def decoder_ms(lm: OmniLM, batch: int, context: int, products: str, steps: int) -> dict:
+    """Milliseconds per step as the engine's loop sees them: KernelDecoder.decode for `batch`
+    a2a requests (one row each, greedy, `context` positions into their caches), then the
+    host's Generation.accept of each request's ids; with each step launched only after the
+    host took the last one's ids ("decoder"), and launched before it ("decoder+ahead").
+    A request the random model stops (_eoa) starts over: its batch is loaded again."""
+    cache = lm.new_cache(batch + 1)
+    if cache.max_seq < context + WARMUP_STEPS + steps + 2:
+        raise ValueError(f"{steps} steps from position {context} do not fit the cache")
+    decoder = KernelDecoder(lm, cache, batch, pad_slot=batch, products=products)
+    g = torch.Generator().manual_seed(0)
+
+    def request(slot: int) -> StepRow:
+        gen = Generation(Task.A2A, context, max_steps=cache.max_seq - context)
+        audio = torch.randint(0, tokens.CODEBOOK_SIZE, (tokens.AUDIO_LAYERS,), generator=g)
+        gen.accept(int(torch.randint(0, tokens.TEXT_VOCAB, (1,), generator=g)), audio.tolist())
+        return StepRow(gen, [slot], DecodingOptions())
+
+    rows = [request(slot) for slot in range(batch)]
+
+    def step():
+        for i, (item, ids) in enumerate(zip(rows, decoder.decode(rows), strict=True)):
+            if item.gen.accept(*ids).done:
+                rows[i] = request(i)
+
+    out, sync = {}, torch.cuda.synchronize if cache.k.is_cuda else (lambda: None)
+    for run_ahead in (False, True):
+        decoder.run_ahead = run_ahead
+        rows[:] = [request(slot) for slot in range(batch)]  # back to `context`
+        out["decoder+ahead" if run_ahead else "decoder"] = wall_ms(step, steps, sync)
+    return out
+
+
 def graph_ms(fn, steps: int) -> float:
     """fn captured once in a CUDA graph, then the mean of `steps` replays."""
     graph, _ = capture(fn, warmups=WARMUP_STEPS)
@@ -233,15 +269,16 @@ def graph_ms(fn, steps: int) -> float:
 
 
 def end_of_turn_to_first_audio(
-    runtime: Runtime, clip: Path, repeats: int, products: str = "cublas"
+    runtime: Runtime, clip: Path, repeats: int, products: str = "cublas", run_ahead: bool = True
 ) -> dict:
     """A 2 s utterance: encode (chunked), then prefill, decode on the kernel step (with
-    `products`) and vocode until the first PCM sample. Medians over `repeats` runs after one
-    warm-up."""
+    `products`, each step launched before the host took the last one's ids or not) and vocode
+    until the first PCM sample. Medians over `repeats` runs after one warm-up."""
     audio = load_audio(clip)[: 2 * tokens.INPUT_SAMPLE_RATE_HZ]
     decoder = runtime.kernel_decoder()
     if products != decoder.step.products:
         decoder = KernelDecoder(runtime.lm, runtime.cache, MAX_ROWS, MAX_ROWS, products=products)
+    decoder.run_ahead = run_ahead
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     options = DecodingOptions(max_new_tokens=64)
     runs = []

@@ -6,7 +6,7 @@ phase: the guide for tuning benchmarks/decode_step.py's numbers.
   (the difference is the gaps between kernels; with --pdl, kernels that overlap make it
   smaller, or negative);
 - per phase: a 2 s utterance's prefill, first pick, each decode step and each vocoder call up
-  to the first audio sample, synchronised one by one.
+  to the first audio sample, synchronised one by one (so no step is launched ahead).
 
     python -m benchmarks.step_profile [--model DIR] [--batches 1,64] [--context 256]
 
@@ -71,6 +71,10 @@ def phases_of_end_of_turn(runtime) -> None:
     audio = load_audio(CLIP)[: 2 * tokens.INPUT_SAMPLE_RATE_HZ]
     options = DecodingOptions(max_new_tokens=64)
     decoder = runtime.kernel_decoder()
+    # Each phase ends in a sync, which would wait for a step launched ahead too and count it
+    # in the phase before its own: the phases are timed one step at a time (decode_step times
+    # the end of turn with steps run ahead).
+    decoder.run_ahead = False
     marks: list[tuple[str, float]] = []
 
     def mark(label: str) -> None:

@@ -50,6 +50,9 @@ class EngineOptions:
     # Launch the kernel step's kernels as programmatic dependents (sm_90+; see
     # kernels/triton_support.py): each starts while the one before it drains
     pdl: bool = False
+    # Launch the next decode step while the host handles this one's ids (see
+    # realtime/kernel_step.py's KernelDecoder); None: wherever that overlaps anything (CUDA)
+    run_ahead: bool | None = None
 
 
 class EngineBusy(Exception):
@@ -100,7 +103,7 @@ class Engine:
 
             self.decoder = KernelDecoder(
                 runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,
-                products=options.step_products, pdl=options.pdl,
+                products=options.step_products, pdl=options.pdl, run_ahead=options.run_ahead,
             )  # fmt: skip
         self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close
         self._sessions: dict[int, Session] = {}  # built on the inference thread
@@ -175,9 +178,10 @@ class Engine:
         sizes = ", ".join(map(str, self.decoder.sizes))
         step = self.decoder.step
         products = f"{step.products} products" + (", dependent launches" if step.pdl else "")
-        return f"Triton kernels ({products}) on {self.cache.k.device}, " + (
-            f"CUDA graphs for batch sizes {sizes}" if graphed else "launched eagerly"
-        )
+        launches = f"CUDA graphs for batch sizes {sizes}" if graphed else "launched eagerly"
+        if self.decoder.run_ahead:
+            launches += ", each step launched while the host handles the one before"
+        return f"Triton kernels ({products}) on {self.cache.k.device}, {launches}"
 
     @property
     def active_sessions(self) -> int:

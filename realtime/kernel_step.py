@@ -30,6 +30,14 @@ sample with top_k <= TOP_K_MAX are drawn on the device (each step is captured tw
 only, and with head_sample's draw); a request with no top_k (or a larger one) is sampled on the
 host from the step's hidden states, and its batch reloads every step.
 
+On CUDA the decoder also runs a step ahead (`run_ahead`): when every request is drawn on the
+device, the next step is launched before this one's ids are handed back, so the GPU computes it
+while the host applies the stop rules, detokenizes and queues the audio. The caller's next call
+takes it if it names the same requests one step further (the device fed back exactly what the
+host accepted). Otherwise it is dropped and the host's state loaded over it; only its GPU time
+is lost, as all it wrote lies past each row's position, where the next real step writes before
+anything reads.
+
 With `pdl=True` (sm_90 and later) every kernel of the step is launched as a programmatic
 dependent of the one before it (kernels/triton_support.py's `dependent_launches`): its
 programs start while that launch drains, and the products fetch their weights into L2 while
@@ -355,13 +363,27 @@ def compile_step_ahead(step: KernelStep, sizes: list[int]) -> int:
     return variants
 
 
+@dataclass
+class _Launched:
+    """A launched step's sampled ids on their way to the host: `host` (pinned on CUDA) is
+    complete once `done` (a CUDA event; None on a CPU, where the copy has happened) fires."""
+
+    host: torch.Tensor  # (rows, 8)
+    done: "torch.cuda.Event | None"
+
+    def wait(self) -> torch.Tensor:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.clone()  # the buffer is reused two steps on
+
+
 class KernelDecoder:
     """Batched decode steps on the kernels for the requests the caller names each time.
 
     The host `Generation`s stay the authority: after each step the caller accepts the sampled
     ids into them. When the next call names the same requests, each exactly one step further
     and all drawn on the device, the device has already fed their ids back and nothing is
-    loaded.
+    loaded; with `run_ahead` (the default on CUDA) `decode` has even launched that step already.
     """
 
     def __init__(
@@ -373,14 +395,16 @@ class KernelDecoder:
         graphs: bool = True,
         products: str = "cublas",
         pdl: bool = False,
+        run_ahead: bool | None = None,
     ) -> None:
         self.sizes = buckets(max_rows)
         self.step = KernelStep(lm, cache, max_rows, pad_slot, products, pdl)
         self.graphs = None
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
-        if cache.k.is_cuda:
+        cuda = cache.k.is_cuda
+        if cuda:
             compile_step_ahead(self.step, self.sizes)
-        if graphs and cache.k.is_cuda:
+        if graphs and cuda:
             with torch.inference_mode():
                 try:
                     self.graphs = StepGraphs(self.step, self.sizes)
@@ -392,45 +416,85 @@ class KernelDecoder:
                         " run without pdl (realtime serve without --pdl)"
                     ) from exc
             self.prompts = PromptGraphs(lm, cache, pad_slot)
+        # On a CPU every launch runs to its end before the host goes on: nothing to overlap.
+        self.run_ahead = cuda if run_ahead is None else run_ahead
+        # Two host buffers for the sampled ids, taken in turn: a step's, and the one after it.
+        shape = (max_rows, tokens.STREAMS)
+        self._hosts = [torch.zeros(shape, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        self._events = [torch.cuda.Event() if cuda else None for _ in range(2)]
+        self._turn = 0
         self._last: list[tuple[Generation, int]] | None = None  # what the device holds
-        self.loads = 0  # steps that needed the host's state (for tests and monitoring)
+        self._ahead: _Launched | None = None  # the step launched for _last one step further
+        # steps that needed the host's state, ahead steps taken and dropped (for tests and
+        # monitoring)
+        self.loads = self.taken = self.dropped = 0
 
     def run(self, batch: list[StepRow]) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of `batch` -> (hidden (rows, C) on the device, valid until the next step;
         sampled (rows, 8) on the host: the layer-local audio ids and the text id the device
         drew for each request (greedy ones for a request sampled on the host), in every row of
         it; _pad_t where its text has ended)."""
-        rows = sum(len(item.slots) for item in batch)
+        launched = self._launch(batch)
+        return self.step.hidden[: len(launched.host)], launched.wait()
+
+    def decode(self, batch: list[StepRow]) -> list[tuple[int, list[int] | None]]:
+        """One step of `batch` -> each request's (text id, audio ids or None), as
+        `Generation.accept` takes them: as the device drew them, or sampled here from the step's
+        hidden states for a request the device does not draw (top-k, temperature, top-p: the
+        same draw either way). With run_ahead, the next step is launched before this one's ids
+        come back, if every request is drawn on the device and has room for it in the cache."""
+        launched = self._launch(batch)
+        if self.run_ahead and self._last is not None and self._has_room(batch):
+            self._ahead = self._replay(len(launched.host), batch)
+        sampled = launched.wait()
+        chosen, row = [], 0
+        for item in batch:
+            if item.drawn_on_device:
+                chosen.append(picked(sampled[row], item.gen))
+            else:  # (then nothing ran ahead: the hidden states are still this step's)
+                rows = self.step.hidden[row : row + len(item.slots)]
+                chosen.append(sample_step(self.step.lm, rows, item.gen, item.options))
+            row += len(item.slots)
+        return chosen
+
+    def _launch(self, batch: list[StepRow]) -> _Launched:
+        """Launch the step of `batch` (or take the one launched ahead of it), claiming what the
+        device will then hold."""
         continues, self._last = self._continues(batch), None  # a failing step leaves no claim
-        if not continues:
-            self.step.load(batch)
-            self.loads += 1
+        ahead, self._ahead = self._ahead, None
+        if continues and ahead is not None:
+            self.taken += 1
+            launched = ahead
+        else:
+            self.dropped += ahead is not None
+            if not continues:
+                self.step.load(batch)
+                self.loads += 1
+            launched = self._replay(sum(len(item.slots) for item in batch), batch)
+        if all(item.drawn_on_device for item in batch):
+            self._last = [(item.gen, item.gen.steps) for item in batch]
+        return launched
+
+    def _replay(self, rows: int, batch: list[StepRow]) -> _Launched:
+        """Run the step on the loaded (or fed back) inputs of `rows` rows and start copying its
+        sampled ids to the host."""
         size = next(s for s in self.sizes if s >= rows)
         sampling = any(item.samples_on_device for item in batch)
         if self.graphs is not None:
             self.graphs.replay(size, sampling)
         else:
             self.step.forward(size, sampling)
-        sampled = self.step.sampled[:rows].cpu()  # the step's one sync
-        if all(item.drawn_on_device for item in batch):
-            self._last = [(item.gen, item.gen.steps) for item in batch]
-        return self.step.hidden[:rows], sampled
+        host, done = self._hosts[self._turn][:rows], self._events[self._turn]
+        self._turn ^= 1
+        host.copy_(self.step.sampled[:rows], non_blocking=done is not None)
+        if done is not None:
+            done.record(torch.cuda.current_stream(self.step.cache.k.device))
+        return _Launched(host, done)
 
-    def decode(self, batch: list[StepRow]) -> list[tuple[int, list[int] | None]]:
-        """One step of `batch` -> each request's (text id, audio ids or None), as
-        `Generation.accept` takes them: as the device drew them, or sampled here from the step's
-        hidden states for a request the device does not draw (top-k, temperature, top-p: the
-        same draw either way)."""
-        hidden, sampled = self.run(batch)
-        chosen, row = [], 0
-        for item in batch:
-            if item.drawn_on_device:
-                chosen.append(picked(sampled[row], item.gen))
-            else:
-                rows = hidden[row : row + len(item.slots)]
-                chosen.append(sample_step(self.step.lm, rows, item.gen, item.options))
-            row += len(item.slots)
-        return chosen
+    def _has_room(self, batch: list[StepRow]) -> bool:
+        """Whether the step after this one stays inside every request's cache rows (a request
+        at its last position stops before needing it, but a step ahead cannot know that)."""
+        return all(item.gen.next_position + 1 < self.step.cache.max_seq for item in batch)
 
     def _continues(self, batch: list[StepRow]) -> bool:
         last = self._last

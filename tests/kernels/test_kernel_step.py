@@ -137,6 +137,69 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype, products):
     assert torch.equal(cache.k[:, 2], untouched)
 
 
+def test_steps_run_ahead_equal_steps_run_one_at_a_time(device, tiny_lm):
+    """A decoder that launches each step before the host has taken the last one's ids (the
+    default on CUDA) against one that does not, on twin caches, through everything that makes
+    it drop a step it ran ahead: a request leaving, one joining, one sampled on the host (no
+    step ahead then). The same ids every call, and the same keys and values wherever a real
+    step wrote them."""
+    lm = tiny_lm(torch.float32, device)
+    host_drawn = DecodingOptions(temperature=1.0, top_k=None, top_p=0.9, seed=4)
+    requests = {  # name: (task, prompt length, steps so far, seed, slots, options)
+        "a": (Task.A2A, 20, 9, 1, [0], GREEDY),
+        "b": (Task.A2A_BATCH, 12, 3, 2, [1, 2], GREEDY),
+        "c": (Task.T2T, 7, 1, 3, [3], GREEDY),
+        "d": (Task.A2A, 9, 2, 4, [4], host_drawn),
+    }
+    plan = ["ab", "ab", "ab", "a", "ac", "ac", "acd", "ac"]
+    twins = []
+    for run_ahead in (True, False):
+        cache = lm.new_cache(6, max_seq=64)  # slots 0..4 for requests, 5 for padding
+        g = torch.Generator(device=device).manual_seed(0)
+        for buffer in (cache.k, cache.v):
+            buffer.copy_(torch.randn(buffer.shape, generator=g, device=device))
+        decoder = KernelDecoder(lm, cache, 5, pad_slot=5, products="fused", run_ahead=run_ahead)
+        rows = {
+            name: StepRow(history(task, length, steps, seed), slots, opts)
+            for name, (task, length, steps, seed, slots, opts) in requests.items()
+        }
+        chosen = []
+        with torch.inference_mode():
+            for names in plan:
+                batch = [rows[name] for name in names]
+                chosen.append(ids := decoder.decode(batch))
+                for item, (text, audio) in zip(batch, ids, strict=True):
+                    assert not item.gen.accept(text, audio).done
+        twins.append((decoder, cache, chosen, rows))
+    (ahead, cache, chosen, rows), (plain, twin, want, _) = twins
+    assert chosen == want
+    for item in rows.values():  # every position a request's steps wrote
+        written = slice(item.gen.prompt_length, item.gen.next_position)
+        for slot in item.slots:
+            assert torch.equal(cache.k[:, slot, :, written], twin.k[:, slot, :, written])
+            assert torch.equal(cache.v[:, slot, :, written], twin.v[:, slot, :, written])
+    # taken at the 2nd, 3rd and 6th calls; dropped when b left, c joined, d (host-drawn) came
+    assert (ahead.taken, ahead.dropped, ahead.loads) == (3, 3, 5)
+    assert (plain.taken, plain.dropped, plain.loads) == (0, 0, 5)
+
+
+def test_no_step_runs_ahead_past_the_cache(device, tiny_lm):
+    """A request at its cache's last position decodes, but nothing is launched for the
+    position after it, which is the next slot's first."""
+    lm = tiny_lm(torch.float32, device)
+    cache = lm.new_cache(3, max_seq=16)
+    decoder = KernelDecoder(lm, cache, 1, pad_slot=2, products="fused", run_ahead=True)
+    item = StepRow(history(Task.A2T, 13, 2, seed=7), [0], GREEDY)  # next position 14
+    neighbour = cache.k[:, 1].clone()
+    with torch.inference_mode():
+        item.gen.accept(*decoder.decode([item])[0])  # at 14, ahead at 15: the last
+        assert decoder._ahead is not None
+        decoder.decode([item])  # at 15: no position 16
+        assert decoder._ahead is None
+    assert decoder.taken == 1
+    assert torch.equal(cache.k[:, 1], neighbour)
+
+
 def test_sliced_products_split_at_the_tiny_shapes(tiny_lm, monkeypatch):
     """ "fused-sliced" splits what the released shapes split (else its tests test nothing)."""
     lm = tiny_lm(torch.float32)
@@ -227,13 +290,17 @@ GOLDEN_CASES = THROUGH_STOPS + [dict(case, max_new_tokens=6) for case in PREFIXE
 @pytest.mark.parametrize(
     "case", GOLDEN_CASES, ids=lambda c: f"{c['task']}-{c['input'][:12]}-{c['max_new_tokens']}"
 )
-def test_greedy_tokens_equal_the_reference(device, runtimes, case):
+def test_greedy_tokens_equal_the_reference(device, runtimes, case, monkeypatch):
+    """Each step launched ahead of the host's stop rules, as on CUDA (on a CPU too, here)."""
     _, rt = runtimes
     request = request_for(case)
     inp = rt.prepare(request)
     decoder = rt.kernel_decoder()
-    loads = decoder.loads
-    *_, (gen, _) = generate_tokens(rt.lm, rt.cache, inp, request.task, request.options, decoder)
+    monkeypatch.setattr(decoder, "run_ahead", True)
+    loads, taken = decoder.loads, decoder.taken
+    steps = list(generate_tokens(rt.lm, rt.cache, inp, request.task, request.options, decoder))
+    gen, _ = steps[-1]
+    assert decoder.taken - taken == len(steps) - 2  # every decode step's but the first
     n = case["max_new_tokens"]
     assert gen.text == case["text"][:n]
     if TASKS[request.task].audio_out:
@@ -286,7 +353,7 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
         (Task.A2A_BATCH, clip("mini_omni_sample_1.wav", 1.2), DecodingOptions(max_new_tokens=6)),
     ]
     alone = [offline(torch_rt, task, pcm, opts) for task, pcm, opts in plan]
-    engine = Engine(rt, EngineOptions(max_sessions=3, kernels=True)).start()
+    engine = Engine(rt, EngineOptions(max_sessions=3, kernels=True, run_ahead=True)).start()
     try:
         recorders = [Recorder() for _ in plan]
         for (task, pcm, opts), rec in zip(plan, recorders, strict=True):
@@ -296,6 +363,7 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
             assert done.text_tokens == twin.text_tokens and done.steps == twin.steps
             assert done.frames == frames_of(twin)
         assert engine.decoder.loads < engine.steps  # greedy steps were fed back on the device
+        assert engine.decoder.taken > 0  # and launched before the host had the last step's ids
     finally:
         engine.stop()
 
