@@ -220,7 +220,7 @@ def time_kernel_step(step: KernelStep, steps: int, sync) -> dict[str, float]:
     batch = step.max_rows
     out = {"kernels": wall_ms(lambda: step.forward(batch), steps, sync)}
     if step.cache.k.is_cuda:
-        graphs = StepGraphs(step, [batch])
+        graphs = StepGraphs({batch: step})
         out["graph"] = wall_ms(lambda: graphs.replay(batch, False), steps, sync)
         # every row drawing top-k 40 / temperature 0.9 / top-p 0.95 on the device
         step.sampling.fill_(True), step.top_k.fill_(40)

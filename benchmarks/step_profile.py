@@ -39,7 +39,7 @@ def kernels_of_step(lm, batch: int, context: int, top: int, products: str, pdl: 
     cache, ids, positions, slots = sc.step_inputs(lm, batch, context)
     step = sc.kernel_step(lm, cache, ids, positions, slots, True, products, pdl)
     with torch.inference_mode():
-        graphs = StepGraphs(step, [batch])
+        graphs = StepGraphs({batch: step})
         replay = sc.wall_ms(lambda: graphs.replay(batch, False), 200, torch.cuda.synchronize)
         for _ in range(3):
             step.forward(batch)

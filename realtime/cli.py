@@ -15,7 +15,7 @@ import numpy as np
 
 from realtime import tokens
 from realtime.checkpoint import DEFAULT_MODEL, DTYPES, ModelError
-from realtime.config import ENCODER_MODES, PRESETS, STEP_PRODUCTS, DecodingOptions
+from realtime.config import ENCODER_MODES, PRESETS, STEP_PRODUCT_CHOICES, DecodingOptions
 from realtime.prompts import TASKS, Task
 
 EXIT_BAD_INPUT = 2
@@ -105,10 +105,10 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sessions", type=_positive_int, default=4, help="concurrent calls")
     p.add_argument(
         "--step-products",
-        choices=STEP_PRODUCTS,
+        choices=STEP_PRODUCT_CHOICES,
         default="cublas",
-        help="the GPU decode step's products: cuBLAS's, or ours with the norms and SwiGLU "
-        "fused in (see benchmarks/kernels/gemv.py for how they compare)",
+        help="the GPU decode step's products: cuBLAS's, ours with the norms and SwiGLU fused "
+        "in, or at each batch size whichever runs faster (timed at start)",
     )
     p.add_argument(
         "--pdl",

@@ -69,8 +69,10 @@ class SnacConfig:
 # the end of the utterance); "chunked" encodes 2 s blocks as the caller talks.
 ENCODER_MODES = ("exact", "chunked")
 # Whose products the GPU decode step runs: torch's F.linear, or kernels/gemv.py with the ops
-# around them fused in (realtime/kernel_step.py)
+# around them fused in (realtime/kernel_step.py); "auto" times both at each batch bucket when
+# the decoder is built and runs the faster
 STEP_PRODUCTS = ("cublas", "fused")
+STEP_PRODUCT_CHOICES = (*STEP_PRODUCTS, "auto")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from realtime import events, tokens
+from realtime.config import STEP_PRODUCTS
 from realtime.encoder import BLOCK_MS, encode_chunked
 from realtime.generate import decode_step
 from realtime.prompts import TASKS
@@ -44,8 +45,9 @@ class EngineOptions:
     # REALTIME_TORCH_ONLY is set); True also runs them on a CPU under TRITON_INTERPRET=1.
     kernels: bool | None = None
     cuda_graphs: bool = True  # capture the kernel step per batch-size bucket (CUDA only)
-    # The kernel step's products: "cublas" (torch's F.linear) or "fused" (kernels/gemv.py, with
+    # The kernel step's products: "cublas" (torch's F.linear), "fused" (kernels/gemv.py, with
     # the norms, SwiGLU and the projections' reduction folded in; see realtime/kernel_step.py)
+    # or "auto" (each batch bucket on the one that runs it faster, timed at start)
     step_products: str = "cublas"
     # Launch the kernel step's kernels as programmatic dependents (sm_90+; see
     # kernels/triton_support.py): each starts while the one before it drains
@@ -176,8 +178,9 @@ class Engine:
             return f"torch on {self.cache.k.device}"
         graphed = self.decoder.graphs is not None
         sizes = ", ".join(map(str, self.decoder.sizes))
-        step = self.decoder.step
-        products = f"{step.products} products" + (", dependent launches" if step.pdl else "")
+        kinds = self.decoder.products
+        products = f"{kinds} products" if kinds in STEP_PRODUCTS else f"products timed: {kinds}"
+        products += ", dependent launches" if self.decoder.step.pdl else ""
         launches = f"CUDA graphs for batch sizes {sizes}" if graphed else "launched eagerly"
         if self.decoder.run_ahead:
             launches += ", each step launched while the host handles the one before"

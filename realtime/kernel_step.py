@@ -70,7 +70,7 @@ from kernels.triton_support import (
     supports_dependent_launches,
 )
 from realtime import tokens
-from realtime.config import STEP_PRODUCTS, DecodingOptions
+from realtime.config import STEP_PRODUCT_CHOICES, STEP_PRODUCTS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.generate import Generation, sample_step
 from realtime.model import Attention, KVCache, OmniLM, RMSNorm, linear
@@ -132,7 +132,10 @@ class KernelStep:
         pad_slot: int,
         products: str = "cublas",
         pdl: bool = False,
+        buffers: "KernelStep | None" = None,
     ) -> None:
+        """`buffers`: a step (of the same model, cache and rows) whose input and output buffers
+        this one uses instead of its own, so that either can run the next step."""
         if any(block.mlp.fc_12 is None for block in lm.transformer.h):
             raise ValueError("the kernel step needs the model's SwiGLUs fused (OmniLM.fuse)")
         if lm.cos.dtype != torch.float32:
@@ -150,6 +153,16 @@ class KernelStep:
         self.split_qkv = split_for(cfg.n_embd, qkv_width, dev)
         self.split_attn = split_for(cfg.n_head * cfg.head_size, cfg.n_embd, dev)
         self.split_mlp = split_for(cfg.intermediate_size, cfg.n_embd, dev)
+        # The interpreter pays per program: few large head blocks run faster there.
+        self.head_block_v = 8192 if interpreting() else None
+        if buffers is not None:
+            if (buffers.lm, buffers.cache, buffers.max_rows, buffers.pad_slot) != (
+                lm, cache, max_rows, pad_slot
+            ):  # fmt: skip
+                raise ValueError("steps share buffers only over one model, cache and rows")
+            for name in _BUFFERS:
+                setattr(self, name, getattr(buffers, name))
+            return
 
         def longs(fill=0):
             return torch.full((R,), fill, dtype=torch.long, device=dev)
@@ -172,8 +185,6 @@ class KernelStep:
         # outputs of the last step
         self.hidden = torch.zeros(R, lm.cfg.n_embd, dtype=cache.k.dtype, device=dev)
         self.sampled = torch.zeros(R, tokens.STREAMS, dtype=torch.long, device=dev)
-        # The interpreter pays per program: few large head blocks run faster there.
-        self.head_block_v = 8192 if interpreting() else None
 
     def forward(self, size: int, sampling: bool = False) -> None:
         """One step of rows 0..size-1: reads the input buffers, writes the outputs, the caches
@@ -316,22 +327,24 @@ _FIELDS = (
     "text_ended", "advance", "sampling", "top_k", "seeds",
 )  # fmt: skip
 _FLOAT_FIELDS = ("temperature", "top_p")
+# Every buffer a step reads or writes between launches (steps on other products share them).
+_BUFFERS = ("ids", *_FIELDS, *_FLOAT_FIELDS, "first", "logits", "hidden", "sampled")
 
 
 class StepGraphs:
-    """`step.forward` captured as one CUDA graph per bucket and head (greedy only, or with the
-    draw), sharing one memory pool.
+    """Each bucket's step (`step_for[size].forward`) captured as one CUDA graph per head (greedy
+    only, or with the draw), sharing one memory pool.
 
     Capturing runs nothing; the warm-up before each capture runs the step on padding rows
     only (compiling the kernels on the first), so no request's cache rows are touched.
     """
 
-    def __init__(self, step: KernelStep, sizes: list[int]) -> None:
+    def __init__(self, step_for: dict[int, KernelStep]) -> None:
         self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
         pool = None
-        for size in sorted(sizes, reverse=True):  # the largest first: the others fit its pool
+        for size in sorted(step_for, reverse=True):  # the largest first: the others fit its pool
             for sampling in (True, False):
-                graph, _ = capture(partial(step.forward, size, sampling), pool)
+                graph, _ = capture(partial(step_for[size].forward, size, sampling), pool)
                 pool = graph.pool()
                 self.graphs[size, sampling] = graph
 
@@ -346,21 +359,75 @@ def every_variant(step: KernelStep, sizes: list[int]) -> None:
             step.forward(size, drawing)
 
 
-def compile_step_ahead(step: KernelStep, sizes: list[int]) -> int:
-    """Compile every kernel variant of `step` at `sizes` (greedy and drawing) not compiled yet,
-    many at once (kernels/triton_support.compile_ahead), and log how long it took -> how many
-    there were. At a first start on a GPU they compile in seconds instead of one at a time at
-    the first launches (half a second or more each); later starts find them in Triton's cache
-    on disk."""
+def compile_step_ahead(steps: list[KernelStep], sizes: list[int]) -> int:
+    """Compile every kernel variant of `steps` at `sizes` (greedy and drawing) not compiled
+    yet, many at once (kernels/triton_support.compile_ahead), and log how long it took -> how
+    many there were. At a first start on a GPU they compile in seconds instead of one at a time
+    at the first launches (half a second or more each); later starts find them in Triton's
+    cache on disk."""
+
+    def every_step():
+        for step in steps:
+            every_variant(step, sizes)
+
     began = time.perf_counter()
     with torch.inference_mode():
-        variants = compile_ahead(partial(every_variant, step, sizes))
+        variants = compile_ahead(every_step)
     if variants:
         log.info(
             "the decode step's %d kernel variants compiled (or found in Triton's cache) in %.1f s",
             variants, time.perf_counter() - began,
         )  # fmt: skip
     return variants
+
+
+# While the steps are timed against each other, each padding row attends over this many
+# positions of the padding slot and needs the text head, as a row of a conversation does.
+TIMING_CONTEXT = 256
+TIMING_ROUNDS, TIMING_REPLAYS = 3, 10
+
+
+def fastest_steps(steps: list[KernelStep], sizes: list[int]) -> dict[int, KernelStep]:
+    """For each of `sizes`, the one of `steps` (on the same buffers) whose greedy step runs
+    fastest here: on CUDA each is captured and its replays timed, in interleaved rounds, the
+    best round counting (on a CPU each runs once, timed on the host)."""
+    first = steps[0]
+    position = min(TIMING_CONTEXT, first.cache.max_seq - 1)
+    first.positions.fill_(position), first.no_text.fill_(False)
+    try:
+        timers = {(size, i): step_timer(step, size) for size in sizes
+                  for i, step in enumerate(steps)}  # fmt: skip
+        best = dict.fromkeys(timers, float("inf"))
+        for _ in range(TIMING_ROUNDS):
+            for key, timer in timers.items():
+                best[key] = min(best[key], timer())
+    finally:  # back to padding rows at position 0 that skip the text
+        first.positions.zero_(), first.no_text.fill_(True)
+    return {size: steps[min(range(len(steps)), key=lambda i: best[size, i])] for size in sizes}
+
+
+def step_timer(step: KernelStep, size: int):
+    """A function that times `step` at `size` rows (greedy) -> milliseconds per step."""
+    if not step.cache.k.is_cuda:
+
+        def once() -> float:
+            began = time.perf_counter()
+            step.forward(size)
+            return (time.perf_counter() - began) * 1000
+
+        return once
+    graph, _ = capture(partial(step.forward, size))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def replays() -> float:
+        start.record()
+        for _ in range(TIMING_REPLAYS):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / TIMING_REPLAYS
+
+    return replays
 
 
 @dataclass
@@ -397,24 +464,39 @@ class KernelDecoder:
         pdl: bool = False,
         run_ahead: bool | None = None,
     ) -> None:
+        if products not in STEP_PRODUCT_CHOICES:
+            raise ValueError(f"products must be one of {STEP_PRODUCT_CHOICES}, not {products!r}")
         self.sizes = buckets(max_rows)
-        self.step = KernelStep(lm, cache, max_rows, pad_slot, products, pdl)
+        kinds = STEP_PRODUCTS if products == "auto" else (products,)
+        # the step whose buffers every step uses (and the first of those timed, with "auto")
+        self.step = KernelStep(lm, cache, max_rows, pad_slot, kinds[0], pdl)
+        steps = [self.step]
+        steps += [KernelStep(lm, cache, max_rows, pad_slot, kind, pdl, buffers=self.step)
+                  for kind in kinds[1:]]  # fmt: skip
         self.graphs = None
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
         cuda = cache.k.is_cuda
         if cuda:
-            compile_step_ahead(self.step, self.sizes)
-        if graphs and cuda:
+            compile_step_ahead(steps, self.sizes)
+        try:
             with torch.inference_mode():
-                try:
-                    self.graphs = StepGraphs(self.step, self.sizes)
-                except RuntimeError as exc:
-                    if not pdl:
-                        raise
-                    raise RuntimeError(  # e.g. a driver older than CUDA 12.3
-                        f"capturing the step with programmatic dependent launches failed: {exc};"
-                        " run without pdl (realtime serve without --pdl)"
-                    ) from exc
+                # each bucket's step: with "auto", the one that runs it fastest on this device
+                self.step_for = (
+                    fastest_steps(steps, self.sizes) if len(steps) > 1
+                    else dict.fromkeys(self.sizes, self.step)
+                )  # fmt: skip
+                if graphs and cuda:
+                    self.graphs = StepGraphs(self.step_for)
+        except RuntimeError as exc:
+            if not (pdl and cuda):
+                raise
+            raise RuntimeError(  # e.g. a driver older than CUDA 12.3
+                f"capturing the step with programmatic dependent launches failed: {exc};"
+                " run without pdl (realtime serve without --pdl)"
+            ) from exc
+        if len(steps) > 1:
+            log.info("the decode step's products by batch size: %s", self.products)
+        if cuda and graphs:
             self.prompts = PromptGraphs(lm, cache, pad_slot)
         # On a CPU every launch runs to its end before the host goes on: nothing to overlap.
         self.run_ahead = cuda if run_ahead is None else run_ahead
@@ -428,6 +510,17 @@ class KernelDecoder:
         # steps that needed the host's state, ahead steps taken and dropped (for tests and
         # monitoring)
         self.loads = self.taken = self.dropped = 0
+
+    @property
+    def products(self) -> str:
+        """Whose products the steps run: one of STEP_PRODUCTS, or in words which at which
+        batch buckets (e.g. "fused at 1, 2 rows; cublas at 4, 8 rows")."""
+        sizes: dict[str, list[str]] = {}
+        for size, step in self.step_for.items():
+            sizes.setdefault(step.products, []).append(str(size))
+        if len(sizes) == 1:
+            return next(iter(sizes))
+        return "; ".join(f"{kind} at {', '.join(rows)} rows" for kind, rows in sizes.items())
 
     def run(self, batch: list[StepRow]) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of `batch` -> (hidden (rows, C) on the device, valid until the next step;
@@ -483,7 +576,7 @@ class KernelDecoder:
         if self.graphs is not None:
             self.graphs.replay(size, sampling)
         else:
-            self.step.forward(size, sampling)
+            self.step_for[size].forward(size, sampling)
         host, done = self._hosts[self._turn][:rows], self._events[self._turn]
         self._turn ^= 1
         host.copy_(self.step.sampled[:rows], non_blocking=done is not None)

@@ -238,7 +238,8 @@ def test_threads_option_sets_torch_s_threads(tiny_dir):
         torch.set_num_threads(before)
 
 
-def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir):
+def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
+    from realtime import kernel_step
     from realtime.cli import _build_parser, _server_options
     from realtime.engine import Engine, EngineOptions
     from realtime.runtime import Runtime
@@ -255,3 +256,11 @@ def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir):
     engine = Engine(runtime, options)
     assert engine.decoder.step.products == "fused" and engine.decoder.step.pdl
     assert "fused products, dependent launches" in engine.decode_path
+    assert _server_options(parse(["serve", "--step-products", "auto"])).step_products == "auto"
+
+    def timer(step, size):  # cuBLAS's faster at one row, ours at two
+        return lambda: float((step.products == "fused") == (size < 2))
+
+    monkeypatch.setattr(kernel_step, "step_timer", timer)
+    engine = Engine(runtime, EngineOptions(max_sessions=1, kernels=True, step_products="auto"))
+    assert "products timed: cublas at 1 rows; fused at 2 rows" in engine.decode_path

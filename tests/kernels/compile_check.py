@@ -258,7 +258,7 @@ def check_compile_ahead(dtype: torch.dtype, arch: int, pdl: bool = False) -> str
     variants, misses = [], []
     hook = knobs.runtime.jit_cache_hook
     try:
-        run_step(dtype, pdl, lambda step, sizes: variants.append(compile_step_ahead(step, sizes)))
+        run_step(dtype, pdl, lambda step, sizes: variants.append(compile_step_ahead([step], sizes)))
         knobs.runtime.jit_cache_hook = lambda *args, **kwargs: misses.append(args) or False
         for fn, kernel_args, options in launches:
             fn.run(grid=None, warmup=True, **kernel_args, **options)

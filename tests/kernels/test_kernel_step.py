@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 from kernels import gemv
 from kernels.head_argmax import head_argmax_ref
 from realtime import checkpoint, events, kernel_step, tokens
-from realtime.config import STEP_PRODUCTS, DecodingOptions
+from realtime.config import STEP_PRODUCT_CHOICES, STEP_PRODUCTS, DecodingOptions
 from realtime.engine import Engine, EngineOptions
 from realtime.generate import Generation, decode_step, generate_tokens
 from realtime.kernel_step import KernelDecoder, StepRow, buckets, picked
@@ -200,6 +200,63 @@ def test_no_step_runs_ahead_past_the_cache(device, tiny_lm):
     assert torch.equal(cache.k[:, 1], neighbour)
 
 
+def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, monkeypatch):
+    """products="auto": both steps timed at each bucket (here by a stand-in timer: ours faster
+    at 1 row, cuBLAS's at 2), each bucket then run on its winner over the one set of buffers,
+    left as padding rows again; a request's tokens as on either products alone."""
+    timed = []
+
+    def timer(step, size):
+        def ms():
+            timed.append((step.products, size, int(step.positions[0]), bool(step.no_text[0])))
+            return {("fused", 1): 1.0, ("cublas", 2): 1.0}.get((step.products, size), 2.0)
+
+        return ms
+
+    monkeypatch.setattr(kernel_step, "step_timer", timer)
+    lm = tiny_lm(torch.float32, device)
+    cache = lm.new_cache(3, max_seq=64)
+    decoder = KernelDecoder(lm, cache, 2, pad_slot=2, products="auto")
+    assert {size: step.products for size, step in decoder.step_for.items()} == {
+        1: "fused",
+        2: "cublas",
+    }
+    assert decoder.products == "fused at 1 rows; cublas at 2 rows"
+    assert decoder.step_for[1].ids is decoder.step_for[2].ids  # one set of buffers
+    # timed in rounds, each step and bucket in turn, as rows that attend and need the text
+    assert len(timed) == kernel_step.TIMING_ROUNDS * 4
+    assert {(products, size) for products, size, _, _ in timed} == {
+        (p, s) for p in STEP_PRODUCTS for s in (1, 2)
+    }
+    assert all(at == 63 and not skip for *_, at, skip in timed)  # (the cache's last position)
+    assert not decoder.step.positions.any() and decoder.step.no_text.all()
+
+    ran = []  # which step each call ran
+    for step in decoder.step_for.values():
+        forward = step.forward
+        monkeypatch.setattr(
+            step, "forward", lambda *a, f=forward, p=step.products: ran.append(p) or f(*a)
+        )
+
+    def tokens_of(decoder, rows):
+        batch = [StepRow(history(Task.A2A, 20, 3, seed=s), [s], GREEDY) for s in range(rows)]
+        with torch.inference_mode():
+            return [decoder.decode(batch) for _ in range(2)]
+
+    for rows, products in ((1, "fused"), (2, "cublas")):
+        alone = KernelDecoder(lm, lm.new_cache(3, max_seq=64), 2, pad_slot=2, products=products)
+        ran.clear()
+        assert tokens_of(decoder, rows) == tokens_of(alone, rows)
+        assert ran == [products, products]
+
+
+def test_a_step_timer_times_a_step(device, tiny_lm):
+    lm = tiny_lm(torch.float32, device)
+    step = kernel_step.KernelStep(lm, lm.new_cache(2, max_seq=16), 1, 1, "fused")
+    ms = kernel_step.step_timer(step, 1)
+    assert 0 < ms() < 60_000
+
+
 def test_sliced_products_split_at_the_tiny_shapes(tiny_lm, monkeypatch):
     """ "fused-sliced" splits what the released shapes split (else its tests test nothing)."""
     lm = tiny_lm(torch.float32)
@@ -265,6 +322,8 @@ def test_unknown_products_are_refused(tiny_lm):
     lm = tiny_lm(torch.float32)
     with pytest.raises(ValueError, match="products must be one of"):
         KernelDecoder(lm, lm.new_cache(2, max_seq=16), max_rows=1, pad_slot=1, products="mkl")
+    with pytest.raises(ValueError, match="products must be one of"):  # a decoder's choice only
+        kernel_step.KernelStep(lm, lm.new_cache(2, max_seq=16), 1, 1, products="auto")
 
 
 @pytest.fixture(scope="module")
@@ -420,12 +479,13 @@ def pdl_choices() -> list[bool]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("products", STEP_PRODUCTS)
+@pytest.mark.parametrize("products", STEP_PRODUCT_CHOICES)
 @pytest.mark.parametrize("pdl", [False, True], ids=["plain", "pdl"])
 def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products, pdl):
     """The captured step (the default on CUDA) against the torch path: fp32 tokens equal over
     longer answers than the interpreter can afford, greedy and drawn on the device; with its
-    kernels launched plainly and as programmatic dependents."""
+    kernels launched plainly and as programmatic dependents; on either products, or each
+    bucket on the one timed faster."""
     if pdl not in pdl_choices():
         pytest.skip("programmatic dependent launch needs a GPU of sm_90 or later")
     torch_rt, rt = runtimes
