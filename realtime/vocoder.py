@@ -181,7 +181,11 @@ class VocoderStream:
         """Append (N, 7) frames (N may be 0); invalid codes are repaired and counted."""
         if self.ended:
             raise RuntimeError("this stream was flushed: reset it before pushing more frames")
-        frames = frames.to(self._pending.device).reshape(-1, tokens.AUDIO_LAYERS)
+        # Not blocking: a plain copy from pageable memory would first wait for everything queued
+        # on the GPU (e.g. a decode step launched ahead); this one returns once the frames are
+        # staged.
+        frames = frames.to(self._pending.device, non_blocking=True)
+        frames = frames.reshape(-1, tokens.AUDIO_LAYERS)
         if len(frames) == 0:
             return
         repaired, replaced = repair_codes(frames, self._last_valid)
