@@ -13,14 +13,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels.triton_support import compile_ahead, interpreting, supports_dependent_launches
+from kernels.triton_support import compile_ahead
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
-from realtime.config import PRESETS, STEP_PRODUCTS, DecodingOptions
+from realtime.config import PRESETS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
 from realtime.generate import Generation, PrefillInput, decode_step, generate_tokens
-from realtime.kernel_step import KernelDecoder, KernelStep, StepGraphs, StepRow, every_variant
+from realtime.kernel_step import (
+    KernelDecoder,
+    KernelStep,
+    StepGraphs,
+    StepRow,
+    every_variant,
+    step_kinds,
+)
 from realtime.model import KVCache, OmniLM, apply_rope
 from realtime.prompts import Task, build_prompt
 from realtime.runtime import MAX_ROWS, Runtime
@@ -186,14 +193,6 @@ def time_contenders(
     }
     return dict(batch=batch, context=context, text_running=text_running, bytes=nbytes,
                 contenders=contenders)  # fmt: skip
-
-
-def step_kinds(device: torch.device) -> list[tuple[str, bool]]:
-    """(products, pdl) of each kernel step timed: both products, each also launched as
-    programmatic dependents where the GPU can (a dry run under the interpreter goes through the
-    motions)."""
-    dependents = supports_dependent_launches(device) or interpreting()
-    return [(p, d) for d in ([False, True] if dependents else [False]) for p in STEP_PRODUCTS]
 
 
 def compile_steps_ahead(lm: OmniLM, batches: list[int], kinds: list | None = None) -> None:

@@ -108,7 +108,8 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
         choices=STEP_PRODUCT_CHOICES,
         default="cublas",
         help="the GPU decode step's products: cuBLAS's, ours with the norms and SwiGLU fused "
-        "in, or at each batch size whichever runs faster (timed at start)",
+        "in, or at each batch size whichever runs faster, with or without --pdl's launches "
+        "(timed at start)",
     )
     p.add_argument(
         "--pdl",
@@ -251,6 +252,8 @@ def _server_options(args: argparse.Namespace):
         raise ValueError(f"--host {args.host} is reachable beyond this machine: set --token")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
+    if args.pdl and args.step_products == "auto":
+        raise ValueError("--step-products auto times the step with and without --pdl itself")
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")

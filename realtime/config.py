@@ -69,8 +69,9 @@ class SnacConfig:
 # the end of the utterance); "chunked" encodes 2 s blocks as the caller talks.
 ENCODER_MODES = ("exact", "chunked")
 # Whose products the GPU decode step runs: torch's F.linear, or kernels/gemv.py with the ops
-# around them fused in (realtime/kernel_step.py); "auto" times both at each batch bucket when
-# the decoder is built and runs the faster
+# around them fused in (realtime/kernel_step.py); "auto" times both (each also launched as
+# programmatic dependents, where the GPU can) at each batch bucket when the decoder is built
+# and runs the fastest
 STEP_PRODUCTS = ("cublas", "fused")
 STEP_PRODUCT_CHOICES = (*STEP_PRODUCTS, "auto")
 

@@ -47,7 +47,8 @@ class EngineOptions:
     cuda_graphs: bool = True  # capture the kernel step per batch-size bucket (CUDA only)
     # The kernel step's products: "cublas" (torch's F.linear), "fused" (kernels/gemv.py, with
     # the norms, SwiGLU and the projections' reduction folded in; see realtime/kernel_step.py)
-    # or "auto" (each batch bucket on the one that runs it faster, timed at start)
+    # or "auto" (each batch bucket on the step that runs it fastest, timed at start: either
+    # products, with pdl and without where the GPU can; then pdl itself must stay False)
     step_products: str = "cublas"
     # Launch the kernel step's kernels as programmatic dependents (sm_90+; see
     # kernels/triton_support.py): each starts while the one before it drains

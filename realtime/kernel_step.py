@@ -381,6 +381,14 @@ def compile_step_ahead(steps: list[KernelStep], sizes: list[int]) -> int:
     return variants
 
 
+def step_kinds(device: torch.device) -> list[tuple[str, bool]]:
+    """(products, pdl) of every step that can run on `device`: both products, each also
+    launched as programmatic dependents where the GPU can (and in the interpreter, which goes
+    through the motions)."""
+    dependents = supports_dependent_launches(device) or interpreting()
+    return [(p, d) for d in ([False, True] if dependents else [False]) for p in STEP_PRODUCTS]
+
+
 # While the steps are timed against each other, each padding row attends over this many
 # positions of the padding slot and needs the text head, as a row of a conversation does.
 TIMING_CONTEXT = 256
@@ -466,12 +474,14 @@ class KernelDecoder:
     ) -> None:
         if products not in STEP_PRODUCT_CHOICES:
             raise ValueError(f"products must be one of {STEP_PRODUCT_CHOICES}, not {products!r}")
-        self.sizes = buckets(max_rows)
-        kinds = STEP_PRODUCTS if products == "auto" else (products,)
+        if products == "auto" and pdl:
+            raise ValueError("products 'auto' times the steps with and without pdl itself")
+        self.sizes, self.auto = buckets(max_rows), products == "auto"
+        kinds = step_kinds(cache.k.device) if products == "auto" else [(products, pdl)]
         # the step whose buffers every step uses (and the first of those timed, with "auto")
-        self.step = KernelStep(lm, cache, max_rows, pad_slot, kinds[0], pdl)
+        self.step = KernelStep(lm, cache, max_rows, pad_slot, *kinds[0])
         steps = [self.step]
-        steps += [KernelStep(lm, cache, max_rows, pad_slot, kind, pdl, buffers=self.step)
+        steps += [KernelStep(lm, cache, max_rows, pad_slot, *kind, buffers=self.step)
                   for kind in kinds[1:]]  # fmt: skip
         self.graphs = None
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
@@ -488,11 +498,12 @@ class KernelDecoder:
                 if graphs and cuda:
                     self.graphs = StepGraphs(self.step_for)
         except RuntimeError as exc:
-            if not (pdl and cuda):
+            if not (cuda and any(step.pdl for step in steps)):
                 raise
             raise RuntimeError(  # e.g. a driver older than CUDA 12.3
                 f"capturing the step with programmatic dependent launches failed: {exc};"
-                " run without pdl (realtime serve without --pdl)"
+                " run without pdl (realtime serve without --pdl, and with --step-products"
+                " cublas or fused instead of auto)"
             ) from exc
         if len(steps) > 1:
             log.info("the decode step's products by batch size: %s", self.products)
@@ -513,12 +524,14 @@ class KernelDecoder:
 
     @property
     def products(self) -> str:
-        """Whose products the steps run: one of STEP_PRODUCTS, or in words which at which
-        batch buckets (e.g. "fused at 1, 2 rows; cublas at 4, 8 rows")."""
+        """Whose products the steps run: one of STEP_PRODUCTS, or with "auto" in words which
+        (and whether launched as programmatic dependents) at which batch buckets, e.g.
+        "fused+pdl at 1, 2 rows; cublas at 4, 8 rows"."""
         sizes: dict[str, list[str]] = {}
         for size, step in self.step_for.items():
-            sizes.setdefault(step.products, []).append(str(size))
-        if len(sizes) == 1:
+            kind = step.products + ("+pdl" if self.auto and step.pdl else "")
+            sizes.setdefault(kind, []).append(str(size))
+        if len(sizes) == 1 and not self.auto:
             return next(iter(sizes))
         return "; ".join(f"{kind} at {', '.join(rows)} rows" for kind, rows in sizes.items())
 

@@ -257,6 +257,8 @@ def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
     assert engine.decoder.step.products == "fused" and engine.decoder.step.pdl
     assert "fused products, dependent launches" in engine.decode_path
     assert _server_options(parse(["serve", "--step-products", "auto"])).step_products == "auto"
+    with pytest.raises(ValueError, match="with and without --pdl itself"):
+        _server_options(parse(["serve", "--step-products", "auto", "--pdl"]))
 
     def timer(step, size):  # cuBLAS's faster at one row, ours at two
         return lambda: float((step.products == "fused") == (size < 2))

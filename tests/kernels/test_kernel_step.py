@@ -201,15 +201,19 @@ def test_no_step_runs_ahead_past_the_cache(device, tiny_lm):
 
 
 def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, monkeypatch):
-    """products="auto": both steps timed at each bucket (here by a stand-in timer: ours faster
-    at 1 row, cuBLAS's at 2), each bucket then run on its winner over the one set of buffers,
-    left as padding rows again; a request's tokens as on either products alone."""
-    timed = []
+    """products="auto": every kind of step timed at each bucket (here by a stand-in timer: ours
+    as programmatic dependents, where they run, faster at 1 row, cuBLAS's plain at 2), each
+    bucket then run on its winner over the one set of buffers, left as padding rows again; a
+    request's tokens as on either products alone."""
+    kinds = kernel_step.step_kinds(torch.device(device))
+    pdl = len(kinds) == 4  # (pdl goes through the motions in the interpreter too)
+    timed, fastest = [], {("fused", pdl, 1), ("cublas", False, 2)}
 
     def timer(step, size):
         def ms():
-            timed.append((step.products, size, int(step.positions[0]), bool(step.no_text[0])))
-            return {("fused", 1): 1.0, ("cublas", 2): 1.0}.get((step.products, size), 2.0)
+            timed.append((step.products, step.pdl, size, int(step.positions[0]),
+                          bool(step.no_text[0])))  # fmt: skip
+            return 1.0 if (step.products, step.pdl, size) in fastest else 2.0
 
         return ms
 
@@ -217,19 +221,19 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
     lm = tiny_lm(torch.float32, device)
     cache = lm.new_cache(3, max_seq=64)
     decoder = KernelDecoder(lm, cache, 2, pad_slot=2, products="auto")
-    assert {size: step.products for size, step in decoder.step_for.items()} == {
-        1: "fused",
-        2: "cublas",
-    }
-    assert decoder.products == "fused at 1 rows; cublas at 2 rows"
+    chosen = {(step.products, step.pdl, size) for size, step in decoder.step_for.items()}
+    assert chosen == fastest
+    assert decoder.products == f"fused{'+pdl' if pdl else ''} at 1 rows; cublas at 2 rows"
     assert decoder.step_for[1].ids is decoder.step_for[2].ids  # one set of buffers
-    # timed in rounds, each step and bucket in turn, as rows that attend and need the text
-    assert len(timed) == kernel_step.TIMING_ROUNDS * 4
-    assert {(products, size) for products, size, _, _ in timed} == {
-        (p, s) for p in STEP_PRODUCTS for s in (1, 2)
+    # timed in rounds, each kind and bucket in turn, as rows that attend and need the text
+    assert len(timed) == kernel_step.TIMING_ROUNDS * len(kinds) * 2
+    assert {(products, pdl, size) for products, pdl, size, *_ in timed} == {
+        (*kind, size) for kind in kinds for size in (1, 2)
     }
     assert all(at == 63 and not skip for *_, at, skip in timed)  # (the cache's last position)
     assert not decoder.step.positions.any() and decoder.step.no_text.all()
+    with pytest.raises(ValueError, match="with and without pdl itself"):
+        KernelDecoder(lm, cache, 2, pad_slot=2, products="auto", pdl=True)
 
     ran = []  # which step each call ran
     for step in decoder.step_for.values():
@@ -485,9 +489,11 @@ def test_on_gpu_graphed_tokens_equal_the_torch_path(runtimes, products, pdl):
     """The captured step (the default on CUDA) against the torch path: fp32 tokens equal over
     longer answers than the interpreter can afford, greedy and drawn on the device; with its
     kernels launched plainly and as programmatic dependents; on either products, or each
-    bucket on the one timed faster."""
+    bucket on the kind of step timed fastest."""
     if pdl not in pdl_choices():
         pytest.skip("programmatic dependent launch needs a GPU of sm_90 or later")
+    if pdl and products == "auto":
+        pytest.skip("auto times its steps with and without pdl itself")
     torch_rt, rt = runtimes
     decoder = KernelDecoder(
         rt.lm, rt.cache, MAX_ROWS, pad_slot=MAX_ROWS, products=products, pdl=pdl
