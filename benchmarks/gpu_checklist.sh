@@ -15,7 +15,9 @@
 # (what its defaults are set from; minutes each, so one per device call); `attention-sweep` times
 # the attention at each split length against the one split_len_for picks (what its rule is set
 # from). A NAME (e.g. head_argmax) runs that kernel's benchmark alone. Extra pytest arguments go
-# in PYTEST_ARGS, decode_step's for `compile` in COMPILE_ARGS.
+# in PYTEST_ARGS, decode_step's in DECODE_ARGS (`decode`) and COMPILE_ARGS (`compile`): e.g.
+# DECODE_ARGS="--batches 1,64 --steps 100" PYTEST_ARGS="-m gpu" with `decode tests` runs a
+# shorter version of both, for a lease with little time left.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -47,7 +49,7 @@ run() {  # run LIMIT_S COMMAND...: one part, its output in the log, its status a
 for part in "${parts[@]}"; do
     case $part in
         tests) run 420 python3 -m pytest -q $(python3 -c 'import xdist' 2>/dev/null && printf -- '-n 8') --timeout 120 tests/kernels ${PYTEST_ARGS:-} ;;
-        decode) run 360 python3 -m benchmarks.decode_step --no-compile ;;
+        decode) run 360 python3 -m benchmarks.decode_step --no-compile ${DECODE_ARGS:-} ;;
         compile) run 540 python3 -m benchmarks.decode_step ${COMPILE_ARGS:-} ;;
         profile) run 240 python3 -m benchmarks.step_profile ;;
         profile-pdl) run 240 python3 -m benchmarks.step_profile --pdl ;;
