@@ -22,6 +22,10 @@ two kinds (`products=`):
   than PROLOGUE_ROWS rows the norms run as add_rmsnorm before their products and the
   attention combines its splits in its own second launch (8 launches a block).
 
+A `KernelDecoder` with products="auto" builds a step of each kind, each also launched as
+programmatic dependents where the GPU can (`step_kinds`), all over one set of buffers; it times
+their graphs at each bucket and runs each bucket on the fastest (`fastest_steps`).
+
 `KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
 stay the authority on stop rules) it loads their state into the buffers only when the batch
 changed; otherwise the ids the device fed back are already in place, and a step costs one graph
