@@ -246,7 +246,7 @@ def decoder_ms(lm: OmniLM, batch: int, context: int, products: str, steps: int) 
         gen.accept(int(torch.randint(0, tokens.TEXT_VOCAB, (1,), generator=g)), audio.tolist())
         return StepRow(gen, [slot], DecodingOptions())
 
-    rows = [request(slot) for slot in range(batch)]
+    rows: list[StepRow] = []  # (made anew for each way below)
 
     def step():
         for i, (item, ids) in enumerate(zip(rows, decoder.decode(rows), strict=True)):

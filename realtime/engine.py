@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from realtime import events, tokens
-from realtime.config import STEP_PRODUCTS
 from realtime.encoder import BLOCK_MS, encode_chunked
 from realtime.generate import decode_step
 from realtime.prompts import TASKS
@@ -180,7 +179,7 @@ class Engine:
         graphed = self.decoder.graphs is not None
         sizes = ", ".join(map(str, self.decoder.sizes))
         kinds = self.decoder.products
-        products = f"{kinds} products" if kinds in STEP_PRODUCTS else f"products timed: {kinds}"
+        products = f"products timed: {kinds}" if self.decoder.auto else f"{kinds} products"
         products += ", dependent launches" if self.decoder.step.pdl else ""
         launches = f"CUDA graphs for batch sizes {sizes}" if graphed else "launched eagerly"
         if self.decoder.run_ahead:

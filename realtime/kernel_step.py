@@ -399,15 +399,17 @@ TIMING_CONTEXT = 256
 TIMING_ROUNDS, TIMING_REPLAYS = 3, 10
 
 
-def fastest_steps(steps: list[KernelStep], sizes: list[int]) -> dict[int, KernelStep]:
+def fastest_steps(
+    steps: list[KernelStep], sizes: list[int], graphed: bool = True
+) -> dict[int, KernelStep]:
     """For each of `sizes`, the one of `steps` (on the same buffers) whose greedy step runs
-    fastest here: on CUDA each is captured and its replays timed, in interleaved rounds, the
-    best round counting (on a CPU each runs once, timed on the host)."""
+    fastest here, as it will run (`graphed`: replayed from CUDA graphs, else launched one by
+    one), timed in interleaved rounds, the best round counting."""
     first = steps[0]
     position = min(TIMING_CONTEXT, first.cache.max_seq - 1)
     first.positions.fill_(position), first.no_text.fill_(False)
     try:
-        timers = {(size, i): step_timer(step, size) for size in sizes
+        timers = {(size, i): step_timer(step, size, graphed) for size in sizes
                   for i, step in enumerate(steps)}  # fmt: skip
         best = dict.fromkeys(timers, float("inf"))
         for _ in range(TIMING_ROUNDS):
@@ -418,13 +420,18 @@ def fastest_steps(steps: list[KernelStep], sizes: list[int]) -> dict[int, Kernel
     return {size: steps[min(range(len(steps)), key=lambda i: best[size, i])] for size in sizes}
 
 
-def step_timer(step: KernelStep, size: int):
-    """A function that times `step` at `size` rows (greedy) -> milliseconds per step."""
-    if not step.cache.k.is_cuda:
+def step_timer(step: KernelStep, size: int, graphed: bool = True):
+    """A function that times `step` at `size` rows (greedy) -> milliseconds per step: the
+    replays of its CUDA graph, or (not `graphed`, or on a CPU) one step launched and waited
+    for."""
+    device = step.cache.k.device
+    if not (graphed and device.type == "cuda"):
 
         def once() -> float:
             began = time.perf_counter()
             step.forward(size)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             return (time.perf_counter() - began) * 1000
 
         return once
@@ -496,7 +503,7 @@ class KernelDecoder:
             with torch.inference_mode():
                 # each bucket's step: with "auto", the one that runs it fastest on this device
                 self.step_for = (
-                    fastest_steps(steps, self.sizes) if len(steps) > 1
+                    fastest_steps(steps, self.sizes, graphs and cuda) if len(steps) > 1
                     else dict.fromkeys(self.sizes, self.step)
                 )  # fmt: skip
                 if graphs and cuda:
@@ -531,12 +538,12 @@ class KernelDecoder:
         """Whose products the steps run: one of STEP_PRODUCTS, or with "auto" in words which
         (and whether launched as programmatic dependents) at which batch buckets, e.g.
         "fused+pdl at 1, 2 rows; cublas at 4, 8 rows"."""
+        if not self.auto:
+            return self.step.products
         sizes: dict[str, list[str]] = {}
         for size, step in self.step_for.items():
-            kind = step.products + ("+pdl" if self.auto and step.pdl else "")
+            kind = step.products + ("+pdl" if step.pdl else "")
             sizes.setdefault(kind, []).append(str(size))
-        if len(sizes) == 1 and not self.auto:
-            return next(iter(sizes))
         return "; ".join(f"{kind} at {', '.join(rows)} rows" for kind, rows in sizes.items())
 
     def run(self, batch: list[StepRow]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -260,7 +260,7 @@ def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
     with pytest.raises(ValueError, match="with and without --pdl itself"):
         _server_options(parse(["serve", "--step-products", "auto", "--pdl"]))
 
-    def timer(step, size):  # cuBLAS's faster at one row, ours at two
+    def timer(step, size, graphed):  # cuBLAS's faster at one row, ours at two
         return lambda: float((step.products == "fused") == (size < 2))
 
     monkeypatch.setattr(kernel_step, "step_timer", timer)

@@ -209,7 +209,9 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
     pdl = len(kinds) == 4  # (pdl goes through the motions in the interpreter too)
     timed, fastest = [], {("fused", pdl, 1), ("cublas", False, 2)}
 
-    def timer(step, size):
+    def timer(step, size, graphed):
+        assert graphed == (device == "cuda")  # timed as the decoder will run: from its graphs
+
         def ms():
             timed.append((step.products, step.pdl, size, int(step.positions[0]),
                           bool(step.no_text[0])))  # fmt: skip
