@@ -24,7 +24,8 @@ two kinds (`products=`):
 
 A `KernelDecoder` with products="auto" builds a step of each kind, each also launched as
 programmatic dependents where the GPU can (`step_kinds`), all over one set of buffers; it times
-their graphs at each bucket and runs each bucket on the fastest (`fastest_steps`).
+their graphs at each bucket and runs each bucket on the fastest (`fastest_steps`); a kind that
+fails to capture or run on this GPU is left out.
 
 `KernelDecoder` is what the loops call: given the requests to step (host `Generation`s, which
 stay the authority on stop rules) it loads their state into the buffers only when the batch
@@ -189,6 +190,11 @@ class KernelStep:
         # outputs of the last step
         self.hidden = torch.zeros(R, lm.cfg.n_embd, dtype=cache.k.dtype, device=dev)
         self.sampled = torch.zeros(R, tokens.STREAMS, dtype=torch.long, device=dev)
+
+    @property
+    def kind(self) -> str:
+        """Its products, and "+pdl" if its kernels launch as programmatic dependents."""
+        return self.products + ("+pdl" if self.pdl else "")
 
     def forward(self, size: int, sampling: bool = False) -> None:
         """One step of rows 0..size-1: reads the input buffers, writes the outputs, the caches
@@ -404,20 +410,33 @@ def fastest_steps(
 ) -> dict[int, KernelStep]:
     """For each of `sizes`, the one of `steps` (on the same buffers) whose greedy step runs
     fastest here, as it will run (`graphed`: replayed from CUDA graphs, else launched one by
-    one), timed in interleaved rounds, the best round counting."""
+    one), timed in rounds (the first one kind after another, the others interleaved), the best
+    round counting.
+
+    A step that fails to capture or run here (say, launched as programmatic dependents on a
+    driver that cannot capture those) is left out with a warning; the first must run."""
     first = steps[0]
     position = min(TIMING_CONTEXT, first.cache.max_seq - 1)
     first.positions.fill_(position), first.no_text.fill_(False)
     try:
-        timers = {(size, i): step_timer(step, size, graphed) for size in sizes
-                  for i, step in enumerate(steps)}  # fmt: skip
-        best = dict.fromkeys(timers, float("inf"))
-        for _ in range(TIMING_ROUNDS):
+        timers, best = {}, {}
+        for i, step in enumerate(steps):
+            try:
+                mine = {(size, i): step_timer(step, size, graphed) for size in sizes}
+                best |= {key: timer() for key, timer in mine.items()}  # the first round
+            except RuntimeError as exc:
+                if i == 0:
+                    raise
+                log.warning("the %s step failed here, so it is not timed: %s", step.kind, exc)
+                continue
+            timers |= mine
+        for _ in range(TIMING_ROUNDS - 1):
             for key, timer in timers.items():
                 best[key] = min(best[key], timer())
     finally:  # back to padding rows at position 0 that skip the text
         first.positions.zero_(), first.no_text.fill_(True)
-    return {size: steps[min(range(len(steps)), key=lambda i: best[size, i])] for size in sizes}
+    return {size: steps[min({i for _, i in timers}, key=lambda i: best[size, i])]
+            for size in sizes}  # fmt: skip
 
 
 def step_timer(step: KernelStep, size: int, graphed: bool = True):
@@ -509,12 +528,12 @@ class KernelDecoder:
                 if graphs and cuda:
                     self.graphs = StepGraphs(self.step_for)
         except RuntimeError as exc:
-            if not (cuda and any(step.pdl for step in steps)):
+            if not (cuda and pdl):  # (auto leaves out the kinds that fail while it times them)
                 raise
             raise RuntimeError(  # e.g. a driver older than CUDA 12.3
                 f"capturing the step with programmatic dependent launches failed: {exc};"
-                " run without pdl (realtime serve without --pdl, and with --step-products"
-                " cublas or fused instead of auto)"
+                " run without pdl (realtime serve without --pdl), or let --step-products auto"
+                " time what runs here"
             ) from exc
         if len(steps) > 1:
             log.info("the decode step's products by batch size: %s", self.products)
@@ -542,8 +561,7 @@ class KernelDecoder:
             return self.step.products
         sizes: dict[str, list[str]] = {}
         for size, step in self.step_for.items():
-            kind = step.products + ("+pdl" if step.pdl else "")
-            sizes.setdefault(kind, []).append(str(size))
+            sizes.setdefault(step.kind, []).append(str(size))
         return "; ".join(f"{kind} at {', '.join(rows)} rows" for kind, rows in sizes.items())
 
     def run(self, batch: list[StepRow]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ within its rounding.
 """
 
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -254,6 +255,45 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
         ran.clear()
         assert tokens_of(decoder, rows) == tokens_of(alone, rows)
         assert ran == [products, products]
+
+
+def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, caplog):
+    """products="auto" on a GPU where some kinds of step cannot run (say, programmatic
+    dependents on a driver that cannot capture them): those fail while they are timed (here a
+    stand-in timer fails them as it captures, or as it first runs), are left out with a
+    warning, and the buckets run on the others; if the first kind fails too, so does auto."""
+    kinds = kernel_step.step_kinds(torch.device(device))
+    failing = {("fused", False), *((products, True) for products in STEP_PRODUCTS)}
+    timed = []
+
+    def timer(step, size, graphed):
+        if (step.products, step.pdl) in failing and step.pdl:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+        def ms():
+            if (step.products, step.pdl) in failing:
+                raise RuntimeError("Triton Error [CUDA]: operation not supported")
+            timed.append((step.kind, size))
+            return 1.0
+
+        return ms
+
+    monkeypatch.setattr(kernel_step, "step_timer", timer)
+    lm = tiny_lm(torch.float32, device)
+    with caplog.at_level(logging.WARNING, logger=kernel_step.log.name):
+        decoder = KernelDecoder(lm, lm.new_cache(3, max_seq=64), 2, pad_slot=2, products="auto")
+    assert decoder.products == "cublas at 1, 2 rows"
+    assert set(timed) == {("cublas", 1), ("cublas", 2)}
+    assert len(timed) == kernel_step.TIMING_ROUNDS * 2
+    warned = " ".join(record.message for record in caplog.records)
+    left_out = [kind for kind in ("fused", "cublas+pdl", "fused+pdl")
+                if f"the {kind} step failed here" in warned]  # fmt: skip
+    assert left_out == ["fused", "cublas+pdl", "fused+pdl"][: len(kinds) - 1]
+    assert not decoder.step.positions.any() and decoder.step.no_text.all()
+
+    failing.add(("cublas", False))
+    with pytest.raises(RuntimeError, match="not supported"):
+        KernelDecoder(lm, lm.new_cache(3, max_seq=64), 2, pad_slot=2, products="auto")
 
 
 def test_a_step_timer_times_a_step(device, tiny_lm):
