@@ -18,6 +18,9 @@
 # in PYTEST_ARGS, decode_step's in DECODE_ARGS (`decode`) and COMPILE_ARGS (`compile`): e.g.
 # DECODE_ARGS="--batches 1,64 --steps 100" PYTEST_ARGS="-m gpu" with `decode tests` runs a
 # shorter version of both, for a lease with little time left.
+#
+# The device tool's machines cannot install packages: run benchmarks/device_wheels.sh here first
+# and name .whl in the call's carry; what .whl holds is installed there before the parts run.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -39,6 +42,14 @@ run() {  # run LIMIT_S COMMAND...: one part, its output in the log, its status a
     echo "=== rc $rc after $((SECONDS - began)) s: $*" | tee -a "$LOG"
 }
 
+# The packages the machine's image lacks, carried as wheels (benchmarks/device_wheels.sh)
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c 'import realtime.engine' 2>&1 | tee -a "$LOG"  # names a missing package at once
+
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
         --format=csv
@@ -48,7 +59,11 @@ run() {  # run LIMIT_S COMMAND...: one part, its output in the log, its status a
 
 for part in "${parts[@]}"; do
     case $part in
-        tests) run 420 python3 -m pytest -q $(python3 -c 'import xdist' 2>/dev/null && printf -- '-n 8') --timeout 120 tests/kernels ${PYTEST_ARGS:-} ;;
+        tests)
+            run 420 python3 -m pytest -q $(python3 -c 'import xdist' 2>/dev/null && printf -- '-n 8') --timeout 120 tests/kernels ${PYTEST_ARGS:-}
+            # the prompt graphs' and the vocoder's GPU tests (their other tests are CPU ones)
+            run 180 python3 -m pytest -q -m gpu --timeout 120 tests/test_prompt_graph.py tests/test_vocoder.py
+            ;;
         decode) run 360 python3 -m benchmarks.decode_step --no-compile ${DECODE_ARGS:-} ;;
         compile) run 540 python3 -m benchmarks.decode_step ${COMPILE_ARGS:-} ;;
         profile) run 240 python3 -m benchmarks.step_profile ;;
