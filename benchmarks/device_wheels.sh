@@ -9,7 +9,8 @@
 #     bash benchmarks/device_wheels.sh          # here, once: about 36 MB, most of it av's
 #     device tool: run "bash benchmarks/gpu_checklist.sh decode tests" with carry [".whl"]
 #
-# PYTHON_VERSION picks the Python the wheels are for (default 3.12, the image's python3).
+# Each is the version the running python3 has (the one the tests here ran with), where it has
+# one. PYTHON_VERSION picks the Python the wheels are for (default 3.12, the image's python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${PYTHON_VERSION:-3.12}
@@ -19,10 +20,18 @@ platforms=()  # pip matches a manylinux tag exactly: every one these wheels come
 for tag in manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1; do
     platforms+=(--platform "${tag}_x86_64")
 done
+pinned() {  # NAME -> NAME==VERSION where this python3 has it (what the tests ran with), else NAME
+    python3 -c 'import importlib.metadata as m, sys
+try:
+    print(f"{sys.argv[1]}=={m.version(sys.argv[1])}")
+except m.PackageNotFoundError:
+    print(sys.argv[1])' "$1"
+}
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$version" \
-    --implementation cp "${platforms[@]}" -d .whl av cffi soundfile snac
+    --implementation cp "${platforms[@]}" -d .whl \
+    "$(pinned av)" "$(pinned cffi)" "$(pinned soundfile)" "$(pinned snac)"
 # openai-whisper is published as source only; it is pure Python, so a wheel built here runs
 # under any Python 3
-python3 -m pip wheel -q --no-deps -w .whl openai-whisper
+python3 -m pip wheel -q --no-deps -w .whl "$(pinned openai-whisper)"
 ls .whl
 du -sh .whl
