@@ -418,8 +418,8 @@ def fastest_steps(
     first = steps[0]
     position = min(TIMING_CONTEXT, first.cache.max_seq - 1)
     first.positions.fill_(position), first.no_text.fill_(False)
+    timers, best, kept = {}, {}, []  # kept: the indices of the steps that ran
     try:
-        timers, best = {}, {}
         for i, step in enumerate(steps):
             try:
                 mine = {(size, i): step_timer(step, size, graphed) for size in sizes}
@@ -430,13 +430,13 @@ def fastest_steps(
                 log.warning("the %s step failed here, so it is not timed: %s", step.kind, exc)
                 continue
             timers |= mine
+            kept.append(i)
         for _ in range(TIMING_ROUNDS - 1):
             for key, timer in timers.items():
                 best[key] = min(best[key], timer())
     finally:  # back to padding rows at position 0 that skip the text
         first.positions.zero_(), first.no_text.fill_(True)
-    return {size: steps[min({i for _, i in timers}, key=lambda i: best[size, i])]
-            for size in sizes}  # fmt: skip
+    return {size: steps[min(kept, key=lambda i: best[size, i])] for size in sizes}
 
 
 def step_timer(step: KernelStep, size: int, graphed: bool = True):
