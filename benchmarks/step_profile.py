@@ -11,63 +11,88 @@ phase: the guide for tuning benchmarks/decode_step.py's numbers.
     python -m benchmarks.step_profile [--model DIR] [--batches 1,64] [--context 256]
 
 Prints tables only (it writes no results file: the timed numbers are decode_step's).
+`--dry-run` goes through all of it once at the tiny preset on a CPU (kernels in Triton's
+interpreter, eager steps instead of graph replays, host ops instead of kernels; batches 1,3 at
+16 positions unless given) to check the script before a GPU's time is spent on it.
 """
 
 import argparse
+import os
 import sys
 import time
 from collections import defaultdict
 
 import numpy as np
-import torch
 
-from benchmarks import step_contenders as sc
-from benchmarks.decode_step import CLIP
-from realtime import tokens
-from realtime.audio import load_audio
-from realtime.config import STEP_PRODUCTS, DecodingOptions
-from realtime.encoder import encode_chunked
-from realtime.generate import PrefillInput, generate_tokens
-from realtime.kernel_step import StepGraphs
-from realtime.prompts import Task, build_prompt
-from realtime.vocoder import VocoderStream
+from realtime.config import STEP_PRODUCTS  # (no torch or triton: the dry run sets up those)
 
-STEPS = 20
+# What one profile takes: steps profiled, graph replays timed, end-of-turn runs (the last
+# one printed); a dry run takes one of each.
+FULL = {"steps": 20, "replays": 200, "attempts": 3}
+DRY = {"steps": 1, "replays": 1, "attempts": 1}
 
 
-def kernels_of_step(lm, batch: int, context: int, top: int, products: str, pdl: bool) -> None:
+def kernels_of_step(
+    lm, batch: int, context: int, top: int, products: str, pdl: bool, counts: dict
+) -> None:
+    import torch
+
+    from benchmarks import step_contenders as sc
+    from realtime.kernel_step import StepGraphs
+
     cache, ids, positions, slots = sc.step_inputs(lm, batch, context)
     step = sc.kernel_step(lm, cache, ids, positions, slots, True, products, pdl)
+    cuda = cache.k.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # on a CPU (a dry run) there are no graphs or kernels: eager steps and host ops stand in
+    activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+    device_type = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    steps = counts["steps"]
     with torch.inference_mode():
-        graphs = StepGraphs({batch: step})
-        replay = sc.wall_ms(lambda: graphs.replay(batch, False), 200, torch.cuda.synchronize)
+        if cuda:
+            graphs = StepGraphs({batch: step})
+            replay = sc.wall_ms(lambda: graphs.replay(batch, False), counts["replays"], sync)
+        else:
+            replay = sc.wall_ms(lambda: step.forward(batch), counts["replays"], sync)
         for _ in range(3):
             step.forward(batch)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(STEPS):
+        sync()
+        with torch.profiler.profile(activities=[activity]) as prof:
+            for _ in range(steps):
                 step.forward(batch)
-            torch.cuda.synchronize()
+            sync()
     per_kernel = defaultdict(lambda: [0, 0.0])  # name -> [launches, device us]
     for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
+        if event.device_type == device_type:
             entry = per_kernel[event.name[:70]]
             entry[0] += 1
-            entry[1] += event.device_time  # microseconds
-    launches = sum(n for n, _ in per_kernel.values()) / STEPS
-    device_ms = sum(t for _, t in per_kernel.values()) / STEPS / 1e3
+            entry[1] += event.device_time if cuda else event.cpu_time  # microseconds
+    launches = sum(n for n, _ in per_kernel.values()) / steps
+    device_ms = sum(t for _, t in per_kernel.values()) / steps / 1e3
+    words = ("launches", "kernels", "graph replay") if cuda else ("ops", "host ops", "step")
+    launch, kernels, timed = words
     print(
         f"\nbatch {batch}, {products} products{' as dependents' if pdl else ''}: "
-        f"{launches:.0f} launches/step, "
-        f"{device_ms:.3f} ms of kernels/step, "
-        f"graph replay {replay:.3f} ms/step (gaps {replay - device_ms:.3f} ms)"
+        f"{launches:.0f} {launch}/step, {device_ms:.3f} ms of {kernels}/step, "
+        f"{timed} {replay:.3f} ms/step (gaps {replay - device_ms:.3f} ms)"
     )
     rows = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:top]
     for name, (n, us) in rows:
-        print(f"  {us / STEPS:8.1f} us/step  {n / STEPS:5.0f} x {us / n:6.2f} us  {name}")
+        print(f"  {us / steps:8.1f} us/step  {n / steps:5.0f} x {us / n:6.2f} us  {name}")
 
 
-def phases_of_end_of_turn(runtime) -> None:
+def phases_of_end_of_turn(runtime, attempts: int) -> None:
+    import torch
+
+    from benchmarks.decode_step import CLIP
+    from realtime import tokens
+    from realtime.audio import load_audio
+    from realtime.config import DecodingOptions
+    from realtime.encoder import encode_chunked
+    from realtime.generate import PrefillInput, generate_tokens
+    from realtime.prompts import Task, build_prompt
+    from realtime.vocoder import VocoderStream
+
     audio = load_audio(CLIP)[: 2 * tokens.INPUT_SAMPLE_RATE_HZ]
     options = DecodingOptions(max_new_tokens=64)
     decoder = runtime.kernel_decoder()
@@ -76,12 +101,13 @@ def phases_of_end_of_turn(runtime) -> None:
     # the end of turn with steps run ahead).
     decoder.run_ahead = False
     marks: list[tuple[str, float]] = []
+    sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
 
     def mark(label: str) -> None:
-        torch.cuda.synchronize()
+        sync()
         marks.append((label, time.perf_counter()))
 
-    for attempt in range(3):
+    for attempt in range(attempts):
         marks.clear()
 
         with torch.inference_mode():
@@ -102,7 +128,7 @@ def phases_of_end_of_turn(runtime) -> None:
                     if got:
                         break
             steps.close()
-        if attempt == 2:
+        if attempt == attempts - 1:
             print(f"\nend of turn, prompt {prompt.length} positions:")
             for (label, t), (_, before) in zip(marks[1:], marks, strict=False):
                 print(f"  {1e3 * (t - before):8.2f} ms  {label}")
@@ -114,23 +140,37 @@ def phases_of_end_of_turn(runtime) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a model directory (default: a random mini-omni one)")
-    parser.add_argument("--batches", default="1,64")
-    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--batches", help="batch sizes, comma-separated (default: 1,64)")
+    parser.add_argument("--context", type=int, help="cached positions per row (default: 256)")
     parser.add_argument("--top", type=int, default=14, help="kernels listed per batch")
     parser.add_argument("--products", default=",".join(STEP_PRODUCTS), help="the steps' products")
     parser.add_argument("--pdl", action="store_true", help="launch as programmatic dependents")
+    parser.add_argument("--dry-run", action="store_true", help="tiny preset on a CPU, once")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("step_profile needs a CUDA GPU")
+    products = args.products.split(",")
+    if unknown := set(products) - set(STEP_PRODUCTS):
+        parser.error(f"unknown products {sorted(unknown)}; the steps have {list(STEP_PRODUCTS)}")
+    counts = DRY if args.dry_run else FULL
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    # a dry run's defaults keep the interpreter's steps few and short
+    args.batches = args.batches or ("1,3" if args.dry_run else "1,64")
+    args.context = args.context or (16 if args.dry_run else 256)
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("step_profile needs a CUDA GPU (or --dry-run to check the script on a CPU)")
         return 2
-    runtime = sc.load_runtime(args.model, torch.device("cuda"), "mini-omni")
+    from benchmarks import step_contenders as sc
+
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    runtime = sc.load_runtime(args.model, device, "tiny" if args.dry_run else "mini-omni")
     batches = [int(b) for b in args.batches.split(",")]
-    kinds = [(products, args.pdl) for products in args.products.split(",")]
-    sc.compile_steps_ahead(runtime.lm, batches, kinds)
-    for products in args.products.split(","):
+    sc.compile_steps_ahead(runtime.lm, batches, [(p, args.pdl) for p in products])
+    for kind in products:
         for batch in batches:
-            kernels_of_step(runtime.lm, batch, args.context, args.top, products, args.pdl)
-    phases_of_end_of_turn(runtime)
+            kernels_of_step(runtime.lm, batch, args.context, args.top, kind, args.pdl, counts)
+    phases_of_end_of_turn(runtime, counts["attempts"])
     return 0
 
 

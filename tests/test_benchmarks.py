@@ -1,0 +1,33 @@
+"""The GPU benchmarks' scripts run through on a CPU, so a GPU's short lease is not spent
+finding that one of them no longer fits the code it times."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def test_step_profile_dry_run(tiny_dir):
+    # a subprocess: the dry run chooses Triton's interpreter before it imports the kernels
+    command = [sys.executable, "-m", "benchmarks.step_profile", "--dry-run", "--model"]
+    command += [str(tiny_dir), "--batches", "1", "--products", "fused", "--top", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    (header,) = [line for line in lines if line.startswith("batch ")]
+    assert header.startswith("batch 1, fused products: ") and " ops/step" in header
+    listed = lines[lines.index(header) + 1 :][:3]
+    assert len(listed) == 3 and all(" us/step " in line for line in listed)
+    (turn,) = [i for i, line in enumerate(lines) if line.startswith("end of turn, prompt ")]
+    phases = lines[turn + 1 :]
+    labels = [line.split(" ms  ")[-1] for line in phases if " ms  " in line]
+    assert labels[:3] == ["encode", "adapt", "prefill+pick"]
+    assert labels[-1].startswith("vocoder (") and not labels[-1].startswith("vocoder (0 ")
+    assert phases[-1].startswith("  median decode step ")
