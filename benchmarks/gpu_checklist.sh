@@ -3,7 +3,8 @@
 # (compiled, `gpu`-marked ones included), the decode step against eager torch and
 # torch.compile, the streaming vocoder, and the per-kernel benchmarks. Each part runs under its
 # own time limit and the next one runs whatever the last one did; the log of all of them goes to
-# $OUT/log.txt (or ./gpu-checklist.log) and the results files they wrote to $OUT/results.tar.
+# $OUT/log.txt (or ./gpu-checklist.log) and the results files they wrote to $OUT/results.tar,
+# brought up to date after each part.
 #
 #     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [profile-pdl]
 #         [vocoder] [kernels] [sweep] [sweep-batched] [attention-sweep] [NAME...]
@@ -40,6 +41,16 @@ run() {  # run LIMIT_S COMMAND...: one part, its output in the log, its status a
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
     local rc=${PIPESTATUS[0]}
     echo "=== rc $rc after $((SECONDS - began)) s: $*" | tee -a "$LOG"
+    keep_results
+}
+
+keep_results() {  # this run's results files so far into $OUT/results.tar: a call cut short by
+    # the device tool's limit still brings back what its finished parts measured
+    [ "$OUT" = . ] && return
+    find benchmarks/results -newer "$START" -name "*.json" -print0 |
+        xargs -0 --no-run-if-empty tar -cf "$OUT/results.tar.part" &&
+        [ -f "$OUT/results.tar.part" ] && mv "$OUT/results.tar.part" "$OUT/results.tar"
+    return 0
 }
 
 # The packages the machine's image lacks, carried as wheels (benchmarks/device_wheels.sh)
@@ -81,8 +92,3 @@ for part in "${parts[@]}"; do
         *) run 120 python3 -m "benchmarks.kernels.$part" ;;
     esac
 done
-
-if [ "$OUT" != . ]; then
-    find benchmarks/results -newer "$START" -name "*.json" -print0 |
-        xargs -0 --no-run-if-empty tar -cf "$OUT/results.tar"
-fi
