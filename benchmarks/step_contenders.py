@@ -145,6 +145,12 @@ def kernel_step(
     return step
 
 
+def sync_for(device: torch.device):
+    """What waits for everything queued on `device`: the CUDA stream's work, or nothing on a
+    CPU (its ops run to their end)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def wall_ms(fn, steps: int, sync) -> float:
     """Mean wall-clock milliseconds per call over `steps` back-to-back calls (launch cost
     included), after a warm-up."""
@@ -163,7 +169,7 @@ def time_contenders(
 ) -> dict:
     cache, ids, positions, slots = step_inputs(lm, batch, context)
     cuda = cache.k.is_cuda
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = sync_for(cache.k.device)
     nbytes = step_bytes(lm, batch, context, text_running)
     out = {}
     with torch.inference_mode():
@@ -253,7 +259,7 @@ def decoder_ms(lm: OmniLM, batch: int, context: int, products: str, steps: int) 
             if item.gen.accept(*ids).done:
                 rows[i] = request(i)
 
-    out, sync = {}, torch.cuda.synchronize if cache.k.is_cuda else (lambda: None)
+    out, sync = {}, sync_for(cache.k.device)
     for run_ahead in (False, True):
         decoder.run_ahead = run_ahead
         rows[:] = [request(slot) for slot in range(batch)]  # back to `context`
@@ -278,7 +284,7 @@ def end_of_turn_to_first_audio(
     if products != decoder.step.products:
         decoder = KernelDecoder(runtime.lm, runtime.cache, MAX_ROWS, MAX_ROWS, products=products)
     decoder.run_ahead = run_ahead
-    sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
+    sync = sync_for(runtime.device)
     options = DecodingOptions(max_new_tokens=64)
     runs = []
     for _ in range(repeats + 1):

@@ -43,7 +43,7 @@ def kernels_of_step(
     cache, ids, positions, slots = sc.step_inputs(lm, batch, context)
     step = sc.kernel_step(lm, cache, ids, positions, slots, True, products, pdl)
     cuda = cache.k.is_cuda
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = sc.sync_for(cache.k.device)
     # on a CPU (a dry run) there are no graphs or kernels: eager steps and host ops stand in
     activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
     device_type = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
@@ -84,6 +84,7 @@ def kernels_of_step(
 def phases_of_end_of_turn(runtime, attempts: int) -> None:
     import torch
 
+    from benchmarks import step_contenders as sc
     from benchmarks.decode_step import CLIP
     from realtime import tokens
     from realtime.audio import load_audio
@@ -101,7 +102,7 @@ def phases_of_end_of_turn(runtime, attempts: int) -> None:
     # the end of turn with steps run ahead).
     decoder.run_ahead = False
     marks: list[tuple[str, float]] = []
-    sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
+    sync = sc.sync_for(runtime.device)
 
     def mark(label: str) -> None:
         sync()
