@@ -19,7 +19,7 @@ audio heads with greedy selection, and the feedback of the picked ids into the n
 - `decoder`, `decoder+ahead` (and `[fused]`): while the text runs, a step as the engine's loop
   sees it: KernelDecoder.decode (the graph's replay, the ids' copy to the host) and the host's
   stop rules for every request; without and with each step launched before the host has taken
-  the last one's ids (realtime/kernel_step.py's run_ahead, the default on CUDA).
+  the last one's ids (realtime/kernel_decoder.py's run_ahead, the default on CUDA).
 
 Each step's HBM traffic is counted (every weight once, the text head's 325 MB only while some
 row needs text, each row's keys and values) and reported as GB/s and % of the GPU's peak.

@@ -20,14 +20,8 @@ from realtime.config import PRESETS, DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
 from realtime.generate import Generation, PrefillInput, decode_step, generate_tokens
-from realtime.kernel_step import (
-    KernelDecoder,
-    KernelStep,
-    StepGraphs,
-    StepRow,
-    every_variant,
-    step_kinds,
-)
+from realtime.kernel_decoder import KernelDecoder, step_kinds
+from realtime.kernel_step import KernelStep, StepGraphs, StepRow, every_variant
 from realtime.model import KVCache, OmniLM, apply_rope
 from realtime.prompts import Task, build_prompt
 from realtime.runtime import MAX_ROWS, Runtime

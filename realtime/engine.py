@@ -53,7 +53,7 @@ class EngineOptions:
     # kernels/triton_support.py): each starts while the one before it drains
     pdl: bool = False
     # Launch the next decode step while the host handles this one's ids (see
-    # realtime/kernel_step.py's KernelDecoder); None: wherever that overlaps anything (CUDA)
+    # realtime/kernel_decoder.py's KernelDecoder); None: wherever that overlaps anything (CUDA)
     run_ahead: bool | None = None
 
 
@@ -101,7 +101,7 @@ class Engine:
         self._free_slots = list(range(rows))
         self.decoder = None
         if use_kernels:
-            from realtime.kernel_step import KernelDecoder  # imports triton: only when used
+            from realtime.kernel_decoder import KernelDecoder  # imports triton: only when used
 
             self.decoder = KernelDecoder(
                 runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,

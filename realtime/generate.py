@@ -196,7 +196,7 @@ def generate_tokens(
     decoder=None,
 ) -> Iterator[tuple[Generation, StepOutput]]:
     """Decode one request in cache rows 0..rows-1, yielding after every step. `decoder`: a
-    realtime.kernel_step.KernelDecoder to run the steps on, or None for the torch path."""
+    realtime.kernel_decoder.KernelDecoder to run the steps on, or None for the torch path."""
     prompt = inp.prompt
     room = cache.max_seq - prompt.length
     if room < 1:

@@ -99,7 +99,7 @@ class Runtime:
     def kernel_decoder(self):
         """The KernelDecoder for single requests, or None where decoding runs on torch."""
         if self.kernels and self.decoder is None:
-            from realtime.kernel_step import KernelDecoder  # imports triton: only when used
+            from realtime.kernel_decoder import KernelDecoder  # imports triton: only when used
 
             self.decoder = KernelDecoder(self.lm, self.cache, MAX_ROWS, pad_slot=MAX_ROWS)
         return self.decoder

@@ -239,7 +239,7 @@ def test_threads_option_sets_torch_s_threads(tiny_dir):
 
 
 def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
-    from realtime import kernel_step
+    from realtime import kernel_decoder
     from realtime.cli import _build_parser, _server_options
     from realtime.engine import Engine, EngineOptions
     from realtime.runtime import Runtime
@@ -263,6 +263,6 @@ def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
     def timer(step, size, graphed):  # cuBLAS's faster at one row, ours at two
         return lambda: float((step.products == "fused") == (size < 2))
 
-    monkeypatch.setattr(kernel_step, "step_timer", timer)
+    monkeypatch.setattr(kernel_decoder, "step_timer", timer)
     engine = Engine(runtime, EngineOptions(max_sessions=1, kernels=True, step_products="auto"))
     assert "products timed: cublas at 1 rows; fused at 2 rows" in engine.decode_path

@@ -1,4 +1,5 @@
-"""realtime/kernel_step.py: the decode step on the kernels against the torch step it replaces.
+"""realtime/kernel_step.py and kernel_decoder.py: the decode step on the kernels, and the
+decoder that runs it, against the torch step they replace.
 
 On a CPU the kernels run in Triton's interpreter (about a second a step at the tiny preset, so
 the runs are short); on a GPU the same tests run compiled, with each bucket's CUDA graph.
@@ -17,11 +18,12 @@ pytest.importorskip("triton")
 
 from kernels import gemv
 from kernels.head_argmax import head_argmax_ref
-from realtime import checkpoint, events, kernel_step, tokens
+from realtime import checkpoint, events, kernel_decoder, kernel_step, tokens
 from realtime.config import STEP_PRODUCT_CHOICES, STEP_PRODUCTS, DecodingOptions
 from realtime.engine import Engine, EngineOptions
 from realtime.generate import Generation, decode_step, generate_tokens
-from realtime.kernel_step import KernelDecoder, StepRow, buckets, picked
+from realtime.kernel_decoder import KernelDecoder, picked
+from realtime.kernel_step import StepRow, buckets
 from realtime.prompts import TASKS, Task
 from realtime.runtime import MAX_ROWS, Runtime
 from realtime.session import SessionOptions
@@ -206,7 +208,7 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
     as programmatic dependents, where they run, faster at 1 row, cuBLAS's plain at 2), each
     bucket then run on its winner over the one set of buffers, left as padding rows again; a
     request's tokens as on either products alone."""
-    kinds = kernel_step.step_kinds(torch.device(device))
+    kinds = kernel_decoder.step_kinds(torch.device(device))
     pdl = len(kinds) == 4  # (pdl goes through the motions in the interpreter too)
     timed, fastest = [], {("fused", pdl, 1), ("cublas", False, 2)}
 
@@ -220,7 +222,7 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
 
         return ms
 
-    monkeypatch.setattr(kernel_step, "step_timer", timer)
+    monkeypatch.setattr(kernel_decoder, "step_timer", timer)
     lm = tiny_lm(torch.float32, device)
     cache = lm.new_cache(3, max_seq=64)
     decoder = KernelDecoder(lm, cache, 2, pad_slot=2, products="auto")
@@ -229,7 +231,7 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
     assert decoder.products == f"fused{'+pdl' if pdl else ''} at 1 rows; cublas at 2 rows"
     assert decoder.step_for[1].ids is decoder.step_for[2].ids  # one set of buffers
     # timed in rounds, each kind and bucket in turn, as rows that attend and need the text
-    assert len(timed) == kernel_step.TIMING_ROUNDS * len(kinds) * 2
+    assert len(timed) == kernel_decoder.TIMING_ROUNDS * len(kinds) * 2
     assert {(products, pdl, size) for products, pdl, size, *_ in timed} == {
         (*kind, size) for kind in kinds for size in (1, 2)
     }
@@ -262,7 +264,7 @@ def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, 
     dependents on a driver that cannot capture them): those fail while they are timed (here a
     stand-in timer fails them as it captures, or as it first runs), are left out with a
     warning, and the buckets run on the others; if the first kind fails too, so does auto."""
-    kinds = kernel_step.step_kinds(torch.device(device))
+    kinds = kernel_decoder.step_kinds(torch.device(device))
     failing = {"fused"}  # as they first run; every pdl kind as it is captured
     timed = []
 
@@ -278,13 +280,13 @@ def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, 
 
         return ms
 
-    monkeypatch.setattr(kernel_step, "step_timer", timer)
+    monkeypatch.setattr(kernel_decoder, "step_timer", timer)
     lm = tiny_lm(torch.float32, device)
-    with caplog.at_level(logging.WARNING, logger=kernel_step.log.name):
+    with caplog.at_level(logging.WARNING, logger=kernel_decoder.log.name):
         decoder = KernelDecoder(lm, lm.new_cache(3, max_seq=64), 2, pad_slot=2, products="auto")
     assert decoder.products == "cublas at 1, 2 rows"
     assert set(timed) == {("cublas", 1), ("cublas", 2)}
-    assert len(timed) == kernel_step.TIMING_ROUNDS * 2
+    assert len(timed) == kernel_decoder.TIMING_ROUNDS * 2
     warned = " ".join(record.message for record in caplog.records)
     for products, pdl in kinds[1:]:  # all but plain cuBLAS, each named once
         assert warned.count(f"the {products}{'+pdl' if pdl else ''} step failed here") == 1
@@ -299,7 +301,7 @@ def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, 
 def test_a_step_timer_times_a_step(device, tiny_lm):
     lm = tiny_lm(torch.float32, device)
     step = kernel_step.KernelStep(lm, lm.new_cache(2, max_seq=16), 1, 1, "fused")
-    ms = kernel_step.step_timer(step, 1)
+    ms = kernel_decoder.step_timer(step, 1)
     assert 0 < ms() < 60_000
 
 
