@@ -164,30 +164,14 @@ class KernelDecoder:
         steps = [self.step]
         steps += [KernelStep(lm, cache, max_rows, pad_slot, *kind, buffers=self.step)
                   for kind in kinds[1:]]  # fmt: skip
-        self.graphs = None
-        self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
         cuda = cache.k.is_cuda
         if cuda:
             compile_step_ahead(steps, self.sizes)
-        try:
-            with torch.inference_mode():
-                # each bucket's step: with "auto", the one that runs it fastest on this device
-                self.step_for = (
-                    fastest_steps(steps, self.sizes, graphs and cuda) if len(steps) > 1
-                    else dict.fromkeys(self.sizes, self.step)
-                )  # fmt: skip
-                if graphs and cuda:
-                    self.graphs = StepGraphs(self.step_for)
-        except RuntimeError as exc:
-            if not (cuda and pdl):  # (auto leaves out the kinds that fail while it times them)
-                raise
-            raise RuntimeError(  # e.g. a driver older than CUDA 12.3
-                f"capturing the step with programmatic dependent launches failed: {exc};"
-                " run without pdl (realtime serve without --pdl), or let --step-products auto"
-                " time what runs here"
-            ) from exc
+        self.graphs: StepGraphs | None = None
+        self.step_for = self._choose(steps, graphs and cuda)
         if len(steps) > 1:
             log.info("the decode step's products by batch size: %s", self.products)
+        self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
         if cuda and graphs:
             self.prompts = PromptGraphs(lm, cache, pad_slot)
         # On a CPU every launch runs to its end before the host goes on: nothing to overlap.
@@ -202,6 +186,28 @@ class KernelDecoder:
         # steps that needed the host's state, ahead steps taken and dropped (for tests and
         # monitoring)
         self.loads = self.taken = self.dropped = 0
+
+    def _choose(self, steps: list[KernelStep], graphed: bool) -> dict[int, KernelStep]:
+        """Each bucket's step (with several, the one that runs it fastest on this device),
+        captured in graphs if `graphed`."""
+        try:
+            with torch.inference_mode():
+                step_for = (
+                    fastest_steps(steps, self.sizes, graphed) if len(steps) > 1
+                    else dict.fromkeys(self.sizes, self.step)
+                )  # fmt: skip
+                if graphed:
+                    self.graphs = StepGraphs(step_for)
+        except RuntimeError as exc:
+            # (with "auto", those that fail were left out while they were timed)
+            if not (self.step.pdl and self.step.cache.k.is_cuda):
+                raise
+            raise RuntimeError(  # e.g. a driver older than CUDA 12.3
+                f"capturing the step with programmatic dependent launches failed: {exc};"
+                " run without pdl (realtime serve without --pdl), or let --step-products auto"
+                " time what runs here"
+            ) from exc
+        return step_for
 
     @property
     def products(self) -> str:

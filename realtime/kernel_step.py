@@ -270,37 +270,19 @@ class KernelStep:
         rows = sum(len(item.slots) for item in batch)
         if rows > self.max_rows:
             raise ValueError(f"{rows} rows do not fit a step of {self.max_rows}")
-        index = list(range(self.max_rows))
         # (R, 20): ids 0..7, then one column per field of _FIELDS, in that order
         host = torch.zeros(self.max_rows, tokens.STREAMS + len(_FIELDS), dtype=torch.long)
         host[:, tokens.STREAMS :] = torch.tensor(
-            [[self.pad_slot, 0, r, r, True, False, False, False, 0, False, 1, 0] for r in index]
+            [_padding_fields(self.pad_slot, r) for r in range(self.max_rows)]
         )
         floats = torch.ones(self.max_rows, len(_FLOAT_FIELDS))  # (R, 2)
         row = 0
         for item in batch:
-            gen, spec, opts = item.gen, item.gen.spec, item.options
-            sampling = item.samples_on_device
-            host[row : row + spec.rows, : tokens.STREAMS] = gen.next_input()
+            host[row : row + item.gen.spec.rows, : tokens.STREAMS] = item.gen.next_input()
             for j, slot in enumerate(item.slots):
-                host[row + j, tokens.STREAMS :] = torch.tensor(
-                    [
-                        slot,
-                        gen.next_position,
-                        row + spec.audio_row,
-                        row + spec.text_row,
-                        j != spec.text_row,
-                        spec.audio_out and j == spec.audio_row,
-                        spec.audio_out,
-                        gen.text_ended,
-                        1,
-                        sampling,
-                        opts.top_k if sampling else 1,
-                        opts.seed,
-                    ]
-                )
-                floats[row + j] = torch.tensor([opts.temperature, opts.top_p])
-            row += spec.rows
+                host[row + j, tokens.STREAMS :] = torch.tensor(_fields(item, slot, row, j))
+                floats[row + j] = torch.tensor([item.options.temperature, item.options.top_p])
+            row += item.gen.spec.rows
         dev = host.to(self.ids.device, non_blocking=True)
         self.ids.copy_(dev[:, : tokens.STREAMS])
         for column, name in enumerate(_FIELDS, start=tokens.STREAMS):
@@ -318,6 +300,32 @@ _FIELDS = (
     "text_ended", "advance", "sampling", "top_k", "seeds",
 )  # fmt: skip
 _FLOAT_FIELDS = ("temperature", "top_p")
+
+
+def _fields(item: StepRow, slot: int, row: int, j: int) -> list[int]:
+    """The _FIELDS of row j of `item`, whose rows start at step row `row`."""
+    gen, spec, sampling = item.gen, item.gen.spec, item.samples_on_device
+    return [
+        slot,
+        gen.next_position,
+        row + spec.audio_row,  # audio_src: the request's ids come from these two rows
+        row + spec.text_row,
+        j != spec.text_row,  # no_text
+        spec.audio_out and j == spec.audio_row,  # speaks
+        spec.audio_out,
+        gen.text_ended,
+        1,  # advance
+        sampling,
+        item.options.top_k if sampling else 1,
+        item.options.seed,
+    ]
+
+
+def _padding_fields(pad_slot: int, row: int) -> list[int]:
+    """The _FIELDS of a padding row: the pad slot at position 0, never advancing, no text."""
+    return [pad_slot, 0, row, row, True, False, False, False, 0, False, 1, 0]
+
+
 # Every buffer a step reads or writes between launches (steps on other products share them).
 _BUFFERS = ("ids", *_FIELDS, *_FLOAT_FIELDS, "first", "logits", "hidden", "sampled")
 
