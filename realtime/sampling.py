@@ -3,7 +3,7 @@ counter-based uniform so a draw depends only on (seed, position, stream).
 
 A request's random numbers are not a generator's running stream but a hash of its seed, the
 cache position it samples at and the stream (audio layer 0..6, text 7). So a request samples
-the same ids alone or batched, on the torch path or the kernel step (kernels/sample_top_k.py
+the same ids alone or batched, on the torch path or the kernel step (kernels/head_sample.py
 computes the same hash on the device, inside the CUDA graph), and a replayed position replays
 its draw.
 

@@ -1,16 +1,100 @@
 """GB/s of kernels/head_sample.py (the tied head with top-k 40 / temperature 0.9 / top-p 0.95
 drawn on the device for every row) against its torch reference (full logits, then the host's
-realtime.sampling draw per row, which syncs) and our greedy head_argmax on the same inputs
-(the price of sampling over greedy), with the released table (181120 x 896). GB/s counts the
-table once per call. Writes benchmarks/results/triton_head_sample-<gpu>.json.
+realtime.sampling draw per row, which syncs), the same draw in torch ops alone under
+torch.compile (`draw_in_torch`: no host sync, so it is captured like the kernel) and our greedy
+head_argmax on the same inputs (the price of sampling over greedy), with the released table
+(181120 x 896). GB/s counts the table once per call. Writes
+benchmarks/results/triton_head_sample-<gpu>.json.
 
     python -m benchmarks.kernels.head_sample [--dtype bf16] [--block-v 64]
 """
 
 import torch
+import torch.nn.functional as F
 
 from benchmarks.kernels import common
 from realtime import tokens
+from realtime.sampling import UNIFORM_BITS
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
+    """(h * c) mod 2^32 for int64 tensors holding uint32 values, in halves of c so that no
+    product leaves int64 (torch's int64 products would overflow, which is undefined in C++)."""
+    low = h * (c & 0xFFFF)
+    high = ((h * (c >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finalizer on int64 tensors holding uint32 values."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def uniforms_in_torch(seeds: torch.Tensor, positions: torch.Tensor, streams: int) -> torch.Tensor:
+    """realtime.sampling.uniforms for every row at once: seeds, positions (B,) int64 -> fp32
+    (B, streams), row b's for streams 0..streams-1."""
+    seed_lo, seed_hi = seeds & _MASK32, (seeds >> 32) & _MASK32
+    key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ 0x9E3779B9))[:, None]  # (B, 1)
+    stream = torch.arange(streams, device=seeds.device)
+    counter = (positions[:, None] * 8 + stream) & _MASK32  # (B, streams)
+    h = _fmix32(_fmix32((_mul32(counter, 0x9E3779B9) + key) & _MASK32) ^ key)
+    return (h >> (32 - UNIFORM_BITS)).float() * 2.0**-UNIFORM_BITS
+
+
+def _top(ranges: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ranges (B, R, N) -> the k largest of each range, highest first, ties to the lower
+    id (as a stable sort orders them): values and ids, (B, R, k) each. Each (value, id) is one
+    int64 key ordered as the pair: the value's bits made monotone above, the id inverted below."""
+    bits = ranges.view(torch.int32).long()
+    monotone = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    ids = torch.arange(ranges.shape[-1], device=ranges.device)
+    keys = (monotone << 32) | (ids ^ 0x7FFFFFFF)
+    top_ids = (keys.topk(k, dim=-1).values & 0x7FFFFFFF) ^ 0x7FFFFFFF
+    return ranges.gather(-1, top_ids), top_ids
+
+
+def draw_in_torch(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    skip_text,
+    rows,
+    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
+    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
+    audio_layers: int = tokens.AUDIO_LAYERS,
+) -> torch.Tensor:
+    """head_sample's ids (B, audio_layers + 1) in torch ops alone, static shapes and no host
+    sync: every range's TOP_K_MAX best logits, then realtime.sampling's draw for all rows and
+    ranges at once (the kernel's arithmetic); the greedy pick for the rows that do not sample."""
+    from kernels.head_argmax import skipping
+    from kernels.head_sample import TOP_K_MAX
+
+    B, K = h.shape[0], TOP_K_MAX
+    logits = F.linear(h, weight).float()  # (B, V), the model dtype's values
+    audio = logits[:, text_vocab:].view(B, audio_layers, audio_vocab)
+    pairs = zip(_top(audio, K), _top(logits[:, None, :text_vocab], K), strict=True)
+    values, ids = (torch.cat(pair, dim=1) for pair in pairs)  # (B, 8, K): audio, then text
+    temperature, top_p = rows.temperature[:, None, None], rows.top_p[:, None, None]
+    values = values / torch.where(temperature > 0, temperature, 1.0)  # <= 0: unscaled
+    j = torch.arange(K, device=h.device)
+    within = j < rows.top_k[:, None, None]
+    weights = torch.where(within, torch.exp(values - values[..., :1]), 0.0)
+    cumulative = weights.cumsum(-1)
+    bound = torch.where(top_p >= 1.0, float("inf"), top_p * cumulative[..., -1:])
+    keep = within & ((cumulative - weights < bound) | (j == 0))
+    kept = torch.where(keep, weights, 0.0).cumsum(-1)
+    u = uniforms_in_torch(rows.seeds, rows.positions, audio_layers + 1)  # (B, 8)
+    choice = (kept <= u[..., None] * kept[..., -1:]).sum(-1)
+    choice = torch.minimum(choice, keep.sum(-1) - 1)  # never past the kept ids
+    drawn = ids.gather(-1, choice[..., None])[..., 0]  # (B, 8)
+    picks = torch.where(rows.sampling[:, None], drawn, ids[..., 0])
+    text = torch.where(skipping(skip_text), tokens.PAD_T, picks[:, audio_layers])
+    return torch.cat((picks[:, :audio_layers], text[:, None]), dim=1)
 
 
 def main() -> None:
@@ -21,6 +105,7 @@ def main() -> None:
 
     dtype, C = common.DTYPES[args["dtype"]], common.RELEASED.n_embd
     weight = torch.randn(tokens.VOCAB_PADDED, C, device=device, dtype=dtype) * C**-0.5
+    compiled = torch.compile(draw_in_torch, dynamic=False)
     common.print_header()
     cases = []
     for B in (1, 2, *common.DECODE_BATCHES[1:]):
@@ -45,10 +130,15 @@ def main() -> None:
         def ref(h, weight, skip, rows=rows):
             return head_sample_ref(h, weight, skip, rows)
 
-        same = (kernel(h, weight, skip) == ref(h, weight, skip)).float().mean().item()
-        assert same > 0.9, f"only {same:.0%} of the draws agree with the reference"
+        def in_torch(h, weight, skip, rows=rows):
+            return compiled(h, weight, skip, rows)
+
+        want = ref(h, weight, skip)
+        for name, fn in (("kernel", kernel), ("torch.compile", in_torch)):
+            same = (fn(h, weight, skip) == want).float().mean().item()
+            assert same > 0.9, f"only {same:.0%} of the {name}'s draws agree with the reference"
         nbytes = (weight.shape[0] * C + B * C) * weight.element_size()
-        impls = {"triton": kernel, "greedy": greedy, "torch": ref}
+        impls = {"triton": kernel, "greedy": greedy, "torch": ref, "compiled": in_torch}
         cases.append(common.compare(f"B={B}", nbytes, impls, h, weight, skip, host_sync=("torch",)))
     common.write_results("head_sample", cases, args)
 

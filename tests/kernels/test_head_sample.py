@@ -112,3 +112,56 @@ def test_a_draw_changes_with_the_position_and_follows_the_greedy_when_top_k_is_1
     got = head_sample(h, w, skip, rows, None, text, audio, LAYERS, block_v=32)
     assert len({tuple(r) for r in got[:3].tolist()}) == 3
     assert torch.equal(got[3], head_argmax_ref(h[:1], w, None, text, audio, LAYERS)[0])
+
+
+# benchmarks/kernels/head_sample.py's torch.compile contender must draw what the kernel draws,
+# or its timing compares unlike work. It is plain torch: these run on a CPU without the
+# interpreter.
+TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_the_benchmark_s_torch_uniforms_are_the_host_s():
+    from benchmarks.kernels.head_sample import uniforms_in_torch
+
+    seeds = [0, 1, 7, -3, 2**40 + 5, 2**63 - 1, -(2**63)]
+    positions = [0, 5, 4095, 2**28, 2**40 + 3]
+    cases = [(s, p) for s in seeds for p in positions]
+    seed, position = (torch.tensor(c, device=TORCH_DEVICE) for c in zip(*cases, strict=True))
+    got = uniforms_in_torch(seed, position, LAYERS + 1)
+    want = torch.stack([uniforms(s, p, range(LAYERS + 1)) for s, p in cases])
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "integer", "text", "audio"),
+    [
+        (torch.float32, False, 300, 70),
+        (torch.bfloat16, True, 300, 70),  # exact bf16 logits with many ties: the lower id wins
+    ],
+)
+def test_the_benchmark_s_torch_draw_is_the_reference_s(dtype, integer, text, audio):
+    """draw_in_torch (all rows at once, no host sync) equals head_sample_ref (row by row on the
+    host), and torch.compile traces it whole: nothing in it waits for the host."""
+    from benchmarks.kernels.head_sample import draw_in_torch
+
+    B, C = 6, 40
+    h, w = make_case(B, C, text, audio, dtype, TORCH_DEVICE, integer, seed=text)
+    if not integer:
+        h = h * 0.3
+    rows = make_rows(TORCH_DEVICE, B, seed=5)
+    # the greedy rows with options that would draw widely: only `sampling` keeps them greedy
+    greedy_rows = ~rows.sampling
+    rows.top_k = torch.where(greedy_rows, TOP_K_MAX, rows.top_k)
+    rows.temperature = torch.where(greedy_rows, 2.0, rows.temperature)
+    rows.top_p = torch.where(greedy_rows, 1.0, rows.top_p)
+    skip = (
+        torch.tensor([False, False, True, False, True, False], device=TORCH_DEVICE),
+        torch.tensor([False, True, False, False, True, False], device=TORCH_DEVICE),
+    )
+    want = head_sample_ref(h, w, skip[0] | skip[1], rows, text, audio, LAYERS)
+    assert torch.equal(draw_in_torch(h, w, skip, rows, text, audio, LAYERS), want)
+    assert (want[rows.sampling] != head_argmax_ref(h, w, skip[0] | skip[1], text, audio, LAYERS)[
+        rows.sampling
+    ]).any()  # fmt: skip
+    traced = torch.compile(draw_in_torch, fullgraph=True, backend="eager", dynamic=False)
+    assert torch.equal(traced(h, w, skip, rows, text, audio, LAYERS), want)
