@@ -62,6 +62,11 @@ PROGRAMS_PER_SM = 2
 # projection's slice of K is 3 tiles at the released shapes anyway.
 SOFTMAX_SPLITS_STAGES = 2
 L2_LINE_BYTES = 128  # what one L2 prefetch brings in
+# Shared memory a program may take (cudaDevAttrMaxSharedMemoryPerBlockOptin, which Triton
+# checks each launch against), where the device cannot say: the H100's, as SMS_FALLBACK.
+SHARED_FALLBACK = 232448
+# Kept free of the pipeline's tiles: the reductions' and the epilogue's scratch.
+SHARED_RESERVE = 4096
 
 
 @dataclass(frozen=True)
@@ -315,6 +320,12 @@ def gemv(
     use_dot = M > FMA_MAX_ROWS if tiles.dot is None else tiles.dot
     block_m = triton.next_power_of_2(M)
     block_m = min(MAX_BLOCK_M, max(16, block_m)) if use_dot else min(FMA_MAX_ROWS, block_m)
+    # (M rows of x, and W's rows: both halves of fc_12 with SwiGLU) per BLOCK_K of the loop
+    row_bytes = (
+        block_m * parts.element_size()
+        + (2 if swiglu else 1) * tiles.block_n * weight.element_size()
+    )
+    stages = stages_that_fit(stages, row_bytes * tiles.block_k, weight.device)
     grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(M, block_m), splits)
     line = max(1, L2_LINE_BYTES // weight.element_size())  # W's elements a cache line holds
     g = norm.weight if norm is not None else weight
@@ -386,6 +397,31 @@ def programs_wanted(device: torch.device) -> int:
 def _sms(index: int) -> int:
     """SMs of CUDA device `index` (asked once: every launch without tiles needs it)."""
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def stages_that_fit(stages: int, stage_bytes: int, device: torch.device) -> int:
+    """At most `stages`, fewer where their tiles would not fit in a program's shared memory on
+    `device` (else Triton refuses the launch): the pipeline holds stages - 1 tiles of x and W in
+    shared memory, `stage_bytes` each. The products' tiles are sized for Hopper's 227 KB; an
+    RTX 30 or 40 GPU (sm_86, sm_89) gives a program 99 KB, and a small one picks the widest
+    tiles (choose_tiles: fewer SMs to fill). Not below 2 (one tile ahead of the loop) unless
+    `stages` is."""
+    fitting = (shared_limit(device) - SHARED_RESERVE) // stage_bytes + 1
+    return min(stages, max(2, fitting))
+
+
+def shared_limit(device: torch.device) -> int:
+    """Bytes of shared memory a program may take on `device` (SHARED_FALLBACK off CUDA)."""
+    if device.type != "cuda":
+        return SHARED_FALLBACK
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _shared_limit(index)
+
+
+@cache
+def _shared_limit(index: int) -> int:
+    properties = torch.cuda.get_device_properties(index)
+    return getattr(properties, "shared_memory_per_block_optin", SHARED_FALLBACK)
 
 
 def gemv_ref(

@@ -10,7 +10,8 @@ GPU does it, through realtime.kernel_step.compile_step_ahead and Triton's own JI
 stand-in driver that the GPU is an sm_90 one), and each of its launches is checked to find its
 kernel compiled. Run without TRITON_INTERPRET (test_compile.py starts it that way):
 
-    python -m tests.kernels.compile_check [--arch 90]
+    python -m tests.kernels.compile_check [--arch 90] [--sms 132] [--shared 232448]
+        [--parts kernel,step,pdl,ahead]
 """
 
 import argparse
@@ -205,7 +206,9 @@ def describe(kernel) -> str:
     regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
     ptx = kernel.asm["ptx"]
     wide = re.search(r"cp\.async\.c[ag]\.shared\.global[^;]*, 0x10", ptx)
-    return f"regs={regs} stack={stack} cp16={'yes' if wide else 'no'} {dependent_launch(ptx)}"
+    shared = kernel.metadata.shared  # bytes of shared memory a program needs
+    copies = f"cp16={'yes' if wide else 'no'}"
+    return f"regs={regs} stack={stack} shared={shared} {copies} {dependent_launch(ptx)}"
 
 
 def dependent_launch(ptx: str) -> str:
@@ -269,20 +272,48 @@ def check_compile_ahead(dtype: torch.dtype, arch: int, pdl: bool = False) -> str
     return f"variants={sum(variants)} distinct={unique} compiled_at_launch={len(misses)}"
 
 
+PARTS = ("kernel", "step", "pdl", "ahead")
+PDL_ARCH = 90  # programmatic dependent launches: sm_90 and later (KernelStep refuses them below)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS),
+        help="what to compile: kernel (each launcher alone), step (the decode step), pdl (the"
+        " step as programmatic dependents, sm_90 and later), ahead (compile_step_ahead)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sms", type=int, default=None,
+        help="the GPU's SM count, which sizes the launches (default: kernels/gemv.py's"
+        " SMS_FALLBACK, an H100's); fewer SMs give wider products' tiles",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shared", type=int, default=None,
+        help="bytes of shared memory the GPU gives a program, which bounds the products'"
+        " pipelines (default: kernels/gemv.py's SHARED_FALLBACK, an H100's)",
+    )  # fmt: skip
     args = parser.parse_args()
+    gemv = importlib.import_module("kernels.gemv")  # what it takes where no GPU can be asked:
+    if args.sms is not None:
+        gemv.SMS_FALLBACK = args.sms
+    if args.shared is not None:
+        gemv.SHARED_FALLBACK = args.shared
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "unset TRITON_INTERPRET to compile"
+    pdl_too = args.arch >= PDL_ARCH
     failed = 0
     both = (torch.bfloat16, torch.float32)
     runners = (  # the step launched as programmatic dependents: in the GPU engine's dtype
         ("kernel", run_launchers, both),
         ("step", run_step, both),
-        ("pdl", partial(run_step, pdl=True), (torch.bfloat16,)),
+        ("pdl", partial(run_step, pdl=True), (torch.bfloat16,) if pdl_too else ()),
     )
     for what, runner, dtypes in runners:
-        for dtype in dtypes:
+        for dtype in dtypes if what in parts else ():
             launches = capture_launches(lambda dtype=dtype, runner=runner: runner(dtype))
             for fn, kernel_args, options in distinct(launches):
                 try:
@@ -291,7 +322,9 @@ def main() -> None:
                 except Exception as exc:  # report every kernel, then fail
                     failed += 1
                     print(f"FAILED {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__}: {exc}")
-    for pdl in (False, True):
+    for pdl in (False, True) if "ahead" in parts else ():
+        if pdl and not pdl_too:
+            continue
         facts = check_compile_ahead(torch.bfloat16, args.arch, pdl)
         print(f"{'skip' if facts.startswith('skipped') else 'ok'} ahead{'+pdl' if pdl else ''} "
               f"sm_{args.arch} torch.bfloat16 step {facts}")  # fmt: skip

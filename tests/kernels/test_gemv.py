@@ -204,3 +204,20 @@ def test_released_shapes_on_gpu():
         down = randn(896, 4864, dtype=dtype, device=dev, seed=4, scale=4864**-0.5)
         split = split_for(4864, 896, h.device)
         close(gemv(h, down, split_k=split)[0], gemv_ref(h, down, split_k=split)[0], dtype)
+
+
+def test_the_pipeline_keeps_to_the_gpu_s_shared_memory(monkeypatch):
+    """stages_that_fit: a product's stages - 1 tiles in flight fit a program's shared memory
+    (less a reserve), and never fewer than 2 stages. The widest fp32 SwiGLU tile (64 rows of x,
+    2 x 64 of W, 64 wide: 48 KiB a stage) keeps its 4 stages in an H100's 227 KiB and gets 2 in
+    an RTX 40's 99 KiB."""
+    from kernels import gemv as module
+
+    cpu = torch.device("cpu")
+    stage = (64 * 4 + 2 * 64 * 4) * 64
+    assert module.stages_that_fit(4, stage, cpu) == 4  # SHARED_FALLBACK: an H100's
+    monkeypatch.setattr(module, "SHARED_FALLBACK", 101376)
+    assert module.stages_that_fit(4, stage, cpu) == 2
+    assert module.stages_that_fit(4, 40960, cpu) == 3  # 2 tiles of 40 KiB and the reserve
+    assert module.stages_that_fit(4, 10**6, cpu) == 2
+    assert module.stages_that_fit(1, stage, cpu) == 1  # never more than asked
