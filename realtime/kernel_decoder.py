@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from triton.errors import TritonError
 
 from kernels.triton_support import interpreting, supports_dependent_launches
 from realtime import tokens
@@ -64,8 +65,9 @@ def fastest_steps(
     one), timed in rounds (the first one kind after another, the others interleaved), the best
     round counting.
 
-    A step that fails to capture or run here (say, launched as programmatic dependents on a
-    driver that cannot capture those) is left out with a warning; the first must run."""
+    A step that fails to compile, capture or run here (launched as programmatic dependents on
+    a driver that cannot capture those, say, or a kernel that needs more shared memory than
+    this GPU gives it) is left out with a warning; the first must run."""
     first = steps[0]
     position = min(TIMING_CONTEXT, first.cache.max_seq - 1)
     first.positions.fill_(position), first.no_text.fill_(False)
@@ -75,7 +77,7 @@ def fastest_steps(
             try:
                 mine = {(size, i): step_timer(step, size, graphed) for size in sizes}
                 best |= {key: timer() for key, timer in mine.items()}  # the first round
-            except RuntimeError as exc:
+            except (RuntimeError, TritonError) as exc:  # (Triton's own: not RuntimeErrors)
                 if i == 0:
                     raise
                 log.warning("the %s step failed here, so it is not timed: %s", step.kind, exc)
@@ -165,8 +167,8 @@ class KernelDecoder:
         steps += [KernelStep(lm, cache, max_rows, pad_slot, *kind, buffers=self.step)
                   for kind in kinds[1:]]  # fmt: skip
         cuda = cache.k.is_cuda
-        if cuda:
-            compile_step_ahead(steps, self.sizes)
+        if cuda:  # (with several kinds, one that fails to compile is left out as it is timed)
+            compile_step_ahead(steps, self.sizes, ignore_errors=len(steps) > 1)
         self.graphs: StepGraphs | None = None
         self.step_for = self._choose(steps, graphs and cuda)
         if len(steps) > 1:

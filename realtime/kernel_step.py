@@ -358,12 +358,15 @@ def every_variant(step: KernelStep, sizes: list[int]) -> None:
             step.forward(size, drawing)
 
 
-def compile_step_ahead(steps: list[KernelStep], sizes: list[int]) -> int:
+def compile_step_ahead(
+    steps: list[KernelStep], sizes: list[int], ignore_errors: bool = False
+) -> int:
     """Compile every kernel variant of `steps` at `sizes` (greedy and drawing) not compiled
     yet, many at once (kernels/triton_support.compile_ahead), and log how long it took -> how
     many there were. At a first start on a GPU they compile in seconds instead of one at a time
     at the first launches (half a second or more each); later starts find them in Triton's
-    cache on disk."""
+    cache on disk. `ignore_errors`: a variant that fails to compile is left to fail at its
+    first launch, not here."""
 
     def every_step():
         for step in steps:
@@ -371,7 +374,7 @@ def compile_step_ahead(steps: list[KernelStep], sizes: list[int]) -> int:
 
     began = time.perf_counter()
     with torch.inference_mode():
-        variants = compile_ahead(every_step)
+        variants = compile_ahead(every_step, ignore_errors=ignore_errors)
     if variants:
         log.info(
             "the decode step's %d kernel variants compiled (or found in Triton's cache) in %.1f s",
