@@ -276,7 +276,7 @@ PARTS = ("kernel", "step", "pdl", "ahead")
 PDL_ARCH = 90  # programmatic dependent launches: sm_90 and later (KernelStep refuses them below)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, 90: H100")
     parser.add_argument(
@@ -295,14 +295,19 @@ def main() -> None:
         " pipelines (default: kernels/gemv.py's SHARED_FALLBACK, an H100's)",
     )  # fmt: skip
     args = parser.parse_args()
-    gemv = importlib.import_module("kernels.gemv")  # what it takes where no GPU can be asked:
+    args.parts = args.parts.split(",")
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    gemv = importlib.import_module("kernels.gemv")  # its stand-ins for what a GPU would say
     if args.sms is not None:
         gemv.SMS_FALLBACK = args.sms
     if args.shared is not None:
         gemv.SHARED_FALLBACK = args.shared
-    parts = args.parts.split(",")
-    if unknown := set(parts) - set(PARTS):
-        parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "unset TRITON_INTERPRET to compile"
     pdl_too = args.arch >= PDL_ARCH
     failed = 0
@@ -313,7 +318,7 @@ def main() -> None:
         ("pdl", partial(run_step, pdl=True), (torch.bfloat16,) if pdl_too else ()),
     )
     for what, runner, dtypes in runners:
-        for dtype in dtypes if what in parts else ():
+        for dtype in dtypes if what in args.parts else ():
             launches = capture_launches(lambda dtype=dtype, runner=runner: runner(dtype))
             for fn, kernel_args, options in distinct(launches):
                 try:
@@ -322,7 +327,7 @@ def main() -> None:
                 except Exception as exc:  # report every kernel, then fail
                     failed += 1
                     print(f"FAILED {what:6} sm_{args.arch} {str(dtype):16} {fn.__name__}: {exc}")
-    for pdl in (False, True) if "ahead" in parts else ():
+    for pdl in (False, True) if "ahead" in args.parts else ():
         if pdl and not pdl_too:
             continue
         facts = check_compile_ahead(torch.bfloat16, args.arch, pdl)
