@@ -19,14 +19,15 @@ probability stays within 1 - top_p) and samples them in proportion to their prob
 """
 
 import math
+from functools import partial
 
-import numpy as np
 import torch
 
 from realtime.config import DecodingOptions
 
 UNIFORM_BITS = 24  # a uniform is a multiple of 2^-24: exact in fp32 on the host and the device
-_MASK32 = np.uint64(0xFFFFFFFF)
+_MASK32 = 0xFFFFFFFF
+_SEED_MIX = 0x9E3779B9
 
 
 def is_greedy(opts: DecodingOptions) -> bool:
@@ -44,26 +45,43 @@ def check_decoding(opts: DecodingOptions) -> None:
         raise ValueError(f"top_p must be a finite number, got {opts.top_p}")
 
 
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer on uint64 arrays holding 32-bit values."""
-    h = h ^ (h >> np.uint64(16))
-    h = (h * np.uint64(0x85EBCA6B)) & _MASK32
-    h = h ^ (h >> np.uint64(13))
-    h = (h * np.uint64(0xC2B2AE35)) & _MASK32
-    return h ^ (h >> np.uint64(16))
+def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
+    """(h * c) mod 2^32 for int64 tensors holding uint32 values, c in halves so that no product
+    leaves int64 (an int64 overflow is undefined in the C++ that runs torch's ops)."""
+    low = h * (c & 0xFFFF)
+    high = ((h * (c >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finalizer on int64 tensors holding uint32 values."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def counter_uniforms(
+    seeds: torch.Tensor, positions: torch.Tensor, streams: torch.Tensor
+) -> torch.Tensor:
+    """The uniforms in [0, 1) of requests with `seeds` sampling at cache `positions` in
+    `streams` (0..6 audio layers, 7 text): int64 tensors, broadcast together -> fp32. Torch ops
+    alone, on any device and without a host sync (kernels/head_sample.py hashes the same inside
+    its kernel)."""
+    seed_lo, seed_hi = seeds & _MASK32, (seeds >> 32) & _MASK32  # int64's two's complement halves
+    key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ _SEED_MIX))
+    counter = (positions * 8 + streams) & _MASK32
+    h = _fmix32(_fmix32((_mul32(counter, _SEED_MIX) + key) & _MASK32) ^ key)
+    return (h >> (32 - UNIFORM_BITS)).float() * 2.0**-UNIFORM_BITS
 
 
 def uniforms(seed: int, position: int, streams) -> torch.Tensor:
-    """The uniforms in [0, 1) of a request with `seed` sampling at cache `position`, one per
-    stream in `streams` (0..6 audio layers, 7 text): fp32 (len(streams),)."""
-    seed &= 2**64 - 1  # negative seeds wrap, as the device's int64 -> uint32 halves do
-    seed_lo, seed_hi = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
-    key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ np.uint64(0x9E3779B9)))
-    counter = (np.uint64(position) * np.uint64(8) + np.asarray(streams, np.uint64)) & _MASK32
-    h = _fmix32((counter * np.uint64(0x9E3779B9) + key) & _MASK32)
-    h = _fmix32(h ^ key)
-    u = (h >> np.uint64(32 - UNIFORM_BITS)).astype(np.float32) * np.float32(2.0**-UNIFORM_BITS)
-    return torch.from_numpy(u)
+    """The uniforms of a request with `seed` sampling at cache `position`, one per stream in
+    `streams`: fp32 (len(streams),)."""
+    seed = (seed + 2**63) % 2**64 - 2**63  # any int as the int64 it wraps to, as the device has it
+    as_long = partial(torch.tensor, dtype=torch.long)
+    return counter_uniforms(as_long(seed), as_long(position), as_long(list(streams)))
 
 
 def sample(logits: torch.Tensor, opts: DecodingOptions, position: int, stream: int):

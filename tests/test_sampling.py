@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from realtime.config import DecodingOptions
-from realtime.sampling import UNIFORM_BITS, check_decoding, sample, uniforms
+from realtime.sampling import UNIFORM_BITS, check_decoding, counter_uniforms, sample, uniforms
 
 
 def reference_probs(logits: torch.Tensor, opts: DecodingOptions) -> torch.Tensor:
@@ -37,6 +37,18 @@ def test_uniforms_are_deterministic_in_range_and_distinct_per_key():
     assert not torch.equal(u, uniforms(8, 100, range(8)))
     assert not torch.equal(u, uniforms(7, 101, range(8)))
     assert torch.equal(uniforms(-3, 5, [1]), uniforms(2**64 - 3, 5, [1]))  # seeds wrap
+
+
+def test_many_rows_uniforms_at_once_are_each_row_s():
+    """counter_uniforms over (rows, streams) broadcast, as the benchmark's device draw takes
+    them, equals each request's own uniforms (seeds at int64's ends included)."""
+    seeds = [0, 1, -3, 2**40 + 5, 2**63 - 1, -(2**63)]
+    positions = [0, 5, 4095, 2**28, 2**40 + 3, 7]
+    got = counter_uniforms(
+        torch.tensor(seeds)[:, None], torch.tensor(positions)[:, None], torch.arange(8)
+    )
+    want = torch.stack([uniforms(s, p, range(8)) for s, p in zip(seeds, positions, strict=True)])
+    assert torch.equal(got, want)
 
 
 def test_uniforms_over_positions_look_uniform():

@@ -14,37 +14,7 @@ import torch.nn.functional as F
 
 from benchmarks.kernels import common
 from realtime import tokens
-from realtime.sampling import UNIFORM_BITS
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
-    """(h * c) mod 2^32 for int64 tensors holding uint32 values, in halves of c so that no
-    product leaves int64 (torch's int64 products would overflow, which is undefined in C++)."""
-    low = h * (c & 0xFFFF)
-    high = ((h * (c >> 16)) & 0xFFFF) << 16
-    return (low + high) & _MASK32
-
-
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finalizer on int64 tensors holding uint32 values."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def uniforms_in_torch(seeds: torch.Tensor, positions: torch.Tensor, streams: int) -> torch.Tensor:
-    """realtime.sampling.uniforms for every row at once: seeds, positions (B,) int64 -> fp32
-    (B, streams), row b's for streams 0..streams-1."""
-    seed_lo, seed_hi = seeds & _MASK32, (seeds >> 32) & _MASK32
-    key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ 0x9E3779B9))[:, None]  # (B, 1)
-    stream = torch.arange(streams, device=seeds.device)
-    counter = (positions[:, None] * 8 + stream) & _MASK32  # (B, streams)
-    h = _fmix32(_fmix32((_mul32(counter, 0x9E3779B9) + key) & _MASK32) ^ key)
-    return (h >> (32 - UNIFORM_BITS)).float() * 2.0**-UNIFORM_BITS
+from realtime.sampling import counter_uniforms
 
 
 def _top(ranges: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +58,8 @@ def draw_in_torch(
     bound = torch.where(top_p >= 1.0, float("inf"), top_p * cumulative[..., -1:])
     keep = within & ((cumulative - weights < bound) | (j == 0))
     kept = torch.where(keep, weights, 0.0).cumsum(-1)
-    u = uniforms_in_torch(rows.seeds, rows.positions, audio_layers + 1)  # (B, 8)
+    streams = torch.arange(audio_layers + 1, device=h.device)
+    u = counter_uniforms(rows.seeds[:, None], rows.positions[:, None], streams)  # (B, 8)
     choice = (kept <= u[..., None] * kept[..., -1:]).sum(-1)
     choice = torch.minimum(choice, keep.sum(-1) - 1)  # never past the kept ids
     drawn = ids.gather(-1, choice[..., None])[..., 0]  # (B, 8)
