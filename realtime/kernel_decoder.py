@@ -169,8 +169,7 @@ class KernelDecoder:
         cuda = cache.k.is_cuda
         if cuda:  # (with several kinds, one that fails to compile is left out as it is timed)
             compile_step_ahead(steps, self.sizes, ignore_errors=len(steps) > 1)
-        self.graphs: StepGraphs | None = None
-        self.step_for = self._choose(steps, graphs and cuda)
+        self.step_for, self.graphs = self._choose(steps, graphs and cuda)
         if len(steps) > 1:
             log.info("the decode step's products by batch size: %s", self.products)
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
@@ -189,17 +188,18 @@ class KernelDecoder:
         # monitoring)
         self.loads = self.taken = self.dropped = 0
 
-    def _choose(self, steps: list[KernelStep], graphed: bool) -> dict[int, KernelStep]:
-        """Each bucket's step (with several, the one that runs it fastest on this device),
-        captured in graphs if `graphed`."""
+    def _choose(
+        self, steps: list[KernelStep], graphed: bool
+    ) -> tuple[dict[int, KernelStep], StepGraphs | None]:
+        """Each bucket's step (with several, the one that runs it fastest on this device), and
+        their graphs if `graphed`."""
         try:
             with torch.inference_mode():
                 step_for = (
                     fastest_steps(steps, self.sizes, graphed) if len(steps) > 1
                     else dict.fromkeys(self.sizes, self.step)
                 )  # fmt: skip
-                if graphed:
-                    self.graphs = StepGraphs(step_for)
+                return step_for, StepGraphs(step_for) if graphed else None
         except RuntimeError as exc:
             # (with "auto", those that fail were left out while they were timed)
             if not (self.step.pdl and self.step.cache.k.is_cuda):
@@ -209,7 +209,6 @@ class KernelDecoder:
                 " run without pdl (realtime serve without --pdl), or let --step-products auto"
                 " time what runs here"
             ) from exc
-        return step_for
 
     @property
     def products(self) -> str:

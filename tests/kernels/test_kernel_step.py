@@ -269,7 +269,8 @@ def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, 
     from triton.runtime.errors import OutOfResources
 
     kinds = kernel_decoder.step_kinds(torch.device(device))
-    failing = {"fused"}  # as they first run; every pdl kind as it is captured
+    # kind -> what it raises as it first runs; every pdl kind fails as it is captured
+    failing = {"fused": OutOfResources(147456, 101376, "shared memory")}
     timed = []
 
     def timer(step, size, graphed):
@@ -277,10 +278,8 @@ def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, 
             raise RuntimeError("operation not permitted when stream is capturing")
 
         def ms():
-            if step.kind == "fused" and "fused" in failing:
-                raise OutOfResources(147456, 101376, "shared memory")
             if step.kind in failing:
-                raise RuntimeError("Triton Error [CUDA]: operation not supported")
+                raise failing[step.kind]
             timed.append((step.kind, size))
             return 1.0
 
@@ -299,7 +298,7 @@ def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, 
     assert warned.count("failed here") == len(kinds) - 1
     assert not decoder.step.positions.any() and decoder.step.no_text.all()
 
-    failing.add("cublas")
+    failing["cublas"] = RuntimeError("Triton Error [CUDA]: operation not supported")
     with pytest.raises(RuntimeError, match="not supported"):
         KernelDecoder(lm, lm.new_cache(3, max_seq=64), 2, pad_slot=2, products="auto")
 
