@@ -316,16 +316,7 @@ def gemv(
     out_dtype = torch.float32 if split_k > 1 else dtype
     y = torch.empty(splits, M, N, device=weight.device, dtype=out_dtype)
     s, r, write_s = _residual_out(parts, norm, dtype)
-    stages = tiles.num_stages if key_splits == 0 else min(tiles.num_stages, SOFTMAX_SPLITS_STAGES)
-    use_dot = M > FMA_MAX_ROWS if tiles.dot is None else tiles.dot
-    block_m = triton.next_power_of_2(M)
-    block_m = min(MAX_BLOCK_M, max(16, block_m)) if use_dot else min(FMA_MAX_ROWS, block_m)
-    # (M rows of x, and W's rows: both halves of fc_12 with SwiGLU) per BLOCK_K of the loop
-    row_bytes = (
-        block_m * parts.element_size()
-        + (2 if swiglu else 1) * tiles.block_n * weight.element_size()
-    )
-    stages = stages_that_fit(stages, row_bytes * tiles.block_k, weight.device)
+    use_dot, block_m, stages = launch_shape(x, weight, swiglu, tiles)
     grid = (triton.cdiv(N, tiles.block_n), triton.cdiv(M, block_m), splits)
     line = max(1, L2_LINE_BYTES // weight.element_size())  # W's elements a cache line holds
     g = norm.weight if norm is not None else weight
@@ -347,6 +338,25 @@ def gemv(
     )  # fmt: skip
     out = SplitSums(y, dtype) if split_k > 1 else y[0]
     return out, (s if norm is not None else None)
+
+
+def launch_shape(
+    x: torch.Tensor | SplitSums | SoftmaxSplits, weight: torch.Tensor, swiglu: bool, tiles: Tiles
+) -> tuple[bool, int, int]:
+    """(tl.dot or FMAs, BLOCK_M, pipeline stages) of gemv's launch for these operands: the
+    stages asked for by `tiles`, at most SOFTMAX_SPLITS_STAGES over an attention's splits, and
+    as many as fit the device's shared memory (stages_that_fit)."""
+    stages, M = tiles.num_stages, x.shape[0]
+    if isinstance(x, SoftmaxSplits):
+        stages, x_bytes = min(stages, SOFTMAX_SPLITS_STAGES), x.out.element_size()
+    else:
+        x_bytes = (x.parts if isinstance(x, SplitSums) else x).element_size()
+    use_dot = M > FMA_MAX_ROWS if tiles.dot is None else tiles.dot
+    block_m = triton.next_power_of_2(M)
+    block_m = min(MAX_BLOCK_M, max(16, block_m)) if use_dot else min(FMA_MAX_ROWS, block_m)
+    # (M rows of x, and W's rows: both halves of fc_12 with SwiGLU) per BLOCK_K of the loop
+    row_bytes = block_m * x_bytes + (2 if swiglu else 1) * tiles.block_n * weight.element_size()
+    return use_dot, block_m, stages_that_fit(stages, row_bytes * tiles.block_k, weight.device)
 
 
 def _residual_out(parts: torch.Tensor, norm: Norm | None, dtype: torch.dtype):

@@ -20,9 +20,11 @@ Bytes are the weight's plus the activations read and written once.
 
 --sweep also times each case (from its CUDA graph) over launch shapes (BLOCK_N, BLOCK_K, warps,
 pipeline stages, tl.dot or FMAs; for the split products also the number of slices; the
-default shape also with W's lines asked of L2 before the loop, as with PDL), all of
-them compiled first on a thread per core, and prints the five fastest: what to set
-kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM) from.
+default shape also with W's lines asked of L2 before the loop, as with PDL), all of them
+compiled first on a thread per core, and prints the five fastest: what to set
+kernels/gemv.py's defaults (Tiles, FMA_MAX_ROWS, PROGRAMS_PER_SM) from. Each result keeps the
+stages it asked for (num_stages) and those it ran with (stages_run: fewer on a GPU whose shared
+memory cannot hold them); the printout shows the latter.
 """
 
 import contextlib
@@ -121,7 +123,7 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
     """Every launch shape for one case, fastest first."""
     import triton.testing
 
-    from kernels.gemv import Tiles, gemv
+    from kernels.gemv import Tiles, gemv, launch_shape
     from kernels.triton_support import compile_ahead
 
     split = kwargs.get("split_k")
@@ -149,12 +151,14 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
         except Exception as exc:  # a shape the compiler refuses (e.g. out of shared memory)
             print(f"  {name} {tiles} split {split_k}: {type(exc).__name__}")
             continue
-        results.append({**tiles.__dict__, "split_k": split_k, "graph_us": us,
-                        "GB_per_s": nbytes / us / 1e3})  # fmt: skip
+        # the stages it ran with: fewer than asked where they would not fit in shared memory
+        ran = launch_shape(args["x"], args["weight"], args.get("swiglu", False), tiles)[2]
+        results.append({**tiles.__dict__, "stages_run": ran, "split_k": split_k,
+                        "graph_us": us, "GB_per_s": nbytes / us / 1e3})  # fmt: skip
     results.sort(key=lambda r: r["graph_us"])
     for r in results[:5]:
         print(f"  {name:>10} {r['graph_us']:7.2f} us {r['GB_per_s']:6.0f} GB/s  "
-              f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} s{r['num_stages']} "
+              f"n{r['block_n']} k{r['block_k']} w{r['num_warps']} s{r['stages_run']} "
               f"dot {r['dot']} prefetch {r['prefetch']} "
               f"split {r['split_k']}")  # fmt: skip
     return results

@@ -221,3 +221,27 @@ def test_the_pipeline_keeps_to_the_gpu_s_shared_memory(monkeypatch):
     assert module.stages_that_fit(4, 40960, cpu) == 3  # 2 tiles of 40 KiB and the reserve
     assert module.stages_that_fit(4, 10**6, cpu) == 2
     assert module.stages_that_fit(1, stage, cpu) == 1  # never more than asked
+
+
+def test_launch_shape(monkeypatch):
+    """launch_shape, which gemv launches with and the sweep reports: FMAs up to FMA_MAX_ROWS
+    rows, tl.dot with at least 16 rows above; at most SOFTMAX_SPLITS_STAGES stages over an
+    attention's splits; and the stages that fit, here fp32 SwiGLU at 64 rows and wide tiles on
+    an RTX 40's 99 KiB."""
+    from kernels import gemv as module
+
+    def zeros(*shape):
+        return torch.zeros(shape)
+
+    wide = Tiles(block_n=64, block_k=64, num_stages=4)
+    fc_12 = zeros(2 * 64, 32)
+    assert module.launch_shape(zeros(3, 32), fc_12, True, wide) == (False, 4, 4)
+    assert module.launch_shape(zeros(5, 32), fc_12, True, wide) == (True, 16, 4)
+    assert module.launch_shape(zeros(64, 32), fc_12, True, Tiles(dot=False))[:2] == (False, 4)
+    splits = SoftmaxSplits(zeros(2, 2, 4, 16), zeros(2, 2, 4), torch.float32)
+    assert module.launch_shape(splits, zeros(32, 32), False, wide) == (False, 2, 2)
+    assert module.launch_shape(SplitSums(zeros(3, 64, 32), torch.float32), fc_12, True, wide) == (
+        True, 64, 4)  # fmt: skip
+    monkeypatch.setattr(module, "SHARED_FALLBACK", 101376)
+    assert module.launch_shape(zeros(64, 32), fc_12, True, wide) == (True, 64, 2)
+    assert module.launch_shape(zeros(64, 32), zeros(64, 32), False, wide) == (True, 64, 3)
