@@ -51,8 +51,8 @@ def step_kinds(device: torch.device) -> list[tuple[str, bool]]:
     return [(p, d) for d in ([False, True] if dependents else [False]) for p in STEP_PRODUCTS]
 
 
-# While the steps are timed against each other, each padding row attends over this many
-# positions of the padding slot and needs the text head, as a row of a conversation does.
+# While the steps are timed against each other, each row attends over this many positions of
+# a cache slot of its own and needs the text head, as a row of a conversation does.
 TIMING_CONTEXT = 256
 TIMING_ROUNDS, TIMING_REPLAYS = 3, 10
 
@@ -67,10 +67,17 @@ def fastest_steps(
 
     A step that fails to compile, capture or run here (launched as programmatic dependents on
     a driver that cannot capture those, say, or a kernel that needs more shared memory than
-    this GPU gives it) is left out with a warning; the first must run."""
+    this GPU gives it) is left out with a warning; the first must run.
+
+    The timed rows write keys and values at TIMING_CONTEXT of the cache's slots 0, 1, ...:
+    time the steps before any request holds a slot (KernelDecoder does, as it is built)."""
     first = steps[0]
     position = min(TIMING_CONTEXT, first.cache.max_seq - 1)
     first.positions.fill_(position), first.no_text.fill_(False)
+    # each row its own slot, as in a batch of requests: all on one, a large batch's keys and
+    # values would be one row's few MB, read from L2 instead of HBM
+    rows = torch.arange(first.max_rows, device=first.slots.device)
+    first.slots.copy_(rows % first.cache.slots)
     timers, best, kept = {}, {}, []  # kept: the indices of the steps that ran
     try:
         for i, step in enumerate(steps):
@@ -87,8 +94,8 @@ def fastest_steps(
         for _ in range(TIMING_ROUNDS - 1):
             for key, timer in timers.items():
                 best[key] = min(best[key], timer())
-    finally:  # back to padding rows at position 0 that skip the text
-        first.positions.zero_(), first.no_text.fill_(True)
+    finally:  # back to padding rows on the pad slot at position 0 that skip the text
+        first.positions.zero_(), first.no_text.fill_(True), first.slots.fill_(first.pad_slot)
     return {size: steps[min(kept, key=lambda i: best[size, i])] for size in sizes}
 
 
@@ -142,6 +149,9 @@ class KernelDecoder:
     ids into them. When the next call names the same requests, each exactly one step further
     and all drawn on the device, the device has already fed their ids back and nothing is
     loaded; with `run_ahead` (the default on CUDA) `decode` has even launched that step already.
+
+    With products="auto" it is built over a cache that no request holds yet: the steps are
+    timed on its slots (fastest_steps).
     """
 
     def __init__(

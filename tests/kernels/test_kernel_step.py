@@ -217,7 +217,7 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
 
         def ms():
             timed.append((step.products, step.pdl, size, int(step.positions[0]),
-                          bool(step.no_text[0])))  # fmt: skip
+                          bool(step.no_text[0]), step.slots.tolist()))  # fmt: skip
             return 1.0 if (step.products, step.pdl, size) in fastest else 2.0
 
         return ms
@@ -235,8 +235,10 @@ def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, mo
     assert {(products, pdl, size) for products, pdl, size, *_ in timed} == {
         (*kind, size) for kind in kinds for size in (1, 2)
     }
-    assert all(at == 63 and not skip for *_, at, skip in timed)  # (the cache's last position)
-    assert not decoder.step.positions.any() and decoder.step.no_text.all()
+    # (at the cache's last position, each row on a slot of its own)
+    assert all(at == 63 and not skip and slots == [0, 1] for *_, at, skip, slots in timed)
+    step = decoder.step
+    assert not step.positions.any() and step.no_text.all() and (step.slots == 2).all()
     with pytest.raises(ValueError, match="with and without pdl itself"):
         KernelDecoder(lm, cache, 2, pad_slot=2, products="auto", pdl=True)
 
