@@ -42,6 +42,23 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run our kernels beside this numpy, or None (also when
+    not interpreting): before 3.7 it turns one-element arrays into ints, which numpy 2.4
+    refuses, so a kernel whose loop runs to a loaded bound fails deep inside with "only
+    0-dimensional arrays can be converted to Python scalars" (triton-lang/triton#9171)."""
+    import numpy
+    from torch.torch_version import TorchVersion  # (a version that compares as one)
+
+    old_triton = TorchVersion(triton.__version__) < "3.7"
+    if interpreting() and old_triton and TorchVersion(numpy.__version__) >= "2.4":
+        return (
+            f"Triton {triton.__version__}'s interpreter cannot run with numpy {numpy.__version__}"
+            ": install numpy<2.4 or triton>=3.7 to run the kernels on a CPU"
+        )
+    return None
+
+
 def runs_kernel(*tensors: torch.Tensor) -> bool:
     """Whether a launcher given these tensors runs its Triton kernel (else its torch reference)."""
     if torch_only():

@@ -53,6 +53,7 @@ from kernels.swiglu import swiglu
 from kernels.triton_support import (
     compile_ahead,
     dependent_launches,
+    interpreter_problem,
     interpreting,
     supports_dependent_launches,
 )
@@ -128,6 +129,8 @@ class KernelStep:
             raise ValueError("the kernel step needs fp32 RoPE tables, as load_lm builds them")
         if products not in STEP_PRODUCTS:
             raise ValueError(f"products must be one of {STEP_PRODUCTS}, not {products!r}")
+        if problem := interpreter_problem():
+            raise RuntimeError(problem)
         if pdl and cache.k.is_cuda and not supports_dependent_launches(cache.k.device):
             raise ValueError("programmatic dependent launches (pdl) need a GPU of sm_90 or later")
         self.lm, self.cache, self.max_rows, self.pad_slot = lm, cache, max_rows, pad_slot

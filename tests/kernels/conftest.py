@@ -17,37 +17,18 @@ if not torch.cuda.is_available():
 BF16_ULP = 2**-7
 
 
-def interpreter_mismatch() -> str | None:
-    """Why Triton's interpreter cannot run the kernels beside this numpy, or None: before 3.7 it
-    turns one-element arrays into ints, which numpy 2.4 refuses ("only 0-dimensional arrays can
-    be converted to Python scalars", from deep inside a kernel)."""
-    import numpy
-    import triton
-    from packaging.version import Version
-
-    from kernels.triton_support import interpreting
-
-    old_triton = Version(triton.__version__).release < (3, 7)
-    if interpreting() and old_triton and Version(numpy.__version__).release >= (2, 4):
-        return (
-            f"Triton {triton.__version__}'s interpreter cannot run with numpy {numpy.__version__}"
-            ": install numpy<2.4 or triton>=3.7 to run the kernel tests on a CPU"
-        )
-    return None
-
-
 @pytest.fixture
 def device() -> str:
     """Where the kernel tests put their tensors; skips when the launchers would not run
     their kernels (REALTIME_TORCH_ONLY set)."""
     pytest.importorskip("triton")
-    from kernels.triton_support import runs_kernel
+    from kernels.triton_support import interpreter_problem, runs_kernel
 
     name = "cuda" if torch.cuda.is_available() else "cpu"
     if not runs_kernel(torch.empty(0, device=name)):
         pytest.skip("the Triton kernels are switched off here")
-    if mismatch := interpreter_mismatch():
-        pytest.fail(mismatch, pytrace=False)
+    if problem := interpreter_problem():
+        pytest.fail(problem, pytrace=False)
     return name
 
 
