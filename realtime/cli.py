@@ -81,7 +81,12 @@ def _add_init_random(p: argparse.ArgumentParser) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model directory or hub name")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (the default): cuda where torch sees a CUDA GPU, else cpu",
+    )
     p.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
@@ -187,9 +192,12 @@ def _decoding_options(args: argparse.Namespace) -> DecodingOptions:
 
 
 def _set_up_device(args: argparse.Namespace) -> None:
-    """Refuse a missing GPU; apply --threads (our C kernels share torch's OpenMP threads)."""
+    """Settle --device auto, refuse a missing GPU; apply --threads (our C kernels share torch's
+    OpenMP threads)."""
     import torch
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but no CUDA GPU is available (use --device cpu)")
     if args.threads is not None:
@@ -234,7 +242,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiortc", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    print(f"realtime: loading {args.model} ...", file=sys.stderr, flush=True)
+    print(f"realtime: loading {args.model} on {args.device} ...", file=sys.stderr, flush=True)
     runtime = Runtime.load(args.model, args.device, DTYPES[args.dtype], offline=args.offline)
 
     def ready(url: str) -> None:

@@ -266,3 +266,24 @@ def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
     monkeypatch.setattr(kernel_decoder, "step_timer", timer)
     engine = Engine(runtime, EngineOptions(max_sessions=1, kernels=True, step_products="auto"))
     assert "products timed: cublas at 1 rows; fused at 2 rows" in engine.decode_path
+
+
+def test_device_auto_takes_the_gpu_where_there_is_one(monkeypatch):
+    """--device defaults to auto: cuda where torch sees a GPU, else cpu; cuda without one is a
+    clear error (the "no cuda" case above), and cpu stays cpu either way."""
+    import torch
+
+    from realtime.cli import _build_parser, _set_up_device
+
+    parse = _build_parser().parse_args
+    for command in (["serve"], ["generate", "--task", "t2t", "--input-text", "hi"]):
+        assert parse(command).device == "auto"
+    for gpu, device, settled in ((True, "auto", "cuda"), (False, "auto", "cpu"),
+                                 (True, "cpu", "cpu")):  # fmt: skip
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        args = parse(["serve", "--device", device])
+        _set_up_device(args)
+        assert args.device == settled
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        _set_up_device(parse(["serve", "--device", "cuda"]))
