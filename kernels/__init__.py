@@ -35,6 +35,13 @@ import os
 TORCH_ONLY_ENV = "REALTIME_TORCH_ONLY"  # set to 1: never use our kernels, CPU or GPU
 
 
+class KernelsUnavailable(RuntimeError):
+    """The decode step on our Triton kernels cannot be built on this machine: a kernel that
+    does not compile for this GPU or needs more than it has, a capture the driver refuses, an
+    interpreter that cannot run beside this numpy. The message says which; the torch path
+    still runs here."""
+
+
 def torch_only() -> bool:
     """Whether REALTIME_TORCH_ONLY asks for the plain torch path everywhere."""
     return os.environ.get(TORCH_ONLY_ENV, "0") not in ("", "0")

@@ -26,7 +26,7 @@ from realtime import events, tokens
 from realtime.encoder import BLOCK_MS, encode_chunked
 from realtime.generate import decode_step
 from realtime.prompts import TASKS
-from realtime.runtime import MAX_ROWS, Runtime
+from realtime.runtime import MAX_ROWS, Runtime, kernel_decoder_or_none
 from realtime.sampling import is_greedy, sample
 from realtime.session import Session, SessionError, SessionOptions, check_options
 
@@ -101,10 +101,11 @@ class Engine:
         self._free_slots = list(range(rows))
         self.decoder = None
         if use_kernels:
-            from realtime.kernel_decoder import KernelDecoder  # imports triton: only when used
-
-            self.decoder = KernelDecoder(
-                runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,
+            # what the caller chose must build; the default step may leave it to torch
+            chosen = options.pdl or options.step_products == "fused"
+            required = bool(options.kernels) or runtime.kernels_required or chosen
+            self.decoder = kernel_decoder_or_none(
+                required, runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,
                 products=options.step_products, pdl=options.pdl, run_ahead=options.run_ahead,
             )  # fmt: skip
         self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close

@@ -31,6 +31,7 @@ from functools import partial
 import torch
 from triton.errors import TritonError
 
+from kernels import KernelsUnavailable
 from kernels.triton_support import interpreting, supports_dependent_launches
 from realtime import tokens
 from realtime.config import STEP_PRODUCT_CHOICES, STEP_PRODUCTS
@@ -171,15 +172,20 @@ class KernelDecoder:
             raise ValueError("products 'auto' times the steps with and without pdl itself")
         self.sizes, self.auto = buckets(max_rows), products == "auto"
         kinds = step_kinds(cache.k.device) if products == "auto" else [(products, pdl)]
-        # the step whose buffers every step uses (and the first of those timed, with "auto")
-        self.step = KernelStep(lm, cache, max_rows, pad_slot, *kinds[0])
-        steps = [self.step]
-        steps += [KernelStep(lm, cache, max_rows, pad_slot, *kind, buffers=self.step)
-                  for kind in kinds[1:]]  # fmt: skip
         cuda = cache.k.is_cuda
-        if cuda:  # (with several kinds, one that fails to compile is left out as it is timed)
-            compile_step_ahead(steps, self.sizes, ignore_errors=len(steps) > 1)
-        self.step_for, self.graphs = self._choose(steps, graphs and cuda)
+        try:
+            # the step whose buffers every step uses (and the first of those timed, with "auto")
+            self.step = KernelStep(lm, cache, max_rows, pad_slot, *kinds[0])
+            steps = [self.step]
+            steps += [KernelStep(lm, cache, max_rows, pad_slot, *kind, buffers=self.step)
+                      for kind in kinds[1:]]  # fmt: skip
+            if cuda:  # (with several kinds, one that fails to compile is left out as timed)
+                compile_step_ahead(steps, self.sizes, ignore_errors=len(steps) > 1)
+            self.step_for, self.graphs = self._choose(steps, graphs and cuda)
+        except (KernelsUnavailable, torch.OutOfMemoryError):
+            raise  # (out of memory: the torch path would need that memory as well)
+        except (RuntimeError, TritonError) as exc:  # (Triton's own: not RuntimeErrors)
+            raise KernelsUnavailable(str(exc)) from exc
         if len(steps) > 1:
             log.info("the decode step's products by batch size: %s", self.products)
         self.prompts: PromptGraphs | None = None  # prefills replayed from graphs too
@@ -212,9 +218,10 @@ class KernelDecoder:
                 return step_for, StepGraphs(step_for) if graphed else None
         except RuntimeError as exc:
             # (with "auto", those that fail were left out while they were timed)
-            if not (self.step.pdl and self.step.cache.k.is_cuda):
+            pdl_on_gpu = self.step.pdl and self.step.cache.k.is_cuda
+            if isinstance(exc, torch.OutOfMemoryError) or not pdl_on_gpu:
                 raise
-            raise RuntimeError(  # e.g. a driver older than CUDA 12.3
+            raise KernelsUnavailable(  # e.g. a driver older than CUDA 12.3
                 f"capturing the step with programmatic dependent launches failed: {exc};"
                 " run without pdl (realtime serve without --pdl), or let --step-products auto"
                 " time what runs here"

@@ -42,6 +42,7 @@ from functools import partial
 
 import torch
 
+from kernels import KernelsUnavailable
 from kernels.add_rmsnorm import add_rmsnorm
 from kernels.decode_attention import decode_attention_qkv, split_len_for
 from kernels.embed_mean import embed_mean
@@ -130,7 +131,7 @@ class KernelStep:
         if products not in STEP_PRODUCTS:
             raise ValueError(f"products must be one of {STEP_PRODUCTS}, not {products!r}")
         if problem := interpreter_problem():
-            raise RuntimeError(problem)
+            raise KernelsUnavailable(problem)
         if pdl and cache.k.is_cuda and not supports_dependent_launches(cache.k.device):
             raise ValueError("programmatic dependent launches (pdl) need a GPU of sm_90 or later")
         self.lm, self.cache, self.max_rows, self.pad_slot = lm, cache, max_rows, pad_slot

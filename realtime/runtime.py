@@ -8,6 +8,7 @@
 of events so a caller can play audio and show text while decoding goes on.
 """
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kernels import torch_only
+from kernels import TORCH_ONLY_ENV, KernelsUnavailable, torch_only
 from realtime import checkpoint, encoder, tokens, vocoder
 from realtime.config import ENCODER_MODES, DecodingOptions
 from realtime.generate import Generation, PrefillInput, generate_tokens
@@ -24,11 +25,32 @@ from realtime.tokenizer import IncrementalDetokenizer, load_tokenizer
 
 MAX_ROWS = max(spec.rows for spec in TASKS.values())
 
+log = logging.getLogger(__name__)
+
 
 def kernel_step_enabled(device: torch.device) -> bool:
     """Whether decode steps run on our Triton kernels by default: on CUDA, unless
     REALTIME_TORCH_ONLY is set (the interpreter on a CPU is for tests, which ask for it)."""
     return device.type == "cuda" and not torch_only()
+
+
+def kernel_decoder_or_none(required: bool, *args, **kwargs):
+    """KernelDecoder(*args, **kwargs); or, where the kernel step cannot be built on this machine
+    (no Triton, a kernel this GPU cannot compile or fit, a capture its driver refuses) and was
+    not `required`, None with a warning that says why: decoding then runs on the torch path
+    (slower). What the caller asked for explicitly fails instead."""
+    try:
+        from realtime.kernel_decoder import KernelDecoder  # imports triton: only when used
+
+        return KernelDecoder(*args, **kwargs)
+    except (ImportError, KernelsUnavailable) as exc:
+        if required:
+            raise
+        log.warning(
+            "the decode step cannot run on our Triton kernels here, so it runs on torch (slower)"
+            ": %s. Set %s=1 to choose torch without this warning.", exc, TORCH_ONLY_ENV,
+        )  # fmt: skip
+        return None
 
 
 class RequestError(ValueError):
@@ -92,16 +114,20 @@ class Runtime:
                 f"model's whisper adapter takes {self.lm.cfg.whisper_adapter_dim}"
             )
         self.kernels = kernel_step_enabled(self.device) if kernels is None else kernels
+        self.kernels_required = bool(kernels)  # asked for: then failing to build them raises
         # The kernel step's padding rows write to one extra slot that no request owns.
         self.cache = self.lm.new_cache(MAX_ROWS + self.kernels)
         self.decoder = None  # the kernel step, built on first use (it compiles and captures)
 
     def kernel_decoder(self):
-        """The KernelDecoder for single requests, or None where decoding runs on torch."""
+        """The KernelDecoder for single requests, or None where decoding runs on torch (also
+        where the kernels were not asked for and cannot be built here: see
+        kernel_decoder_or_none)."""
         if self.kernels and self.decoder is None:
-            from realtime.kernel_decoder import KernelDecoder  # imports triton: only when used
-
-            self.decoder = KernelDecoder(self.lm, self.cache, MAX_ROWS, pad_slot=MAX_ROWS)
+            self.decoder = kernel_decoder_or_none(
+                self.kernels_required, self.lm, self.cache, MAX_ROWS, pad_slot=MAX_ROWS
+            )
+            self.kernels = self.decoder is not None  # (not tried again)
         return self.decoder
 
     @classmethod

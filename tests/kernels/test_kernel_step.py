@@ -9,6 +9,7 @@ within its rounding.
 
 import dataclasses
 import logging
+import sys
 
 import pytest
 import torch
@@ -303,6 +304,65 @@ def test_auto_leaves_out_the_steps_that_fail_here(device, tiny_lm, monkeypatch, 
     failing["cublas"] = RuntimeError("Triton Error [CUDA]: operation not supported")
     with pytest.raises(RuntimeError, match="not supported"):
         KernelDecoder(lm, lm.new_cache(3, max_seq=64), 2, pad_slot=2, products="auto")
+
+
+def test_the_torch_path_stands_in_where_the_kernel_step_cannot_be_built(
+    tiny_dir, monkeypatch, caplog
+):
+    """A GPU whose Triton cannot build the step (a kernel it cannot compile or fit, no Triton
+    at all): where the kernels were the default, the engine and single requests decode on the
+    torch path with a warning that says why, and the engine serves; where they were asked
+    for (or a kind of step: our products, dependent launches), that fails. Running out of
+    memory is not such a reason."""
+    from triton.runtime.errors import OutOfResources
+
+    from kernels import KernelsUnavailable
+    from realtime import runtime as runtime_module
+
+    failure: list[Exception] = [OutOfResources(147456, 101376, "shared memory")]
+
+    def unbuildable(*args, **kwargs):
+        raise failure[0]
+
+    monkeypatch.setattr(kernel_decoder, "KernelStep", unbuildable)
+    monkeypatch.setattr(runtime_module, "kernel_step_enabled", lambda device: True)
+    files = checkpoint.resolve(str(tiny_dir), offline=True)
+    rt = Runtime(files, "cpu", torch.float32)  # the kernels by default, as on a GPU
+    assert rt.kernels and not rt.kernels_required
+    with caplog.at_level(logging.WARNING, logger=runtime_module.log.name):
+        engine = Engine(rt, EngineOptions(max_sessions=1))
+    assert engine.decoder is None and engine.decode_path == "torch on cpu"
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "runs on torch" in warning and "Required: 147456" in warning
+    assert "REALTIME_TORCH_ONLY=1" in warning
+    pcm, opts = clip("q_capital.wav", 1.0), DecodingOptions(max_new_tokens=4)
+    engine.start()
+    try:  # it serves, as on the torch path
+        rec = Recorder()
+        speak(engine.open_session(SessionOptions(task=Task.A2T, decoding=opts), rec), pcm)
+        done = rec.wait_for(events.Done)[0]
+    finally:
+        engine.stop()
+    alone = offline(Runtime(files, "cpu", torch.float32, kernels=False), Task.A2T, pcm, opts)
+    assert done.text_tokens == alone.text_tokens and done.steps == alone.steps
+
+    for asked in ({"kernels": True}, {"step_products": "fused"}, {"pdl": True}):
+        with pytest.raises(KernelsUnavailable, match="Required: 147456"):
+            Engine(rt, EngineOptions(max_sessions=1, **asked))
+    failure[0] = torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(torch.OutOfMemoryError):
+        Engine(rt, EngineOptions(max_sessions=1))
+
+    # a single request's decoder: the same, tried once; no Triton at all is such a reason too
+    monkeypatch.setitem(sys.modules, "realtime.kernel_decoder", None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=runtime_module.log.name):
+        assert rt.kernel_decoder() is None and rt.kernel_decoder() is None
+    assert not rt.kernels and len(caplog.records) == 1
+    assert "realtime.kernel_decoder" in caplog.records[0].getMessage()
+    required = Runtime(files, "cpu", torch.float32, kernels=True)
+    with pytest.raises(ImportError):
+        required.kernel_decoder()
 
 
 def test_a_step_timer_times_a_step(device, tiny_lm):
