@@ -85,7 +85,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
-        help="auto (the default): cuda where torch sees a CUDA GPU, else cpu",
+        help="auto (the default): cuda where torch sees a CUDA GPU, else cpu; cuda is the "
+        "first GPU it sees (on a machine with several, CUDA_VISIBLE_DEVICES=N picks GPU N)",
     )
     p.add_argument(
         "--dtype",
