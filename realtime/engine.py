@@ -104,6 +104,12 @@ class Engine:
             # what the caller chose must build; the default step may leave it to torch
             chosen = options.pdl or options.step_products == "fused"
             required = bool(options.kernels) or runtime.kernels_required or chosen
+            if self.cache.k.is_cuda:  # (seconds, tens at a first start: say so before)
+                log.info(
+                    "building the decode step on our Triton kernels for up to %d rows: its"
+                    " kernels compile (at a first start only: Triton keeps them on disk) and its"
+                    " CUDA graphs are captured", rows,
+                )  # fmt: skip
             self.decoder = kernel_decoder_or_none(
                 required, runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,
                 products=options.step_products, pdl=options.pdl, run_ahead=options.run_ahead,
