@@ -29,6 +29,7 @@ from realtime.prompts import TASKS
 from realtime.runtime import MAX_ROWS, Runtime, kernel_decoder_or_none
 from realtime.sampling import is_greedy, sample
 from realtime.session import Session, SessionError, SessionOptions, check_options
+from realtime.threads import on_fresh_thread
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
 ENCODER_WARMUP_SAMPLES = BLOCK_MS * tokens.INPUT_SAMPLE_RATE_HZ // 1000  # a block of silence
@@ -93,12 +94,30 @@ class SessionHandle:
 
 class Engine:
     def __init__(self, runtime: Runtime, options: EngineOptions = EngineOptions()) -> None:
+        """Allocates the KV cache and builds the decode step (on CUDA: compiles and captures),
+        on a thread that ends when that is done: from start() on, only the inference thread runs
+        torch here (realtime.threads says why)."""
         self.runtime, self.options = runtime, options
         rows = options.max_sessions * MAX_ROWS
+        self._free_slots = list(range(rows))
+        self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close
+        self._sessions: dict[int, Session] = {}  # built on the inference thread
+        self._next_id = 0
+        self._lock = threading.Lock()  # guards slot allocation (open_session runs elsewhere)
+        self._inputs: queue.SimpleQueue = queue.SimpleQueue()
+        self._control: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self.steps = 0  # batched decode steps run
+        self.step_log: deque[tuple[int, float]] = deque(maxlen=STEP_LOG)  # (rows, ms) per step
+        on_fresh_thread(self._set_up, rows)
+
+    def _set_up(self, rows: int) -> None:
+        runtime, options = self.runtime, self.options
         use_kernels = runtime.kernels if options.kernels is None else options.kernels
         # The kernel step's padding rows write to one extra slot that no session owns.
         self.cache = runtime.lm.new_cache(rows + use_kernels)
-        self._free_slots = list(range(rows))
         self.decoder = None
         if use_kernels:
             # what the caller chose must build; the default step may leave it to torch
@@ -114,17 +133,6 @@ class Engine:
                 required, runtime.lm, self.cache, rows, pad_slot=rows, graphs=options.cuda_graphs,
                 products=options.step_products, pdl=options.pdl, run_ahead=options.run_ahead,
             )  # fmt: skip
-        self._open: dict[int, list[int]] = {}  # session id -> its slots, from open to close
-        self._sessions: dict[int, Session] = {}  # built on the inference thread
-        self._next_id = 0
-        self._lock = threading.Lock()  # guards slot allocation (open_session runs elsewhere)
-        self._inputs: queue.SimpleQueue = queue.SimpleQueue()
-        self._control: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
-        self.steps = 0  # batched decode steps run
-        self.step_log: deque[tuple[int, float]] = deque(maxlen=STEP_LOG)  # (rows, ms) per step
         if self.decoder is not None and self.decoder.prompts is not None:
             self._capture_ahead()
 

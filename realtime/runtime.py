@@ -21,6 +21,7 @@ from realtime import checkpoint, encoder, tokens, vocoder
 from realtime.config import ENCODER_MODES, DecodingOptions
 from realtime.generate import Generation, PrefillInput, generate_tokens
 from realtime.prompts import TASKS, Prompt, Task, build_prompt
+from realtime.threads import on_fresh_thread
 from realtime.tokenizer import IncrementalDetokenizer, load_tokenizer
 
 MAX_ROWS = max(spec.rows for spec in TASKS.values())
@@ -98,7 +99,12 @@ class Runtime:
         dtype: torch.dtype = torch.bfloat16,
         kernels: bool | None = None,
     ) -> None:
-        """`kernels`: decode on our Triton kernels (None: where kernel_step_enabled says)."""
+        """`kernels`: decode on our Triton kernels (None: where kernel_step_enabled says).
+        Loads on a thread that ends with the load, leaving no torch thread pool behind for the
+        engine's thread to wait on (realtime.threads)."""
+        on_fresh_thread(self._load, files, device, dtype, kernels)
+
+    def _load(self, files: checkpoint.ModelFiles, device: str, dtype, kernels) -> None:
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(files.lm(checkpoint.TOKENIZER))
         self.lm = checkpoint.load_lm(files, self.device, dtype)

@@ -1,0 +1,47 @@
+"""Which threads run torch on a CPU: one at a time, so that its ops do not wait on each other.
+
+torch's CPU ops, and our C kernels (kernels/cpu_decode.py), split their work over threads in
+OpenMP parallel regions. GNU OpenMP (libgomp, the runtime of torch's Linux wheels) gives every
+thread that starts a region a pool of worker threads and keeps it until that thread ends. While
+two threads hold pools and their workers outnumber the CPUs, libgomp's workers stop spinning
+between regions and sleep, so every region waits for them to wake: on this project's 2-core VM
+an empty region took 30 us instead of 0.7, a small torch op 48 us instead of 8, and the engine's
+step for the released model 110 ms instead of 80 (`benchmarks.engine_speed`).
+
+So in the server only the inference thread runs torch for long. Loading the models and setting
+up the engine run on a thread of their own that ends when they are done (`on_fresh_thread`),
+taking its pool with it, and the main thread and the event loop run none.
+"""
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def on_fresh_thread(fn: Callable[..., T], *args, **kwargs) -> T:
+    """fn(*args, **kwargs) on a new thread that ends with it; returns its result or raises its
+    exception. The caller's current CUDA device goes with it (it is per thread); thread-local
+    torch modes (inference_mode, no_grad) do not."""
+    device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            if device is not None:
+                torch.cuda.set_device(device)
+            outcome["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the caller, who raises it
+            outcome["error"] = exc
+
+    # A daemon: an interrupted caller (Ctrl-C during a load) does not wait for it to finish.
+    thread = threading.Thread(target=run, name=f"fresh:{getattr(fn, '__name__', 'call')}")
+    thread.daemon = True
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
