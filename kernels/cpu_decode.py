@@ -1,8 +1,9 @@
 """CPU kernels for bf16 decode steps, in C (kernels/csrc/):
 
 - `gemv_bf16`: y = x W^T + b for 1..8 rows of x (gemv_bf16.c): streams the weights faster
-  than torch's bf16 matmul on CPUs without native bf16, and for one row on those with it
-  (AMX or AVX-512 BF16, where oneDNN's products win from 2 rows on: `usable()` says);
+  than torch's bf16 matmul on CPUs without native bf16, and for one or two rows on those with
+  it (AMX or AVX-512 BF16, where it runs on AVX-512 BF16 dot products and oneDNN's products
+  win from 3 rows on: `usable()` says);
 - `rope_attend_bf16`: one row's RoPE + KV-cache write + grouped-query attention at one new
   position (attention_bf16.c): one call instead of ~30 tiny torch ops per layer.
 
@@ -29,9 +30,11 @@ from kernels import TORCH_ONLY_ENV, torch_only  # noqa: F401 (TORCH_ONLY_ENV: re
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.c", "attention_bf16.c")]
 HEADER = Path(__file__).parent / "csrc" / "bf16.h"  # included by both
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-# The most rows gemv_bf16 takes on a CPU with native bf16. On a 2-core Xeon with AMX the
-# released model's bf16 decode step (heads included) took 78 ms for 1 row either way, and with
-# torch's products from 2 rows on 100 ms for 2 rows (ours: 113), 105 for 4 (126), 107 for 8 (175)
+# The most rows gemv_bf16 takes on a CPU with native bf16, on its AVX-512 BF16 path and
+# without it. On a 2-core Xeon with AMX, a decode step's products at the released shapes
+# (benchmarks/kernels/cpu_decode.py) took, ours against torch's: 46 / 66 ms for 1 row,
+# 59 / 68 for 2, 74 / 69 for 3, 113 / 69 for 8 (AVX2 path: 62, 80, 91, 133 ms)
+DPBF16_ROWS = 2
 NATIVE_BF16_ROWS = 1
 
 
@@ -65,7 +68,9 @@ def gemv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether gemv_bf16 should take this product (else use torch): it can, and it is the
     faster for this many rows on this CPU."""
-    most = min(NATIVE_BF16_ROWS, _max_rows()) if native_bf16() else _max_rows()
+    most = _max_rows()
+    if native_bf16():
+        most = min(DPBF16_ROWS if dpbf16() else NATIVE_BF16_ROWS, most)
     return (
         x.dtype == torch.bfloat16 == weight.dtype
         and x.device.type == "cpu" == weight.device.type  # C reads both through host pointers
@@ -74,11 +79,30 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def dpbf16() -> bool:
+    """Whether gemv_bf16 runs on this CPU's AVX-512 BF16 dot products (vdpbf16ps): the CPU has
+    them and the compiler built that path. It then beats torch's bf16 products at every row
+    count it takes."""
+    lib = _library()
+    return lib is not None and lib.gemv_bf16_use_dpbf16(-1) == 1
+
+
+def use_dpbf16(on: bool) -> bool:
+    """Take the AVX-512 BF16 path (where dpbf16() could) or the AVX2 one; returns whether the
+    first is taken now. On by default; tests and benchmarks switch it to compare the two."""
+    lib = _library()
+    return lib is not None and lib.gemv_bf16_use_dpbf16(int(on and _avx512_bf16())) == 1
+
+
+def _avx512_bf16() -> bool:
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+
+
 @cache
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 itself (AMX tiles or AVX-512 BF16 dot products), so that
     torch's bf16 products (oneDNN) are fast: faster than an fp32 upcast for a prefill's rows,
-    and than our GEMV beyond NATIVE_BF16_ROWS rows. (torch.cpu's probes are private: a torch
+    and than our GEMV beyond the rows `usable()` gives it. (torch.cpu's probes are private: a torch
     without them counts as a CPU without native bf16, the old behaviour.)"""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -134,6 +158,9 @@ def _library() -> ctypes.CDLL | None:
     lib.gemv_bf16.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64]
     lib.gemv_bf16.restype = ctypes.c_int
     lib.gemv_bf16_max_rows.restype = ctypes.c_int
+    lib.gemv_bf16_use_dpbf16.argtypes = [ctypes.c_int]
+    lib.gemv_bf16_use_dpbf16.restype = ctypes.c_int
+    lib.gemv_bf16_use_dpbf16(int(_avx512_bf16()))
     lib.rope_attend_bf16.argtypes = [ptr] * 5 + [i64] * 5 + [ptr]
     lib.rope_attend_bf16.restype = ctypes.c_int
     return lib

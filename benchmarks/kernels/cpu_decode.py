@@ -68,6 +68,15 @@ def best_of(repeats: int, weights, rows: int, contenders: dict) -> dict:
     return results
 
 
+def on_avx2(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Our GEMV on its AVX2 path, on a CPU where it would take the AVX-512 BF16 one."""
+    cpu_decode.use_dpbf16(False)
+    try:
+        return cpu_decode.gemv_bf16(x, w)
+    finally:
+        cpu_decode.use_dpbf16(True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
@@ -78,8 +87,11 @@ def main() -> None:
     weights = step_weights(args.layers)
     gigabytes = sum(w.numel() * w.element_size() for w in weights) / 1e9
     native = cpu_decode.native_bf16()
-    print(f"{gigabytes:.2f} GB of weights; native bf16: {native}")
+    dpbf16 = cpu_decode.dpbf16()
+    print(f"{gigabytes:.2f} GB of weights; native bf16: {native}; AVX-512 BF16 GEMV: {dpbf16}")
     decode = {"ours": cpu_decode.gemv_bf16, "torch": F.linear, "routed": routed}
+    if dpbf16:
+        decode["ours (avx2)"] = on_avx2
     rows_results = {rows: best_of(args.repeats, weights, rows, decode) for rows in (1, 2, 4, 8)}
     prefill = {"torch": F.linear, "fp32": upcast, "routed": routed}
     blocks = weights[:-1]  # a prefill runs the head for its last position only
@@ -92,6 +104,7 @@ def main() -> None:
             "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native,
+            "avx512_bf16_gemv": dpbf16,
         },
         "weights_GB": gigabytes,
         "rows": rows_results,

@@ -20,9 +20,19 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=["avx2", "avx512-bf16"])
+def path(request):
+    """gemv_bf16 on each of its paths this CPU has (the AVX-512 BF16 one is its default where
+    it runs)."""
+    if cpu_decode.use_dpbf16(request.param == "avx512-bf16") != (request.param != "avx2"):
+        pytest.skip("no AVX-512 BF16 on this CPU (or in this compiler)")
+    yield request.param
+    cpu_decode.use_dpbf16(True)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize(("n", "k"), SHAPES)
-def test_matches_torch(rows, n, k):
+def test_matches_torch(rows, n, k, path):
     gen = torch.Generator().manual_seed(n * 131 + k + rows)
     x = torch.randn(rows, k, generator=gen).bfloat16()
     w = torch.randn(n, k, generator=gen).bfloat16()
@@ -43,15 +53,19 @@ def test_keeps_leading_dims_and_refuses_too_many_rows():
     assert not cpu_decode.usable(torch.randn(1, 64), w.float())  # fp32 stays with torch
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_products_go_where_they_are_fastest(monkeypatch, native):
-    """Our GEMV takes up to max_rows() rows, or NATIVE_BF16_ROWS on a CPU with native bf16;
-    a prefill's many rows go to torch in bf16 there, elsewhere upcast to fp32."""
+@pytest.mark.parametrize(("native", "dpbf16"), [(False, False), (True, False), (True, True)])
+def test_products_go_where_they_are_fastest(monkeypatch, native, dpbf16):
+    """Our GEMV takes up to max_rows() rows; on a CPU with native bf16 only DPBF16_ROWS on its
+    AVX-512 BF16 path, NATIVE_BF16_ROWS without it. A prefill's many rows go to torch in bf16
+    there, elsewhere upcast to fp32."""
     from realtime import model
 
     monkeypatch.setattr(cpu_decode, "native_bf16", lambda: native)
+    monkeypatch.setattr(cpu_decode, "dpbf16", lambda: dpbf16)
     w = torch.randn(32, 64).bfloat16()
-    most = cpu_decode.NATIVE_BF16_ROWS if native else cpu_decode.max_rows()
+    most = cpu_decode.max_rows()
+    if native:
+        most = cpu_decode.DPBF16_ROWS if dpbf16 else cpu_decode.NATIVE_BF16_ROWS
     assert cpu_decode.usable(torch.randn(most, 64).bfloat16(), w)
     assert not cpu_decode.usable(torch.randn(most + 1, 64).bfloat16(), w)
     seen = []
@@ -72,6 +86,12 @@ def test_native_bf16_asks_torch_s_probes():
     False everywhere; this fails instead."""
     probes = [torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()]
     assert cpu_decode.native_bf16() == any(probes)
+
+
+def test_avx512_bf16_path_is_taken_where_the_cpu_has_it():
+    assert cpu_decode.dpbf16() == torch.cpu._is_avx512_bf16_supported()
+    assert not cpu_decode.use_dpbf16(False) and not cpu_decode.dpbf16()
+    assert cpu_decode.use_dpbf16(True) == torch.cpu._is_avx512_bf16_supported()
 
 
 def test_torch_only_switch(monkeypatch):
