@@ -34,6 +34,14 @@ from realtime.threads import on_fresh_thread
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
 ENCODER_WARMUP_SAMPLES = BLOCK_MS * tokens.INPUT_SAMPLE_RATE_HZ // 1000  # a block of silence
 STEP_LOG = 4096  # recent steps kept for benchmarks and monitoring
+# An answer's first audio is held until it lasts this many of the loop's recent periods (the
+# median of the last PERIODS: one slow step, such as the vocoder's first call of an answer,
+# does not count): then playing it bridges the wait for the next chunk. Where a step takes
+# most of a frame (the released model on a small CPU), the first chunk (2/3 of a frame: the
+# vocoder runs 2.3 frames behind) would otherwise run out before the next one came. 1.5: the
+# periods before an answer's first audio had no vocoder work in them, the next one will.
+FIRST_AUDIO_PERIODS = 1.5
+PERIODS = 8
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,10 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self.steps = 0  # batched decode steps run
         self.step_log: deque[tuple[int, float]] = deque(maxlen=STEP_LOG)  # (rows, ms) per step
+        # s from one step's start to the next's (one that spans an idle spell is an outlier
+        # the median ignores, and gone before an answer's first audio, 10 steps in at least)
+        self._periods: deque[float] = deque(maxlen=PERIODS)
+        self._last_step: float | None = None  # when the step before began
         on_fresh_thread(self._set_up, rows)
 
     def _set_up(self, rows: int) -> None:
@@ -289,6 +301,9 @@ class Engine:
     def _step(self, answering: list[Session]) -> None:
         """One decode step for every answering session, then their audio."""
         began = time.perf_counter()
+        if self._last_step is not None:
+            self._periods.append(began - self._last_step)
+        self._last_step = began
         try:
             if self.decoder is not None:
                 rows = self._kernel_step(answering)
@@ -354,8 +369,9 @@ class Engine:
         if not speaking:
             return
         streams = [s.vocoder for s in speaking]
+        lead_s = float(np.median(self._periods)) * FIRST_AUDIO_PERIODS if self._periods else 0.0
         for s, pcm in zip(speaking, self.runtime.vocoder.step(streams), strict=True):
-            s.emit_audio(pcm)
+            s.emit_audio(pcm, lead_s)
 
     def _finish_if_done(self, sessions: list[Session]) -> None:
         done = [s for s in sessions if s.gen is not None and s.gen.done]

@@ -98,6 +98,7 @@ class Session:
         self.gen: Generation | None = None
         self.detok = IncrementalDetokenizer(self.tokenizer)
         self.vocoder.reset()
+        self._held: list[np.ndarray] | None = []  # first audio held back (emit_audio)
         self.marks: dict[type, float] = {}
 
     @property
@@ -234,9 +235,17 @@ class Session:
             self.vocoder.push(torch.tensor([out.frame]))
         return out
 
-    def emit_audio(self, pcm: np.ndarray) -> None:
-        if pcm.size:
+    def emit_audio(self, pcm: np.ndarray, lead_s: float = 0.0) -> None:
+        """Send the answer's audio on. Its first audio waits until what it holds lasts `lead_s`
+        (how long the next chunk may take to come), so that playback never runs dry."""
+        if self._held is not None:  # nothing of this answer sent yet
+            self._held.append(pcm)
+            held = sum(p.size for p in self._held)
+            if held == 0 or held < lead_s * tokens.OUTPUT_SAMPLE_RATE_HZ:
+                return
+            pcm, self._held = np.concatenate(self._held), None
             self._mark(events.FirstAudio)
+        if pcm.size:
             self._emit(events.AudioChunk, pcm=pcm)
 
     def finish(self, tail_pcm: np.ndarray) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime import checkpoint, events
+from realtime import checkpoint, events, tokens
 from realtime.audio import load_audio
 from realtime.config import DecodingOptions
 from realtime.engine import Engine, EngineBusy, EngineOptions
@@ -186,3 +186,34 @@ def test_a_session_serves_turn_after_turn(engine):
         rec.wait_for(events.Done, count=turn + 1)
     positions = [e.positions for e in rec.of(events.PrefillDone)]
     assert positions[0] < positions[1] < positions[2]  # earlier turns stayed in context
+
+
+def test_first_audio_waits_until_it_outlasts_the_loop_s_period(runtime, monkeypatch):
+    """Where a step takes most of a frame, the answer's first chunk (2/3 of a frame) is held
+    until playing it bridges the wait for the next: 1.5 loop periods of audio. A clock that
+    reads 30 ms later at each look makes every period 60 ms; the answer itself is unchanged."""
+    from types import SimpleNamespace
+
+    import realtime.engine
+
+    def answer(options: SessionOptions) -> tuple[list[int], list]:
+        engine = Engine(runtime, EngineOptions(max_sessions=1)).start()
+        try:
+            rec = Recorder()
+            speak(engine.open_session(options, rec), clip("q_capital.wav"))
+            done = rec.wait_for(events.Done)[0]
+            first = rec.kinds().index("FirstAudio")
+            assert rec.kinds()[first + 1] == "AudioChunk"
+            return [len(e.pcm) for e in rec.of(events.AudioChunk)], done.frames
+        finally:
+            engine.stop()
+
+    options = SessionOptions(decoding=DecodingOptions(max_new_tokens=24))
+    unheld, frames = answer(options)
+    ticks = iter(range(1_000_000))
+    slow = SimpleNamespace(**{**vars(time), "perf_counter": lambda: next(ticks) * 0.03})
+    monkeypatch.setattr(realtime.engine, "time", slow)
+    held, same_frames = answer(options)
+    lead = int(1.5 * 0.06 * tokens.OUTPUT_SAMPLE_RATE_HZ)
+    assert unheld[0] < lead <= held[0] < lead + unheld[1]  # it did wait, for just enough
+    assert sum(held) == sum(unheld) and same_frames == frames  # (SNAC's noise differs per run)
