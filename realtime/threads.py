@@ -28,6 +28,7 @@ def on_fresh_thread(fn: Callable[..., T], *args, **kwargs) -> T:
     torch modes (inference_mode, no_grad) do not."""
     device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
     outcome: dict[str, object] = {}
+    finished = threading.Event()
 
     def run() -> None:
         try:
@@ -36,12 +37,18 @@ def on_fresh_thread(fn: Callable[..., T], *args, **kwargs) -> T:
             outcome["result"] = fn(*args, **kwargs)
         except BaseException as exc:  # handed to the caller, who raises it
             outcome["error"] = exc
+        finally:
+            finished.set()
 
-    # A daemon: an interrupted caller (Ctrl-C during a load) does not wait for it to finish.
+    # Interrupted while it waits (Ctrl-C during a load), the caller raises at once and the
+    # interpreter ends once fn has. Not a daemon, and not waited for with join() until it is
+    # done: an interrupted join() marks the thread as ended (CPython 3.11), and a thread still
+    # inside torch's C++ code at shutdown aborts the process ("terminate called without an
+    # active exception").
     thread = threading.Thread(target=run, name=f"fresh:{getattr(fn, '__name__', 'call')}")
-    thread.daemon = True
     thread.start()
-    thread.join()
+    finished.wait()
+    thread.join()  # a moment: it has returned; its thread pool goes with it
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

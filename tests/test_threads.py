@@ -1,8 +1,10 @@
 """Only the inference thread keeps a torch thread pool (realtime/threads.py says why)."""
 
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,36 @@ def test_on_fresh_thread_returns_and_raises_what_the_call_does():
 
     with pytest.raises(KeyError, match="missing"):
         on_fresh_thread(fails)
+
+
+INTERRUPTED = """
+import time, torch
+from realtime.threads import on_fresh_thread
+
+def load():
+    print("loading", flush=True)
+    x, end = torch.randn(256, 256), time.monotonic() + 1.5
+    while time.monotonic() < end:  # torch's C++ code, as a load is
+        x = torch.tanh(x @ x)
+    print("loaded", flush=True)
+
+on_fresh_thread(load)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_during_a_load_on_a_fresh_thread_ends_cleanly():
+    """The caller is interrupted at once; the process ends as Ctrl-C ends Python, once the
+    load has, not with an abort from a thread cut off inside torch."""
+    done = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's
+    )  # fmt: skip
+    assert done.stdout.readline() == "loading\n"
+    time.sleep(0.3)
+    done.send_signal(signal.SIGINT)
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == -signal.SIGINT, err[-2000:]
+    assert "KeyboardInterrupt" in err and "terminate called" not in err
+    assert out == "loaded\n"
