@@ -5,7 +5,7 @@
   it (AMX or AVX-512 BF16, where it runs on AVX-512 BF16 dot products and oneDNN's products
   win from 3 rows on: `usable()` says);
 - `rope_attend_bf16`: one row's RoPE + KV-cache write + grouped-query attention at one new
-  position (attention_bf16.c): one call instead of ~30 tiny torch ops per layer.
+  position (attention_bf16.c): one call per row instead of ~30 tiny torch ops per layer.
 
 The sources are compiled on first use with the system's C compiler into a per-user cache and
 loaded with ctypes; where that cannot happen (no compiler, no AVX2/FMA, or REALTIME_TORCH_ONLY

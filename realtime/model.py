@@ -108,13 +108,16 @@ class Attention(nn.Module):
         q_per_kv = cfg.n_head // cfg.n_query_groups
         # litgpt packs each query group as [q_0 .. q_{q_per_kv-1}, k, v].
         qkv = linear(x, self.attn.weight, self.attn.bias)
-        if B == 1 and T == 1 and _one_row_in_c(qkv, cos, cache, slots):
-            slot, pos = int(slots[0]), int(positions[0, 0])
-            y = cpu_decode.rope_attend_bf16(
-                qkv.view(-1), cos[0, 0, 0], sin[0, 0, 0], cache.k[layer, slot],
-                cache.v[layer, slot], pos, q_per_kv,
-            )  # fmt: skip
-            return linear(y.view(1, 1, -1), self.proj.weight)
+        if T == 1 and _rows_in_c(qkv, cos, cache, slots):
+            rows = zip(slots.tolist(), positions[:, 0].tolist(), strict=True)
+            y = torch.stack([
+                cpu_decode.rope_attend_bf16(
+                    qkv[b, 0], cos[b, 0, 0], sin[b, 0, 0], cache.k[layer, slot],
+                    cache.v[layer, slot], pos, q_per_kv,
+                )
+                for b, (slot, pos) in enumerate(rows)
+            ])  # fmt: skip
+            return linear(y.view(B, 1, -1), self.proj.weight)
         qkv = qkv.view(B, T, cfg.n_query_groups, q_per_kv + 2, cfg.head_size)
         qkv = qkv.permute(0, 2, 3, 1, 4)  # (B, groups, q_per_kv + 2, T, hs)
         # RoPE on queries and keys together: (B, groups * (q_per_kv + 1), T, hs)
@@ -135,9 +138,11 @@ class Attention(nn.Module):
         return linear(y, self.proj.weight)
 
 
-def _one_row_in_c(qkv: torch.Tensor, cos, cache: KVCache, slots: torch.Tensor) -> bool:
-    """A single CPU row in bf16: kernels/cpu_decode.py does its RoPE, cache write and attention
-    in one call (the same roundings as the torch path below; RoPE tables in fp32)."""
+def _rows_in_c(qkv: torch.Tensor, cos, cache: KVCache, slots: torch.Tensor) -> bool:
+    """CPU rows in bf16 at one position each: kernels/cpu_decode.py does a row's RoPE, cache
+    write and attention in one call (the same roundings as the torch path below; RoPE tables
+    in fp32), one call per row: for 2 rows a step's torch ops took 16 ms, where ~30 tiny ops
+    per layer and row cost more than the attention itself."""
     return (
         qkv.dtype == torch.bfloat16 == cache.k.dtype
         and cos.dtype == torch.float32

@@ -124,7 +124,10 @@ def test_rope_attend_matches_torch(pos, groups, q_per_kv, hs):
     torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
 
 
-def test_the_model_step_is_the_same_with_and_without_the_c_path(monkeypatch):
+@pytest.mark.parametrize("rows", [1, 2])
+def test_the_model_step_is_the_same_with_and_without_the_c_path(monkeypatch, rows):
+    """A decode step's rows (each at its own position, in its own slot) through the C calls
+    and through torch's ops."""
     from realtime import model as model_module
     from realtime.config import PRESETS
     from realtime.model import OmniLM, rope_cache
@@ -133,15 +136,19 @@ def test_the_model_step_is_the_same_with_and_without_the_c_path(monkeypatch):
     cfg = PRESETS["tiny"].model
     lm = OmniLM(cfg).bfloat16().eval().requires_grad_(False).fuse()
     lm.cos, lm.sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)  # fp32, as loaded
-    ids = torch.randint(0, 150_000, (1, 6, 8))
+    ids = torch.randint(0, 150_000, (rows, 6, 8))
+    slots, lengths = torch.tensor([1, 0][:rows]), [5, 3][:rows]
 
     def run():
         cache = lm.new_cache(2)
         with torch.inference_mode():
-            lm(lm.embed(ids[:, :5]), torch.arange(5)[None], torch.tensor([1]), cache)
-            return lm(lm.embed(ids[:, 5:]), torch.tensor([[5]]), torch.tensor([1]), cache)
+            for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
+                prompt = lm.embed(ids[row : row + 1, :length])
+                lm(prompt, torch.arange(length)[None], slot[None], cache)
+            step = lm.embed(ids[torch.arange(rows), torch.tensor(lengths)][:, None])
+            return lm(step, torch.tensor(lengths)[:, None], slots, cache)  # (rows, 1, C)
 
     with_c = run()
-    monkeypatch.setattr(model_module, "_one_row_in_c", lambda *args: False)
+    monkeypatch.setattr(model_module, "_rows_in_c", lambda *args: False)
     without = run()
     torch.testing.assert_close(with_c.float(), without.float(), rtol=2e-2, atol=2e-2)
