@@ -9,8 +9,10 @@ audio sample (median, p90). Then cancel -> quiet: the time from `cancel()` to th
 event, after which a session gets no more audio. Stops doubling N once real time is lost.
 
     python -m benchmarks.engine_speed --model DIR [--device cuda] [--max-sessions 256]
+    python -m benchmarks.engine_speed --preset mini-omni --device cuda   # random weights
 
-Writes benchmarks/results/engine_speed-<model>-<device>.json.
+Writes benchmarks/results/engine_speed-<model or preset>-<device>.json, after every round (a run
+cut short keeps the rounds it finished).
 """
 
 import argparse
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.random_model import temporary_model
 from realtime import checkpoint, events, tokens
 from realtime.audio import load_audio
 from realtime.config import DecodingOptions
@@ -157,28 +160,36 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="a model directory (default: random weights)")
+    parser.add_argument("--preset", default="mini-omni", help="the random model's shapes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(checkpoint.DTYPES))
     parser.add_argument("--steps", type=int, default=48, help="decode steps per answer")
     parser.add_argument("--max-sessions", type=int, default=256)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    model = str(args.model) if args.model else temporary_model(args.preset)
+    name = args.model.name if args.model else args.preset
+    out = args.out or HERE / "results" / f"engine_speed-{name}-{args.device}.json"
     runtime = Runtime(
-        checkpoint.resolve(str(args.model), offline=True),
-        args.device,
-        checkpoint.DTYPES[args.dtype],
+        checkpoint.resolve(model, offline=True), args.device, checkpoint.DTYPES[args.dtype]
     )
     pcm = load_audio(CLIP)
-    rounds, sessions = [], 1
+    rounds, sessions, cancels = [], 1, []
     while sessions <= args.max_sessions:
         rounds.append(run_round(runtime, sessions, args.steps, pcm))
         print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
+        write(out, args, model, rounds, cancels)
         if not rounds[-1]["real_time"]:
             break
         sessions *= 2
     last_ok = max([r["sessions"] for r in rounds if r["real_time"]], default=0)
     cancels = [cancel_to_quiet(runtime, n, pcm) for n in sorted({1, max(last_ok, 1)})]
+    write(out, args, model, rounds, cancels)
+    print(f"real time up to {last_ok} sessions; wrote {out}", file=sys.stderr)
+
+
+def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) -> None:
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -186,18 +197,16 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
-        "model": str(args.model),
+        "model": model if args.model else f"random {args.preset} (seed 0)",
         "dtype": args.dtype,
         "clip": CLIP.name,
         "steps": args.steps,
-        "max_real_time_sessions": last_ok,
+        "max_real_time_sessions": max([r["sessions"] for r in rounds if r["real_time"]], default=0),
         "rounds": rounds,
         "cancel": cancels,
     }
-    out = args.out or HERE / "results" / f"engine_speed-{args.model.name}-{args.device}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"real time up to {last_ok} sessions; wrote {out}", file=sys.stderr)
 
 
 def _device_name(device: str) -> str:

@@ -7,10 +7,14 @@
 # brought up to date after each part.
 #
 #     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [profile-pdl]
-#         [vocoder] [kernels] [sweep] [sweep-batched] [attention-sweep] [NAME...]
+#         [vocoder] [kernels] [engine] [sweep] [sweep-batched] [attention-sweep] [NAME...]
 #
-# With no parts named, all but the sweeps and profile-pdl run (the step's kernels launched as
-# programmatic dependents are timed by decode; profile-pdl lists them kernel by kernel). `decode`
+# `engine` is the serving loop itself (benchmarks/engine_speed.py on random released-shape
+# weights): 1, 2, 4, ... ENGINE_SESSIONS (64) callers speaking at once until one round is no
+# longer real time, each round with an engine of its own (its kernel step built and captured).
+# With no parts named, all but engine, the sweeps and profile-pdl run (the step's kernels
+# launched as programmatic dependents are timed by decode; profile-pdl lists them kernel by
+# kernel). `decode`
 # skips torch.compile (minutes of compiling); `compile` is the same benchmark with it. `sweep`
 # times kernels/gemv.py over its launch shapes for 1 and 4 rows, `sweep-batched` for 8, 32 and 64
 # (what its defaults are set from; minutes each, so one per device call); `attention-sweep` times
@@ -83,6 +87,7 @@ for part in "${parts[@]}"; do
         sweep-batched) run 560 python3 -m benchmarks.kernels.gemv --sweep --batches 8,32,64 ;;
         attention-sweep) run 300 python3 -m benchmarks.kernels.decode_attention --sweep --batches 1,8,32,64 ;;
         vocoder) run 120 python3 -m benchmarks.vocoder_speed --device cuda ;;
+        engine) run 540 python3 -m benchmarks.engine_speed --device cuda --max-sessions "${ENGINE_SESSIONS:-64}" ;;
         kernels)
             for bench in embed_mean add_rmsnorm qkv_rope_cache decode_attention swiglu \
                 gemv head_argmax head_sample feedback; do

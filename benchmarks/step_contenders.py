@@ -5,7 +5,6 @@ cache row (positions do not advance, so every timed step costs the same), and pi
 from the text head (while the text runs) and the 7 audio heads.
 """
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.random_model import temporary_model
 from kernels.triton_support import compile_ahead
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
-from realtime.config import PRESETS, DecodingOptions
+from realtime.config import DecodingOptions
 from realtime.cuda_graphs import capture
 from realtime.encoder import encode_chunked
 from realtime.generate import Generation, PrefillInput, decode_step, generate_tokens
@@ -34,16 +34,6 @@ def load_runtime(model: str | None, device: torch.device, preset: str) -> Runtim
     """A bf16 Runtime decoding on the kernels, from `model` or a fresh random `preset` dir."""
     files = checkpoint.resolve(model or temporary_model(preset), offline=True)
     return Runtime(files, str(device), torch.bfloat16, kernels=True)
-
-
-def temporary_model(preset: str) -> str:
-    from realtime.init_random import write_random_model
-
-    directory = tempfile.mkdtemp(prefix=f"realtime-{preset}-")
-    began = time.perf_counter()
-    write_random_model(Path(directory), PRESETS[preset], seed=0, log=lambda _: None)
-    print(f"wrote a random {preset} model to {directory} in {time.perf_counter() - began:.0f} s")
-    return directory
 
 
 def step_inputs(lm: OmniLM, batch: int, context: int):
