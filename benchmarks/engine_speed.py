@@ -183,10 +183,14 @@ def main() -> None:
         if not rounds[-1]["real_time"]:
             break
         sessions *= 2
-    last_ok = max([r["sessions"] for r in rounds if r["real_time"]], default=0)
+    last_ok = most_real_time(rounds)
     cancels = [cancel_to_quiet(runtime, n, pcm) for n in sorted({1, max(last_ok, 1)})]
     write(out, args, model, rounds, cancels)
     print(f"real time up to {last_ok} sessions; wrote {out}", file=sys.stderr)
+
+
+def most_real_time(rounds: list[dict]) -> int:
+    return max([r["sessions"] for r in rounds if r["real_time"]], default=0)
 
 
 def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) -> None:
@@ -201,7 +205,7 @@ def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) 
         "dtype": args.dtype,
         "clip": CLIP.name,
         "steps": args.steps,
-        "max_real_time_sessions": max([r["sessions"] for r in rounds if r["real_time"]], default=0),
+        "max_real_time_sessions": most_real_time(rounds),
         "rounds": rounds,
         "cancel": cancels,
     }

@@ -95,7 +95,12 @@ def use_dpbf16(on: bool) -> bool:
 
 
 def _avx512_bf16() -> bool:
-    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return _cpu_probe("_is_avx512_bf16_supported")
+
+
+def _cpu_probe(name: str) -> bool:
+    """One of torch.cpu's private CPU feature probes; False where this torch lacks it."""
+    return getattr(torch.cpu, name, lambda: False)()
 
 
 @cache
@@ -104,8 +109,7 @@ def native_bf16() -> bool:
     torch's bf16 products (oneDNN) are fast: faster than an fp32 upcast for a prefill's rows,
     and than our GEMV beyond the rows `usable()` gives it. (torch.cpu's probes are private: a torch
     without them counts as a CPU without native bf16, the old behaviour.)"""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return _cpu_probe("_is_amx_tile_supported") or _avx512_bf16()
 
 
 def rope_attend_bf16_ref(qkv, cos, sin, k_cache, v_cache, pos: int, q_per_kv: int):

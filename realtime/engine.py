@@ -13,6 +13,7 @@ the batch after their prefill and leave when they finish or are cancelled, betwe
 
 import logging
 import queue
+import statistics
 import threading
 import time
 from collections import deque
@@ -369,7 +370,8 @@ class Engine:
         if not speaking:
             return
         streams = [s.vocoder for s in speaking]
-        lead_s = float(np.median(self._periods)) * FIRST_AUDIO_PERIODS if self._periods else 0.0
+        # (statistics, not numpy: 0.2 us, where np.median takes 9, every step)
+        lead_s = statistics.median(self._periods) * FIRST_AUDIO_PERIODS if self._periods else 0.0
         for s, pcm in zip(speaking, self.runtime.vocoder.step(streams), strict=True):
             s.emit_audio(pcm, lead_s)
 

@@ -214,6 +214,6 @@ def test_first_audio_waits_until_it_outlasts_the_loop_s_period(runtime, monkeypa
     slow = SimpleNamespace(**{**vars(time), "perf_counter": lambda: next(ticks) * 0.03})
     monkeypatch.setattr(realtime.engine, "time", slow)
     held, same_frames = answer(options)
-    lead = int(1.5 * 0.06 * tokens.OUTPUT_SAMPLE_RATE_HZ)
+    lead = int(realtime.engine.FIRST_AUDIO_PERIODS * 0.06 * tokens.OUTPUT_SAMPLE_RATE_HZ)
     assert unheld[0] < lead <= held[0] < lead + unheld[1]  # it did wait, for just enough
     assert sum(held) == sum(unheld) and same_frames == frames  # (SNAC's noise differs per run)
