@@ -11,6 +11,11 @@ still needs from earlier chunks, and runs behind its input by a fixed lag:
 - a residual unit delays its skip path by the lag of its branch;
 - everything else (Snake, 1x1 convolutions, noise, tanh) works sample by sample.
 
+On a CPU the transposed and the 1x1 convolutions run as matrix products (BLAS), as oneDNN's
+convolutions at a stream's shapes are slow: its first transposed convolution (33 MB of weights,
+a handful of latent steps) took 11.6 ms for two streams, where the product takes 2.0. A GPU keeps
+the convolutions (cuDNN, in CUDA graphs).
+
 The whole decode pads every convolution's input with zeros; the stream gets the same by
 zeroing, at the input of each convolution, the positions before the utterance starts and, at
 its end, after it ends. So a stream reproduces the whole decode to float rounding, computing
@@ -74,6 +79,39 @@ class _Pointwise:
         return self.module(x)
 
 
+class _Snake:
+    """SNAC's Snake, x + sin(alpha x)^2 / (alpha + 1e-9), with one new tensor instead of four:
+    the same operations in the same order, so the same bits."""
+
+    def __init__(self, snake: Snake1d):
+        self.alpha = snake.alpha.detach()  # (1, C, 1)
+        self.inverse = (self.alpha + 1e-9).reciprocal()
+
+    def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
+        y = torch.mul(self.alpha, x)
+        return y.sin_().pow_(2).mul_(self.inverse).add_(x)
+
+
+class _Product:
+    """A 1x1 convolution as a matrix product (for a CPU)."""
+
+    def __init__(self, conv: nn.Conv1d):
+        self.weight = conv.weight.detach()[:, :, 0]  # (C_out, C_in)
+        self.bias = _bias(conv)[:, None]  # (C_out, 1)
+
+    def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
+        if len(x) == 1:
+            return torch.addmm(self.bias, self.weight, x[0]).unsqueeze(0)
+        return torch.baddbmm(self.bias, self.weight.expand(len(x), -1, -1), x)
+
+
+def _bias(conv: nn.Conv1d | nn.ConvTranspose1d) -> torch.Tensor:
+    if conv.bias is not None:
+        return conv.bias.detach()
+    channels = conv.out_channels
+    return torch.zeros(channels, device=conv.weight.device, dtype=conv.weight.dtype)
+
+
 class _Conv:
     """A stride-1 convolution padded (k-1)d/2 on both sides."""
 
@@ -94,32 +132,37 @@ class _ConvTranspose:
 
     Output sample b * s + r takes weight[:, :, q * s + r] times input b - q, for q < m: so the
     s phases r are the C_out * s output channels of a kernel-m convolution over the inputs,
-    which keeps the last m - 1 inputs, like a "same" convolution its history.
+    which keeps the last m - 1 inputs, like a "same" convolution its history. With `product`
+    (for a CPU) that convolution runs as one matrix product over the inputs' m-step windows.
     """
 
-    def __init__(self, conv: nn.ConvTranspose1d, rate: int, lag: int, slot: _Slot):
-        self.rate, self.lag_in, self.slot = rate, lag, slot
+    def __init__(self, conv: nn.ConvTranspose1d, rate: int, lag: int, slot: _Slot, product: bool):
+        self.rate, self.lag_in, self.slot, self.product = rate, lag, slot, product
         self.stride = conv.stride[0]
         self.lag_out = lag * self.stride + conv.padding[0]
         c_in, c_out, k = conv.weight.shape
-        taps = k // self.stride
-        weight = conv.weight.detach().view(c_in, c_out, taps, self.stride)
+        self.taps = k // self.stride
+        weight = conv.weight.detach().view(c_in, c_out, self.taps, self.stride)
         # (C_out * s, C_in, m): tap t reads input b - (m - 1 - t), hence the flip.
-        self.weight = weight.permute(1, 3, 0, 2).flip(-1).reshape(c_out * self.stride, c_in, taps)
-        self.bias = conv.bias.detach().repeat_interleave(self.stride)  # (C_out * s,)
+        self.weight = weight.permute(1, 3, 0, 2).flip(-1).reshape(c_out * self.stride, c_in, -1)
+        self.bias = _bias(conv).repeat_interleave(self.stride)  # (C_out * s,)
+        if product:  # (C_out * s, m * C_in), tap-major like the windows below
+            self.weight = self.weight.permute(0, 2, 1).reshape(c_out * self.stride, -1)
 
     def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
         history = self.slot.view(state)  # (B, C_in, m - 1)
         full = torch.cat([history, span.mask(x, self.rate, self.lag_in)], dim=-1)
         history.copy_(full[..., x.shape[-1] :])
-        phases = F.conv1d(full, self.weight, self.bias)  # (B, C_out * s, n)
-        batch, _, n = phases.shape
-        # (B, C_out, s, n) -> (B, C_out, n, s): phase r of input b is output b * s + r.
-        return (
-            phases.view(batch, -1, self.stride, n)
-            .transpose(2, 3)
-            .reshape(batch, -1, n * self.stride)
-        )
+        batch, n = x.shape[0], x.shape[-1]
+        if self.product:
+            windows = full.unfold(-1, self.taps, 1).permute(0, 2, 3, 1)  # (B, n, m, C_in)
+            phases = F.linear(windows.reshape(batch * n, -1), self.weight, self.bias)
+            by_step = phases.view(batch, n, -1, self.stride).transpose(1, 2)  # (B, C_out, n, s)
+        else:
+            phases = F.conv1d(full, self.weight, self.bias)  # (B, C_out * s, n)
+            by_step = phases.view(batch, -1, self.stride, n).transpose(2, 3)  # (B, C_out, n, s)
+        # Phase r of input b is output b * s + r.
+        return by_step.reshape(batch, -1, n * self.stride)
 
 
 class _Residual:
@@ -145,8 +188,9 @@ def _run(ops: Iterable, x: torch.Tensor, state: torch.Tensor, span: _Span) -> to
 class _Planner:
     """Walks a decoder's modules in order, tracking rate and lag and laying out the state."""
 
-    def __init__(self):
+    def __init__(self, products: bool):
         self.rate, self.lag, self.size = 1, 0, 0  # samples per latent step; lag; state floats
+        self.products = products  # transposed and 1x1 convolutions as matrix products
 
     def slot(self, channels: int, length: int) -> _Slot:
         slot = _Slot(self.size, channels, length)
@@ -166,6 +210,8 @@ class _Planner:
             return [self._conv(module)]
         if isinstance(module, nn.ConvTranspose1d):
             return [self._conv_transpose(module)]
+        if isinstance(module, Snake1d):
+            return [_Snake(module)]
         if isinstance(module, POINTWISE):
             return [_Pointwise(module)]
         raise ValueError(
@@ -179,12 +225,12 @@ class _Planner:
         branch = self.plan(unit.block)
         return _Residual(branch, self.slot(channels, self.lag - lag_before))
 
-    def _conv(self, conv: nn.Conv1d) -> _Conv | _Pointwise:
+    def _conv(self, conv: nn.Conv1d) -> _Conv | _Product | _Pointwise:
         span = (conv.kernel_size[0] - 1) * conv.dilation[0]
         if conv.stride[0] != 1 or span != 2 * conv.padding[0] or conv.padding_mode != "zeros":
             raise ValueError(f"cannot stream SNAC's decoder: {conv} is not a 'same' convolution")
         if span == 0:
-            return _Pointwise(conv)
+            return _Product(conv) if self.products else _Pointwise(conv)
         op = _Conv(conv, self.rate, self.lag, self.slot(conv.in_channels, span))
         self.lag = op.lag_out
         return op
@@ -199,7 +245,8 @@ class _Planner:
         # Whole decode: (L - 1)s - 2 pad + k + extra samples; a stream makes exactly L * s.
         if k % s or conv.groups != 1 or conv.dilation[0] != 1 or k - 2 * pad + extra != s:
             raise ValueError(f"cannot stream SNAC's decoder: {conv} does not upsample exactly")
-        op = _ConvTranspose(conv, self.rate, self.lag, self.slot(conv.in_channels, k // s - 1))
+        slot = self.slot(conv.in_channels, k // s - 1)
+        op = _ConvTranspose(conv, self.rate, self.lag, slot, self.products)
         self.rate, self.lag = self.rate * s, op.lag_out
         return op
 
@@ -211,11 +258,14 @@ class StreamingDecoder:
     of latent steps a..a+n-1 gives the output samples (a * samples_per_latent - lag) onwards.
     Layers run on the modules' own weights, except that each transposed convolution keeps its
     weights rearranged into phases (a copy: 43 MB for SNAC 24 kHz in float32). Plan after
-    moving the modules to their device and dtype.
+    moving the modules to their device and dtype. `products`: run the transposed and 1x1
+    convolutions as matrix products (default: on a CPU, see the module's docstring).
     """
 
-    def __init__(self, decoder: nn.Module):
-        planner = _Planner()
+    def __init__(self, decoder: nn.Module, products: bool | None = None):
+        if products is None:
+            products = next(decoder.parameters()).device.type == "cpu"
+        planner = _Planner(products)
         self.ops = planner.plan(decoder)
         self.samples_per_latent, self.lag, self.state_size = (
             planner.rate,

@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 import torch
-from snac.layers import Decoder
+from snac.layers import Decoder, Snake1d
 
-from realtime.snac_stream import StreamingDecoder
+from realtime.snac_stream import StreamingDecoder, _ConvTranspose, _Snake
 from realtime.vocoder import disable_noise
 
 LATENT_DIM = 16
@@ -27,9 +27,11 @@ def random_decoder(channels: int, rates: tuple[int, ...], depthwise: bool) -> De
     return decoder.eval()
 
 
-def stream(decoder: Decoder, latents: torch.Tensor, chunk: int, first: int = 0) -> torch.Tensor:
+def stream(
+    decoder: Decoder, latents: torch.Tensor, chunk: int, first: int = 0, products: bool = True
+) -> torch.Tensor:
     """Feed (B, C, T) latents `chunk` steps at a time (after a `first` chunk), then drain."""
-    streaming = StreamingDecoder(decoder)
+    streaming = StreamingDecoder(decoder, products)
     state = torch.stack([streaming.new_state("cpu", torch.float32)] * len(latents))
     length = latents.shape[-1]
     padded = torch.nn.functional.pad(latents, (0, streaming.tail_latents))
@@ -42,16 +44,38 @@ def stream(decoder: Decoder, latents: torch.Tensor, chunk: int, first: int = 0) 
     return torch.cat(outputs, dim=-1)[..., lag : lag + length * streaming.samples_per_latent]
 
 
+# The convolutions as a GPU runs them, and as matrix products (a CPU's default).
+@pytest.mark.parametrize("products", [False, True], ids=["convolutions", "products"])
 @pytest.mark.parametrize("chunk", [1, 2, 5, 64])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_stream_equals_whole_decode(layout, chunk):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_stream_equals_whole_decode(batch, layout, chunk, products):
     decoder = random_decoder(*layout)
-    latents = torch.randn(2, LATENT_DIM, 13, generator=torch.Generator().manual_seed(1))
+    latents = torch.randn(batch, LATENT_DIM, 13, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         whole = decoder(latents)
-    streamed = stream(decoder, latents, chunk, first=3)
+    streamed = stream(decoder, latents, chunk, first=3, products=products)
     assert streamed.shape == whole.shape
     torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-5 * whole.abs().max().item())
+
+
+def test_products_are_a_cpus_default():
+    decoder = random_decoder(*LAYOUTS[0])  # on the CPU
+
+    def upsampling(streaming: StreamingDecoder) -> list[bool]:
+        return [op.product for op in streaming.ops if isinstance(op, _ConvTranspose)]
+
+    assert upsampling(StreamingDecoder(decoder)) == [True] * 4
+    assert upsampling(StreamingDecoder(decoder, products=False)) == [False] * 4
+
+
+def test_snake_gives_the_modules_bits():
+    decoder = random_decoder(*LAYOUTS[0])
+    snake = next(m for m in decoder.modules() if isinstance(m, Snake1d))
+    x = torch.randn(2, snake.alpha.shape[1], 50, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ours = _Snake(snake)(x, None, None)
+        assert torch.equal(ours, snake(x))
 
 
 def test_lag_and_state_follow_the_layout():
