@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from whisper.model import AudioEncoder
 
+from benchmarks.machine import cpu_name
 from realtime import checkpoint
 from realtime.config import DecodingOptions, WhisperDims
 from realtime.encoder import BLOCK_FRAMES, ChunkedEncoder, encode_exact, load_whisper_encoder
@@ -122,7 +123,7 @@ def measure_clip(encoder: AudioEncoder, audio, push_samples: int, repeats: int) 
 def machine(device: str) -> dict:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor(),
+        "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

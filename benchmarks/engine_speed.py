@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.machine import cpu_name
 from benchmarks.random_model import temporary_model
 from realtime import checkpoint, events, tokens
 from realtime.audio import load_audio
@@ -216,17 +217,7 @@ def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) 
 def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
-
-
-def _cpu_model() -> str:
-    """The CPU's name as Linux gives it (platform.processor() is empty there)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if "model name" in line]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

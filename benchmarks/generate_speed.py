@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.machine import cpu_name
 from kernels import cpu_decode
 from realtime import checkpoint, tokens
 from realtime.audio import load_audio
@@ -196,7 +197,7 @@ def main() -> None:
     result = {
         "machine": {
             "platform": platform.platform(),
-            "processor": _cpu_name(),
+            "processor": cpu_name(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "our_cpu_decode_kernels": cpu_decode.available(),
@@ -211,13 +212,6 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["ratios"], indent=1))
     log(f"wrote {args.out}")
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

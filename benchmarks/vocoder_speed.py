@@ -4,7 +4,9 @@ SNAC 24 kHz at its released shapes (random weights unless --model has snac/), no
 outputs compare. Per 85.33 ms frame of speech, with `--frames` frames per utterance:
 
 - `stream`: ours (realtime.vocoder), one frame per step, every frame decoded once with state;
-  also `stream xB`: B streams in one batched call per step, per stream-frame;
+  also `stream xB`: B streams in one batched call per step, per stream-frame; on a CPU also
+  `convs` and `convs xB`: the same with the upsampling and 1x1 layers as convolutions (as a GPU
+  runs them) instead of the CPU's matrix products;
 - `window`: overlap and keep the middle, a 5-frame window (2 left, 2 lookahead) per frame: what
   this project did before its streaming decoder, and the usual fix for the reference's seams;
 - `reference`: the reference's streaming, 4-frame chunks decoded with no context (seams);
@@ -31,8 +33,10 @@ import numpy as np
 import torch
 from snac import SNAC
 
+from benchmarks.machine import cpu_name
 from realtime import checkpoint, tokens
 from realtime.config import SnacConfig
+from realtime.snac_stream import StreamingDecoder
 from realtime.vocoder import Vocoder, VocoderStream, disable_noise, load_snac
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -126,12 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     contenders = {
         "stream": lambda: stream(vocoder, [frames])[0],
         f"stream x{args.batch}": lambda: stream(vocoder, utterances)[0],
+    }
+    if device.type == "cpu":
+        convs = Vocoder(vocoder.snac)
+        convs.decoder = StreamingDecoder(vocoder.snac.decoder, products=False)
+        contenders["convs"] = lambda: stream(convs, [frames])[0]
+        contenders[f"convs x{args.batch}"] = lambda: stream(convs, utterances)[0]
+    contenders |= {
         "window": lambda: window(vocoder, frames),
         "reference": lambda: reference(vocoder, frames),
         "whole": lambda: whole(vocoder, frames),
     }
     per_frame = dict.fromkeys(contenders, args.frames)
-    per_frame[f"stream x{args.batch}"] *= args.batch  # every stream's frames
+    for name in (f"stream x{args.batch}", f"convs x{args.batch}"):
+        if name in per_frame:
+            per_frame[name] *= args.batch  # every stream's frames
     best, outputs = {}, {}
     with torch.inference_mode():
         for name, fn in contenders.items():  # warm-up
@@ -141,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, _ = timed(fn, device)
                 best[name] = min(best.get(name, float("inf")), seconds)
     target = outputs["whole"]
-    first_audio = {"stream": vocoder.first_audio_delay_frames, "window": 1 + WINDOW_LOOKAHEAD}
+    first_audio = dict.fromkeys(["stream", "convs"], vocoder.first_audio_delay_frames)
+    first_audio["window"] = 1 + WINDOW_LOOKAHEAD
     first_audio |= {"reference": REFERENCE_CHUNK, "whole": args.frames}
     rows = []
     print(f"{'':<12}{'ms/frame':>10}{'x real time':>13}{'first audio':>13}{'rel L2':>10}")
@@ -162,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def machine(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "platform": platform.platform(),
-        "device": name or platform.machine(),
+        "device": name,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

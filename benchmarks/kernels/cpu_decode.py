@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.machine import cpu_name
 from kernels import cpu_decode
 from realtime.model import linear as routed
 
@@ -99,7 +100,7 @@ def main() -> None:
     result = {
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_name(),
             "cpus": torch.get_num_threads(),
             "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),

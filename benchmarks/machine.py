@@ -1,0 +1,13 @@
+"""What the benchmarks' results files say about the machine they ran on."""
+
+import platform
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo: platform.processor() is empty there)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if "model name" in line]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
