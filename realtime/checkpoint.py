@@ -6,6 +6,7 @@ usual caches (openai-whisper's, Hugging Face's), then downloaded with a progress
 Every failure is a `ModelError` whose message is one line saying what is missing and what to do.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import yaml
 from realtime import tokens
 from realtime.config import ModelConfig
 from realtime.model import OmniLM, rope_cache
+
+log = logging.getLogger(__name__)
 
 LM_WEIGHTS = "lit_model.pth"
 LM_CONFIG = "model_config.yaml"
@@ -185,7 +188,13 @@ def load_lm(files: ModelFiles, device: torch.device | str, dtype: torch.dtype) -
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight
     model.cos, model.sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)
-    return model.to(device).eval().requires_grad_(False).fuse()
+    model = model.to(device).eval().requires_grad_(False).fuse()
+    if model.pack():
+        log.info(
+            "this CPU has AMX: the model's products of several rows take its weights packed"
+            " for oneDNN (a second copy of them)"
+        )
+    return model
 
 
 def _check_state(model: OmniLM, state: object, path: Path) -> None:

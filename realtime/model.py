@@ -19,13 +19,25 @@ from realtime.config import ModelConfig
 # Above this many rows a bf16 product on a CPU without native bf16 runs faster upcast to fp32
 # (MKL's sgemm) than in torch's bf16 kernel, which slows down about linearly with the rows.
 CPU_UPCAST_ROWS = 32
+# From this many rows a product takes the weights packed for oneDNN, where the model has them:
+# one row is as fast or faster on our GEMV (a step's products on a 2-core Xeon with AMX: 48-50
+# ms against 49-56 packed), two are not (61 against 48-53).
+PACKED_MIN_ROWS = 2
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-    """x W^T + b, routed to the fastest path for bf16 on a CPU: our GEMV kernel for a decode
-    step's few rows (kernels/cpu_decode.py), fp32 for a prefill's many unless the CPU has
-    native bf16 (there torch's bf16 product is several times faster than the upcast)."""
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    packed: torch.Tensor | None = None,
+):
+    """x W^T + b, routed to the fastest path for bf16 on a CPU: oneDNN on `packed` weights
+    (OmniLM.pack) from PACKED_MIN_ROWS rows, else our GEMV kernel for a decode step's few rows
+    (kernels/cpu_decode.py), fp32 for a prefill's many unless the CPU has native bf16 (there
+    torch's bf16 product is several times faster than the upcast)."""
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        if packed is not None and x.numel() // x.shape[-1] >= PACKED_MIN_ROWS:
+            return cpu_decode.packed_linear(x, packed, bias)
         if cpu_decode.usable(x, weight):
             return cpu_decode.gemv_bf16(x, weight, bias)
         if x.numel() // x.shape[-1] > CPU_UPCAST_ROWS and not cpu_decode.native_bf16():
@@ -57,6 +69,7 @@ class SwiGLU(nn.Module):
         self.proj = nn.Linear(n_hidden, n_out, bias=False)
         self.fc_12: torch.Tensor | None
         self.register_buffer("fc_12", None, persistent=False)  # set by fuse()
+        self.fc_12_packed = self.proj_packed = None  # set by pack()
 
     def fuse(self) -> None:
         """Store fc_1 and fc_2 as halves of one (2 hidden, in) matrix: one product per call
@@ -76,8 +89,15 @@ class SwiGLU(nn.Module):
         if self.fc_12 is None:
             gate, up = F.linear(x, self.fc_1.weight), F.linear(x, self.fc_2.weight)
         else:
-            gate, up = linear(x, self.fc_12).chunk(2, dim=-1)
-        return linear(F.silu(gate) * up, self.proj.weight)
+            gate, up = linear(x, self.fc_12, packed=self.fc_12_packed).chunk(2, dim=-1)
+        return linear(F.silu(gate) * up, self.proj.weight, packed=self.proj_packed)
+
+    def pack(self) -> None:
+        """Keep the products' weights packed for oneDNN too (cpu_decode.pack)."""
+        if self.fc_12 is None:
+            self.fuse()
+        self.fc_12_packed = cpu_decode.pack(self.fc_12)
+        self.proj_packed = cpu_decode.pack(self.proj.weight)
 
 
 class KVCache:
@@ -101,13 +121,19 @@ class Attention(nn.Module):
         qkv_rows = (cfg.n_head + 2 * cfg.n_query_groups) * cfg.head_size
         self.attn = nn.Linear(cfg.n_embd, qkv_rows, bias=cfg.add_qkv_bias)
         self.proj = nn.Linear(cfg.n_head * cfg.head_size, cfg.n_embd, bias=False)
+        self.attn_packed = self.proj_packed = None  # set by pack()
+
+    def pack(self) -> None:
+        """Keep the products' weights packed for oneDNN too (cpu_decode.pack)."""
+        self.attn_packed = cpu_decode.pack(self.attn.weight)
+        self.proj_packed = cpu_decode.pack(self.proj.weight)
 
     def forward(self, x, cos, sin, cache: KVCache, layer: int, slots, positions, mask):
         cfg = self.cfg
         B, T, _ = x.shape
         q_per_kv = cfg.n_head // cfg.n_query_groups
         # litgpt packs each query group as [q_0 .. q_{q_per_kv-1}, k, v].
-        qkv = linear(x, self.attn.weight, self.attn.bias)
+        qkv = linear(x, self.attn.weight, self.attn.bias, packed=self.attn_packed)
         if T == 1 and _rows_in_c(qkv, cos, cache, slots):
             rows = zip(slots.tolist(), positions[:, 0].tolist(), strict=True)
             y = torch.stack([
@@ -117,7 +143,7 @@ class Attention(nn.Module):
                 )
                 for b, (slot, pos) in enumerate(rows)
             ])  # fmt: skip
-            return linear(y.view(B, 1, -1), self.proj.weight)
+            return linear(y.view(B, 1, -1), self.proj.weight, packed=self.proj_packed)
         qkv = qkv.view(B, T, cfg.n_query_groups, q_per_kv + 2, cfg.head_size)
         qkv = qkv.permute(0, 2, 3, 1, 4)  # (B, groups, q_per_kv + 2, T, hs)
         # RoPE on queries and keys together: (B, groups * (q_per_kv + 1), T, hs)
@@ -135,7 +161,7 @@ class Attention(nn.Module):
                 q, k_all, v_all, attn_mask=mask, scale=cfg.head_size**-0.5, enable_gqa=True
             )  # (B, n_head, T, hs)
         y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_size)
-        return linear(y, self.proj.weight)
+        return linear(y, self.proj.weight, packed=self.proj_packed)
 
 
 def _rows_in_c(qkv: torch.Tensor, cos, cache: KVCache, slots: torch.Tensor) -> bool:
@@ -215,6 +241,7 @@ class OmniLM(nn.Module):
         cos, sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self.text_head_packed = self.audio_head_packed = None  # set by pack()
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         """Whisper features (..., whisper_dim) -> audio-stream embeddings (..., n_embd)."""
@@ -271,11 +298,13 @@ class OmniLM(nn.Module):
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, 152000): the text range of the head."""
-        return linear(h, self.lm_head.weight[: tokens.TEXT_VOCAB_PADDED])
+        text_head = self.lm_head.weight[: tokens.TEXT_VOCAB_PADDED]
+        return linear(h, text_head, packed=self.text_head_packed)
 
     def audio_logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, 7, 4160): the 7 audio ranges, layer-local ids."""
-        logits = linear(h, self.lm_head.weight[tokens.TEXT_VOCAB_PADDED :])
+        audio_head = self.lm_head.weight[tokens.TEXT_VOCAB_PADDED :]
+        logits = linear(h, audio_head, packed=self.audio_head_packed)
         return logits.view(h.shape[0], tokens.AUDIO_LAYERS, tokens.AUDIO_LAYER_VOCAB)
 
     def fuse(self) -> "OmniLM":
@@ -284,6 +313,20 @@ class OmniLM(nn.Module):
             if isinstance(module, SwiGLU):
                 module.fuse()
         return self
+
+    def pack(self) -> bool:
+        """On a CPU where cpu_decode.packing() (AMX), keep every product's bf16 weights also
+        packed for oneDNN, which steps of several rows and prefills then take (a copy: 1.04 GB
+        at the released shapes). Call after fuse() -> whether it packed."""
+        head = self.lm_head.weight
+        if head.device.type != "cpu" or head.dtype != torch.bfloat16 or not cpu_decode.packing():
+            return False
+        for module in self.modules():
+            if isinstance(module, SwiGLU | Attention):
+                module.pack()
+        self.text_head_packed = cpu_decode.pack(head[: tokens.TEXT_VOCAB_PADDED])
+        self.audio_head_packed = cpu_decode.pack(head[tokens.TEXT_VOCAB_PADDED :])
+        return True
 
     def new_cache(self, slots: int, max_seq: int | None = None) -> KVCache:
         w = self.lm_head.weight

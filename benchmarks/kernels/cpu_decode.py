@@ -1,8 +1,9 @@
 """GB/s of weight streamed by our CPU bf16 GEMV against torch's bf16 linear, at the released
 model's shapes and for 1..8 activation rows, cycling through more weight than the caches hold
-(as a decode step does); `routed` is realtime.model.linear, which picks one of them by the
-rows and the CPU (kernels/cpu_decode.usable). Then a 2 s prompt's 104 rows through the blocks'
-products (a prefill): torch's bf16 against an upcast to fp32, and routed. Writes
+(as a decode step does); on a CPU with AMX also `packed`, oneDNN on weights packed once
+(cpu_decode.pack); `routed` is realtime.model.linear, which picks one of them by the rows and
+the CPU (kernels/cpu_decode.usable, model.PACKED_MIN_ROWS). Then a 2 s prompt's 104 rows through
+the blocks' products (a prefill): torch's bf16 against an upcast to fp32, packed and routed. Writes
 benchmarks/results/cpu_gemv-<machine>[-native-bf16].json. (The GEMV of kernels/cpu_decode.py;
 its one-row attention is timed inside generate_speed's decode step.)
 
@@ -90,11 +91,26 @@ def main() -> None:
     native = cpu_decode.native_bf16()
     dpbf16 = cpu_decode.dpbf16()
     print(f"{gigabytes:.2f} GB of weights; native bf16: {native}; AVX-512 BF16 GEMV: {dpbf16}")
-    decode = {"ours": cpu_decode.gemv_bf16, "torch": F.linear, "routed": routed}
+    packs = {}
+    if cpu_decode.packing():
+        print("packing the weights for oneDNN")
+        packs = {w.data_ptr(): cpu_decode.pack(w) for w in weights}
+
+    def packed(x, w):
+        return cpu_decode.packed_linear(x, packs[w.data_ptr()])
+
+    def routed_here(x, w):  # with the packed weights where the model would have them
+        return routed(x, w, packed=packs.get(w.data_ptr()))
+
+    decode = {"ours": cpu_decode.gemv_bf16, "torch": F.linear, "routed": routed_here}
     if dpbf16:
         decode["ours (avx2)"] = on_avx2
+    if packs:
+        decode["packed"] = packed
     rows_results = {rows: best_of(args.repeats, weights, rows, decode) for rows in (1, 2, 4, 8)}
-    prefill = {"torch": F.linear, "fp32": upcast, "routed": routed}
+    prefill = {"torch": F.linear, "fp32": upcast, "routed": routed_here}
+    if packs:
+        prefill["packed"] = packed
     blocks = weights[:-1]  # a prefill runs the head for its last position only
     prefill_results = best_of(max(1, args.repeats // 2), blocks, PREFILL_ROWS, prefill)
     result = {
@@ -106,6 +122,7 @@ def main() -> None:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native,
             "avx512_bf16_gemv": dpbf16,
+            "packed_weights": bool(packs),
         },
         "weights_GB": gigabytes,
         "rows": rows_results,

@@ -81,8 +81,8 @@ def model_products(monkeypatch) -> Products:
     products = Products()
     original = model.linear
 
-    def spy(x, weight, bias=None):
-        out = original(x, weight, bias)
+    def spy(x, weight, bias=None, packed=None):
+        out = original(x, weight, bias, packed)
         products.append((weight, x, out))
         return out
 

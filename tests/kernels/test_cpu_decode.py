@@ -152,3 +152,89 @@ def test_the_model_step_is_the_same_with_and_without_the_c_path(monkeypatch, row
     monkeypatch.setattr(model_module, "_rows_in_c", lambda *args: False)
     without = run()
     torch.testing.assert_close(with_c.float(), without.float(), rtol=2e-2, atol=2e-2)
+
+
+packing = pytest.mark.skipif(
+    not cpu_decode.packing(), reason="no AMX here, or no oneDNN packing in this torch"
+)
+
+
+@packing
+@pytest.mark.parametrize("rows", [1, 2, 3, 104])
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_packed_matches_torch(rows, n, k):
+    gen = torch.Generator().manual_seed(n * 131 + k + rows)
+    x = torch.randn(rows, 1, k, generator=gen).bfloat16()  # leading dims kept
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    bias = torch.randn(n, generator=gen).bfloat16()
+    packed = cpu_decode.pack(w)
+    for b in (None, bias):
+        got = cpu_decode.packed_linear(x, packed, b)
+        want = cpu_decode.gemv_bf16_ref(x.float(), w.float(), None if b is None else b.float())
+        assert got.dtype == torch.bfloat16 and got.shape == (rows, 1, n)
+        torch.testing.assert_close(got.float(), want, rtol=8e-3, atol=8e-3 * k**0.5)
+
+
+def test_packed_weights_take_products_of_several_rows(monkeypatch):
+    """A product with packed weights runs on them from PACKED_MIN_ROWS rows, in bf16 only;
+    fewer rows go where they would without them."""
+    from realtime import model
+
+    w = torch.randn(32, 64).bfloat16()
+    packed = object()  # opaque to linear(): handed to cpu_decode.packed_linear as it is
+    seen = []
+
+    def spy(x, weights, bias=None):
+        assert weights is packed
+        seen.append(x.numel() // x.shape[-1])
+        return torch.nn.functional.linear(x, w, bias)
+
+    monkeypatch.setattr(cpu_decode, "packed_linear", spy)
+    for rows in (model.PACKED_MIN_ROWS - 1, model.PACKED_MIN_ROWS, 104):
+        x = torch.randn(rows, 1, 64).bfloat16()
+        torch.testing.assert_close(model.linear(x, w, packed=packed), x @ w.T)
+    model.linear(torch.randn(4, 64), w.float(), packed=packed)  # fp32: never the bf16 copy
+    assert seen == [model.PACKED_MIN_ROWS, 104]
+
+
+def test_pack_needs_bf16_on_a_cpu_that_packs(monkeypatch):
+    from realtime.config import PRESETS
+    from realtime.model import OmniLM
+
+    lm = OmniLM(PRESETS["tiny"].model).eval().fuse()
+    assert not lm.pack()  # fp32
+    monkeypatch.setattr(cpu_decode, "packing", lambda: False)
+    assert not lm.bfloat16().pack() and lm.text_head_packed is None
+
+
+@packing
+def test_a_packed_model_computes_what_it_did(monkeypatch):
+    """OmniLM.pack(): a prefill and a step of two rows give the hidden states and logits they
+    gave without it, and every product of several rows ran on packed weights."""
+    from realtime.config import PRESETS
+    from realtime.generate import decode_step
+    from realtime.model import OmniLM
+
+    torch.manual_seed(0)
+    plain = OmniLM(PRESETS["tiny"].model).bfloat16().eval().requires_grad_(False).fuse()
+    packed = OmniLM(PRESETS["tiny"].model).bfloat16().eval().requires_grad_(False).fuse()
+    packed.load_state_dict(plain.state_dict())
+    assert packed.pack()
+    calls = []
+    run = cpu_decode.packed_linear
+    monkeypatch.setattr(cpu_decode, "packed_linear", lambda *a: calls.append(1) or run(*a))
+    outputs = []
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 4000, (1, 9, 8), generator=gen)
+    step = torch.randint(0, 4000, (2, 8), generator=gen)
+    for lm in (plain, packed):
+        cache = lm.new_cache(2, 16)
+        with torch.inference_mode():
+            h = lm(lm.embed(prompt), torch.arange(9)[None], torch.tensor([0]), cache)
+            lm(lm.embed(prompt), torch.arange(9)[None], torch.tensor([1]), cache)
+            s = decode_step(lm, cache, step, torch.tensor([9, 9]), torch.tensor([0, 1]))
+            outputs.append([h, s, lm.text_logits(s), lm.audio_logits(s)])
+    layers = PRESETS["tiny"].model.n_layer
+    assert len(calls) == 3 * 4 * layers + 2  # 4 products a block in 2 prefills and a step; heads
+    for want, got in zip(*outputs, strict=True):
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
