@@ -285,28 +285,39 @@ def _call(args: argparse.Namespace) -> int:
     import asyncio
 
     from realtime.audio import load_audio, write_wav
-    from realtime.loopback import SignalingError, call
+    from realtime.loopback import LoopbackClient, SignalingError, call
 
     speech = load_audio(args.wav)
     settings = {"max_answer_ms": args.max_answer_ms} if args.max_answer_ms else None
+    clients = []
 
     async def bounded():
+        clients.append(LoopbackClient(args.url, args.token))  # (built inside the loop it uses)
         async with asyncio.timeout(args.timeout):
-            return await call(args.url, speech, args.token, settings)
+            return await call(args.url, speech, args.token, settings, clients[0])
 
+    status = 0
     try:
-        client, spoken = asyncio.run(bounded())
+        asyncio.run(bounded())
     except SignalingError as exc:
         raise ValueError(str(exc)) from None
     except TimeoutError:
-        raise ValueError(f"no reply within {args.timeout:.0f} s") from None
+        if not clients[0].of_type("response.started"):
+            raise ValueError(f"no reply within {args.timeout:.0f} s") from None
+        print(
+            f"realtime: the reply was still playing after {args.timeout:.0f} s; what came of it"
+            " follows (--timeout waits longer, --max-answer-ms asks for a shorter one)",
+            file=sys.stderr,
+        )
+        status = 1
     except OSError as exc:  # aiohttp's connection errors among them
         raise ValueError(f"cannot reach {args.url}: {exc}") from None
+    client = clients[0]
     for event in client.events:
         if event["type"] in ("turn.latency", "response.done", "response.interrupted", "error"):
             print(json.dumps({k: v for k, v in event.items() if k != "_t"}))
     if args.out:
-        write_wav(args.out, client.recording.audio(since=spoken))
+        write_wav(args.out, client.recording.audio(since=client.spoken))
     if args.json:
         args.json.write_text(json.dumps(client.events, indent=1) + "\n")
-    return 0
+    return status

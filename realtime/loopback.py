@@ -105,6 +105,7 @@ class LoopbackClient:
         self.events: list[dict] = []  # each with "_t": its arrival time (time.monotonic())
         self.channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL)
         self.session: int | None = None
+        self.spoken: float | None = None  # when the last thing we said ended (monotonic)
         self._arrived = asyncio.Condition()
         self._tasks: set[asyncio.Task] = set()
         self.channel.on("message", self._on_message)
@@ -122,7 +123,8 @@ class LoopbackClient:
 
     async def say(self, pcm: np.ndarray) -> float:
         """Speak 16 kHz mono float speech; returns when its last frame was sent (monotonic)."""
-        return await self.mic.say(pcm)
+        self.spoken = await self.mic.say(pcm)
+        return self.spoken
 
     def send(self, message: dict | str) -> None:
         self.channel.send(message if isinstance(message, str) else json.dumps(message))
@@ -198,13 +200,14 @@ async def call(
     speech: np.ndarray,
     token: str | None = None,
     settings: dict | None = None,
+    client: LoopbackClient | None = None,
 ) -> tuple[LoopbackClient, float]:
     """Connect, speak `speech`, and wait until the reply has played (or was cut short).
 
     Returns the (closed) client, with its events and recording, and when our speech ended.
-    Bound it with `asyncio.timeout`.
+    Bound it with `asyncio.timeout`; pass a `client` (for `url`) to keep what it got then.
     """
-    client = LoopbackClient(url, token)
+    client = client or LoopbackClient(url, token)
     try:
         await client.connect()
         if settings:

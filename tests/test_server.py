@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
+from realtime.audio import load_audio
 from realtime.loopback import LoopbackClient, SignalingError, call, post_offer
 from realtime.protocol import MAX_MESSAGE_BYTES
 
@@ -54,6 +55,27 @@ def test_call_speaks_back_with_events_in_order(server):
     latency = client.of_type("turn.latency")[0]
     assert 0 < latency["end_of_turn_ms"] <= latency["first_audio_ms"] < WAIT_S * 1000
     assert latency["first_text_ms"] is not None
+
+
+def test_realtime_call_keeps_a_reply_that_outlasts_its_timeout(server, tmp_path, capsys):
+    """`realtime call` whose --timeout ends mid-reply: it says so, prints the events so far,
+    writes the audio so far and exits with status 1 (a call with no reply at all is an error)."""
+    from realtime import cli, tokens
+
+    speech_s = len(clip("q_capital.wav")) / tokens.INPUT_SAMPLE_RATE_HZ
+    out = tmp_path / "reply.wav"
+    wav = str(DATA / "q_capital.wav")
+    # The server answers with up to 160 steps (13.7 s); its first audio comes in ~1 s.
+    argv = ["call", server.url, "--wav", wav, "--token", TOKEN, "--out", str(out)]
+    status = cli.main([*argv, "--timeout", str(speech_s + 6)])
+    printed = capsys.readouterr()
+    assert status == 1 and "the reply was still playing after" in printed.err, printed.err
+    assert [json.loads(line)["type"] for line in printed.out.splitlines()] == ["turn.latency"]
+    reply = load_audio(out)  # 16 kHz
+    assert len(reply) > tokens.INPUT_SAMPLE_RATE_HZ  # more than a second of it
+    server.wait_idle()
+    assert cli.main([*argv, "--timeout", "0.5"]) == cli.EXIT_BAD_INPUT
+    assert "no reply within" in capsys.readouterr().err
 
 
 async def _answer_then(client: LoopbackClient, act) -> dict:
