@@ -197,6 +197,23 @@ def test_packed_weights_take_products_of_several_rows(monkeypatch):
     assert seen == [model.PACKED_MIN_ROWS, 104]
 
 
+@pytest.mark.parametrize("error", [AttributeError, RuntimeError, TypeError])
+def test_packing_is_off_where_torch_cannot_pack(monkeypatch, error):
+    """torch's packing ops are private: a torch without them (AttributeError), or where they
+    cannot run or take other arguments, packs nothing, even on a CPU with AMX."""
+
+    def cannot(weight):
+        raise error("as a torch without the op would")
+
+    monkeypatch.setattr(cpu_decode, "_cpu_probe", lambda name: True)  # AMX, say
+    monkeypatch.setattr(cpu_decode, "pack", cannot)
+    cpu_decode.packing.cache_clear()
+    try:
+        assert not cpu_decode.packing()
+    finally:
+        cpu_decode.packing.cache_clear()
+
+
 def test_pack_needs_bf16_on_a_cpu_that_packs(monkeypatch):
     from realtime.config import PRESETS
     from realtime.model import OmniLM
