@@ -36,7 +36,6 @@ from snac import SNAC
 from benchmarks.machine import cpu_name
 from realtime import checkpoint, tokens
 from realtime.config import SnacConfig
-from realtime.snac_stream import StreamingDecoder
 from realtime.vocoder import Vocoder, VocoderStream, disable_noise, load_snac
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -132,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         f"stream x{args.batch}": lambda: stream(vocoder, utterances)[0],
     }
     if device.type == "cpu":
-        convs = Vocoder(vocoder.snac)
-        convs.decoder = StreamingDecoder(vocoder.snac.decoder, products=False)
+        convs = Vocoder(vocoder.snac, products=False)
         contenders["convs"] = lambda: stream(convs, [frames])[0]
         contenders[f"convs x{args.batch}"] = lambda: stream(convs, utterances)[0]
     contenders |= {
@@ -141,10 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "reference": lambda: reference(vocoder, frames),
         "whole": lambda: whole(vocoder, frames),
     }
-    per_frame = dict.fromkeys(contenders, args.frames)
-    for name in (f"stream x{args.batch}", f"convs x{args.batch}"):
-        if name in per_frame:
-            per_frame[name] *= args.batch  # every stream's frames
+    # frames decoded per call: every stream's, where B streams go together
+    per_frame = {n: args.frames * (args.batch if " x" in n else 1) for n in contenders}
     best, outputs = {}, {}
     with torch.inference_mode():
         for name, fn in contenders.items():  # warm-up

@@ -220,14 +220,14 @@ class Vocoder:
     chunk and whether the chunk needs masks at the utterance's start; captured on first use,
     or ahead of it with `capture_streams`):
     the decoder's ~400 small launches become one, the host's cost of a chunk its few copies.
-    `graphs=False` keeps every call eager.
+    `graphs=False` keeps every call eager. `products`: StreamingDecoder's (None: on a CPU).
     """
 
-    def __init__(self, snac: SNAC, graphs: bool = True):
+    def __init__(self, snac: SNAC, graphs: bool = True, products: bool | None = None):
         self.snac = snac.eval()
         self.device = next(snac.parameters()).device
         self.dtype = next(snac.parameters()).dtype
-        self.decoder = StreamingDecoder(snac.decoder)
+        self.decoder = StreamingDecoder(snac.decoder, products)
         if self.decoder.samples_per_latent != tokens.SNAC_HOP_SAMPLES:
             raise ValueError(f"SNAC decoder upsamples {self.decoder.samples_per_latent}x")
         self._levels = level_layers(self.device)
