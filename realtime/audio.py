@@ -10,6 +10,7 @@ import soundfile
 from realtime import tokens
 
 PCM16_SCALE = 32768.0  # int16 full scale, the divisor whisper.load_audio uses
+PCM16_MAX = 32767  # the largest int16: float [-1, 1] maps onto +-PCM16_MAX on the way out
 
 
 class AudioError(ValueError):
@@ -40,6 +41,11 @@ def _decode_s16_mono(container, rate_hz: int) -> np.ndarray:
         chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # flush
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+def to_pcm16(pcm: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] (clipped) -> int16, rounded to nearest."""
+    return np.round(np.clip(pcm, -1.0, 1.0) * PCM16_MAX).astype(np.int16)
 
 
 def write_wav(path: Path, pcm: np.ndarray, rate_hz: int = tokens.OUTPUT_SAMPLE_RATE_HZ) -> None:

@@ -20,7 +20,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from realtime import tokens
-from realtime.playout import PCM16_MAX
+from realtime.audio import to_pcm16
 from realtime.protocol import DATA_CHANNEL_LABEL
 
 SPEECH_FRAME_MS = 20
@@ -49,7 +49,7 @@ class SpeechTrack(MediaStreamTrack):
 
     def say(self, pcm: np.ndarray) -> asyncio.Future:
         """Queue 16 kHz mono float speech; the future resolves when its last frame is sent."""
-        pcm16 = np.round(np.clip(pcm, -1, 1) * PCM16_MAX).astype(np.int16)
+        pcm16 = to_pcm16(pcm)
         done = asyncio.get_running_loop().create_future()
         self._clips.append((pcm16, done))
         return done

@@ -22,12 +22,12 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from realtime import tokens
+from realtime.audio import to_pcm16
 
 OUT_FRAME_MS = 20  # aiortc's audio packetization
 OUT_FRAME_SAMPLES = tokens.OUTPUT_SAMPLE_RATE_HZ * OUT_FRAME_MS // 1000  # 480
 LEAD_MS = 20  # how early a frame may leave: absorbs event-loop jitter, bounds stale audio
 RESYNC_MS = 200  # fell this far behind (a stalled loop): restart the clock rather than burst
-PCM16_MAX = 32767
 
 
 class OutputBuffer:
@@ -118,8 +118,7 @@ class AgentAudioTrack(MediaStreamTrack):
         if pcm is None:
             frame.planes[0].update(self._silence)
         else:
-            pcm16 = np.round(np.clip(pcm, -1, 1) * PCM16_MAX).astype(np.int16)
-            frame.planes[0].update(pcm16.tobytes())
+            frame.planes[0].update(to_pcm16(pcm).tobytes())
         frame.pts = self._pts
         frame.sample_rate = tokens.OUTPUT_SAMPLE_RATE_HZ
         frame.time_base = fractions.Fraction(1, tokens.OUTPUT_SAMPLE_RATE_HZ)
