@@ -277,6 +277,7 @@ def _server_options(args: argparse.Namespace):
         pdl=args.pdl,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        model_name=str(args.model),
         call=call,
     )
 

@@ -3,6 +3,8 @@
     browser ── GET /            ──► client/ (static page, no build step)
             ── POST /offer {sdp} ─► Conversation: aiortc peer + engine session ──► {sdp answer}
             ◄═ RTP audio, data channel "events" ═► conversation.py (turns, playout, interrupts)
+    OpenAI Realtime client ── GET /v1/realtime (WebSocket) ═► openai_door.py: JSON events,
+            base64 audio both ways, on one engine session
     GET /healthz ──► {"ok", "sessions", "max_sessions"}
 
 The event loop only moves bytes and JSON; the engine's thread runs the model. Each client's bad
@@ -17,17 +19,19 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from realtime import protocol
 from realtime.conversation import Conversation
 from realtime.engine import Engine, EngineBusy, EngineOptions
+from realtime.openai_door import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
 from realtime.prompts import Task
 from realtime.runtime import Runtime
 from realtime.server_config import ServerOptions
 from realtime.session import SessionOptions
 
 log = logging.getLogger("realtime.server")
+API_KEY_PROTOCOL = "openai-insecure-api-key."
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -40,11 +44,13 @@ class Server:
     def __init__(self, engine: Engine, options: ServerOptions) -> None:
         self.engine, self.options = engine, options
         self.conversations: set[Conversation] = set()
+        self.connections: set[RealtimeConnection] = set()  # the OpenAI Realtime door's
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=protocol.MAX_MESSAGE_BYTES)
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/healthz", self.health)
+        app.router.add_get("/v1/realtime", self.realtime)
         app.router.add_get("/", self.index)
         if self.options.client_dir.is_dir():
             app.router.add_static("/", self.options.client_dir)
@@ -61,7 +67,7 @@ class Server:
         return web.json_response(
             {
                 "ok": True,
-                "sessions": len(self.conversations),
+                "sessions": len(self.conversations) + len(self.connections),
                 "engine_sessions": self.engine.active_sessions,
                 "max_sessions": self.options.max_sessions,
             }
@@ -80,11 +86,39 @@ class Server:
             return json_error(413 if exc.code == "too_large" else 400, exc.code, str(exc))
         return await self._start_conversation(sdp)
 
+    async def realtime(self, request: web.Request) -> web.StreamResponse:
+        """An OpenAI-Realtime-compatible WebSocket; refusals come before the upgrade, as JSON."""
+        if not self._authorized(request):
+            return json_error(401, "unauthorized", "missing or wrong token (Authorization: Bearer)")
+        ws = web.WebSocketResponse(
+            protocols=("realtime",), max_msg_size=MAX_MESSAGE_BYTES, heartbeat=HEARTBEAT_S
+        )
+        ga = "realtime=v1" not in request.headers.get("OpenAI-Beta", "")
+        connection = RealtimeConnection(ws, self.options.call, self.options.model_name, ga)
+        try:
+            connection.handle = self.engine.open_session(self._session_options(), connection.sink)
+        except EngineBusy as exc:
+            log.info("realtime connection refused: %s", exc)
+            return json_error(503, "busy", f"the server is busy: {exc}; try again later")
+        self.connections.add(connection)
+        log.info("session %d opened (realtime API, %s)", connection.sid, "GA" if ga else "beta")
+        try:
+            await ws.prepare(request)
+            await connection.run()
+        finally:
+            connection.close()
+            self.connections.discard(connection)
+        return ws
+
+    def _session_options(self) -> SessionOptions:
+        return SessionOptions(Task.A2A, "chunked", decoding=self.options.call.decoding)
+
     async def _start_conversation(self, sdp: str) -> web.Response:
         conversation = Conversation(self.options.call, self.conversations.discard)
-        session = SessionOptions(Task.A2A, "chunked", decoding=self.options.call.decoding)
         try:
-            conversation.handle = self.engine.open_session(session, conversation.sink)
+            conversation.handle = self.engine.open_session(
+                self._session_options(), conversation.sink
+            )
         except EngineBusy as exc:
             await conversation.close("busy")
             log.info("offer refused: %s", exc)
@@ -99,13 +133,23 @@ class Server:
         return web.json_response({"type": "answer", "sdp": answer, "session": conversation.sid})
 
     def _authorized(self, request: web.Request) -> bool:
+        """The token as `Authorization: Bearer T`, or (browsers' WebSockets cannot set headers)
+        as the subprotocol `openai-insecure-api-key.T`, as OpenAI's clients send it."""
         if self.options.token is None:
             return True
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), self.options.token.encode())
+        given = [request.headers.get("Authorization", "").removeprefix("Bearer ").strip()]
+        for protocol_ in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+            given.append(protocol_.strip().removeprefix(API_KEY_PROTOCOL))
+        expected = self.options.token.encode()
+        return any(hmac.compare_digest(g.encode(), expected) for g in given if g)
 
     async def _close_all(self, app: web.Application) -> None:
-        await asyncio.gather(*(c.close("server shutting down") for c in list(self.conversations)))
+        for connection in list(self.connections):
+            connection.close()
+        await asyncio.gather(
+            *(c.close("server shutting down") for c in list(self.conversations)),
+            *(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in list(self.connections)),
+        )
 
 
 async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str], None]) -> None:

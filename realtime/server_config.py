@@ -53,4 +53,5 @@ class ServerOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_dir: Path = CLIENT_DIR
+    model_name: str = "gpt-omni/mini-omni"  # what the OpenAI Realtime door reports
     call: CallOptions = field(default_factory=CallOptions)

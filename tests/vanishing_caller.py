@@ -1,8 +1,10 @@
 """A caller that speaks, says "answering" on stdout once the reply plays, then hangs forever,
-so a test can kill it mid-answer (SIGKILL: no goodbye on any transport)."""
+so a test can kill it mid-answer (SIGKILL: no goodbye on any transport). Over WebRTC, or with
+a fourth argument `realtime` over the OpenAI Realtime WebSocket."""
 
 import asyncio
 import sys
+from types import SimpleNamespace
 
 from realtime.audio import load_audio
 from realtime.loopback import LoopbackClient
@@ -18,5 +20,17 @@ async def main(url: str, token: str, wav: str) -> None:
     await asyncio.Event().wait()
 
 
+async def main_realtime(url: str, token: str, wav: str) -> None:
+    from tests.test_openai_door import Raw, speech
+
+    server = SimpleNamespace(url=url)  # what Raw needs of the test server
+    async with Raw(server, {"Authorization": f"Bearer {token}"}) as client:
+        await client.say(speech(clip=wav))
+        await client.until("response.output_audio.delta")
+        print("answering", flush=True)
+        await asyncio.Event().wait()
+
+
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    door = main_realtime if sys.argv[4:] == ["realtime"] else main
+    asyncio.run(door(*sys.argv[1:4]))

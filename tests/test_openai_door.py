@@ -1,0 +1,436 @@
+"""`realtime serve`'s OpenAI-Realtime-compatible WebSocket (`/v1/realtime`) on 127.0.0.1, driven
+by the official `openai` package's realtime clients (both generations) and by a raw WebSocket
+for what those clients would never send. Every event the server sends is read back by the
+openai package's own models. Tiny random model: the answers are noise, their events are not.
+"""
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+
+import aiohttp
+import numpy as np
+import pytest
+from pydantic import TypeAdapter
+
+from realtime import tokens
+from realtime.audio import load_audio
+from realtime.openai_door import MAX_MESSAGE_BYTES
+from realtime.wire_audio import FORMATS, OutputAudio
+
+from .serving import DATA, MAX_SESSIONS, TOKEN, WAIT_S, within
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow
+SLOT_RELEASE_S = 5.0
+DELTAS = ("audio.delta", "audio_transcript.delta", "output_audio.delta", "output_audio_transcript")
+GA_TURN = [  # a server-VAD turn and its answer, deltas left out
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "conversation.item.added",
+    "conversation.item.done",
+    "response.created",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+    "response.done",
+]
+BETA_MANUAL_TURN = [  # commit, response.create and the answer, deltas left out
+    "input_audio_buffer.committed",
+    "conversation.item.created",
+    "response.created",
+    "response.output_item.added",
+    "conversation.item.created",
+    "response.content_part.added",
+    "response.audio.done",
+    "response.audio_transcript.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.done",
+]
+
+
+@pytest.fixture
+def server(live_server):
+    live_server.wait_idle()
+    return live_server
+
+
+def speech(fmt: str = "pcm16", clip: str = "q_capital.wav", silence_ms: int = 800) -> bytes:
+    """A question, then silence (so server VAD ends the turn), in the wire format `fmt`."""
+    pcm = load_audio(DATA / clip, rate_hz=tokens.OUTPUT_SAMPLE_RATE_HZ)
+    pcm = np.concatenate([pcm, np.zeros(silence_ms * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000)])
+    out = OutputAudio(FORMATS[fmt])
+    return out.push(pcm.astype(np.float32)) + out.flush()
+
+
+def pieces(data: bytes, size: int = 4800) -> list[str]:
+    return [base64.b64encode(data[i : i + size]).decode() for i in range(0, len(data), size)]
+
+
+def check_events(received: list[dict], ga: bool) -> None:
+    """Every event parses as the openai package's server event of its type."""
+    if ga:
+        union = pytest.importorskip("openai.types.realtime").RealtimeServerEvent
+    else:
+        union = pytest.importorskip("openai.types.beta.realtime").RealtimeServerEvent
+    adapter = TypeAdapter(union)
+    for event in received:
+        if event["type"].startswith("session."):  # (beta's `model` lists OpenAI's names only)
+            event = {**event, "session": {**event["session"], "model": None}}
+        parsed = adapter.validate_python(event)
+        assert parsed.type == event["type"]
+
+
+def without_deltas(received: list[dict]) -> list[str]:
+    return [e["type"] for e in received if not e["type"].endswith(DELTAS)]
+
+
+def answer_audio(received: list[dict]) -> bytes:
+    chunks = [e["delta"] for e in received if e["type"].endswith("audio.delta")]
+    return b"".join(base64.b64decode(c) for c in chunks)
+
+
+async def read_until(connection, kind: str) -> list[dict]:
+    received = []
+    while True:
+        event = await connection.recv()
+        received.append(event.model_dump(exclude_unset=True))
+        if event.type == kind:
+            return received
+
+
+def official(server, ga: bool):
+    client = openai.AsyncOpenAI(
+        api_key=TOKEN,
+        base_url=f"{server.url}/v1",
+        websocket_base_url=server.url.replace("http", "ws") + "/v1",
+    )
+    realtime = client.realtime if ga else client.beta.realtime
+    return realtime.connect(model="mini-omni")
+
+
+def test_the_official_ga_client_talks_with_server_vad(server):
+    async def scenario():
+        async with official(server, ga=True) as connection:
+            created = await connection.recv()
+            for audio in pieces(speech()):
+                await connection.input_audio_buffer.append(audio=audio)
+            return [created.model_dump(exclude_unset=True)] + await read_until(
+                connection, "response.done"
+            )
+
+    received = asyncio.run(within(WAIT_S, scenario()))
+    check_events(received, ga=True)
+    assert without_deltas(received) == ["session.created", *GA_TURN]
+    done = received[-1]["response"]
+    assert done["status"] in ("completed", "incomplete")  # (incomplete: --max-new-tokens)
+    audio = answer_audio(received)
+    assert len(audio) > 0 and len(audio) % 2 == 0  # 16-bit samples at 24 kHz
+    transcript = "".join(e["delta"] for e in received if e["type"].endswith("transcript.delta"))
+    assert done["output"][0]["content"][0]["transcript"] == transcript
+    assert done["usage"]["output_token_details"]["audio_tokens"] > 0
+    started = next(e for e in received if e["type"] == "input_audio_buffer.speech_started")
+    stopped = next(e for e in received if e["type"] == "input_audio_buffer.speech_stopped")
+    assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"] <= 3000  # a 2 s question
+    assert started["item_id"] == received[3]["item_id"]  # the committed item is the speech's
+
+
+def test_the_official_beta_client_commits_itself_in_g711(server):
+    async def scenario():
+        async with official(server, ga=False) as connection:
+            await connection.recv()  # session.created
+            await connection.session.update(
+                session={
+                    "turn_detection": None,
+                    "input_audio_format": "g711_ulaw",
+                    "output_audio_format": "g711_alaw",
+                }
+            )
+            updated = await read_until(connection, "session.updated")
+            for audio in pieces(speech("g711_ulaw", silence_ms=0), 1600):
+                await connection.input_audio_buffer.append(audio=audio)
+            await connection.input_audio_buffer.commit()
+            await connection.response.create()
+            return updated + await read_until(connection, "response.done")
+
+    received = asyncio.run(within(WAIT_S, scenario()))
+    check_events(received, ga=False)
+    session = received[0]["session"]
+    assert (session["turn_detection"], session["output_audio_format"]) == (None, "g711_alaw")
+    assert without_deltas(received)[1:] == BETA_MANUAL_TURN
+    audio = answer_audio(received)  # one byte per 8 kHz sample
+    assert len(audio) > 0
+    # The answer's length in ms, as the truncate check counts it, matches the bytes sent.
+    item = received[-1]["response"]["output"][0]
+    assert item["status"] in ("completed", "incomplete")
+
+
+class Raw:
+    """A bare WebSocket client, for what the official ones never send."""
+
+    def __init__(self, server, headers: dict | None = None, protocols=()) -> None:
+        self.url = server.url + "/v1/realtime?model=mini-omni"
+        self.headers = {"Authorization": f"Bearer {TOKEN}"} if headers is None else headers
+        self.protocols, self.received, self._ids = protocols, [], 0
+
+    async def __aenter__(self) -> "Raw":
+        self.http = aiohttp.ClientSession()
+        try:
+            self.ws = await self.http.ws_connect(
+                self.url, headers=self.headers, protocols=self.protocols
+            )
+        except BaseException:
+            await self.http.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.ws.close()
+        await self.http.close()
+
+    async def send(self, kind: str, **fields) -> str:
+        self._ids += 1
+        event_id = f"client_{self._ids}"
+        await self.ws.send_str(json.dumps({"type": kind, "event_id": event_id, **fields}))
+        return event_id
+
+    async def until(self, kind: str, **match) -> dict:
+        while True:
+            message = await self.ws.receive()
+            assert message.type is aiohttp.WSMsgType.TEXT, message
+            event = json.loads(message.data)
+            self.received.append(event)
+            if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
+                return event
+
+    async def error(self, event_id: str) -> dict:
+        return (await self.until("error"))["error"] | {"for": event_id}
+
+    async def say(self, audio: bytes) -> None:
+        for piece in pieces(audio):
+            await self.send("input_audio_buffer.append", audio=piece)
+
+
+def test_speaking_over_an_answer_cancels_it_and_answers_the_new_turn(server):
+    async def scenario():
+        async with Raw(server) as client:
+            await client.say(speech())
+            await client.until("response.output_audio.delta")
+            await client.say(speech("pcm16", "q_weather.wav"))
+            cancelled = await client.until("response.done")
+            second = await client.until("response.done")
+            return client.received, cancelled, second
+
+    received, cancelled, second = asyncio.run(within(WAIT_S, scenario()))
+    check_events(received, ga=True)
+    assert cancelled["response"]["status"] == "cancelled"
+    assert cancelled["response"]["status_details"]["reason"] == "turn_detected"
+    assert second["response"]["status"] in ("completed", "incomplete")
+    kinds = [e["type"] for e in received]
+    barge_in = kinds.index("input_audio_buffer.speech_started", kinds.index("response.created"))
+    assert barge_in < kinds.index("response.done")  # the speech cancelled the answer
+    # No audio of the cancelled answer comes after its response.done.
+    first_done = kinds.index("response.done")
+    late = [e for e in received[first_done:] if e.get("response_id") == cancelled["response"]["id"]]
+    assert late == []
+
+
+def test_cancel_truncate_and_bad_events_get_clear_errors_and_the_session_goes_on(server):
+    async def scenario():
+        async with Raw(server) as client:
+            await client.until("session.created")
+            manual = await client.send("session.update", session={"turn_detection": None})
+            await client.until("session.updated")
+            errors = []
+            for kind, fields in [
+                ("response.cancel", {}),
+                ("response.create", {}),
+                ("input_audio_buffer.commit", {}),
+                ("input_audio_buffer.append", {"audio": "not base64!"}),
+                ("dance", {}),
+                ("output_audio_buffer.clear", {}),
+                (
+                    "conversation.item.create",
+                    {
+                        "item": {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "hi"}],
+                        }
+                    },
+                ),
+                ("conversation.item.truncate", {"item_id": "nope", "audio_end_ms": 0}),
+                ("session.update", {"session": {"input_audio_format": "mp3"}}),
+            ]:
+                errors.append(await client.error(await client.send(kind, **fields)))
+            await client.ws.send_str("{not json")
+            errors.append(await client.error(None))
+            await client.ws.send_bytes(b"\x00\x01")
+            errors.append(await client.error(None))
+
+            await client.say(speech(silence_ms=0))
+            await client.send("input_audio_buffer.commit")
+            user = (await client.until("input_audio_buffer.committed"))["item_id"]
+            await client.send("response.create")
+            await client.until("response.output_audio.delta")
+            await client.send("response.cancel")
+            cancelled = (await client.until("response.done"))["response"]
+            item = cancelled["output"][0]["id"]
+            sent_ms = len(answer_audio(client.received)) * 1000 // 2 // 24000
+            past = await client.send(
+                "conversation.item.truncate",
+                item_id=item,
+                content_index=0,
+                audio_end_ms=sent_ms + 100,
+            )
+            errors.append(await client.error(past))
+            user_truncate = await client.send(
+                "conversation.item.truncate", item_id=user, content_index=0, audio_end_ms=0
+            )
+            errors.append(await client.error(user_truncate))
+            await client.send(
+                "conversation.item.truncate",
+                item_id=item,
+                content_index=0,
+                audio_end_ms=sent_ms // 2,
+            )
+            truncated = await client.until("conversation.item.truncated")
+            await client.send("conversation.item.delete", item_id=item)
+            await client.until("conversation.item.deleted", item_id=item)
+            errors.append(
+                await client.error(await client.send("conversation.item.retrieve", item_id=item))
+            )
+            await client.send("conversation.item.retrieve", item_id=user)
+            retrieved = await client.until("conversation.item.retrieved")
+            return client.received, errors, cancelled, truncated, retrieved, manual, sent_ms
+
+    received, errors, cancelled, truncated, retrieved, manual, sent_ms = asyncio.run(
+        within(WAIT_S, scenario())
+    )
+    check_events(received, ga=True)
+    assert [(e["code"], e["event_id"] == e["for"]) for e in errors] == [
+        ("response_cancel_not_active", True),
+        ("input_audio_buffer_empty", True),
+        ("input_audio_buffer_commit_empty", True),
+        ("invalid_value", True),
+        ("unknown_event", True),
+        ("unsupported", True),
+        ("unsupported", True),
+        ("item_not_found", True),
+        ("invalid_value", True),
+        ("invalid_json", True),
+        ("invalid_event", True),
+        ("invalid_value", True),  # truncate past the audio sent
+        ("invalid_value", True),  # truncate the caller's item
+        ("item_not_found", True),  # retrieve a deleted item
+    ]
+    assert all(e["message"] for e in errors)
+    assert errors[3]["param"] == "audio" and errors[8]["param"] == "session.input_audio_format"
+    assert (cancelled["status"], cancelled["status_details"]["reason"]) == (
+        "cancelled",
+        "client_cancelled",
+    )
+    assert sent_ms > 0 and truncated["audio_end_ms"] == sent_ms // 2
+    assert retrieved["item"]["role"] == "user"
+    assert not any(e["type"] == "input_audio_buffer.speech_started" for e in received), manual
+
+
+def test_audio_appended_after_a_commit_waits_for_its_own_turn(server):
+    """The engine answers all it heard since its last answer, so audio that arrives between a
+    commit and its response.create is held back: the answer hears the committed audio alone,
+    as its prompt's length (usage.input_tokens) shows."""
+
+    async def answer(client: Raw) -> int:
+        await client.send("response.create")
+        done = await client.until("response.done")
+        return done["response"]["usage"]["input_tokens"]
+
+    async def scenario():
+        first, second = speech(silence_ms=0), speech(clip="q_story.wav", silence_ms=0)
+        async with Raw(server) as client, Raw(server) as alone:
+            for each in (client, alone):
+                await each.send("session.update", session={"turn_detection": None})
+                await each.until("session.updated")
+            await client.say(first)
+            await client.send("input_audio_buffer.commit")
+            await client.say(second)  # not committed yet
+            heard = [await answer(client)]
+            await client.send("input_audio_buffer.commit")
+            heard.append(await answer(client))
+            await alone.say(first)
+            await alone.send("input_audio_buffer.commit")
+            heard.append(await answer(alone))
+            return heard
+
+    first, second, first_alone = asyncio.run(within(WAIT_S, scenario()))
+    assert first == first_alone
+    assert second > first  # the story is longer than the question
+
+
+def test_tokens_busy_and_oversized_messages(server):
+    async def scenario():
+        outcomes = {}
+        for name, headers in (("none", {}), ("wrong", {"Authorization": "Bearer wrong"})):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                async with Raw(server, headers):
+                    pass
+            outcomes[name] = refused.value.status
+        # Browsers cannot set headers: the key rides as a subprotocol, as OpenAI's clients do.
+        browser = Raw(server, {}, protocols=("realtime", f"openai-insecure-api-key.{TOKEN}"))
+        async with browser, Raw(server) as other:
+            await browser.until("session.created")
+            outcomes["protocol"] = browser.ws.protocol
+            with pytest.raises(aiohttp.WSServerHandshakeError) as busy:
+                async with Raw(server):
+                    pass
+            outcomes["busy"] = busy.value.status
+            try:  # the server closes as soon as it reads the frame's length
+                await browser.ws.send_str("x" * (MAX_MESSAGE_BYTES + 1))
+            except ConnectionError:
+                pass
+            closing = await browser.ws.receive()
+            outcomes["oversized"] = (closing.type, closing.data)
+            await other.send("session.update", session={"output_audio_format": "g711_ulaw"})
+            outcomes["other"] = (await other.until("session.updated"))["session"]
+        return outcomes
+
+    outcomes = asyncio.run(within(WAIT_S, scenario()))
+    assert (outcomes["none"], outcomes["wrong"], outcomes["busy"]) == (401, 401, 503)
+    assert outcomes["protocol"] == "realtime"
+    assert outcomes["oversized"] == (aiohttp.WSMsgType.CLOSE, aiohttp.WSCloseCode.MESSAGE_TOO_BIG)
+    assert outcomes["other"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+    assert MAX_SESSIONS == 2
+
+
+def test_a_client_that_vanishes_mid_answer_frees_its_slot(server):
+    caller = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.vanishing_caller",
+            server.url,
+            TOKEN,
+            str(DATA / "q_capital.wav"),
+            "realtime",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=DATA.parent.parent,
+    )
+    try:
+        assert caller.stdout.readline().strip() == "answering"
+        assert server.health()["engine_sessions"] == 1
+        caller.kill()
+        caller.wait()
+        server.wait_idle(timeout_s=SLOT_RELEASE_S)
+    finally:
+        caller.kill()
