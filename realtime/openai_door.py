@@ -151,7 +151,8 @@ class RealtimeConnection:
         return f"{prefix}_{self.sid}_{next(self._counter)}"
 
     def _describe(self) -> dict:
-        return describe(self.settings, f"sess_{self.sid}", self.model, self.ga)
+        max_steps = self.options.decoding.max_new_tokens
+        return describe(self.settings, f"sess_{self.sid}", self.model, self.ga, max_steps)
 
     # --- the client's events ----------------------------------------------------------------
 

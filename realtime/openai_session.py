@@ -9,14 +9,16 @@ either shape are read; the session is reported, and events named, in the connect
 What Mini-Omni cannot do is said, not pretended: tools, instructions, input transcription and
 text-only answers are answered with an `unsupported` error naming the field, and the rest of
 the update still applies. Invalid values (an unknown format, a threshold of 7) and turn
-detection we cannot run (semantic_vad) reject the whole update. The voice, temperature and
-token limit are the server's; the session reports them as they are.
+detection we cannot run (semantic_vad) reject the whole update. The voice (the model's one),
+temperature and answer length are the server's, whatever a client asks; the session reports
+the voice and the length limit as they are.
 """
 
 import base64
 import binascii
 from dataclasses import dataclass, replace
 
+from realtime import tokens
 from realtime.server_config import TurnOptions
 from realtime.turns import AGGRESSIVENESS_LEVELS, VAD_FRAME_MS
 from realtime.wire_audio import FORMATS
@@ -178,12 +180,17 @@ def _vad(value: object, param: str) -> ServerVad | None:
     return vad
 
 
-def describe(settings: Settings, sid: str, model: str, ga: bool) -> dict:
-    """The session object of session.created / session.updated, in the connection's shape."""
+def describe(
+    settings: Settings, sid: str, model: str, ga: bool, max_steps: int | None = None
+) -> dict:
+    """The session object of session.created / session.updated, in the connection's shape.
+    `max_steps`: the server's limit on an answer's decode steps (None: none)."""
     vad = settings.turn_detection
     detection = None if vad is None else {"type": "server_vad", **vad.__dict__}
+    # a step decodes one token in each stream (text + 7 audio layers)
+    limit = "inf" if max_steps is None else max_steps * tokens.STREAMS
     common = {"id": sid, "object": "realtime.session", "model": model, "instructions": ""}
-    common |= {"tools": [], "tool_choice": "auto", "max_output_tokens": "inf"}
+    common |= {"tools": [], "tool_choice": "auto", "max_output_tokens": limit}
     if not ga:
         common["max_response_output_tokens"] = common.pop("max_output_tokens")
         return common | {

@@ -131,6 +131,7 @@ def test_the_official_ga_client_talks_with_server_vad(server):
     received = asyncio.run(within(WAIT_S, scenario()))
     check_events(received, ga=True)
     assert without_deltas(received) == ["session.created", *GA_TURN]
+    assert received[0]["session"]["max_output_tokens"] == 160 * 8  # serve --max-new-tokens 160
     done = received[-1]["response"]
     assert done["status"] in ("completed", "incomplete")  # (incomplete: --max-new-tokens)
     audio = answer_audio(received)
