@@ -7,6 +7,8 @@ than the model hears) exits with status 2 and one line on stderr, never a traceb
 
 import argparse
 import json
+import os
+import re
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -128,6 +130,17 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="per answer")
     p.add_argument("--max-answer-ms", type=_positive_int, default=None, help="callers may lower it")
+    p.add_argument(
+        "--twilio-auth-token",
+        default=os.environ.get("TWILIO_AUTH_TOKEN"),
+        help="phone calls through Twilio: check its requests' signatures with the account's "
+        "auth token (default: $TWILIO_AUTH_TOKEN); needs --public-url",
+    )
+    p.add_argument(
+        "--public-url",
+        help="this server's URL as Twilio reaches it (https://host, e.g. a tunnel's), which "
+        "Twilio signs and the media stream's URL is built on",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -263,6 +276,11 @@ def _server_options(args: argparse.Namespace):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.pdl and args.step_products == "auto":
         raise ValueError("--step-products auto times the step with and without --pdl itself")
+    if args.twilio_auth_token and not args.public_url:
+        raise ValueError("--twilio-auth-token needs --public-url: the URL Twilio signs")
+    if args.public_url and not re.match(r"https?://[^/?#]+(/[^?#]*)?$", args.public_url):
+        message = "expected http(s)://host[:port][/path], no query"
+        raise ValueError(f"--public-url {args.public_url}: {message}")
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
@@ -278,6 +296,8 @@ def _server_options(args: argparse.Namespace):
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         model_name=str(args.model),
+        twilio_auth_token=args.twilio_auth_token,
+        public_url=args.public_url,
         call=call,
     )
 

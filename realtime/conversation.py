@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from realtime import events, protocol, tokens
 from realtime.audio import PCM16_SCALE
 from realtime.engine import SessionHandle
+from realtime.outbox import loop_sink
 from realtime.playout import AgentAudioTrack, OutputBuffer
 from realtime.server_config import CallOptions
 from realtime.turns import Framer, Turn, TurnDetector, TurnEvent
@@ -83,7 +84,7 @@ class Conversation:
         self.turns = TurnDetector(options.turns)
         self.max_answer_ms = options.max_answer_ms
         self.closed = False
-        self._loop = asyncio.get_running_loop()
+        self.sink = loop_sink(self._on_engine_event)  # the engine's, for open_session
         self._channel = None
         self._outbox: list[dict] = []  # messages produced before the data channel opened
         self._tasks: set[asyncio.Task] = set()
@@ -110,13 +111,6 @@ class Conversation:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
-
-    def sink(self, event: events.Event) -> None:
-        """Engine events, called on the inference thread: hand them to the loop, nothing else."""
-        try:
-            self._loop.call_soon_threadsafe(self._on_engine_event, event)
-        except RuntimeError:  # the loop is closed: the server is shutting down
-            pass
 
     async def close(self, reason: str) -> None:
         """Free the engine slot first (cheap, idempotent), then tear the connection down."""

@@ -17,7 +17,6 @@ holds the answer's audio: it is sent as fast as it is made. Event names follow t
 generation of the protocol (realtime/openai_session.py).
 """
 
-import asyncio
 import base64
 import itertools
 import json
@@ -41,6 +40,7 @@ from realtime.openai_session import (
     describe,
     unsupported,
 )
+from realtime.outbox import Outbox, loop_sink
 from realtime.server_config import CallOptions
 from realtime.turns import VAD_FRAME_MS, TurnDetector, TurnEvent
 from realtime.wire_audio import FORMATS, InputAudio, OutputAudio
@@ -65,8 +65,8 @@ class RealtimeConnection:
         self.handle: SessionHandle | None = None
         self.settings = Settings()
         self.closed = False
-        self._loop = asyncio.get_running_loop()
-        self._out: asyncio.Queue[str] = asyncio.Queue()
+        self.sink = loop_sink(self._on_engine_event)  # the engine's, for open_session
+        self._out = Outbox(ws)
         self._counter = itertools.count(1)
         self._input = InputAudio(FORMATS[self.settings.input_format])
         self._turns = self._detector()
@@ -100,7 +100,6 @@ class RealtimeConnection:
 
     async def run(self) -> None:
         """Serve the connection until the client leaves (the WebSocket is prepared)."""
-        writer = asyncio.ensure_future(self._write())
         self._send("session.created", session=self._describe())
         try:
             async for message in self.ws:
@@ -111,37 +110,21 @@ class RealtimeConnection:
                 elif message.type is WSMsgType.ERROR:  # e.g. too large: aiohttp closes (1009)
                     log.info("session %d: %s", self.sid, self.ws.exception())
         finally:
-            self.close()
-            writer.cancel()
+            self.close("the client left")
+            self._out.close()
 
-    def close(self) -> None:
+    def close(self, reason: str) -> None:
         """Free the engine slot (cheap, idempotent)."""
         if not self.closed:
             self.closed = True
             if self.handle is not None:
-                log.info("session %d closed (realtime API)", self.sid)
+                log.info("session %d closed (realtime API): %s", self.sid, reason)
                 self.handle.close()
-
-    def sink(self, event: events.Event) -> None:
-        """Engine events, called on the inference thread: hand them to the loop, nothing else."""
-        try:
-            self._loop.call_soon_threadsafe(self._on_engine_event, event)
-        except RuntimeError:  # the loop is closed: the server is shutting down
-            pass
-
-    async def _write(self) -> None:
-        """The one writer: events leave in the order they were made."""
-        while True:
-            text = await self._out.get()
-            try:
-                await self.ws.send_str(text)
-            except (ConnectionError, RuntimeError):  # gone: the reader sees the close too
-                return
 
     def _send(self, kind: str, **fields) -> None:
         if not self.closed:
             event = {"type": kind, "event_id": f"event_{next(self._counter)}", **fields}
-            self._out.put_nowait(json.dumps(event))
+            self._out.put(json.dumps(event))
 
     def _error(self, exc: ClientError, event_id: str | None = None, kind="invalid_request_error"):
         error = {"type": kind, "code": exc.code, "message": str(exc), "param": exc.param}

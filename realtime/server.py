@@ -5,6 +5,8 @@
             ◄═ RTP audio, data channel "events" ═► conversation.py (turns, playout, interrupts)
     OpenAI Realtime client ── GET /v1/realtime (WebSocket) ═► openai_door.py: JSON events,
             base64 audio both ways, on one engine session
+    Twilio ── POST /twilio/voice ─► TwiML; ══ GET /twilio/media (WebSocket) ═► twilio_door.py:
+            a phone call's mu-law audio both ways, on one engine session
     GET /healthz ──► {"ok", "sessions", "max_sessions"}
 
 The event loop only moves bytes and JSON; the engine's thread runs the model. Each client's bad
@@ -21,7 +23,7 @@ from collections.abc import Callable
 
 from aiohttp import WSCloseCode, web
 
-from realtime import protocol
+from realtime import protocol, twilio_door
 from realtime.conversation import Conversation
 from realtime.engine import Engine, EngineBusy, EngineOptions
 from realtime.openai_door import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
@@ -29,6 +31,7 @@ from realtime.prompts import Task
 from realtime.runtime import Runtime
 from realtime.server_config import ServerOptions
 from realtime.session import SessionOptions
+from realtime.twilio_door import TwilioCall
 
 log = logging.getLogger("realtime.server")
 API_KEY_PROTOCOL = "openai-insecure-api-key."
@@ -44,13 +47,15 @@ class Server:
     def __init__(self, engine: Engine, options: ServerOptions) -> None:
         self.engine, self.options = engine, options
         self.conversations: set[Conversation] = set()
-        self.connections: set[RealtimeConnection] = set()  # the OpenAI Realtime door's
+        self.connections: set[RealtimeConnection | TwilioCall] = set()  # the WebSocket doors'
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=protocol.MAX_MESSAGE_BYTES)
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/v1/realtime", self.realtime)
+        app.router.add_post(twilio_door.VOICE_PATH, self.twilio_voice)
+        app.router.add_get(twilio_door.MEDIA_PATH, self.twilio_media)
         app.router.add_get("/", self.index)
         if self.options.client_dir.is_dir():
             app.router.add_static("/", self.options.client_dir)
@@ -95,20 +100,70 @@ class Server:
         )
         ga = "realtime=v1" not in request.headers.get("OpenAI-Beta", "")
         connection = RealtimeConnection(ws, self.options.call, self.options.model_name, ga)
+        return await self._serve_websocket(request, ws, connection)
+
+    async def _serve_websocket(
+        self, request: web.Request, ws: web.WebSocketResponse, door: RealtimeConnection | TwilioCall
+    ) -> web.StreamResponse:
+        """Open the door's engine session (a full server refuses before the upgrade), then serve
+        the WebSocket until it ends; the slot is free again when this returns."""
         try:
-            connection.handle = self.engine.open_session(self._session_options(), connection.sink)
+            door.handle = self.engine.open_session(self._session_options(), door.sink)
         except EngineBusy as exc:
-            log.info("realtime connection refused: %s", exc)
+            log.info("%s refused: %s", request.path, exc)
             return json_error(503, "busy", f"the server is busy: {exc}; try again later")
-        self.connections.add(connection)
-        log.info("session %d opened (realtime API, %s)", connection.sid, "GA" if ga else "beta")
+        self.connections.add(door)
+        log.info("session %d opened (%s)", door.sid, request.path)
         try:
             await ws.prepare(request)
-            await connection.run()
+            await door.run()
         finally:
-            connection.close()
-            self.connections.discard(connection)
+            door.close("the connection ended")
+            self.connections.discard(door)
         return ws
+
+    async def twilio_voice(self, request: web.Request) -> web.Response:
+        """The phone number's voice webhook: connect the call to our media stream."""
+        form = await request.post()
+        params = {name: form.getall(name) for name in form}
+        refusal = self._twilio_refusal(request, self._public(request) + request.path_qs, params)
+        if refusal is not None:
+            return refusal
+        media_url = twilio_door.stream_url(self._public(request))
+        return web.Response(text=twilio_door.twiml(media_url), content_type="text/xml")
+
+    async def twilio_media(self, request: web.Request) -> web.StreamResponse:
+        """One phone call's Media Streams WebSocket."""
+        media_url = twilio_door.stream_url(self._public(request))
+        refusal = self._twilio_refusal(request, media_url, {})
+        if refusal is not None:
+            return refusal
+        ws = web.WebSocketResponse(
+            max_msg_size=twilio_door.MAX_MESSAGE_BYTES, heartbeat=twilio_door.HEARTBEAT_S
+        )
+        return await self._serve_websocket(request, ws, TwilioCall(ws, self.options.call))
+
+    def _twilio_refusal(self, request: web.Request, url: str, params: dict) -> web.Response | None:
+        auth_token = self.options.twilio_auth_token
+        if auth_token is None:
+            if self.options.token is None:  # a server open to anyone on this machine
+                return None
+            message = (
+                "phone calls need --twilio-auth-token and --public-url on a server with --token"
+            )
+            return json_error(403, "twilio_not_verified", message)
+        given = request.headers.get("X-Twilio-Signature", "")
+        if twilio_door.signed_by_twilio(auth_token, url, params, given):
+            return None
+        log.info("refused a Twilio request: X-Twilio-Signature does not match %s", url)
+        return json_error(403, "bad_signature", f"X-Twilio-Signature does not match {url}")
+
+    def _public(self, request: web.Request) -> str:
+        """The server's URL as callers (Twilio) reach it: --public-url, else this request's."""
+        if self.options.public_url is not None:
+            return self.options.public_url.rstrip("/")
+        scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
+        return f"{scheme}://{request.host}"
 
     def _session_options(self) -> SessionOptions:
         return SessionOptions(Task.A2A, "chunked", decoding=self.options.call.decoding)
@@ -145,7 +200,7 @@ class Server:
 
     async def _close_all(self, app: web.Application) -> None:
         for connection in list(self.connections):
-            connection.close()
+            connection.close("server shutting down")
         await asyncio.gather(
             *(c.close("server shutting down") for c in list(self.conversations)),
             *(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in list(self.connections)),

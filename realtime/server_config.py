@@ -54,4 +54,8 @@ class ServerOptions:
     tls_key: Path | None = None
     client_dir: Path = CLIENT_DIR
     model_name: str = "gpt-omni/mini-omni"  # what the OpenAI Realtime door reports
+    # Phone calls (Twilio Media Streams): the account's auth token checks Twilio's signatures,
+    # over the URLs Twilio was given: public_url, e.g. https://voice.example.com
+    twilio_auth_token: str | None = None
+    public_url: str | None = None
     call: CallOptions = field(default_factory=CallOptions)

@@ -12,10 +12,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from realtime import tokens
 from realtime.audio import load_audio
+from realtime.wire_audio import FORMATS, OutputAudio
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "test-token"
+TWILIO_TOKEN = "twilio-test-auth-token"
+PUBLIC_URL = "https://voice.example.com"  # what Twilio would be told; it signs URLs on it
 MAX_SESSIONS = 2
 START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core machine
 WAIT_S = 60.0  # generous bound for anything the spec does not time
@@ -23,6 +29,15 @@ WAIT_S = 60.0  # generous bound for anything the spec does not time
 
 def clip(name: str):
     return load_audio(DATA / name)
+
+
+def speech(fmt: str = "pcm16", clip: str = "q_capital.wav", silence_ms: int = 800) -> bytes:
+    """A question, then silence (so the server's VAD ends the turn), in the WebSocket doors'
+    wire format `fmt` (realtime.wire_audio.FORMATS)."""
+    pcm = load_audio(DATA / clip, rate_hz=tokens.OUTPUT_SAMPLE_RATE_HZ)
+    pcm = np.concatenate([pcm, np.zeros(silence_ms * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000)])
+    out = OutputAudio(FORMATS[fmt])
+    return out.push(pcm.astype(np.float32)) + out.flush()
 
 
 @dataclass
@@ -53,6 +68,10 @@ class ServerProcess:
             str(MAX_SESSIONS),
             "--max-new-tokens",
             "160",
+            "--twilio-auth-token",
+            TWILIO_TOKEN,
+            "--public-url",
+            PUBLIC_URL,
         ]
         with log.open("w") as err:
             process = subprocess.Popen(

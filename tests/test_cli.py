@@ -219,6 +219,9 @@ def _base_env():
         (["--host", "0.0.0.0"], "set --token"),
         (["--tls-cert", "cert.pem"], "go together"),
         (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "no such file"),
+        (["--twilio-auth-token", "x"], "needs --public-url"),
+        (["--public-url", "voice.example.com"], "expected http(s)://host"),
+        (["--public-url", "https://voice.example.com/?x=1"], "no query"),
     ],
 )
 def test_serve_refuses_unsafe_or_broken_listening_at_once(capsys, args, message):

@@ -11,16 +11,12 @@ import subprocess
 import sys
 
 import aiohttp
-import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
-from realtime import tokens
-from realtime.audio import load_audio
 from realtime.openai_door import MAX_MESSAGE_BYTES
-from realtime.wire_audio import FORMATS, OutputAudio
 
-from .serving import DATA, MAX_SESSIONS, TOKEN, WAIT_S, within
+from .serving import DATA, MAX_SESSIONS, TOKEN, WAIT_S, speech, within
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -62,14 +58,6 @@ BETA_MANUAL_TURN = [  # commit, response.create and the answer, deltas left out
 def server(live_server):
     live_server.wait_idle()
     return live_server
-
-
-def speech(fmt: str = "pcm16", clip: str = "q_capital.wav", silence_ms: int = 800) -> bytes:
-    """A question, then silence (so server VAD ends the turn), in the wire format `fmt`."""
-    pcm = load_audio(DATA / clip, rate_hz=tokens.OUTPUT_SAMPLE_RATE_HZ)
-    pcm = np.concatenate([pcm, np.zeros(silence_ms * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000)])
-    out = OutputAudio(FORMATS[fmt])
-    return out.push(pcm.astype(np.float32)) + out.flush()
 
 
 def pieces(data: bytes, size: int = 4800) -> list[str]:

@@ -21,7 +21,8 @@ async def main(url: str, token: str, wav: str) -> None:
 
 
 async def main_realtime(url: str, token: str, wav: str) -> None:
-    from tests.test_openai_door import Raw, speech
+    from tests.serving import speech
+    from tests.test_openai_door import Raw
 
     server = SimpleNamespace(url=url)  # what Raw needs of the test server
     async with Raw(server, {"Authorization": f"Bearer {token}"}) as client:
