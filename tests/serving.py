@@ -25,6 +25,7 @@ PUBLIC_URL = "https://voice.example.com"  # what Twilio would be told; it signs 
 MAX_SESSIONS = 2
 START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core machine
 WAIT_S = 60.0  # generous bound for anything the spec does not time
+SLOT_RELEASE_S = 5.0  # the spec's bound for freeing a vanished client's slot
 
 
 def clip(name: str):
@@ -116,6 +117,26 @@ class ServerProcess:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def kill_mid_answer(server: ServerProcess, *door: str) -> float:
+    """Run tests.vanishing_caller (over `door`, default WebRTC), SIGKILL it once it is being
+    answered, and return how long the server took to free its slot (at most SLOT_RELEASE_S)."""
+    wav = str(DATA / "q_capital.wav")
+    caller = subprocess.Popen(
+        [sys.executable, "-m", "tests.vanishing_caller", server.url, TOKEN, wav, *door],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=DATA.parent.parent,
+    )
+    try:
+        assert caller.stdout.readline().strip() == "answering"
+        assert server.health()["engine_sessions"] == 1
+        caller.kill()
+        caller.wait()
+        return server.wait_idle(timeout_s=SLOT_RELEASE_S)
+    finally:
+        caller.kill()
 
 
 async def within(seconds: float, awaitable):

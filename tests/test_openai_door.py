@@ -7,8 +7,6 @@ openai package's own models. Tiny random model: the answers are noise, their eve
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 
 import aiohttp
 import pytest
@@ -16,11 +14,18 @@ from pydantic import TypeAdapter
 
 from realtime.openai_door import MAX_MESSAGE_BYTES
 
-from .serving import DATA, MAX_SESSIONS, TOKEN, WAIT_S, speech, within
+from .serving import (
+    MAX_SESSIONS,
+    SLOT_RELEASE_S,
+    TOKEN,
+    WAIT_S,
+    kill_mid_answer,
+    speech,
+    within,
+)
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
-SLOT_RELEASE_S = 5.0
 DELTAS = ("audio.delta", "audio_transcript.delta", "output_audio.delta", "output_audio_transcript")
 GA_TURN = [  # a server-VAD turn and its answer, deltas left out
     "input_audio_buffer.speech_started",
@@ -401,25 +406,4 @@ def test_tokens_busy_and_oversized_messages(server):
 
 
 def test_a_client_that_vanishes_mid_answer_frees_its_slot(server):
-    caller = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.vanishing_caller",
-            server.url,
-            TOKEN,
-            str(DATA / "q_capital.wav"),
-            "realtime",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=DATA.parent.parent,
-    )
-    try:
-        assert caller.stdout.readline().strip() == "answering"
-        assert server.health()["engine_sessions"] == 1
-        caller.kill()
-        caller.wait()
-        server.wait_idle(timeout_s=SLOT_RELEASE_S)
-    finally:
-        caller.kill()
+    assert kill_mid_answer(server, "realtime") <= SLOT_RELEASE_S

@@ -7,9 +7,6 @@ generously, so a loaded machine makes these slower, not red.
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 
 import aiohttp
 import numpy as np
@@ -20,10 +17,18 @@ from realtime.audio import load_audio
 from realtime.loopback import LoopbackClient, SignalingError, call, post_offer
 from realtime.protocol import MAX_MESSAGE_BYTES
 
-from .serving import DATA, MAX_SESSIONS, TOKEN, WAIT_S, clip, within
+from .serving import (
+    DATA,
+    MAX_SESSIONS,
+    SLOT_RELEASE_S,
+    TOKEN,
+    WAIT_S,
+    clip,
+    kill_mid_answer,
+    within,
+)
 
 BARGE_IN_STOP_MS = 150
-SLOT_RELEASE_S = 5.0
 
 pytestmark = pytest.mark.slow
 
@@ -228,29 +233,7 @@ def test_one_session_too_many_is_busy_and_the_others_carry_on(server):
 
 
 def test_a_client_that_vanishes_mid_answer_frees_its_slot(server):
-    caller = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.vanishing_caller",
-            server.url,
-            TOKEN,
-            str(DATA / "q_capital.wav"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=DATA.parent.parent,
-    )
-    try:
-        assert caller.stdout.readline().strip() == "answering"
-        assert server.health()["engine_sessions"] == 1
-        caller.kill()
-        caller.wait()
-        gone = time.monotonic()
-        server.wait_idle(timeout_s=SLOT_RELEASE_S)
-        assert time.monotonic() - gone <= SLOT_RELEASE_S
-    finally:
-        caller.kill()
+    assert kill_mid_answer(server) <= SLOT_RELEASE_S
     # ... and the server still serves the next caller.
     client, _ = asyncio.run(
         within(WAIT_S, call(server.url, clip("q_capital.wav"), TOKEN, {"max_answer_ms": 500}))
