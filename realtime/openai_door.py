@@ -398,7 +398,8 @@ class RealtimeConnection:
         """The response's closing events, in the order OpenAI's server sends them."""
         response, self._response = self._response, None
         item, ids = response.item, {"response_id": response.id, "item_id": response.item.id}
-        self._audio_delta(response, response.output.flush())
+        if status in ("completed", "incomplete"):  # (a cut answer's last few ms stay unsent)
+            self._audio_delta(response, response.output.flush())
         item.status = "completed" if status == "completed" else "incomplete"
         transcript = item.transcript
         self._send(self.names["audio.done"], **ids, **CONTENT)

@@ -142,11 +142,12 @@ class TwilioCall:
 
     def _on_text(self, raw: str) -> None:
         try:
-            message = json.loads(raw)
-            kind = message["event"]
-        except (ValueError, KeyError, TypeError):
+            self._dispatch(json.loads(raw))
+        except (ValueError, KeyError, TypeError, AttributeError):  # not Twilio's shape
             log.info("session %d: ignored a malformed message", self.sid)
-            return
+
+    def _dispatch(self, message: dict) -> None:
+        kind = message["event"]
         if kind == "start":
             self._start(message)
         elif kind == "media" and self.stream_sid is not None:

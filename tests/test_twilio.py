@@ -133,6 +133,14 @@ def mark(name_end: str):
 def test_a_phone_call_is_answered_in_mulaw_and_ends_when_twilio_stops(server):
     async def scenario():
         async with FakeTwilio(server) as twilio:
+            for garbage in (
+                "{not json",
+                "[1]",
+                '{"event": "media", "media": "oops"}',
+                '{"event": "mark", "mark": 5}',
+                '{"event": "weird"}',
+            ):
+                await twilio.ws.send_str(garbage)  # logged and ignored: the call goes on
             await twilio.say(speech("g711_ulaw"))
             await twilio.until(mark(":end"))
             await twilio.send({"event": "dtmf", "streamSid": "MZ0001", "dtmf": {"digit": "1"}})
