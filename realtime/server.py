@@ -20,6 +20,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
 
@@ -29,7 +30,7 @@ from realtime.engine import Engine, EngineBusy, EngineOptions
 from realtime.openai_door import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
 from realtime.prompts import Task
 from realtime.runtime import Runtime
-from realtime.server_config import ServerOptions
+from realtime.server_config import LOCAL_HOSTS, ServerOptions
 from realtime.session import SessionOptions
 from realtime.twilio_door import TwilioCall
 
@@ -95,6 +96,11 @@ class Server:
         """An OpenAI-Realtime-compatible WebSocket; refusals come before the upgrade, as JSON."""
         if not self._authorized(request):
             return json_error(401, "unauthorized", "missing or wrong token (Authorization: Bearer)")
+        if self.options.token is None and cross_site(request.headers.get("Origin"), request.host):
+            # WebSockets skip the browser's same-origin checks: without a token, any page the
+            # user opens could use this server. Pages on this machine, and programs, may.
+            message = "a page from another site may connect only to a server with --token"
+            return json_error(403, "cross_site", message)
         ws = web.WebSocketResponse(
             protocols=("realtime",), max_msg_size=MAX_MESSAGE_BYTES, heartbeat=HEARTBEAT_S
         )
@@ -205,6 +211,14 @@ class Server:
             *(c.close("server shutting down") for c in list(self.conversations)),
             *(c.ws.close(code=WSCloseCode.GOING_AWAY) for c in list(self.connections)),
         )
+
+
+def cross_site(origin: str | None, host: str) -> bool:
+    """A browser page from elsewhere than this server or this machine (programs send no Origin)."""
+    if origin is None:
+        return False
+    origin_host = urlsplit(origin).hostname or ""
+    return urlsplit(origin).netloc != host and origin_host not in LOCAL_HOSTS
 
 
 async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str], None]) -> None:

@@ -13,6 +13,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from realtime.openai_door import MAX_MESSAGE_BYTES
+from realtime.server import cross_site
 
 from .serving import (
     MAX_SESSIONS,
@@ -407,3 +408,18 @@ def test_tokens_busy_and_oversized_messages(server):
 
 def test_a_client_that_vanishes_mid_answer_frees_its_slot(server):
     assert kill_mid_answer(server, "realtime") <= SLOT_RELEASE_S
+
+
+@pytest.mark.parametrize(
+    "origin, host, refused",
+    [
+        (None, "127.0.0.1:8080", False),  # a program (the SDK sends no Origin)
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", False),  # our own page
+        ("http://localhost:3000", "127.0.0.1:8080", False),  # a page served on this machine
+        ("http://[::1]:5173", "127.0.0.1:8080", False),
+        ("https://evil.example", "127.0.0.1:8080", True),
+        ("https://voice.example.com", "voice.example.com", False),
+    ],
+)
+def test_pages_from_other_sites_need_a_token(origin, host, refused):
+    assert cross_site(origin, host) is refused
