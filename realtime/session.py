@@ -35,6 +35,10 @@ class SessionOptions:
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
 
+# A speech task's twin for a typed turn: the same prompt rows and outputs, text in.
+TEXT_TWINS = {Task.A2A: Task.T2A, Task.A2T: Task.T2T}
+
+
 class SessionError(ValueError):
     """Something this session asked for cannot be done; it ends the turn, not the engine."""
 
@@ -149,17 +153,21 @@ class Session:
             self._reset_input()  # the next turn starts from fresh input state
 
     def start_text(self, text: str) -> None:
-        """A text turn (t2a, t2t): prefill it whole and sample the answer's first step."""
-        if self.spec.audio_in:
+        """A text turn: prefill it whole and sample the answer's first step. A speech session
+        answers it as its task's text twin (a2a as t2a, a2t as t2t: the same rows and outputs),
+        dropping a half-heard spoken turn."""
+        task = TEXT_TWINS.get(self.options.task) if self.spec.audio_in else self.options.task
+        if task is None:
             raise SessionError(f"task {self.options.task} takes audio, not text")
         self.turn += 1
-        prompt = build_prompt(self.options.task, text_ids=self.tokenizer.encode(text).ids)
+        prompt = build_prompt(task, text_ids=self.tokenizer.encode(text).ids)
         self._emit(events.TurnEnded)
         if self.generating:
             self.cancel()
+        self._reset_input()  # the typed turn goes in place of any half-heard one
         self._begin_prefill()
         self._ensure_room(prompt.length)
-        self._finish_prompt(prompt.ids)
+        self._finish_prompt(prompt.ids, task)
         self._reset_input()
 
     def _add_features(self, features: torch.Tensor) -> None:
@@ -182,14 +190,15 @@ class Session:
         mask[ids.shape[1] - len(new) :] = True
         self._forward(ids, audio[None].expand(self.spec.rows, -1, -1), mask)
 
-    def _finish_prompt(self, ids: torch.Tensor) -> None:
-        """Prefill the closing positions (rows, n, 8) and sample step 0."""
+    def _finish_prompt(self, ids: torch.Tensor, task: Task | None = None) -> None:
+        """Prefill the closing positions (rows, n, 8) and sample step 0 of `task`'s answer
+        (None: the session's)."""
         hidden = self._forward(ids, None, None)[:, -1]
         self._emit(events.PrefillDone, positions=self.base + self.prefilled)
         length = self.base + self.prefilled
         room = self.cache.max_seq - length
         limit = self.options.decoding.max_new_tokens or room
-        self.gen = Generation(self.options.task, length, min(limit, room))
+        self.gen = Generation(task or self.options.task, length, min(limit, room))
         self.accept(*sample_step(self.lm, hidden, self.gen, self.options.decoding))
 
     def _forward(self, ids, audio, mask) -> torch.Tensor:

@@ -176,6 +176,23 @@ def test_a_failing_session_does_not_disturb_the_others(runtime, engine):
     assert done.text_tokens == offline(runtime, Task.A2A, clip("q_capital.wav"), 20).text_tokens
 
 
+def test_a_speech_session_answers_typed_text_as_its_text_twin(runtime, engine):
+    """a2a given text answers as t2a (a2t as t2t) would; a half-heard spoken turn before it is
+    dropped, not heard with it."""
+    question, opts = "What is the capital of France?", DecodingOptions(max_new_tokens=24)
+    for task, twin_task in ((Task.A2A, Task.T2A), (Task.A2T, Task.T2T)):
+        twin = [e for e in runtime.run(Request(twin_task, text=question, options=opts))]
+        twin = [e for e in twin if isinstance(e, Result)][0]
+        rec = Recorder()
+        handle = engine.open_session(SessionOptions(task=task, decoding=opts), rec)
+        for start in range(0, 16000 * 3, PUSH):  # 3 s: one 2 s block is prefilled already
+            handle.push_audio(clip("q_story.wav")[start : start + PUSH])
+        handle.submit_text(question)
+        done = rec.wait_for(events.Done)[0]
+        assert done.text_tokens == twin.text_tokens and done.frames == frames_of(twin)
+        assert done.steps == twin.steps
+
+
 def test_a_session_serves_turn_after_turn(engine):
     rec = Recorder()
     handle = engine.open_session(
