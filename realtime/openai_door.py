@@ -73,7 +73,8 @@ class RealtimeConnection:
         self._heard_ms = 0  # every frame of input so far: the clock of audio_start/end_ms
         self._buffer_ms = 0  # in the input buffer: appended and not committed
         self._held: list[np.ndarray] = []  # appended after a commit that is not answered yet
-        self._unanswered = False  # committed audio waits for a response
+        self._unanswered = False  # committed audio (or a typed message) waits for a response
+        self._typed: str | None = None  # the typed message that does
         self._speech_item: str | None = None  # the item the VAD's current speech will become
         self._items: dict[str, Item] = {}  # the conversation, in order
         self._response: Response | None = None
@@ -225,6 +226,9 @@ class RealtimeConnection:
             self._start_response()
 
     def _commit(self, item_id: str | None = None) -> None:
+        if self._typed is not None:
+            message = "a typed message waits for its response: send response.create first"
+            raise ClientError("conversation_has_pending_text", message)
         if self._turns is not None and self._turns.in_turn:  # the client commits mid-speech
             self._turns.end(time.monotonic())
             item_id, self._speech_item = self._speech_item, None
@@ -255,25 +259,44 @@ class RealtimeConnection:
         self._send("input_audio_buffer.cleared")
 
     def _item_create(self, event: dict) -> None:
-        """A user message of recorded speech, as if appended and committed (text is refused)."""
+        """A user message: recorded speech, as if appended and committed, or typed text (the
+        model answers it as a text-to-speech turn of its own)."""
         item = event.get("item")
         if not isinstance(item, dict) or item.get("type", "message") != "message":
             raise ClientError("unsupported", "only message items can be created", "item.type")
         content = item.get("content")
         if item.get("role") != "user" or not isinstance(content, list) or len(content) != 1:
-            message = "an item is a user message with one input_audio content part"
+            message = "an item is a user message with one input_audio or input_text part"
             raise ClientError("unsupported", message, "item.content")
-        if not isinstance(content[0], dict) or content[0].get("type") != "input_audio":
-            message = "only speech is heard (input_audio): the live sessions take no text"
+        part = content[0] if isinstance(content[0], dict) else {}
+        if part.get("type") not in ("input_audio", "input_text"):
+            message = "a user message holds input_audio or input_text"
             raise ClientError("unsupported", message, "item.content")
-        if self._buffer_ms:
-            message = "commit or clear the input audio buffer before creating an item"
+        if self._buffer_ms or self._typed is not None:
+            message = "commit or clear the input audio buffer (or answer the typed message) first"
             raise ClientError("input_audio_buffer_not_empty", message)
-        audio = decode_base64(content[0].get("audio"), "item.content.audio")
+        item_id = item.get("id") if isinstance(item.get("id"), str) and item.get("id") else None
+        if part["type"] == "input_text":
+            self._type(part.get("text"), item_id)
+            return
+        audio = decode_base64(part.get("audio"), "item.content.audio")
         for frame in InputAudio(FORMATS[self.settings.input_format]).push(audio):
             self._buffer(frame)
-        item_id = item.get("id")
-        self._commit(item_id if isinstance(item_id, str) and item_id else None)
+        self._commit(item_id)
+
+    def _type(self, text: object, item_id: str | None) -> None:
+        if not isinstance(text, str) or not text.strip():
+            message = "the text must be a non-empty string"
+            raise ClientError("invalid_value", message, "item.content")
+        if self._unanswered:
+            message = "spoken audio waits for its response: send response.create first"
+            raise ClientError("input_audio_buffer_not_empty", message)
+        self._typed, self._unanswered = text, True
+        item = Item(item_id or self._new_id("item"), "user", text=text)
+        previous = self._add_item(item)
+        self._item_added(item, previous)
+        if self.ga:
+            self._send(self.names["item.done"], previous_item_id=previous, item=item.describe(True))
 
     # --- responses ----------------------------------------------------------------------------
 
@@ -292,9 +315,12 @@ class RealtimeConnection:
         self._start_response()
 
     def _start_response(self) -> None:
-        self.handle.end_turn()
+        if self._typed is not None:
+            self.handle.submit_text(self._typed)
+        else:
+            self.handle.end_turn()
         self._engine_turn += 1
-        self._unanswered = False
+        self._unanswered, self._typed = False, None
         item = Item(self._new_id("item"), "assistant", status="in_progress")
         output = OutputAudio(FORMATS[self.settings.output_format])
         response = self._response = Response(self._new_id("resp"), item, output)

@@ -18,6 +18,7 @@ class Item:
     role: str  # "user" or "assistant"
     status: str = "completed"
     samples: int = 0  # assistant: answer audio sent (24 kHz), or kept by a truncate
+    text: str | None = None  # user: a typed message (else the turn was spoken)
     texts: list[tuple[int, str]] = field(default_factory=list)  # (samples sent before it, text)
 
     @property
@@ -34,7 +35,9 @@ class Item:
         self.texts = [(at, text) for at, text in self.texts if at <= self.samples]
 
     def describe(self, ga: bool) -> dict:
-        if self.role == "user":
+        if self.role == "user" and self.text is not None:
+            content = {"type": "input_text", "text": self.text}
+        elif self.role == "user":
             content = {"type": "input_audio", "transcript": None}
         else:
             content = {"type": "output_audio" if ga else "audio", "transcript": self.transcript}

@@ -259,7 +259,7 @@ def test_cancel_truncate_and_bad_events_get_clear_errors_and_the_session_goes_on
                         "item": {
                             "type": "message",
                             "role": "user",
-                            "content": [{"type": "input_text", "text": "hi"}],
+                            "content": [{"type": "input_image", "image_url": "data:,"}],
                         }
                     },
                 ),
@@ -337,6 +337,42 @@ def test_cancel_truncate_and_bad_events_get_clear_errors_and_the_session_goes_on
     assert sent_ms > 0 and truncated["audio_end_ms"] == sent_ms // 2
     assert retrieved["item"]["role"] == "user"
     assert not any(e["type"] == "input_audio_buffer.speech_started" for e in received), manual
+
+
+def test_a_typed_message_is_answered_in_speech(server):
+    """The official GA client sends text; the model answers it as a t2a turn, and the audio
+    spoken meanwhile waits for the turn after it."""
+
+    async def scenario():
+        async with official(server, ga=True) as connection:
+            await connection.recv()  # session.created
+            await connection.session.update(
+                session={"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+            )
+            await read_until(connection, "session.updated")
+            await connection.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "What is the capital of France?"}],
+                }
+            )
+            received = await read_until(connection, "conversation.item.done")
+            await connection.input_audio_buffer.append(audio=pieces(speech(silence_ms=0))[0])
+            await connection.input_audio_buffer.commit()  # refused: the text waits for its answer
+            received += await read_until(connection, "error")
+            await connection.response.create()
+            return received + await read_until(connection, "response.done")
+
+    received = asyncio.run(within(WAIT_S, scenario()))
+    check_events(received, ga=True)
+    item = received[0]["item"]
+    assert item["content"] == [{"type": "input_text", "text": "What is the capital of France?"}]
+    error = next(e for e in received if e["type"] == "error")["error"]
+    assert error["code"] == "conversation_has_pending_text"
+    done = received[-1]["response"]
+    assert done["status"] in ("completed", "incomplete") and answer_audio(received)
+    assert done["usage"]["input_tokens"] < 40  # a typed question's prompt, not 2 s of speech
 
 
 def test_audio_appended_after_a_commit_waits_for_its_own_turn(server):
