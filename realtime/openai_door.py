@@ -112,12 +112,12 @@ class RealtimeConnection:
                     log.info("session %d: %s", self.sid, self.ws.exception())
         finally:
             self.close("the client left")
-            self._out.close()
 
     def close(self, reason: str) -> None:
-        """Free the engine slot (cheap, idempotent)."""
+        """Free the engine slot and stop writing (cheap, idempotent)."""
         if not self.closed:
             self.closed = True
+            self._out.close()
             if self.handle is not None:
                 log.info("session %d closed (realtime API): %s", self.sid, reason)
                 self.handle.close()

@@ -116,6 +116,7 @@ class Server:
         try:
             door.handle = self.engine.open_session(self._session_options(), door.sink)
         except EngineBusy as exc:
+            door.close("the server is busy")
             log.info("%s refused: %s", request.path, exc)
             return json_error(503, "busy", f"the server is busy: {exc}; try again later")
         self.connections.add(door)

@@ -124,12 +124,13 @@ class TwilioCall:
                     break
         finally:
             self.close("the stream ended")
-            self._out.close()
         await self.ws.close()
 
     def close(self, reason: str) -> None:
+        """Free the engine slot and stop writing (cheap, idempotent)."""
         if not self.closed:
             self.closed = True
+            self._out.close()
             if self.handle is not None:
                 log.info("session %d closed (phone call): %s", self.sid, reason)
                 self.handle.close()
