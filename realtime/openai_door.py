@@ -6,6 +6,7 @@ the engine's thread.
         ─► push_audio ─► engine (encoded and prefilled while the caller talks)
     commit (the VAD's end of speech, or the client's) ─► a user item
     response.create (or the VAD's create_response) ─► end_turn ─► the engine answers
+    conversation.item.create with input_text ─► (response.create) submit_text: a t2a turn
     engine ─sink (inference thread)─► loop ─► OutputAudio ─► response.audio.delta,
         response.audio_transcript.delta ─► the client, which plays it
     interrupt: speech onset (interrupt_response) or response.cancel ─► engine cancel ─►
