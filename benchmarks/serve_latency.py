@@ -110,6 +110,8 @@ async def realtime_api_call(url: str, token: str | None) -> dict:
             t_stop, stopped = await wait_for("input_audio_buffer.speech_stopped")
             t_audio, _ = await wait_for("response.output_audio.delta")
             t_text = first("response.output_audio_transcript.delta")
+            # enough measured: a random model's answer would run to its length limit
+            await ws.send_str(json.dumps({"type": "response.cancel"}))
             await wait_for("response.done")
         reader.cancel()
     speech_end = start + stopped["audio_end_ms"] / 1000
