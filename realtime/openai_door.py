@@ -29,7 +29,6 @@ from aiohttp import WSMsgType, web
 
 from realtime import events, tokens
 from realtime.audio import PCM16_SCALE
-from realtime.engine import SessionHandle
 from realtime.openai_items import CONTENT, Item, Response
 from realtime.openai_session import (
     BETA_NAMES,
@@ -41,7 +40,7 @@ from realtime.openai_session import (
     describe,
     unsupported,
 )
-from realtime.outbox import Outbox, loop_sink
+from realtime.outbox import WebSocketDoor
 from realtime.server_config import CallOptions
 from realtime.turns import VAD_FRAME_MS, TurnDetector, TurnEvent
 from realtime.wire_audio import FORMATS, InputAudio, OutputAudio
@@ -57,17 +56,16 @@ def _ms(samples: int, rate_hz: int) -> int:
     return samples * 1000 // rate_hz
 
 
-class RealtimeConnection:
+class RealtimeConnection(WebSocketDoor):
     """Wires one WebSocket to one engine session."""
 
+    kind = "realtime API"
+
     def __init__(self, ws: web.WebSocketResponse, options: CallOptions, model: str, ga: bool):
-        self.ws, self.options, self.model, self.ga = ws, options, model, ga
+        super().__init__(ws)
+        self.options, self.model, self.ga = options, model, ga
         self.names = GA_NAMES if ga else BETA_NAMES
-        self.handle: SessionHandle | None = None
         self.settings = Settings()
-        self.closed = False
-        self.sink = loop_sink(self._on_engine_event)  # the engine's, for open_session
-        self._out = Outbox(ws)
         self._counter = itertools.count(1)
         self._input = InputAudio(FORMATS[self.settings.input_format])
         self._turns = self._detector()
@@ -94,10 +92,6 @@ class RealtimeConnection:
             "output_audio_buffer.clear": self._output_clear,
         }
 
-    @property
-    def sid(self) -> int:
-        return -1 if self.handle is None else self.handle.id
-
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -113,15 +107,6 @@ class RealtimeConnection:
                     log.info("session %d: %s", self.sid, self.ws.exception())
         finally:
             self.close("the client left")
-
-    def close(self, reason: str) -> None:
-        """Free the engine slot and stop writing (cheap, idempotent)."""
-        if not self.closed:
-            self.closed = True
-            self._out.close()
-            if self.handle is not None:
-                log.info("session %d closed (realtime API): %s", self.sid, reason)
-                self.handle.close()
 
     def _send(self, kind: str, **fields) -> None:
         if not self.closed:

@@ -1,4 +1,5 @@
-"""What the WebSocket doors share: one writer per connection, and the engine's sink.
+"""What the WebSocket doors share: one writer per connection, the engine's sink, and the
+grip on their engine session.
 
 A door's handlers run on the event loop and must not await, so what they send is queued; one
 task writes it, in order. Engine events arrive on the inference thread and are handed to the
@@ -6,11 +7,15 @@ loop, nothing else done there.
 """
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
 
 from realtime import events
+from realtime.engine import SessionHandle
+
+log = logging.getLogger("realtime.server")
 
 
 class Outbox:
@@ -46,3 +51,33 @@ def loop_sink(handler: Callable[[events.Event], None]) -> Callable[[events.Event
             pass
 
     return sink
+
+
+class WebSocketDoor:
+    """One WebSocket connection served by one engine session (the server opens it and sets
+    `handle`); subclasses handle the messages and the engine's events."""
+
+    kind = "websocket"  # in the logs
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.handle: SessionHandle | None = None
+        self.closed = False
+        self.sink = loop_sink(self._on_engine_event)  # the engine's, for open_session
+        self._out = Outbox(ws)
+
+    @property
+    def sid(self) -> int:
+        return -1 if self.handle is None else self.handle.id
+
+    def close(self, reason: str) -> None:
+        """Free the engine slot and stop writing (cheap, idempotent)."""
+        if not self.closed:
+            self.closed = True
+            self._out.close()
+            if self.handle is not None:
+                log.info("session %d closed (%s): %s", self.sid, self.kind, reason)
+                self.handle.close()
+
+    def _on_engine_event(self, event: events.Event) -> None:
+        raise NotImplementedError

@@ -28,6 +28,7 @@ from realtime import protocol, twilio_door
 from realtime.conversation import Conversation
 from realtime.engine import Engine, EngineBusy, EngineOptions
 from realtime.openai_door import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
+from realtime.outbox import WebSocketDoor
 from realtime.prompts import Task
 from realtime.runtime import Runtime
 from realtime.server_config import LOCAL_HOSTS, ServerOptions
@@ -48,7 +49,7 @@ class Server:
     def __init__(self, engine: Engine, options: ServerOptions) -> None:
         self.engine, self.options = engine, options
         self.conversations: set[Conversation] = set()
-        self.connections: set[RealtimeConnection | TwilioCall] = set()  # the WebSocket doors'
+        self.connections: set[WebSocketDoor] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=protocol.MAX_MESSAGE_BYTES)
@@ -109,7 +110,7 @@ class Server:
         return await self._serve_websocket(request, ws, connection)
 
     async def _serve_websocket(
-        self, request: web.Request, ws: web.WebSocketResponse, door: RealtimeConnection | TwilioCall
+        self, request: web.Request, ws: web.WebSocketResponse, door: WebSocketDoor
     ) -> web.StreamResponse:
         """Open the door's engine session (a full server refuses before the upgrade), then serve
         the WebSocket until it ends; the slot is free again when this returns."""

@@ -31,8 +31,7 @@ from aiohttp import WSMsgType, web
 
 from realtime import events, tokens
 from realtime.audio import PCM16_SCALE
-from realtime.engine import SessionHandle
-from realtime.outbox import Outbox, loop_sink
+from realtime.outbox import WebSocketDoor
 from realtime.server_config import CallOptions
 from realtime.turns import TurnDetector, TurnEvent
 from realtime.wire_audio import FORMATS, InputAudio, OutputAudio
@@ -88,16 +87,15 @@ def twiml(media_url: str) -> str:
 # --- one call ----------------------------------------------------------------------------------
 
 
-class TwilioCall:
+class TwilioCall(WebSocketDoor):
     """Wires one Media Streams WebSocket to one engine session."""
 
+    kind = "phone call"
+
     def __init__(self, ws: web.WebSocketResponse, options: CallOptions) -> None:
-        self.ws, self.options = ws, options
-        self.handle: SessionHandle | None = None
+        super().__init__(ws)
+        self.options = options
         self.stream_sid: str | None = None  # from the "start" message
-        self.closed = False
-        self.sink = loop_sink(self._on_engine_event)  # the engine's, for open_session
-        self._out = Outbox(ws)
         self._input = InputAudio(FORMATS["g711_ulaw"])
         self._turns = TurnDetector(options.turns)
         self._engine_turn = 0  # end_turn() calls so far: the number engine events carry
@@ -107,10 +105,6 @@ class TwilioCall:
         self._played = 0  # of them, played: the last mark Twilio echoed
         self._speech_end_t = 0.0  # the caller's last voiced frame of the turn answered
         self._first_audio_logged = False
-
-    @property
-    def sid(self) -> int:
-        return -1 if self.handle is None else self.handle.id
 
     async def run(self) -> None:
         """Serve the call until Twilio stops the stream or the connection ends."""
@@ -125,15 +119,6 @@ class TwilioCall:
         finally:
             self.close("the stream ended")
         await self.ws.close()
-
-    def close(self, reason: str) -> None:
-        """Free the engine slot and stop writing (cheap, idempotent)."""
-        if not self.closed:
-            self.closed = True
-            self._out.close()
-            if self.handle is not None:
-                log.info("session %d closed (phone call): %s", self.sid, reason)
-                self.handle.close()
 
     def _send(self, message: dict) -> None:
         if not self.closed and self.stream_sid is not None:
