@@ -31,7 +31,7 @@ def load_audio(path: Path, rate_hz: int = tokens.INPUT_SAMPLE_RATE_HZ) -> np.nda
         raise AudioError(f"{path} is not a readable audio file ({exc.strerror or exc})") from None
     if pcm.size == 0:
         raise AudioError(f"{path} holds no audio samples")
-    return pcm.astype(np.float32) / PCM16_SCALE
+    return from_pcm16(pcm)
 
 
 def _decode_s16_mono(container, rate_hz: int) -> np.ndarray:
@@ -41,6 +41,11 @@ def _decode_s16_mono(container, rate_hz: int) -> np.ndarray:
         chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # flush
     return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+def from_pcm16(pcm16: np.ndarray) -> np.ndarray:
+    """int16 samples -> float32 in [-1, 1), as load_audio scales them."""
+    return pcm16.astype(np.float32) / PCM16_SCALE
 
 
 def to_pcm16(pcm: np.ndarray) -> np.ndarray:

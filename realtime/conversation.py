@@ -23,7 +23,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from realtime import events, protocol, tokens
-from realtime.audio import PCM16_SCALE
+from realtime.audio import from_pcm16
 from realtime.engine import SessionHandle
 from realtime.outbox import loop_sink
 from realtime.playout import AgentAudioTrack, OutputBuffer
@@ -220,7 +220,7 @@ class Conversation:
                 log.info("session %d: barge-in", self.sid)
             self.send(protocol.message("speech.started", turn=self._turn))
         if turn.audio is not None:
-            self.handle.push_audio(turn.audio.astype(np.float32) / PCM16_SCALE)
+            self.handle.push_audio(from_pcm16(turn.audio))
         if turn.kind is TurnEvent.ENDED:
             self.handle.end_turn()
             self._engine_turn += 1

@@ -28,7 +28,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from realtime import events, tokens
-from realtime.audio import PCM16_SCALE
+from realtime.audio import from_pcm16
 from realtime.openai_items import CONTENT, Item, Response
 from realtime.openai_session import (
     BETA_NAMES,
@@ -190,7 +190,7 @@ class RealtimeConnection(WebSocketDoor):
         if self._unanswered:
             self._held.append(pcm16)
         else:
-            self.handle.push_audio(pcm16.astype(np.float32) / PCM16_SCALE)
+            self.handle.push_audio(from_pcm16(pcm16))
 
     def _speech_started(self, preroll_samples: int) -> None:
         start_ms = self._heard_ms - _ms(preroll_samples, tokens.INPUT_SAMPLE_RATE_HZ)
@@ -232,7 +232,7 @@ class RealtimeConnection(WebSocketDoor):
 
     def _release_held(self) -> None:
         for pcm16 in self._held:
-            self.handle.push_audio(pcm16.astype(np.float32) / PCM16_SCALE)
+            self.handle.push_audio(from_pcm16(pcm16))
         self._held.clear()
 
     def _clear(self, event: dict) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from realtime import events, tokens
-from realtime.audio import PCM16_SCALE
+from realtime.audio import from_pcm16
 from realtime.outbox import WebSocketDoor
 from realtime.server_config import CallOptions
 from realtime.turns import TurnDetector, TurnEvent
@@ -171,7 +171,7 @@ class TwilioCall(WebSocketDoor):
         if turn.kind is TurnEvent.STARTED and (self._answering or self._sent > self._played):
             self._barge_in()
         if turn.audio is not None:
-            self.handle.push_audio(turn.audio.astype(np.float32) / PCM16_SCALE)
+            self.handle.push_audio(from_pcm16(turn.audio))
         if turn.kind is TurnEvent.ENDED:
             self.handle.end_turn()
             self._engine_turn += 1
