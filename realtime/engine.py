@@ -82,11 +82,14 @@ class SessionHandle:
         self._engine._inputs.put((self.id, "audio", np.asarray(samples, np.float32)))
         self._engine._wake.set()
 
-    def end_turn(self) -> None:
-        self._engine._put_input(self.id, "end_turn", None)
+    def end_turn(self, speak: bool | None = None) -> None:
+        """The caller's turn is over: answer it, aloud or in text only as `speak` says (None:
+        as the session's task does)."""
+        self._engine._put_input(self.id, "end_turn", speak)
 
-    def submit_text(self, text: str) -> None:
-        self._engine._put_input(self.id, "text", text)
+    def submit_text(self, text: str, speak: bool | None = None) -> None:
+        """A typed turn, answered as end_turn says."""
+        self._engine._put_input(self.id, "text", (text, speak))
 
     def clear_input(self) -> None:
         self._engine._put_input(self.id, "clear", None)
@@ -292,9 +295,9 @@ class Engine:
         if kind == "audio":
             session.feed_audio(payload)
         elif kind == "end_turn":
-            session.end_turn()
+            session.end_turn(payload)
         elif kind == "text":
-            session.start_text(payload)
+            session.start_text(*payload)
         elif kind == "clear":
             session.clear_input()
         self._finish_if_done([session])
@@ -352,21 +355,21 @@ class Engine:
         texting = [
             (s, b) for s, b in zip(answering, starts, strict=True) if s.gen.needs_text_logits
         ]
-        speaking = [(s, b) for s, b in zip(answering, starts, strict=True) if s.spec.audio_out]
+        speaking = [(s, b) for s, b in zip(answering, starts, strict=True) if s.gen.spec.audio_out]
         text_ids, audio_ids = {}, {}
         if texting:
-            logits = lm.text_logits(hidden[[b + s.spec.text_row for s, b in texting]])
+            logits = lm.text_logits(hidden[[b + s.gen.spec.text_row for s, b in texting]])
             picks = _pick(logits, texting, tokens.TEXT_STREAM)
             text_ids = dict(zip([s for s, _ in texting], picks, strict=True))
         if speaking:
-            logits = lm.audio_logits(hidden[[b + s.spec.audio_row for s, b in speaking]])
+            logits = lm.audio_logits(hidden[[b + s.gen.spec.audio_row for s, b in speaking]])
             picks = _pick(logits, speaking, 0)
             audio_ids = dict(zip([s for s, _ in speaking], picks, strict=True))
         for s in answering:
             self._guarded(s, s.accept, text_ids.get(s, tokens.PAD_T), audio_ids.get(s))
 
     def _vocode(self, sessions: list[Session]) -> None:
-        speaking = [s for s in sessions if s.spec.audio_out and s.gen is not None]
+        speaking = [s for s in sessions if s.gen is not None and s.gen.spec.audio_out]
         if not speaking:
             return
         streams = [s.vocoder for s in speaking]
@@ -379,7 +382,7 @@ class Engine:
         done = [s for s in sessions if s.gen is not None and s.gen.done]
         if not done:
             return
-        speaking = [s for s in done if s.spec.audio_out]
+        speaking = [s for s in done if s.gen.spec.audio_out]
         tails = dict(
             zip(speaking, self.runtime.vocoder.flush([s.vocoder for s in speaking]), strict=True)
         )

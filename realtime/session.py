@@ -37,6 +37,20 @@ class SessionOptions:
 
 # A speech task's twin for a typed turn: the same prompt rows and outputs, text in.
 TEXT_TWINS = {Task.A2A: Task.T2A, Task.A2T: Task.T2T}
+# A speaking task's silent twin: the same rows and the same prompt up to its last position (the
+# answer marker of the audio streams), so a turn prefilled for one can be answered as the other.
+SILENT_TWINS = {Task.A2A: Task.A2T, Task.T2A: Task.T2T}
+
+
+def turn_task(task: Task, speak: bool | None) -> Task:
+    """`task` for a turn answered aloud (speak True), in text only (False), or as the session's
+    task says (None)."""
+    if speak is None or TASKS[task].audio_out == speak:
+        return task
+    twins = SILENT_TWINS if not speak else {b: a for a, b in SILENT_TWINS.items()}
+    if task not in twins:
+        raise SessionError(f"task {task} cannot answer {'aloud' if speak else 'in text only'}")
+    return twins[task]
 
 
 class SessionError(ValueError):
@@ -127,8 +141,9 @@ class Session:
         """Drop a half-heard turn."""
         self._reset_input()
 
-    def end_turn(self) -> None:
-        """The caller stopped talking: finish the prompt and sample the answer's first step.
+    def end_turn(self, speak: bool | None = None) -> None:
+        """The caller stopped talking: finish the prompt and sample the answer's first step,
+        spoken or in text only as `speak` says (None: as the session's task does).
 
         A turn that ends while an answer still runs supersedes it (the caller spoke over it).
         """
@@ -146,20 +161,22 @@ class Session:
         else:
             self._add_features(encode_exact(self.whisper, np.concatenate(self.audio or [[]])))
         try:
+            task = turn_task(self.options.task, speak)
             self._prefill_features()
-            prompt = build_prompt(self.options.task, audio_frames=self.frames).ids
-            self._finish_prompt(prompt[:, self.prefilled :])
+            prompt = build_prompt(task, audio_frames=self.frames).ids
+            self._finish_prompt(prompt[:, self.prefilled :], task)
         finally:
             self._reset_input()  # the next turn starts from fresh input state
 
-    def start_text(self, text: str) -> None:
-        """A text turn: prefill it whole and sample the answer's first step. A speech session
-        answers it as its task's text twin (a2a as t2a, a2t as t2t: the same rows and outputs),
-        dropping a half-heard spoken turn."""
+    def start_text(self, text: str, speak: bool | None = None) -> None:
+        """A text turn: prefill it whole and sample the answer's first step (`speak` as for
+        end_turn). A speech session answers it as its task's text twin (a2a as t2a, a2t as
+        t2t: the same rows and outputs), dropping a half-heard spoken turn."""
         task = TEXT_TWINS.get(self.options.task) if self.spec.audio_in else self.options.task
         if task is None:
             raise SessionError(f"task {self.options.task} takes audio, not text")
         self.turn += 1
+        task = turn_task(task, speak)
         prompt = build_prompt(task, text_ids=self.tokenizer.encode(text).ids)
         self._emit(events.TurnEnded)
         if self.generating:

@@ -193,6 +193,43 @@ def test_a_speech_session_answers_typed_text_as_its_text_twin(runtime, engine):
         assert done.steps == twin.steps
 
 
+def test_a_turn_answered_in_text_only_equals_the_silent_twin(runtime, engine):
+    """speak=False on an a2a session answers that turn as a2t (typed: as t2t) would, beside a
+    neighbour that speaks; its next turn speaks again; a task with no silent twin says so."""
+    pcm, opts = clip("q_story.wav"), DecodingOptions(max_new_tokens=24)
+    speaking, quiet = Recorder(), Recorder()
+    neighbour = engine.open_session(SessionOptions(decoding=opts), speaking)
+    handle = engine.open_session(SessionOptions(decoding=opts), quiet)
+    for start in range(0, len(pcm), PUSH):
+        handle.push_audio(pcm[start : start + PUSH])
+        neighbour.push_audio(pcm[start : start + PUSH])
+    handle.end_turn(speak=False)
+    neighbour.end_turn()
+    done = quiet.wait_for(events.Done)[0]
+    twin = offline(runtime, Task.A2T, pcm, opts)
+    assert done.text_tokens == twin.text_tokens and done.steps == twin.steps
+    assert done.frames == [] and not quiet.of(events.AudioChunk)
+    assert speaking.wait_for(events.Done)[0].frames == frames_of(
+        offline(runtime, Task.A2A, pcm, 24)
+    )
+
+    question = "What is the capital of France?"
+    typed = [e for e in runtime.run(Request(Task.T2T, text=question, options=opts))]
+    typed = [e for e in typed if isinstance(e, Result)][0]
+    handle.submit_text(question, speak=False)
+    assert quiet.wait_for(events.Done, 2)[1].text_tokens == typed.text_tokens
+    speak(handle, pcm)  # the session's own task again: spoken
+    assert quiet.wait_for(events.Done, 3)[2].frames == frames_of(
+        offline(runtime, Task.A2A, pcm, 24)
+    )
+
+    batch = Recorder()
+    handle = engine.open_session(SessionOptions(task=Task.A2A_BATCH), batch)
+    handle.push_audio(pcm[:PUSH])
+    handle.end_turn(speak=False)
+    assert "cannot answer in text only" in batch.wait_for(events.Error)[0].message
+
+
 def test_a_session_serves_turn_after_turn(engine):
     rec = Recorder()
     handle = engine.open_session(
