@@ -8,7 +8,8 @@ the engine's thread.
     response.create (or the VAD's create_response) ─► end_turn ─► the engine answers
     conversation.item.create with input_text ─► (response.create) submit_text: a t2a turn
     engine ─sink (inference thread)─► loop ─► OutputAudio ─► response.audio.delta,
-        response.audio_transcript.delta ─► the client, which plays it
+        response.audio_transcript.delta ─► the client, which plays it (or, for a text-only
+        response, response.text.delta: the turn answered as the model's text-out twin)
     interrupt: speech onset (interrupt_response) or response.cancel ─► engine cancel ─►
         response.done "cancelled"; conversation.item.truncate says how much was played
 
@@ -38,6 +39,7 @@ from realtime.openai_session import (
     apply_update,
     decode_base64,
     describe,
+    speaks,
     unsupported,
 )
 from realtime.outbox import WebSocketDoor
@@ -296,18 +298,23 @@ class RealtimeConnection(WebSocketDoor):
         if not self._unanswered:
             message = "nothing to answer: commit the caller's audio first (the model hears speech)"
             raise ClientError("input_audio_buffer_empty", message)
+        speak = self.settings.speak
+        for param in ("modalities", "output_modalities"):
+            if request.get(param) is not None:
+                speak = speaks(request[param], "response." + param)
         for exc in unsupported(request, "response"):
             self._error(exc, event.get("event_id"))
-        self._start_response()
+        self._start_response(speak)
 
-    def _start_response(self) -> None:
+    def _start_response(self, speak: bool | None = None) -> None:
+        speak = self.settings.speak if speak is None else speak
         if self._typed is not None:
-            self.handle.submit_text(self._typed)
+            self.handle.submit_text(self._typed, speak)
         else:
-            self.handle.end_turn()
+            self.handle.end_turn(speak)
         self._engine_turn += 1
         self._unanswered, self._typed = False, None
-        item = Item(self._new_id("item"), "assistant", status="in_progress")
+        item = Item(self._new_id("item"), "assistant", status="in_progress", spoken=speak)
         output = OutputAudio(FORMATS[self.settings.output_format])
         response = self._response = Response(self._new_id("resp"), item, output)
         previous = self._add_item(item)
@@ -325,7 +332,7 @@ class RealtimeConnection(WebSocketDoor):
             "response.content_part.added",
             response_id=response.id,
             item_id=item.id,
-            part={"type": "audio", "transcript": ""},
+            part=_part(item),
             **CONTENT,
         )
         self._release_held()  # the start of the caller's next turn
@@ -363,7 +370,7 @@ class RealtimeConnection(WebSocketDoor):
         elif isinstance(event, events.TextDelta):
             response.item.texts.append((response.item.samples, event.text))
             self._send(
-                self.names["transcript.delta"],
+                self.names["transcript.delta" if response.item.spoken else "text.delta"],
                 response_id=response.id,
                 item_id=response.item.id,
                 delta=event.text,
@@ -413,15 +420,12 @@ class RealtimeConnection(WebSocketDoor):
         if status in ("completed", "incomplete"):  # (a cut answer's last few ms stay unsent)
             self._audio_delta(response, response.output.flush())
         item.status = "completed" if status == "completed" else "incomplete"
-        transcript = item.transcript
-        self._send(self.names["audio.done"], **ids, **CONTENT)
-        self._send(self.names["transcript.done"], **ids, transcript=transcript, **CONTENT)
-        self._send(
-            "response.content_part.done",
-            **ids,
-            part={"type": "audio", "transcript": transcript},
-            **CONTENT,
-        )
+        if item.spoken:
+            self._send(self.names["audio.done"], **ids, **CONTENT)
+            self._send(self.names["transcript.done"], **ids, transcript=item.transcript, **CONTENT)
+        else:
+            self._send(self.names["text.done"], **ids, text=item.transcript, **CONTENT)
+        self._send("response.content_part.done", **ids, part=_part(item), **CONTENT)
         self._send(
             "response.output_item.done",
             response_id=response.id,
@@ -457,6 +461,8 @@ class RealtimeConnection(WebSocketDoor):
         item, end_ms = self._item(event), event.get("audio_end_ms")
         if item.role != "assistant":
             raise ClientError("invalid_value", "only an answer's audio can be truncated", "item_id")
+        if not item.spoken:
+            raise ClientError("invalid_value", "that answer is text only: no audio", "item_id")
         if event.get("content_index", 0) != 0:
             raise ClientError("invalid_value", "an answer has one content part, 0", "content_index")
         if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
@@ -484,3 +490,10 @@ class RealtimeConnection(WebSocketDoor):
 
     def _retrieve(self, event: dict) -> None:
         self._send("conversation.item.retrieved", item=self._item(event).describe(self.ga))
+
+
+def _part(item: Item) -> dict:
+    """An answer's one content part, as response.content_part.added/done describe it."""
+    if item.spoken:
+        return {"type": "audio", "transcript": item.transcript}
+    return {"type": "text", "text": item.transcript}

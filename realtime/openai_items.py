@@ -19,6 +19,7 @@ class Item:
     status: str = "completed"
     samples: int = 0  # assistant: answer audio sent (24 kHz), or kept by a truncate
     text: str | None = None  # user: a typed message (else the turn was spoken)
+    spoken: bool = True  # assistant: speech with its transcript (else text only)
     texts: list[tuple[int, str]] = field(default_factory=list)  # (samples sent before it, text)
 
     @property
@@ -39,8 +40,10 @@ class Item:
             content = {"type": "input_text", "text": self.text}
         elif self.role == "user":
             content = {"type": "input_audio", "transcript": None}
-        else:
+        elif self.spoken:
             content = {"type": "output_audio" if ga else "audio", "transcript": self.transcript}
+        else:
+            content = {"type": "output_text" if ga else "text", "text": self.transcript}
         return {
             "id": self.id,
             "object": "realtime.item",
@@ -76,11 +79,13 @@ class Response:
             "output": [] if status == "in_progress" else [self.item.describe(ga)],
             "usage": None if done is None else usage(self.input_tokens, done),
         }
+        spoken = self.item.spoken
         if ga:
             audio = {"output": output_audio(settings)}
-            return described | {"output_modalities": ["audio"], "audio": audio}
+            modalities = ["audio" if spoken else "text"]
+            return described | {"output_modalities": modalities, "audio": audio}
         return described | {
-            "modalities": ["text", "audio"],
+            "modalities": ["text", "audio"] if spoken else ["text"],
             "voice": VOICE,
             "output_audio_format": settings.output_format,
         }

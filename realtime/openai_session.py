@@ -6,12 +6,13 @@ Two generations of the protocol are in use (spec/protocols.md): "beta" (the head
 (nested `audio.input` / `audio.output`, `output_modalities`, renamed output events). Updates in
 either shape are read; the session is reported, and events named, in the connection's own.
 
-What Mini-Omni cannot do is said, not pretended: tools, instructions, input transcription and
-text-only answers are answered with an `unsupported` error naming the field, and the rest of
-the update still applies. Invalid values (an unknown format, a threshold of 7) and turn
-detection we cannot run (semantic_vad) reject the whole update. The voice (the model's one),
-temperature and answer length are the server's, whatever a client asks; the session reports
-the voice and the length limit as they are.
+Answers are speech with its transcript, or text only (`modalities` / `output_modalities`
+["text"]: the model's text-out twin of the turn). What Mini-Omni cannot do is said, not
+pretended: tools, instructions and input transcription are answered with an `unsupported`
+error naming the field, and the rest of the update still applies. Invalid values (an unknown
+format, a threshold of 7) and turn detection we cannot run (semantic_vad) reject the whole
+update. The voice (the model's one), temperature and answer length are the server's, whatever
+a client asks; the session reports the voice and the length limit as they are.
 """
 
 import base64
@@ -34,6 +35,8 @@ BETA_NAMES = {
     "audio.done": "response.audio.done",
     "transcript.delta": "response.audio_transcript.delta",
     "transcript.done": "response.audio_transcript.done",
+    "text.delta": "response.text.delta",
+    "text.done": "response.text.done",
 }
 GA_NAMES = {
     "item.added": "conversation.item.added",
@@ -42,6 +45,8 @@ GA_NAMES = {
     "audio.done": "response.output_audio.done",
     "transcript.delta": "response.output_audio_transcript.delta",
     "transcript.done": "response.output_audio_transcript.done",
+    "text.delta": "response.output_text.delta",
+    "text.done": "response.output_text.done",
 }
 
 
@@ -78,6 +83,7 @@ class Settings:
     input_format: str = "pcm16"
     output_format: str = "pcm16"
     turn_detection: ServerVad | None = ServerVad()
+    speak: bool = True  # answers are speech with its transcript; False: text only
 
 
 def apply_update(settings: Settings, session: object) -> tuple[Settings, list[ClientError]]:
@@ -98,6 +104,9 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[Cl
     ):
         if value is not None:
             changes[field] = _format(value, "session." + param)
+    for param in ("modalities", "output_modalities"):
+        if session.get(param) is not None:
+            changes["speak"] = speaks(session[param], "session." + param)
     key, vad = ("audio.input.turn_detection", inputs) if ga else ("turn_detection", session)
     if "turn_detection" in vad:
         changes["turn_detection"] = _vad(vad["turn_detection"], "session." + key)
@@ -111,13 +120,23 @@ def unsupported(request: dict, where: str, inputs: dict | None = None) -> list[C
         refused.append(("tools", "function calling is not supported: the model has no tools"))
     if request.get("instructions"):
         refused.append(("instructions", "the model takes no instructions; they are ignored"))
-    modalities = request.get("modalities", request.get("output_modalities"))
-    if modalities is not None and "audio" not in modalities:
-        refused.append(("modalities", "answers are always speech with its transcript"))
     transcription = request.get("input_audio_transcription") or (inputs or {}).get("transcription")
     if transcription:
         refused.append(("input_audio_transcription", "the caller's speech is not transcribed"))
     return [ClientError("unsupported", message, f"{where}.{param}") for param, message in refused]
+
+
+def speaks(modalities: object, param: str) -> bool:
+    """Whether `modalities` (["audio"], ["text", "audio"] or ["text"]) ask for speech."""
+    known = ("text", "audio")
+    if (
+        not isinstance(modalities, list)
+        or not modalities
+        or any(m not in known for m in modalities)
+    ):
+        message = 'modalities are ["audio"] (speech and its transcript) or ["text"]'
+        raise ClientError("invalid_value", message, param)
+    return "audio" in modalities
 
 
 def decode_base64(value: object, param: str) -> bytes:
@@ -194,7 +213,7 @@ def describe(
     if not ga:
         common["max_response_output_tokens"] = common.pop("max_output_tokens")
         return common | {
-            "modalities": ["text", "audio"],
+            "modalities": ["text", "audio"] if settings.speak else ["text"],
             "voice": VOICE,
             "input_audio_format": settings.input_format,
             "output_audio_format": settings.output_format,
@@ -203,7 +222,7 @@ def describe(
         }
     return common | {
         "type": "realtime",
-        "output_modalities": ["audio"],
+        "output_modalities": ["audio" if settings.speak else "text"],
         "audio": {
             "input": {
                 "format": _ga_format(settings.input_format),

@@ -27,7 +27,7 @@ from .serving import (
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
-DELTAS = ("audio.delta", "audio_transcript.delta", "output_audio.delta", "output_audio_transcript")
+DELTAS = ("audio.delta", "audio_transcript.delta", "output_audio_transcript", "text.delta")
 GA_TURN = [  # a server-VAD turn and its answer, deltas left out
     "input_audio_buffer.speech_started",
     "input_audio_buffer.speech_stopped",
@@ -373,6 +373,72 @@ def test_a_typed_message_is_answered_in_speech(server):
     done = received[-1]["response"]
     assert done["status"] in ("completed", "incomplete") and answer_audio(received)
     assert done["usage"]["input_tokens"] < 40  # a typed question's prompt, not 2 s of speech
+
+
+def test_answers_in_text_only(server):
+    """A GA session asks for text (output_modalities): the VAD's turn is answered with text
+    events and no audio. A beta session that speaks asks for one text-only response; it cannot
+    be truncated, and the next response speaks again."""
+
+    async def ga():
+        async with official(server, ga=True) as connection:
+            await connection.recv()  # session.created
+            await connection.session.update(
+                session={"type": "realtime", "output_modalities": ["text"]}
+            )
+            received = await read_until(connection, "session.updated")
+            for audio in pieces(speech()):
+                await connection.input_audio_buffer.append(audio=audio)
+            return received + await read_until(connection, "response.done")
+
+    async def beta():
+        async with Raw(
+            server, {"Authorization": f"Bearer {TOKEN}", "OpenAI-Beta": "realtime=v1"}
+        ) as client:
+            await client.send("session.update", session={"turn_detection": None})
+            await client.until("session.updated")
+            done = []
+            for modalities in (["text"], None):
+                await client.say(speech(silence_ms=0))
+                await client.send("input_audio_buffer.commit")
+                request = {} if modalities is None else {"modalities": modalities}
+                await client.send("response.create", response=request)
+                done.append((await client.until("response.done"))["response"])
+                if modalities:
+                    truncate = await client.send(
+                        "conversation.item.truncate",
+                        item_id=done[-1]["output"][0]["id"],
+                        content_index=0,
+                        audio_end_ms=0,
+                    )
+                    done.append(await client.error(truncate))
+            return client.received, done
+
+    received = asyncio.run(within(WAIT_S, ga()))
+    check_events(received, ga=True)
+    assert received[0]["session"]["output_modalities"] == ["text"]
+    turn = [k.replace("output_audio.done", "output_text.done") for k in GA_TURN]
+    turn.remove("response.output_audio_transcript.done")
+    assert without_deltas(received)[1:] == turn
+    assert not answer_audio(received)
+    text = "".join(e["delta"] for e in received if e["type"] == "response.output_text.delta")
+    done = received[-1]["response"]
+    assert done["output_modalities"] == ["text"]
+    assert done["output"][0]["content"] == [{"type": "output_text", "text": text}]
+    assert done["usage"]["output_token_details"]["audio_tokens"] == 0
+    assert next(e for e in received if e["type"] == "response.output_text.done")["text"] == text
+
+    received, (text_only, refused, spoken) = asyncio.run(within(WAIT_S, beta()))
+    check_events(received, ga=False)
+    assert text_only["modalities"] == ["text"] and spoken["modalities"] == ["text", "audio"]
+    assert text_only["output"][0]["content"][0]["type"] == "text"
+    assert spoken["output"][0]["content"][0]["type"] == "audio"
+    assert refused["code"] == "invalid_value" and refused["param"] == "item_id"
+    kinds = [e["type"] for e in received]
+    first_done = kinds.index("response.done")
+    assert "response.text.done" in kinds[:first_done]
+    assert "response.audio.delta" not in kinds[:first_done]
+    assert "response.audio.delta" in kinds[first_done:]
 
 
 def test_audio_appended_after_a_commit_waits_for_its_own_turn(server):

@@ -124,7 +124,6 @@ def test_what_the_model_cannot_do_is_refused_by_name_and_the_rest_applies():
         {
             "instructions": "be brief",
             "tools": [{"type": "function", "name": "f"}],
-            "modalities": ["text"],
             "input_audio_transcription": {"model": "whisper-1"},
             "input_audio_format": "g711_alaw",
         },
@@ -133,13 +132,28 @@ def test_what_the_model_cannot_do_is_refused_by_name_and_the_rest_applies():
     assert [e.param for e in refused] == [
         "session.tools",
         "session.instructions",
-        "session.modalities",
         "session.input_audio_transcription",
     ]
     assert all(e.code == "unsupported" for e in refused)
-    assert [e.param for e in unsupported({"output_modalities": ["text"]}, "response")] == [
-        "response.modalities"
+    assert [e.param for e in unsupported({"tools": [{}], "modalities": ["text"]}, "response")] == [
+        "response.tools"
     ]
+
+
+@pytest.mark.parametrize(
+    "session, speak",
+    [
+        ({"modalities": ["text"]}, False),
+        ({"modalities": ["audio", "text"]}, True),
+        ({"type": "realtime", "output_modalities": ["text"]}, False),
+        ({"type": "realtime", "output_modalities": ["audio"]}, True),
+    ],
+)
+def test_answers_in_text_only_are_asked_for_with_modalities(session, speak):
+    settings, refused = apply_update(Settings(speak=not speak), session)
+    assert settings.speak is speak and refused == []
+    described = describe(settings, "sess_1", "m", ga="type" in session)
+    assert apply_update(Settings(speak=not speak), described)[0].speak is speak
 
 
 @pytest.mark.parametrize(
@@ -153,6 +167,9 @@ def test_what_the_model_cannot_do_is_refused_by_name_and_the_rest_applies():
         ({"turn_detection": {"type": "semantic_vad"}}, "session.turn_detection"),
         ({"turn_detection": {"type": "push_to_talk"}}, "session.turn_detection"),
         ({"audio": "loud"}, "session.audio"),
+        ({"modalities": ["video"]}, "session.modalities"),
+        ({"output_modalities": []}, "session.output_modalities"),
+        ({"modalities": "text"}, "session.modalities"),
         ("all of it", "session"),
     ],
 )
@@ -165,7 +182,9 @@ def test_invalid_values_reject_the_whole_update(session, param):
 
 
 @pytest.mark.parametrize("ga", [False, True])
-@pytest.mark.parametrize("settings", [Settings(), Settings("g711_alaw", "g711_ulaw", None)])
+@pytest.mark.parametrize(
+    "settings", [Settings(), Settings("g711_alaw", "g711_ulaw", None, speak=False)]
+)
 def test_the_session_we_report_is_the_official_clients(ga, settings):
     """Read back by the openai package's own models, and read again into the same settings."""
     if ga:
