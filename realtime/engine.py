@@ -29,7 +29,7 @@ from realtime.generate import decode_step
 from realtime.prompts import TASKS
 from realtime.runtime import MAX_ROWS, Runtime, kernel_decoder_or_none
 from realtime.sampling import is_greedy, sample
-from realtime.session import Session, SessionError, SessionOptions, check_options
+from realtime.session import Session, SessionError, SessionOptions, cache_rows, check_options
 from realtime.threads import on_fresh_thread
 
 IDLE_WAIT_S = 0.05  # how long the thread sleeps when there is nothing to do
@@ -82,10 +82,11 @@ class SessionHandle:
         self._engine._inputs.put((self.id, "audio", np.asarray(samples, np.float32)))
         self._engine._wake.set()
 
-    def end_turn(self, speak: bool | None = None) -> None:
+    def end_turn(self, speak: bool | None = None, transcribe: bool | None = None) -> None:
         """The caller's turn is over: answer it, aloud or in text only as `speak` says (None:
-        as the session's task does)."""
-        self._engine._put_input(self.id, "end_turn", speak)
+        as the session's task does), and transcribe it as `transcribe` says (None: as the
+        session's options do)."""
+        self._engine._put_input(self.id, "end_turn", (speak, transcribe))
 
     def submit_text(self, text: str, speak: bool | None = None) -> None:
         """A typed turn, answered as end_turn says."""
@@ -185,7 +186,7 @@ class Engine:
         """A new conversation; raises EngineBusy when every slot is taken, SessionError when
         the options are unusable. Cheap: the session itself is built on the inference thread."""
         check_options(options)
-        rows = TASKS[options.task].rows
+        rows = cache_rows(options)
         with self._lock:
             if len(self._free_slots) < rows or len(self._open) >= self.options.max_sessions:
                 raise EngineBusy(f"all {self.options.max_sessions} sessions are in use")
@@ -237,7 +238,9 @@ class Engine:
                 self._wake.clear()
                 worked = self._drain(self._control, self._on_control)
                 worked |= self._drain(self._inputs, self._on_input)
-                answering = [s for s in self._sessions.values() if s.generating]
+                answering = [
+                    lane for s in self._sessions.values() for lane in s.lanes() if lane.generating
+                ]
                 if answering:
                     self._step(answering)
                 elif not worked:
@@ -295,15 +298,16 @@ class Engine:
         if kind == "audio":
             session.feed_audio(payload)
         elif kind == "end_turn":
-            session.end_turn(payload)
+            session.end_turn(*payload)
         elif kind == "text":
             session.start_text(*payload)
         elif kind == "clear":
             session.clear_input()
-        self._finish_if_done([session])
+        self._finish_if_done(session.lanes())
 
-    def _step(self, answering: list[Session]) -> None:
-        """One decode step for every answering session, then their audio."""
+    def _step(self, answering: list) -> None:
+        """One decode step for every answering session and transcript (realtime.transcript:
+        it has a session's face to the batch), then the answers' audio."""
         began = time.perf_counter()
         if self._last_step is not None:
             self._periods.append(began - self._last_step)
@@ -342,7 +346,7 @@ class Engine:
         states (KernelDecoder.decode)."""
         from realtime.kernel_step import StepRow
 
-        batch = [StepRow(s.gen, s.slot_ids, s.options.decoding) for s in answering]
+        batch = [StepRow(s.gen, s.slot_ids, s.decoding) for s in answering]
         for s, ids in zip(answering, self.decoder.decode(batch), strict=True):
             self._guarded(s, s.accept, *ids)
         return sum(len(item.slots) for item in batch)
@@ -393,9 +397,9 @@ class Engine:
 def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]], stream: int) -> list:
     """Each row's sampled ids (an int for text logits (N, V), 7 ints for audio (N, 7, V)); a
     sampling session draws at its next position, its first row as `stream`."""
-    if all(is_greedy(s.options.decoding) for s, _ in rows):
+    if all(is_greedy(s.decoding) for s, _ in rows):
         return logits.float().argmax(dim=-1).tolist()
     return [
-        sample(logits[i], s.options.decoding, s.gen.next_position, stream).tolist()
+        sample(logits[i], s.decoding, s.gen.next_position, stream).tolist()
         for i, (s, _) in enumerate(rows)
     ]

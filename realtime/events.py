@@ -66,5 +66,24 @@ class Cancelled(Event):
 
 
 @dataclass(frozen=True)
+class TranscriptDelta(Event):
+    """More of the caller's words in a spoken turn (the turn it transcribes is `turn`)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TranscriptDone(Event):
+    reason: str  # "end of text" or "length"
+    text: str
+    text_tokens: list[int]
+
+
+@dataclass(frozen=True)
+class TranscriptFailed(Event):
+    message: str
+
+
+@dataclass(frozen=True)
 class Error(Event):
     message: str

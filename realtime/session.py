@@ -22,6 +22,7 @@ from realtime.model import KVCache, OmniLM
 from realtime.prompts import PROMPT_HEAD, PROMPT_TAIL, TASKS, Task, build_prompt
 from realtime.sampling import check_decoding
 from realtime.tokenizer import IncrementalDetokenizer
+from realtime.transcript import Transcript, max_tokens
 from realtime.vocoder import VocoderStream
 
 
@@ -32,6 +33,9 @@ class SessionOptions:
     task: Task = Task.A2A
     encoder: str = "chunked"  # "exact" waits for the end of the turn, as the reference does
     keep_history: bool = False  # earlier turns stay in context while they fit
+    # Transcribe spoken turns (realtime.transcript) on a cache row of the session's own; a
+    # turn may also ask for it or not (end_turn's `transcribe`) when this is set.
+    transcribe: bool = False
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
 
@@ -62,10 +66,18 @@ def check_options(options: SessionOptions) -> None:
         raise SessionError(f"unknown encoder mode {options.encoder!r}: {ENCODER_MODES}")
     if options.task not in TASKS:
         raise SessionError(f"unknown task {options.task!r}")
+    spec = TASKS[options.task]
+    if options.transcribe and not (spec.audio_in and spec.rows == 1):
+        raise SessionError(f"task {options.task} cannot transcribe: a2a and a2t can")
     try:
         check_decoding(options.decoding)
     except ValueError as exc:
         raise SessionError(str(exc)) from None
+
+
+def cache_rows(options: SessionOptions) -> int:
+    """The KV rows a session of `options` holds: its task's, and one to transcribe on."""
+    return TASKS[options.task].rows + options.transcribe
 
 
 class Session:
@@ -86,12 +98,15 @@ class Session:
         self.sid, self.options, self.sink = sid, options, sink
         self.turn = 0  # answers asked for so far (end_turn, start_text); events carry it
         self.spec = TASKS[options.task]
-        if len(slots) != self.spec.rows:
-            raise SessionError(f"task {options.task} needs {self.spec.rows} rows")
+        if len(slots) != cache_rows(options):
+            raise SessionError(f"a session of {options} needs {cache_rows(options)} rows")
         self.lm, self.cache, self.whisper, self.tokenizer = lm, cache, whisper, tokenizer
         self.prompts = prompts
-        self.slot_ids = list(slots)  # the host's copy: reading the tensor back would sync
-        self.slots = torch.tensor(slots, device=cache.k.device)
+        rows = self.spec.rows  # the answer's rows; a spare one after them transcribes
+        self.slot_ids = list(slots[:rows])  # the host's copy: reading the tensor back would sync
+        self.slots = torch.tensor(self.slot_ids, device=cache.k.device)
+        self.transcript_slot = slots[rows] if options.transcribe else None
+        self.transcript: Transcript | None = None  # the last spoken turn's
         self.encoder = ChunkedEncoder(whisper) if options.encoder == "chunked" else None
         self.vocoder = VocoderStream(device=cache.k.device)
         self.history = 0  # KV positions kept from earlier turns
@@ -123,6 +138,15 @@ class Session:
     def generating(self) -> bool:
         return self.gen is not None and not self.gen.done
 
+    @property
+    def decoding(self) -> DecodingOptions:
+        return self.options.decoding
+
+    def lanes(self) -> list:
+        """What of this session decodes in the batch: its answer, its transcript (either may be
+        done: the engine finishes those)."""
+        return [self, *([self.transcript] if self.transcript is not None else [])]
+
     def feed_audio(self, samples: np.ndarray) -> None:
         """16 kHz mono samples of the caller's turn; prefill whatever blocks they complete."""
         if not self.spec.audio_in:
@@ -141,9 +165,10 @@ class Session:
         """Drop a half-heard turn."""
         self._reset_input()
 
-    def end_turn(self, speak: bool | None = None) -> None:
+    def end_turn(self, speak: bool | None = None, transcribe: bool | None = None) -> None:
         """The caller stopped talking: finish the prompt and sample the answer's first step,
-        spoken or in text only as `speak` says (None: as the session's task does).
+        spoken or in text only as `speak` says (None: as the session's task does); transcribe
+        the turn too as `transcribe` says (None: as the session's options do).
 
         A turn that ends while an answer still runs supersedes it (the caller spoke over it).
         """
@@ -154,6 +179,11 @@ class Session:
         self._emit(events.TurnEnded)
         if self.generating:
             self.cancel()
+        task = turn_task(self.options.task, speak)
+        if transcribe is None:
+            transcribe = self.options.transcribe
+        elif transcribe and self.transcript_slot is None:
+            raise SessionError("this session has no row to transcribe on (transcribe=False)")
         if self.samples == 0:
             raise SessionError("the turn ended before any speech arrived")
         if self.encoder is not None:
@@ -161,10 +191,11 @@ class Session:
         else:
             self._add_features(encode_exact(self.whisper, np.concatenate(self.audio or [[]])))
         try:
-            task = turn_task(self.options.task, speak)
             self._prefill_features()
             prompt = build_prompt(task, audio_frames=self.frames).ids
             self._finish_prompt(prompt[:, self.prefilled :], task)
+            if transcribe:
+                self._transcribe()
         finally:
             self._reset_input()  # the next turn starts from fresh input state
 
@@ -186,6 +217,24 @@ class Session:
         self._ensure_room(prompt.length)
         self._finish_prompt(prompt.ids, task)
         self._reset_input()
+
+    def _transcribe(self) -> None:
+        """Start the transcript of the turn just prefilled: its asr prompt is the answer's but
+        for the last position, so the answer row's cache up to there is copied, not computed."""
+        if self.transcript is not None:
+            self.transcript.fail("the next turn ended before this one's transcript was done")
+        length = self.base + self.prefilled  # the answer's prompt, this turn's and before it
+        src, dst = self.slot_ids[self.spec.audio_row], self.transcript_slot
+        for kv in (self.cache.k, self.cache.v):
+            kv[:, dst, :, : length - 1] = kv[:, src, :, : length - 1]
+        ids = build_prompt(Task.ASR, audio_frames=self.frames).ids[:, -1:].to(self.slots.device)
+        transcript = Transcript(
+            self.sid, self.turn, dst, self.slots.device, length,
+            min(max_tokens(self.frames), self.cache.max_seq - length), self.tokenizer, self.sink,
+        )  # fmt: skip
+        hidden = self._run(ids, None, None, length - 1, transcript.slots)[:, -1]
+        self.transcript = transcript
+        transcript.accept(*sample_step(self.lm, hidden, transcript.gen, transcript.decoding))
 
     def _add_features(self, features: torch.Tensor) -> None:
         if features.shape[0]:
@@ -220,17 +269,20 @@ class Session:
 
     def _forward(self, ids, audio, mask) -> torch.Tensor:
         """Run prompt positions ids (rows, n, 8) of this turn through the model."""
-        start = self.base + self.prefilled
-        ids = ids.to(self.slots.device)
+        hidden = self._run(ids, audio, mask, self.base + self.prefilled, self.slots)
+        self.prefilled += ids.shape[1]
+        return hidden
+
+    def _run(self, ids, audio, mask, start: int, slots: torch.Tensor) -> torch.Tensor:
+        """Hidden states of prompt positions ids (rows, n, 8) from `start` on, in cache rows
+        `slots`."""
+        ids = ids.to(slots.device)
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.lm.embed(ids, audio, None if mask is None else mask.expand(ids.shape[0], -1))
         positions = positions.expand(ids.shape[0], -1)
         if self.prompts is not None:
-            hidden = self.prompts.forward(x, positions, self.slots, start)
-        else:
-            hidden = self.lm(x, positions, self.slots, self.cache)
-        self.prefilled += ids.shape[1]
-        return hidden
+            return self.prompts.forward(x, positions, slots, start)
+        return self.lm(x, positions, slots, self.cache)
 
     def _begin_prefill(self) -> None:
         if self.prefilled == 0:  # earlier turns are settled by now: place this one after them

@@ -17,7 +17,7 @@ from realtime.config import DecodingOptions
 from realtime.engine import Engine, EngineBusy, EngineOptions
 from realtime.prompts import Task
 from realtime.runtime import Request, Result, Runtime
-from realtime.session import SessionOptions
+from realtime.session import SessionError, SessionOptions
 
 from .conftest import DATA
 
@@ -228,6 +228,77 @@ def test_a_turn_answered_in_text_only_equals_the_silent_twin(runtime, engine):
     handle.push_audio(pcm[:PUSH])
     handle.end_turn(speak=False)
     assert "cannot answer in text only" in batch.wait_for(events.Error)[0].message
+
+
+def asr_twin(runtime, pcm: np.ndarray, done: events.TranscriptDone) -> Result:
+    """The asr request of the same audio, as long as the transcript (which ran to its limit,
+    or to the _eot the twin reaches then too)."""
+    limit = len(done.text_tokens) + (done.reason != "length")
+    return offline(runtime, Task.ASR, pcm, DecodingOptions(max_new_tokens=limit))
+
+
+def test_a_transcript_equals_the_asr_twin_and_leaves_the_answer_as_it_was(runtime, engine):
+    """The caller's words come from the asr task on the session's spare row, decoded in the
+    batch beside the answer: equal to an asr request's, with the answer equal to its own twin.
+    A barge-in cancels the answer, not the transcript; a turn may leave it out."""
+    opts = DecodingOptions(max_new_tokens=24)
+    rec = Recorder()
+    handle = engine.open_session(SessionOptions(transcribe=True, decoding=opts), rec)
+    for name in ("q_story.wav", "q_capital.wav"):
+        pcm = clip(name)
+        speak(handle, pcm)
+        done = rec.wait_for(events.TranscriptDone, len(rec.of(events.TranscriptDone)) + 1)[-1]
+        twin = asr_twin(runtime, pcm, done)
+        assert done.text_tokens == twin.text_tokens and done.reason == twin.stop_reason
+        deltas = [e.text for e in rec.of(events.TranscriptDelta) if e.turn == done.turn]
+        assert "".join(deltas).strip() == done.text
+        answer = rec.wait_for(events.Done, done.turn)[-1]
+        assert answer.frames == frames_of(offline(runtime, Task.A2A, pcm, opts))
+
+    pcm = clip("q_weather.wav")
+    speak(handle, pcm)
+    rec.wait_for(events.TurnEnded, 3)
+    handle.cancel()  # the caller spoke over the answer: its words are still transcribed
+    rec.wait_for(events.Cancelled)
+    done = rec.wait_for(events.TranscriptDone, 3)[-1]
+    assert done.turn == 3
+    assert done.text_tokens == asr_twin(runtime, pcm, done).text_tokens
+
+    handle.end_turn(transcribe=False)  # (no audio: an error, and no transcript)
+    speak_only = clip("q_capital.wav")
+    for start in range(0, len(speak_only), PUSH):
+        handle.push_audio(speak_only[start : start + PUSH])
+    handle.end_turn(transcribe=False)
+    rec.wait_for(events.Done, 3)  # (the third turn was cancelled)
+    time.sleep(0.2)
+    assert {e.turn for e in rec.of(events.TranscriptDone)} == {1, 2, 3}
+
+    refused = Recorder()
+    engine.open_session(SessionOptions(decoding=opts), refused).end_turn(transcribe=True)
+    assert "no row to transcribe" in refused.wait_for(events.Error)[0].message
+    with pytest.raises(SessionError):
+        engine.open_session(SessionOptions(task=Task.A2A_BATCH, transcribe=True), refused)
+
+
+def test_a_turn_ending_before_the_last_transcript_is_done_fails_that_transcript(runtime):
+    """Both transcripts cannot share the spare row: the older one says it failed, with no
+    TranscriptDone, and the newer one is whole. (The tiny model's asr never picks _eot: each
+    transcript runs to its length limit, tens of steps, while the second turn arrives at once.)"""
+    engine = Engine(runtime, EngineOptions(max_sessions=1)).start()
+    try:
+        rec = Recorder()
+        handle = engine.open_session(
+            SessionOptions(transcribe=True, decoding=DecodingOptions(max_new_tokens=4)), rec
+        )
+        speak(handle, clip("q_story.wav"))
+        speak(handle, clip("q_capital.wav"))
+        done = rec.wait_for(events.TranscriptDone)[0]
+        assert done.turn == 2 and done.reason == "length"
+        assert [(f.turn, "next turn" in f.message) for f in rec.of(events.TranscriptFailed)] == [
+            (1, True)
+        ]
+    finally:
+        engine.stop()
 
 
 def test_a_session_serves_turn_after_turn(engine):

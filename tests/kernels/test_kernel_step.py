@@ -518,7 +518,8 @@ def test_sampled_tokens_equal_the_torch_path(device, runtimes, task, opts):
 
 def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
     """Greedy sessions of three tasks join at different steps beside a sampling one; each gets
-    the tokens it gets alone on the torch path."""
+    the tokens it gets alone on the torch path. The sampling one's turn is transcribed too: a
+    greedy asr row beside the rest, equal to an asr request's on the torch path."""
     torch_rt, rt = runtimes
     sampling = DecodingOptions(temperature=0.8, top_k=40, max_new_tokens=5, seed=3)
     plan = [
@@ -531,11 +532,15 @@ def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
     try:
         recorders = [Recorder() for _ in plan]
         for (task, pcm, opts), rec in zip(plan, recorders, strict=True):
-            speak(engine.open_session(SessionOptions(task=task, decoding=opts), rec), pcm)
+            options = SessionOptions(task=task, decoding=opts, transcribe=opts is sampling)
+            speak(engine.open_session(options, rec), pcm)
         for rec, twin in zip(recorders, alone, strict=True):
             done = rec.wait_for(events.Done)[0]
             assert done.text_tokens == twin.text_tokens and done.steps == twin.steps
             assert done.frames == frames_of(twin)
+        transcript = recorders[1].wait_for(events.TranscriptDone)[0]
+        limit = DecodingOptions(max_new_tokens=len(transcript.text_tokens))
+        assert transcript.text_tokens == offline(torch_rt, Task.ASR, plan[1][1], limit).text_tokens
         assert engine.decoder.loads < engine.steps  # greedy steps were fed back on the device
         assert engine.decoder.taken > 0  # and launched before the host had the last step's ids
     finally:
