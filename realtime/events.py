@@ -77,6 +77,7 @@ class TranscriptDone(Event):
     reason: str  # "end of text" or "length"
     text: str
     text_tokens: list[int]
+    positions: int  # the prompt it was decoded from
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 
 from realtime import events, tokens
 from realtime.audio import from_pcm16
-from realtime.openai_items import CONTENT, Item, Response
+from realtime.openai_items import CONTENT, Item, Response, transcription_usage
 from realtime.openai_session import (
     BETA_NAMES,
     GA_NAMES,
@@ -50,6 +50,7 @@ from realtime.wire_audio import FORMATS, InputAudio, OutputAudio
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # an append of about a minute of pcm16 audio, base64
 HEARTBEAT_S = 20.0  # ping a silent client this often: a vanished one frees its slot
 MIN_COMMIT_MS = 100  # OpenAI's smallest commit
+TRANSCRIPT_EVENTS = (events.TranscriptDelta, events.TranscriptDone, events.TranscriptFailed)
 
 log = logging.getLogger("realtime.server")
 
@@ -77,6 +78,8 @@ class RealtimeConnection(WebSocketDoor):
         self._unanswered = False  # committed audio (or a typed message) waits for a response
         self._typed: str | None = None  # the typed message that does
         self._speech_item: str | None = None  # the item the VAD's current speech will become
+        self._spoken: str | None = None  # the last committed speech that waits for a response
+        self._transcribing: dict[int, str] = {}  # engine turn -> the item its transcript is of
         self._items: dict[str, Item] = {}  # the conversation, in order
         self._response: Response | None = None
         self._engine_turn = 0  # end_turn() calls so far: the number engine events carry
@@ -226,6 +229,7 @@ class RealtimeConnection(WebSocketDoor):
         self._release_held()
         self._unanswered, self._buffer_ms = True, 0
         item = Item(item_id or self._new_id("item"), "user")
+        self._spoken = item.id  # (speech committed twice before a response: one turn, its)
         previous = self._add_item(item)
         self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
         self._item_added(item, previous)
@@ -308,12 +312,14 @@ class RealtimeConnection(WebSocketDoor):
 
     def _start_response(self, speak: bool | None = None) -> None:
         speak = self.settings.speak if speak is None else speak
+        self._engine_turn += 1
         if self._typed is not None:
             self.handle.submit_text(self._typed, speak)
         else:
-            self.handle.end_turn(speak)
-        self._engine_turn += 1
-        self._unanswered, self._typed = False, None
+            self.handle.end_turn(speak, self.settings.transcribe)
+            if self.settings.transcribe:
+                self._transcribing[self._engine_turn] = self._spoken
+        self._unanswered, self._typed, self._spoken = False, None, None
         item = Item(self._new_id("item"), "assistant", status="in_progress", spoken=speak)
         output = OutputAudio(FORMATS[self.settings.output_format])
         response = self._response = Response(self._new_id("resp"), item, output)
@@ -356,6 +362,9 @@ class RealtimeConnection(WebSocketDoor):
         self._finish("cancelled", reason)
 
     def _on_engine_event(self, event: events.Event) -> None:
+        if isinstance(event, TRANSCRIPT_EVENTS):
+            self._transcript(event)
+            return
         if self.closed or event.turn != self._engine_turn:
             return  # a closed connection, or an answer that was cancelled or superseded
         response = self._response
@@ -385,6 +394,30 @@ class RealtimeConnection(WebSocketDoor):
                 "max_output_tokens" if length else None,
                 done=event,
             )
+
+    def _transcript(self, event: events.Event) -> None:
+        """The caller's words, for the item they spoke; they may come after its answer."""
+        item_id = self._transcribing.get(event.turn)
+        if self.closed or item_id is None:
+            return
+        kind = "conversation.item.input_audio_transcription"
+        if isinstance(event, events.TranscriptDelta):
+            self._send(kind + ".delta", item_id=item_id, content_index=0, delta=event.text)
+            return
+        del self._transcribing[event.turn]
+        if isinstance(event, events.TranscriptFailed):
+            error = {"type": "transcription_error", "code": "failed", "message": event.message}
+            self._send(kind + ".failed", item_id=item_id, content_index=0, error=error)
+            return
+        if item_id in self._items:
+            self._items[item_id].heard = event.text
+        self._send(
+            kind + ".completed",
+            item_id=item_id,
+            content_index=0,
+            transcript=event.text,
+            usage=transcription_usage(event),
+        )
 
     def _audio(self, response: Response, pcm: np.ndarray) -> None:
         limit = None

@@ -19,6 +19,7 @@ class Item:
     status: str = "completed"
     samples: int = 0  # assistant: answer audio sent (24 kHz), or kept by a truncate
     text: str | None = None  # user: a typed message (else the turn was spoken)
+    heard: str | None = None  # user: a spoken turn's transcript, once it is done
     spoken: bool = True  # assistant: speech with its transcript (else text only)
     texts: list[tuple[int, str]] = field(default_factory=list)  # (samples sent before it, text)
 
@@ -39,7 +40,7 @@ class Item:
         if self.role == "user" and self.text is not None:
             content = {"type": "input_text", "text": self.text}
         elif self.role == "user":
-            content = {"type": "input_audio", "transcript": None}
+            content = {"type": "input_audio", "transcript": self.heard}
         elif self.spoken:
             content = {"type": "output_audio" if ga else "audio", "transcript": self.transcript}
         else:
@@ -100,4 +101,16 @@ def usage(input_tokens: int, done: events.Done) -> dict:
         "output_tokens": text + audio,
         "input_token_details": {"cached_tokens": 0, "text_tokens": 0, "audio_tokens": input_tokens},
         "output_token_details": {"text_tokens": text, "audio_tokens": audio},
+    }
+
+
+def transcription_usage(done: events.TranscriptDone) -> dict:
+    """A transcript's tokens: the turn's prompt in, its text ids out."""
+    output = len(done.text_tokens)
+    return {
+        "type": "tokens",
+        "input_tokens": done.positions,
+        "output_tokens": output,
+        "total_tokens": done.positions + output,
+        "input_token_details": {"text_tokens": 0, "audio_tokens": done.positions},
     }

@@ -7,9 +7,11 @@ Two generations of the protocol are in use (spec/protocols.md): "beta" (the head
 either shape are read; the session is reported, and events named, in the connection's own.
 
 Answers are speech with its transcript, or text only (`modalities` / `output_modalities`
-["text"]: the model's text-out twin of the turn). What Mini-Omni cannot do is said, not
-pretended: tools, instructions and input transcription are answered with an `unsupported`
-error naming the field, and the rest of the update still applies. Invalid values (an unknown
+["text"]: the model's text-out twin of the turn). Input transcription (`input_audio_transcription`
+/ `audio.input.transcription`) is Mini-Omni's own asr task, whatever model the client names.
+What Mini-Omni cannot do is said, not pretended: tools, instructions, a transcription prompt or
+a language other than English are answered with an `unsupported` error naming the field, and
+the rest of the update still applies. Invalid values (an unknown
 format, a threshold of 7) and turn detection we cannot run (semantic_vad) reject the whole
 update. The voice (the model's one), temperature and answer length are the server's, whatever
 a client asks; the session reports the voice and the length limit as they are.
@@ -84,6 +86,7 @@ class Settings:
     output_format: str = "pcm16"
     turn_detection: ServerVad | None = ServerVad()
     speak: bool = True  # answers are speech with its transcript; False: text only
+    transcribe: bool = False  # the caller's spoken turns are transcribed (the model's asr task)
 
 
 def apply_update(settings: Settings, session: object) -> tuple[Settings, list[ClientError]]:
@@ -107,23 +110,36 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[Cl
     for param in ("modalities", "output_modalities"):
         if session.get(param) is not None:
             changes["speak"] = speaks(session[param], "session." + param)
+    refused = unsupported(session, "session")
+    key, where = ("transcription", inputs) if ga else ("input_audio_transcription", session)
+    if key in where:  # an object turns it on (what it says is a hint), null off
+        param = "session." + ("audio.input." if ga else "") + key
+        changes["transcribe"] = where[key] is not None
+        refused += _transcription_refusals(_object(where[key], param), param)
     key, vad = ("audio.input.turn_detection", inputs) if ga else ("turn_detection", session)
     if "turn_detection" in vad:
         changes["turn_detection"] = _vad(vad["turn_detection"], "session." + key)
-    return replace(settings, **changes), unsupported(session, "session", inputs)
+    return replace(settings, **changes), refused
 
 
-def unsupported(request: dict, where: str, inputs: dict | None = None) -> list[ClientError]:
+def unsupported(request: dict, where: str) -> list[ClientError]:
     """What a session (or a response.create's response) asks for that Mini-Omni cannot do."""
     refused = []
     if request.get("tools"):
         refused.append(("tools", "function calling is not supported: the model has no tools"))
     if request.get("instructions"):
         refused.append(("instructions", "the model takes no instructions; they are ignored"))
-    transcription = request.get("input_audio_transcription") or (inputs or {}).get("transcription")
-    if transcription:
-        refused.append(("input_audio_transcription", "the caller's speech is not transcribed"))
     return [ClientError("unsupported", message, f"{where}.{param}") for param, message in refused]
+
+
+def _transcription_refusals(transcription: dict, param: str) -> list[ClientError]:
+    """What of a transcription's settings Mini-Omni's asr cannot do (it transcribes anyway)."""
+    refused = []
+    if transcription.get("prompt"):
+        refused.append(("prompt", "the transcription takes no prompt; it is ignored"))
+    if transcription.get("language") not in (None, "", "en"):
+        refused.append(("language", "Mini-Omni transcribes English only"))
+    return [ClientError("unsupported", message, f"{param}.{name}") for name, message in refused]
 
 
 def speaks(modalities: object, param: str) -> bool:
@@ -210,6 +226,7 @@ def describe(
     limit = "inf" if max_steps is None else max_steps * tokens.STREAMS
     common = {"id": sid, "object": "realtime.session", "model": model, "instructions": ""}
     common |= {"tools": [], "tool_choice": "auto", "max_output_tokens": limit}
+    transcription = {"model": model} if settings.transcribe else None  # (its asr task)
     if not ga:
         common["max_response_output_tokens"] = common.pop("max_output_tokens")
         return common | {
@@ -217,7 +234,7 @@ def describe(
             "voice": VOICE,
             "input_audio_format": settings.input_format,
             "output_audio_format": settings.output_format,
-            "input_audio_transcription": None,
+            "input_audio_transcription": transcription,
             "turn_detection": detection,
         }
     return common | {
@@ -226,7 +243,7 @@ def describe(
         "audio": {
             "input": {
                 "format": _ga_format(settings.input_format),
-                "transcription": None,
+                "transcription": transcription,
                 "noise_reduction": None,
                 "turn_detection": detection,
             },

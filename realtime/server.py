@@ -107,15 +107,21 @@ class Server:
         )
         ga = "realtime=v1" not in request.headers.get("OpenAI-Beta", "")
         connection = RealtimeConnection(ws, self.options.call, self.options.model_name, ga)
-        return await self._serve_websocket(request, ws, connection)
+        # (the client may ask for its turns' transcripts at any time: a row is kept for them)
+        return await self._serve_websocket(request, ws, connection, transcribe=True)
 
     async def _serve_websocket(
-        self, request: web.Request, ws: web.WebSocketResponse, door: WebSocketDoor
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        door: WebSocketDoor,
+        transcribe: bool = False,
     ) -> web.StreamResponse:
         """Open the door's engine session (a full server refuses before the upgrade), then serve
         the WebSocket until it ends; the slot is free again when this returns."""
         try:
-            door.handle = self.engine.open_session(self._session_options(), door.sink)
+            options = self._session_options(transcribe)
+            door.handle = self.engine.open_session(options, door.sink)
         except EngineBusy as exc:
             door.close("the server is busy")
             log.info("%s refused: %s", request.path, exc)
@@ -173,14 +179,15 @@ class Server:
         scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
         return f"{scheme}://{request.host}"
 
-    def _session_options(self) -> SessionOptions:
-        return SessionOptions(Task.A2A, "chunked", decoding=self.options.call.decoding)
+    def _session_options(self, transcribe: bool) -> SessionOptions:
+        decoding = self.options.call.decoding
+        return SessionOptions(Task.A2A, "chunked", decoding=decoding, transcribe=transcribe)
 
     async def _start_conversation(self, sdp: str) -> web.Response:
         conversation = Conversation(self.options.call, self.conversations.discard)
         try:
             conversation.handle = self.engine.open_session(
-                self._session_options(), conversation.sink
+                self._session_options(self.options.call.transcribe), conversation.sink
             )
         except EngineBusy as exc:
             await conversation.close("busy")

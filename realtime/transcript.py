@@ -77,6 +77,7 @@ class Transcript:
             reason=gen.stop_reason,
             text=self.tokenizer.decode(ids).strip(),
             text_tokens=ids,
+            positions=gen.prompt_length,
         )
 
     def fail(self, message: str) -> None:

@@ -441,6 +441,76 @@ def test_answers_in_text_only(server):
     assert "response.audio.delta" in kinds[first_done:]
 
 
+def test_the_caller_s_words_are_transcribed_when_asked(server):
+    """GA: audio.input.transcription on: the committed item's transcript arrives as deltas and
+    a completed event (read by the SDK's models) and is in the item; turned off (null), the
+    next turn has none. Beta: a language the model does not hear is refused by name, and the
+    transcription still runs."""
+    transcription = "conversation.item.input_audio_transcription"
+
+    async def turn(connection, transcribing: bool) -> list[dict]:
+        received, waiting = (
+            [],
+            {"response.done"} | ({transcription + ".completed"} if transcribing else set()),
+        )
+        while waiting:
+            event = (await connection.recv()).model_dump(exclude_unset=True)
+            received.append(event)
+            waiting.discard(event["type"])
+        return received
+
+    async def ga():
+        async with official(server, ga=True) as connection:
+            await connection.recv()  # session.created
+            received = []
+            for on in (True, False):
+                setting = {"model": "whisper-1"} if on else None
+                await connection.session.update(
+                    session={"type": "realtime", "audio": {"input": {"transcription": setting}}}
+                )
+                received += await read_until(connection, "session.updated")
+                for audio in pieces(speech()):
+                    await connection.input_audio_buffer.append(audio=audio)
+                received += await turn(connection, on)
+            user = next(e for e in received if e["type"] == "input_audio_buffer.committed")
+            await connection.conversation.item.retrieve(item_id=user["item_id"])
+            return received + await read_until(connection, "conversation.item.retrieved")
+
+    async def beta():
+        async with official(server, ga=False) as connection:
+            await connection.recv()  # session.created
+            await connection.session.update(
+                session={"input_audio_transcription": {"model": "whisper-1", "language": "fr"}}
+            )
+            received = await read_until(connection, "session.updated")
+            for audio in pieces(speech()):
+                await connection.input_audio_buffer.append(audio=audio)
+            return received + await turn(connection, True)
+
+    received = asyncio.run(within(WAIT_S, ga()))
+    check_events(received, ga=True)
+    assert received[0]["session"]["audio"]["input"]["transcription"]["model"]
+    committed = [e["item_id"] for e in received if e["type"] == "input_audio_buffer.committed"]
+    deltas = [e for e in received if e["type"] == transcription + ".delta"]
+    completed = [e for e in received if e["type"] == transcription + ".completed"]
+    assert [e["item_id"] for e in completed] == committed[:1]  # the second turn: none
+    assert {e["item_id"] for e in deltas} <= {committed[0]}
+    text = completed[0]["transcript"]  # (the tiny model's ids are mostly past its tokenizer's)
+    assert text == "".join(e["delta"] for e in deltas).strip()
+    assert completed[0]["usage"]["output_tokens"] > 0
+    assert received[-1]["item"]["content"][0]["transcript"] == text
+
+    received = asyncio.run(within(WAIT_S, beta()))
+    check_events(received, ga=False)
+    error = next(e for e in received if e["type"] == "error")["error"]
+    assert (error["code"], error["param"]) == (
+        "unsupported",
+        "session.input_audio_transcription.language",
+    )
+    assert received[-1]["type"] in ("response.done", transcription + ".completed")
+    assert any(e["type"] == transcription + ".completed" for e in received)
+
+
 def test_audio_appended_after_a_commit_waits_for_its_own_turn(server):
     """The engine answers all it heard since its last answer, so audio that arrives between a
     commit and its response.create is held back: the answer hears the committed audio alone,

@@ -124,20 +124,41 @@ def test_what_the_model_cannot_do_is_refused_by_name_and_the_rest_applies():
         {
             "instructions": "be brief",
             "tools": [{"type": "function", "name": "f"}],
-            "input_audio_transcription": {"model": "whisper-1"},
+            "input_audio_transcription": {
+                "model": "whisper-1",
+                "prompt": "names",
+                "language": "de",
+            },
             "input_audio_format": "g711_alaw",
         },
     )
-    assert settings.input_format == "g711_alaw"
+    assert settings.input_format == "g711_alaw" and settings.transcribe
     assert [e.param for e in refused] == [
         "session.tools",
         "session.instructions",
-        "session.input_audio_transcription",
+        "session.input_audio_transcription.prompt",
+        "session.input_audio_transcription.language",
     ]
     assert all(e.code == "unsupported" for e in refused)
     assert [e.param for e in unsupported({"tools": [{}], "modalities": ["text"]}, "response")] == [
         "response.tools"
     ]
+
+
+@pytest.mark.parametrize(
+    "session, transcribe",
+    [
+        ({"input_audio_transcription": {"model": "whisper-1", "language": "en"}}, True),
+        ({"input_audio_transcription": {}}, True),
+        ({"input_audio_transcription": None}, False),
+        ({"audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}}, True),
+        ({"type": "realtime", "audio": {"input": {"transcription": None}}}, False),
+    ],
+)
+def test_transcription_is_turned_on_by_an_object_and_off_by_null(session, transcribe):
+    settings, refused = apply_update(Settings(transcribe=not transcribe), session)
+    assert settings.transcribe is transcribe and refused == []
+    assert apply_update(Settings(), {"turn_detection": None})[0].transcribe is False
 
 
 @pytest.mark.parametrize(
@@ -170,6 +191,8 @@ def test_answers_in_text_only_are_asked_for_with_modalities(session, speak):
         ({"modalities": ["video"]}, "session.modalities"),
         ({"output_modalities": []}, "session.output_modalities"),
         ({"modalities": "text"}, "session.modalities"),
+        ({"input_audio_transcription": "whisper-1"}, "session.input_audio_transcription"),
+        ({"audio": {"input": {"transcription": 1}}}, "session.audio.input.transcription"),
         ("all of it", "session"),
     ],
 )
@@ -183,7 +206,8 @@ def test_invalid_values_reject_the_whole_update(session, param):
 
 @pytest.mark.parametrize("ga", [False, True])
 @pytest.mark.parametrize(
-    "settings", [Settings(), Settings("g711_alaw", "g711_ulaw", None, speak=False)]
+    "settings",
+    [Settings(), Settings("g711_alaw", "g711_ulaw", None, speak=False, transcribe=True)],
 )
 def test_the_session_we_report_is_the_official_clients(ga, settings):
     """Read back by the openai package's own models, and read again into the same settings."""
