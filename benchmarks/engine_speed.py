@@ -7,12 +7,15 @@ session's decode rate and whether its audio arrived without gaps when played fro
 sample (real time: >= 11.72 steps/s and no gaps, for every session), and end of turn -> first
 audio sample (median, p90). Then cancel -> quiet: the time from `cancel()` to the Cancelled
 event, after which a session gets no more audio. Stops doubling N once real time is lost.
+With --transcribe each turn is transcribed too (realtime.transcript: one more row per session in
+the steps while its transcript runs), to weigh what the callers' words cost their answers.
 
     python -m benchmarks.engine_speed --model DIR [--device cuda] [--max-sessions 256]
     python -m benchmarks.engine_speed --preset mini-omni --device cuda   # random weights
+    python -m benchmarks.engine_speed --max-sessions 1 [--transcribe]
 
-Writes benchmarks/results/engine_speed-<model or preset>-<device>.json, after every round (a run
-cut short keeps the rounds it finished).
+Writes benchmarks/results/engine_speed-<model or preset>-<device>[-transcribe].json, after every
+round (a run cut short keeps the rounds it finished).
 """
 
 import argparse
@@ -89,15 +92,20 @@ def speak_together(handles, pcm: np.ndarray, callers) -> None:
         handle.end_turn()
 
 
-def run_round(runtime: Runtime, sessions: int, steps: int, pcm: np.ndarray) -> dict:
+def run_round(
+    runtime: Runtime, sessions: int, steps: int, pcm: np.ndarray, transcribe: bool = False
+) -> dict:
     engine = Engine(runtime, EngineOptions(max_sessions=sessions)).start()
     try:
-        options = SessionOptions(decoding=DecodingOptions(max_new_tokens=steps))
+        decoding = DecodingOptions(max_new_tokens=steps)
+        options = SessionOptions(decoding=decoding, transcribe=transcribe)
         callers = [Caller() for _ in range(sessions)]
         handles = [engine.open_session(options, caller) for caller in callers]
         speak_together(handles, pcm, callers)
         for caller in callers:
             caller.done.wait(timeout=600)
+        while transcribe and not all(c.first(events.TranscriptDone) for c in callers):
+            time.sleep(0.01)  # (a transcript may outlast its answer; its steps count too)
         decode_steps = [ms for rows, ms in engine.step_log]
     finally:
         engine.stop()
@@ -122,6 +130,7 @@ def summarize(sessions: int, callers: list[Caller], step_ms: list[float]) -> dic
         "turn_end_to_first_audio_ms_median": _pct(latencies, 50),
         "turn_end_to_first_audio_ms_p90": _pct(latencies, 90),
         "answers_with_audio": len(latencies),
+        "transcripts": sum(bool(c.first(events.TranscriptDone)) for c in callers),
         "errors": [e.message for c in callers for e in c.events if isinstance(e, events.Error)],
     }
 
@@ -167,18 +176,20 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(checkpoint.DTYPES))
     parser.add_argument("--steps", type=int, default=48, help="decode steps per answer")
     parser.add_argument("--max-sessions", type=int, default=256)
+    parser.add_argument("--transcribe", action="store_true", help="transcribe every turn too")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     model = str(args.model) if args.model else temporary_model(args.preset)
     name = args.model.name if args.model else args.preset
-    out = args.out or HERE / "results" / f"engine_speed-{name}-{args.device}.json"
+    suffix = "-transcribe" if args.transcribe else ""
+    out = args.out or HERE / "results" / f"engine_speed-{name}-{args.device}{suffix}.json"
     runtime = Runtime(
         checkpoint.resolve(model, offline=True), args.device, checkpoint.DTYPES[args.dtype]
     )
     pcm = load_audio(CLIP)
     rounds, sessions, cancels = [], 1, []
     while sessions <= args.max_sessions:
-        rounds.append(run_round(runtime, sessions, args.steps, pcm))
+        rounds.append(run_round(runtime, sessions, args.steps, pcm, args.transcribe))
         print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
         write(out, args, model, rounds, cancels)
         if not rounds[-1]["real_time"]:
@@ -206,6 +217,7 @@ def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) 
         "dtype": args.dtype,
         "clip": CLIP.name,
         "steps": args.steps,
+        "transcribe": args.transcribe,
         "max_real_time_sessions": most_real_time(rounds),
         "rounds": rounds,
         "cancel": cancels,

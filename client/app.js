@@ -11,6 +11,7 @@ let pc = null;
 let channel = null;
 let mic = null;
 let agentLine = null; // the transcript line of the answer being spoken
+const userLines = new Map(); // the caller's turn -> its line, until its transcript is done
 
 // For tests and the curious: every event received, and the live peer connection.
 window.realtime = { events: [], peer: () => pc };
@@ -84,7 +85,24 @@ const handlers = {
     $("vad").value = String(e.settings.vad_aggressiveness);
     note("connected: speak whenever you like");
   },
-  "speech.started": () => { setState("user", "hearing you"); addLine("user", "(you spoke)"); },
+  "speech.started": (e) => {
+    setState("user", "hearing you");
+    userLines.set(e.turn, addLine("user", "(you spoke)"));
+  },
+  // The caller's words, where the server transcribes them (serve --transcribe).
+  "speech.transcript.delta": (e) => {
+    const line = userLines.get(e.turn);
+    if (!line) return;
+    if (!line.classList.contains("heard")) line.textContent = "";
+    line.classList.add("heard");
+    line.textContent += e.text;
+  },
+  "speech.transcript.done": (e) => {
+    const line = userLines.get(e.turn);
+    if (line) line.textContent = e.text || "(you spoke)";
+    userLines.delete(e.turn);
+  },
+  "speech.transcript.failed": (e) => userLines.delete(e.turn),
   "speech.stopped": () => { setState("thinking", "thinking"); $("interrupt").disabled = false; },
   "response.started": () => {
     $("speaker").muted = false;

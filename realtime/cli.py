@@ -131,6 +131,12 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="per answer")
     p.add_argument("--max-answer-ms", type=_positive_int, default=None, help="callers may lower it")
     p.add_argument(
+        "--transcribe",
+        action="store_true",
+        help="transcribe the browser callers' turns (the model's own asr, one more row in the "
+        "decode step while it runs) and show them their words",
+    )
+    p.add_argument(
         "--twilio-auth-token",
         default=os.environ.get("TWILIO_AUTH_TOKEN"),
         help="phone calls through Twilio: check its requests' signatures with the account's "
@@ -285,7 +291,9 @@ def _server_options(args: argparse.Namespace):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
     decoding = DecodingOptions(max_new_tokens=args.max_new_tokens)
-    call = CallOptions(decoding=decoding, max_answer_ms=args.max_answer_ms)
+    call = CallOptions(
+        decoding=decoding, max_answer_ms=args.max_answer_ms, transcribe=args.transcribe
+    )
     return ServerOptions(
         host=args.host,
         port=args.port,
@@ -335,7 +343,13 @@ def _call(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot reach {args.url}: {exc}") from None
     client = clients[0]
     for event in client.events:
-        if event["type"] in ("turn.latency", "response.done", "response.interrupted", "error"):
+        if event["type"] in (
+            "speech.transcript.done",
+            "turn.latency",
+            "response.done",
+            "response.interrupted",
+            "error",
+        ):
             print(json.dumps({k: v for k, v in event.items() if k != "_t"}))
     if args.out:
         write_wav(args.out, client.recording.audio(since=client.spoken))

@@ -94,6 +94,7 @@ class Conversation:
         self._playing: int | None = None  # the answer whose audio is going out
         self._played = 0  # its samples sent so far
         self._engine_turn = 0  # end_turn() calls so far: the number engine events carry
+        self._heard: dict[int, int] = {}  # engine turn -> the caller's turn it transcribes
         self._stopping: tuple[float, dict] | None = None  # interrupt waiting for silence
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
@@ -224,6 +225,8 @@ class Conversation:
         if turn.kind is TurnEvent.ENDED:
             self.handle.end_turn()
             self._engine_turn += 1
+            if self.options.transcribe:
+                self._heard[self._engine_turn] = self._turn
             self._response = self._turn
             self._answer = _Answer(self._turn, turn.speech_end_t, turn.t)
             self.send(protocol.message("speech.stopped", turn=self._turn))
@@ -254,6 +257,9 @@ class Conversation:
     # --- the engine's answer ----------------------------------------------------------------
 
     def _on_engine_event(self, event: events.Event) -> None:
+        if isinstance(event, events.TRANSCRIPT):
+            self._on_transcript(event)
+            return
         if self.closed or event.turn != self._engine_turn:
             return  # a closed call, or an answer a newer turn superseded
         if isinstance(event, events.Error):
@@ -262,6 +268,21 @@ class Conversation:
                 self._finish("error", "")
         elif self._answer is not None:
             self._on_answer_event(self._answer, event)
+
+    def _on_transcript(self, event: events.Event) -> None:
+        """The caller's words, sent as they are decoded (they need not wait for the audio)."""
+        turn = self._heard.get(event.turn)
+        if self.closed or turn is None:
+            return
+        if isinstance(event, events.TranscriptDelta):
+            self.send(protocol.message("speech.transcript.delta", turn=turn, text=event.text))
+            return
+        del self._heard[event.turn]
+        if isinstance(event, events.TranscriptDone):
+            self.send(protocol.message("speech.transcript.done", turn=turn, text=event.text))
+        else:
+            message = protocol.message("speech.transcript.failed", turn=turn, message=event.message)
+            self.send(message)
 
     def _on_answer_event(self, answer: _Answer, event: events.Event) -> None:
         if isinstance(event, events.AudioChunk):

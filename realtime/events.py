@@ -88,3 +88,8 @@ class TranscriptFailed(Event):
 @dataclass(frozen=True)
 class Error(Event):
     message: str
+
+
+# A turn's transcript arrives on its own clock, after its answer's events or between them: an
+# owner routes these by the turn they transcribe, not by the answer it is waiting for.
+TRANSCRIPT = (TranscriptDelta, TranscriptDone, TranscriptFailed)

@@ -50,7 +50,6 @@ from realtime.wire_audio import FORMATS, InputAudio, OutputAudio
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # an append of about a minute of pcm16 audio, base64
 HEARTBEAT_S = 20.0  # ping a silent client this often: a vanished one frees its slot
 MIN_COMMIT_MS = 100  # OpenAI's smallest commit
-TRANSCRIPT_EVENTS = (events.TranscriptDelta, events.TranscriptDone, events.TranscriptFailed)
 
 log = logging.getLogger("realtime.server")
 
@@ -362,7 +361,7 @@ class RealtimeConnection(WebSocketDoor):
         self._finish("cancelled", reason)
 
     def _on_engine_event(self, event: events.Event) -> None:
-        if isinstance(event, TRANSCRIPT_EVENTS):
+        if isinstance(event, events.TRANSCRIPT):
             self._transcript(event)
             return
         if self.closed or event.turn != self._engine_turn:

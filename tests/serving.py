@@ -73,6 +73,7 @@ class ServerProcess:
             TWILIO_TOKEN,
             "--public-url",
             PUBLIC_URL,
+            "--transcribe",  # (the browser's callers see their words)
         ]
         with log.open("w") as err:
             process = subprocess.Popen(

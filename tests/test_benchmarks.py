@@ -34,16 +34,19 @@ def test_step_profile_dry_run(tiny_dir):
 
 def test_engine_speed_runs_on_random_weights(tmp_path):
     """The GPU checklist's engine part, at the tiny preset on this CPU: a model written for the
-    run, a round per session count, the cancel timing, and the file written as it goes."""
+    run, a round per session count (each turn transcribed too), the cancel timing, and the file
+    written as it goes."""
     import json
 
     out = tmp_path / "engine.json"
     command = [sys.executable, "-m", "benchmarks.engine_speed", "--preset", "tiny"]
     command += ["--max-sessions", "2", "--steps", "16", "--dtype", "float32", "--out", str(out)]
+    command += ["--transcribe"]  # (every turn's transcript decodes beside its answer)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["model"] == "random tiny (seed 0)"
     first = result["rounds"][0]
     assert first["sessions"] == 1 and first["answers_with_audio"] == 1 and not first["errors"]
+    assert result["transcribe"] and first["transcripts"] == 1
     assert result["cancel"] and result["cancel"][0]["audio_chunks_after_cancel"] == 0

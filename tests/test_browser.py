@@ -87,7 +87,11 @@ def test_browser_speaks_and_hears_the_agent(live_server, tmp_path):
             page.fill("#max-answer", "2")
             page.dispatch_event("#max-answer", "change")
             wait_for_event(page, "response.done")
+            wait_for_event(page, "speech.transcript.done")  # (serve --transcribe)
             seen, audio = event_types(page), page.evaluate(INBOUND_AUDIO)
+            heard = page.evaluate(
+                "window.realtime.events.filter((e) => e.type.startsWith('speech.transcript'))"
+            )
             transcript = page.inner_text("#transcript")
             latency = page.inner_text("#lat-audio")
         finally:
@@ -98,4 +102,9 @@ def test_browser_speaks_and_hears_the_agent(live_server, tmp_path):
     assert "settings.updated" in seen and "error" not in seen
     assert audio["samples"] > 0 and audio["energy"] > 0  # the agent's (noise) voice arrived
     assert "connected" in transcript and latency.endswith("ms")
+    # The caller's words, for their turn: deltas, then the whole (the tiny model's asr ids are
+    # mostly past its tokenizer's, so it may be empty: the line then still says they spoke).
+    assert heard[-1]["type"] == "speech.transcript.done" and {e["turn"] for e in heard} == {1}
+    assert "".join(e["text"] for e in heard[:-1]).strip() == heard[-1]["text"]
+    assert (heard[-1]["text"] or "(you spoke)") in transcript
     assert live_server.wait_idle() < WAIT_S  # closing the browser frees the session
