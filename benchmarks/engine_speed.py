@@ -106,13 +106,18 @@ def run_round(
             caller.done.wait(timeout=600)
         while transcribe and not all(c.first(events.TranscriptDone) for c in callers):
             time.sleep(0.01)  # (a transcript may outlast its answer; its steps count too)
-        decode_steps = [ms for rows, ms in engine.step_log]
+        decode_steps = list(engine.step_log)
     finally:
         engine.stop()
     return summarize(sessions, callers, decode_steps)
 
 
-def summarize(sessions: int, callers: list[Caller], step_ms: list[float]) -> dict:
+def summarize(sessions: int, callers: list[Caller], steps: list[tuple[int, float]]) -> dict:
+    """`steps`: the engine's (rows, ms) of each batched step."""
+    step_ms = [ms for _, ms in steps]
+    by_rows = {}
+    for rows in sorted({rows for rows, _ in steps}):
+        by_rows[str(rows)] = float(np.median([ms for r, ms in steps if r == rows]))
     latencies = sorted(
         (c.first(events.FirstAudio).t - c.turn_end_s) * 1000
         for c in callers
@@ -125,6 +130,8 @@ def summarize(sessions: int, callers: list[Caller], step_ms: list[float]) -> dic
         "sessions": sessions,
         "real_time": realtime,
         "engine_step_ms_median": float(np.median(step_ms)) if step_ms else None,
+        # (rows: sessions' answer rows, and transcripts' while they run)
+        "engine_step_ms_median_by_rows": by_rows,
         "session_steps_per_s_min": min(rates),
         "audio_gap_ms_max": max(gaps),
         "turn_end_to_first_audio_ms_median": _pct(latencies, 50),
