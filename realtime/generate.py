@@ -43,6 +43,14 @@ class Generation:
     audio: list[list[int]] = field(default_factory=list)  # 7 layer-local ids per step
     text_ended: bool = False
     stop_reason: str | None = None
+    # The prompt's last position (rows, 8), when it runs as the first decode step rather than
+    # in the prompt's forward pass (a transcript's: realtime.transcript); step 0 is sampled
+    # from it. Text-out tasks only: the kernels' feedback takes each decode step as a later one.
+    first_input: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.first_input is not None and self.spec.audio_out:
+            raise ValueError(f"a {self.task} request's first step is sampled from its prompt")
 
     @property
     def spec(self):
@@ -86,7 +94,11 @@ class Generation:
 
     def next_input(self) -> torch.Tensor:
         """(rows, 8) ids to feed at `next_position`: the last step's tokens, audio layer-shifted
-        (rows that do not speak feed _pad_a)."""
+        (rows that do not speak feed _pad_a); before step 0, `first_input`."""
+        if self.steps == 0:
+            if self.first_input is None:
+                raise ValueError("step 0 is sampled from the prompt's forward pass")
+            return self.first_input
         pad = [tokens.layer_shift(tokens.PAD_A, i) for i in range(tokens.AUDIO_LAYERS)]
         spoken = pad
         if self.spec.audio_out:

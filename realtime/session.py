@@ -220,21 +220,20 @@ class Session:
 
     def _transcribe(self) -> None:
         """Start the transcript of the turn just prefilled: its asr prompt is the answer's but
-        for the last position, so the answer row's cache up to there is copied, not computed."""
+        for the last position, so the answer row's cache up to there is copied, not computed,
+        and that position is its first decode step (realtime.transcript)."""
         if self.transcript is not None:
             self.transcript.fail("the next turn ended before this one's transcript was done")
         length = self.base + self.prefilled  # the answer's prompt, this turn's and before it
         src, dst = self.slot_ids[self.spec.audio_row], self.transcript_slot
         for kv in (self.cache.k, self.cache.v):
             kv[:, dst, :, : length - 1] = kv[:, src, :, : length - 1]
-        ids = build_prompt(Task.ASR, audio_frames=self.frames).ids[:, -1:].to(self.slots.device)
-        transcript = Transcript(
-            self.sid, self.turn, dst, self.slots.device, length,
-            min(max_tokens(self.frames), self.cache.max_seq - length), self.tokenizer, self.sink,
+        last = build_prompt(Task.ASR, audio_frames=self.frames).ids[:, -1]  # (1, 8)
+        limit = min(max_tokens(self.frames), self.cache.max_seq - length)
+        self.transcript = Transcript(
+            self.sid, self.turn, dst, self.slots.device, length, last, limit, self.tokenizer,
+            self.sink,
         )  # fmt: skip
-        hidden = self._run(ids, None, None, length - 1, transcript.slots)[:, -1]
-        self.transcript = transcript
-        transcript.accept(*sample_step(self.lm, hidden, transcript.gen, transcript.decoding))
 
     def _add_features(self, features: torch.Tensor) -> None:
         if features.shape[0]:
@@ -269,20 +268,17 @@ class Session:
 
     def _forward(self, ids, audio, mask) -> torch.Tensor:
         """Run prompt positions ids (rows, n, 8) of this turn through the model."""
-        hidden = self._run(ids, audio, mask, self.base + self.prefilled, self.slots)
-        self.prefilled += ids.shape[1]
-        return hidden
-
-    def _run(self, ids, audio, mask, start: int, slots: torch.Tensor) -> torch.Tensor:
-        """Hidden states of prompt positions ids (rows, n, 8) from `start` on, in cache rows
-        `slots`."""
-        ids = ids.to(slots.device)
+        start = self.base + self.prefilled
+        ids = ids.to(self.slots.device)
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.lm.embed(ids, audio, None if mask is None else mask.expand(ids.shape[0], -1))
         positions = positions.expand(ids.shape[0], -1)
         if self.prompts is not None:
-            return self.prompts.forward(x, positions, slots, start)
-        return self.lm(x, positions, slots, self.cache)
+            hidden = self.prompts.forward(x, positions, self.slots, start)
+        else:
+            hidden = self.lm(x, positions, self.slots, self.cache)
+        self.prefilled += ids.shape[1]
+        return hidden
 
     def _begin_prefill(self) -> None:
         if self.prefilled == 0:  # earlier turns are settled by now: place this one after them

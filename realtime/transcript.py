@@ -4,10 +4,11 @@ the engine's batch beside the answer.
 The asr prompt of a turn is the answer's up to its last position (the same audio features, the
 same closing `_eoa` / `_eot`; then `_asr` where the answer has `_answer_t`). So at the end of a
 turn the session copies its answer row's keys and values of every position but the last into a
-spare cache row, runs that one position there, and from then on the transcript decodes like a
-text-only answer: one more row in the batched step, greedy, until `_eot`. The answer is not
-delayed by it, and the caller may speak again at once: the next turn's prefill writes only the
-answer's rows.
+spare cache row (a copy of a few MB, no model pass), and the transcript decodes like a text-only
+answer whose prompt's last position is its first decode step: one more row in the batched
+steps, greedy, until `_eot`. The end of the turn waits for nothing of it, the answer's steps
+carry one more row while it runs, and the caller may speak again at once: the next turn's
+prefill writes only the answer's rows.
 """
 
 import time
@@ -33,9 +34,10 @@ def max_tokens(frames: int) -> int:
 
 
 class Transcript:
-    """One turn's transcript as it decodes. The engine steps it as it steps a session's answer:
-    it offers the same face to the batch (`gen`, `slots`, `slot_ids`, `decoding`, `accept`,
-    `finish`, `fail`)."""
+    """One turn's transcript as it decodes, from its prompt's last position (`last_position`,
+    (1, 8) ids) on: the rest of the prompt is in its cache row. The engine steps it as it steps
+    a session's answer: it offers the same face to the batch (`gen`, `slots`, `slot_ids`,
+    `decoding`, `accept`, `finish`, `fail`)."""
 
     decoding = GREEDY
 
@@ -46,6 +48,7 @@ class Transcript:
         slot: int,
         device,
         prompt_length: int,
+        last_position: torch.Tensor,
         limit: int,
         tokenizer,
         sink: Callable[[events.Event], None],
@@ -53,7 +56,9 @@ class Transcript:
         self.sid, self.turn, self.sink, self.tokenizer = sid, turn, sink, tokenizer
         self.slot_ids = [slot]
         self.slots = torch.tensor([slot], device=device)
-        self.gen: Generation | None = Generation(Task.ASR, prompt_length, limit)
+        self.gen: Generation | None = Generation(
+            Task.ASR, prompt_length, limit, first_input=last_position
+        )
         self.detok = IncrementalDetokenizer(tokenizer)
 
     @property

@@ -194,3 +194,17 @@ def test_rows_of_different_lengths_decode_as_if_alone(tiny_model):
             )
         together = decode_step(tiny_model, cache, step_ids, torch.tensor(lengths), slots)
     torch.testing.assert_close(together, torch.stack(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_a_prompt_s_last_position_can_be_the_first_decode_step():
+    """A transcript's: step 0 is fed its prompt's last position at prompt_length - 1; a
+    speaking request's step 0 always comes from its prompt's forward pass."""
+    last = build_prompt(Task.ASR, audio_frames=5).ids[:, -1]
+    gen = Generation(Task.ASR, prompt_length=8, max_steps=4, first_input=last)
+    assert gen.next_position == 7 and torch.equal(gen.next_input(), last)
+    gen.accept(tokens.EOT, None)  # (step 0 is kept without the stop checks)
+    assert gen.next_position == 8 and gen.next_input()[0, -1] == tokens.EOT and not gen.done
+    with pytest.raises(ValueError):
+        Generation(Task.A2A, prompt_length=8, max_steps=4, first_input=last)
+    with pytest.raises(ValueError):
+        Generation(Task.A2T, prompt_length=8, max_steps=4).next_input()
