@@ -143,9 +143,18 @@ class Session:
         return self.options.decoding
 
     def lanes(self) -> list:
-        """What of this session decodes in the batch: its answer, its transcript (either may be
-        done: the engine finishes those)."""
-        return [self, *([self.transcript] if self.transcript is not None else [])]
+        """What of this session decodes in the batch: its answer, and its transcript once the
+        answer's first output is out (before that, its row would slow the steps the end of
+        the turn waits on); either may be done: the engine finishes those."""
+        if self.transcript is None or not self._answer_is_out():
+            return [self]
+        return [self, self.transcript]
+
+    def _answer_is_out(self) -> bool:
+        if not self.generating:
+            return True
+        first = events.FirstAudio if self.gen.spec.audio_out else events.FirstText
+        return first in self.marks
 
     def feed_audio(self, samples: np.ndarray) -> None:
         """16 kHz mono samples of the caller's turn; prefill whatever blocks they complete."""

@@ -6,8 +6,9 @@ same closing `_eoa` / `_eot`; then `_asr` where the answer has `_answer_t`). So 
 turn the session copies its answer row's keys and values of every position but the last into a
 spare cache row (a copy of a few MB, no model pass), and the transcript decodes like a text-only
 answer whose prompt's last position is its first decode step: one more row in the batched
-steps, greedy, until `_eot`. The end of the turn waits for nothing of it, the answer's steps
-carry one more row while it runs, and the caller may speak again at once: the next turn's
+steps, greedy, until `_eot`. It joins the steps once the answer's first audio (or, for a text
+answer, its first text) is out, so the end of the turn waits for nothing of it; the answer's
+later steps carry its row while it runs. The caller may speak again at once: the next turn's
 prefill writes only the answer's rows.
 """
 

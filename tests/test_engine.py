@@ -254,6 +254,9 @@ def test_a_transcript_equals_the_asr_twin_and_leaves_the_answer_as_it_was(runtim
         assert "".join(deltas).strip() == done.text
         answer = rec.wait_for(events.Done, done.turn)[-1]
         assert answer.frames == frames_of(offline(runtime, Task.A2A, pcm, opts))
+        if done.turn == 1:  # its row joined the steps once the answer's first audio was out
+            rows = [rows for rows, _ in engine.step_log]
+            assert rows[0] == 1 and 2 in rows and rows.index(2) >= tokens.MAX_AUDIO_DELAY
 
     pcm = clip("q_weather.wav")
     speak(handle, pcm)
