@@ -228,7 +228,7 @@ class RealtimeConnection(WebSocketDoor):
         self._release_held()
         self._unanswered, self._buffer_ms = True, 0
         item = Item(item_id or self._new_id("item"), "user")
-        self._spoken = item.id  # (speech committed twice before a response: one turn, its)
+        self._spoken = item.id  # (two commits before one response: one turn, the last's words)
         previous = self._add_item(item)
         self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
         self._item_added(item, previous)

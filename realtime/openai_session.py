@@ -11,10 +11,10 @@ Answers are speech with its transcript, or text only (`modalities` / `output_mod
 / `audio.input.transcription`) is Mini-Omni's own asr task, whatever model the client names.
 What Mini-Omni cannot do is said, not pretended: tools, instructions, a transcription prompt or
 a language other than English are answered with an `unsupported` error naming the field, and
-the rest of the update still applies. Invalid values (an unknown
-format, a threshold of 7) and turn detection we cannot run (semantic_vad) reject the whole
-update. The voice (the model's one), temperature and answer length are the server's, whatever
-a client asks; the session reports the voice and the length limit as they are.
+the rest of the update still applies. Invalid values (an unknown format, a threshold of 7) and
+turn detection we cannot run (semantic_vad) reject the whole update. The voice (the model's
+one), temperature and answer length are the server's, whatever a client asks; the session
+reports the voice and the length limit as they are.
 """
 
 import base64
