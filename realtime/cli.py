@@ -314,7 +314,7 @@ def _call(args: argparse.Namespace) -> int:
     import asyncio
 
     from realtime.audio import load_audio, write_wav
-    from realtime.loopback import LoopbackClient, SignalingError, call
+    from realtime.loopback import ENDINGS, LoopbackClient, SignalingError, call
 
     speech = load_audio(args.wav)
     settings = {"max_answer_ms": args.max_answer_ms} if args.max_answer_ms else None
@@ -333,9 +333,13 @@ def _call(args: argparse.Namespace) -> int:
     except TimeoutError:
         if not clients[0].of_type("response.started"):
             raise ValueError(f"no reply within {args.timeout:.0f} s") from None
+        if any(clients[0].of_type(kind) for kind in ENDINGS):
+            what = "the reply ended, but the transcript of what was said had not come"
+        else:
+            what = "the reply was still playing"
         print(
-            f"realtime: the reply was still playing after {args.timeout:.0f} s; what came of it"
-            " follows (--timeout waits longer, --max-answer-ms asks for a shorter one)",
+            f"realtime: {what} after {args.timeout:.0f} s; what came of it follows (--timeout"
+            " waits longer, --max-answer-ms asks for a shorter reply)",
             file=sys.stderr,
         )
         status = 1

@@ -156,6 +156,7 @@ class Conversation:
                 session=self.sid,
                 settings=self._settings(),
                 limits={"max_message_bytes": protocol.MAX_MESSAGE_BYTES},
+                transcripts=self.options.transcribe,
             )
         )
         for message in self._outbox:

@@ -202,7 +202,8 @@ async def call(
     settings: dict | None = None,
     client: LoopbackClient | None = None,
 ) -> tuple[LoopbackClient, float]:
-    """Connect, speak `speech`, and wait until the reply has played (or was cut short).
+    """Connect, speak `speech`, and wait until the reply has played (or was cut short), and
+    the caller's words have come where the server sends them.
 
     Returns the (closed) client, with its events and recording, and when our speech ended.
     Bound it with `asyncio.timeout`; pass a `client` (for `url`) to keep what it got then.
@@ -215,9 +216,12 @@ async def call(
             await client.wait_for("settings.updated")
         spoken = await client.say(speech)
         await client.wait_for(ENDINGS, after=spoken)
+        if client.of_type("session.ready")[0].get("transcripts"):
+            await client.wait_for(TRANSCRIPT_ENDINGS, after=spoken)
     finally:
         await client.close()
     return client, spoken
 
 
 ENDINGS = ("response.done", "response.interrupted", "error")
+TRANSCRIPT_ENDINGS = ("speech.transcript.done", "speech.transcript.failed")

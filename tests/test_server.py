@@ -60,6 +60,10 @@ def test_call_speaks_back_with_events_in_order(server):
     latency = client.of_type("turn.latency")[0]
     assert 0 < latency["end_of_turn_ms"] <= latency["first_audio_ms"] < WAIT_S * 1000
     assert latency["first_text_ms"] is not None
+    # serve --transcribe: the page is told so, and the call waited for the caller's words
+    assert client.of_type("session.ready")[0]["transcripts"] is True
+    heard = client.of_type("speech.transcript.done")
+    assert [e["turn"] for e in heard] == [1] and isinstance(heard[0]["text"], str)
 
 
 def test_realtime_call_keeps_a_reply_that_outlasts_its_timeout(server, tmp_path, capsys):
