@@ -104,7 +104,8 @@ def run_round(
         speak_together(handles, pcm, callers)
         for caller in callers:
             caller.done.wait(timeout=600)
-        while transcribe and not all(c.first(events.TranscriptDone) for c in callers):
+        ended = (events.TranscriptDone, events.TranscriptFailed)
+        while transcribe and not all(c.first(ended) for c in callers):
             time.sleep(0.01)  # (a transcript may outlast its answer; its steps count too)
         decode_steps = list(engine.step_log)
     finally:

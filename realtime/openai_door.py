@@ -301,15 +301,13 @@ class RealtimeConnection(WebSocketDoor):
         if not self._unanswered:
             message = "nothing to answer: commit the caller's audio first (the model hears speech)"
             raise ClientError("input_audio_buffer_empty", message)
-        speak = self.settings.speak
-        for param in ("modalities", "output_modalities"):
-            if request.get(param) is not None:
-                speak = speaks(request[param], "response." + param)
+        speak = speaks(request, "response")
         for exc in unsupported(request, "response"):
             self._error(exc, event.get("event_id"))
         self._start_response(speak)
 
     def _start_response(self, speak: bool | None = None) -> None:
+        """Answer the turn, aloud or in text only as `speak` says (None: as the session does)."""
         speak = self.settings.speak if speak is None else speak
         self._engine_turn += 1
         if self._typed is not None:

@@ -107,9 +107,8 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[Cl
     ):
         if value is not None:
             changes[field] = _format(value, "session." + param)
-    for param in ("modalities", "output_modalities"):
-        if session.get(param) is not None:
-            changes["speak"] = speaks(session[param], "session." + param)
+    if (speak := speaks(session, "session")) is not None:
+        changes["speak"] = speak
     refused = unsupported(session, "session")
     key, where = ("transcription", inputs) if ga else ("input_audio_transcription", session)
     if key in where:  # an object turns it on (what it says is a hint), null off
@@ -142,17 +141,24 @@ def _transcription_refusals(transcription: dict, param: str) -> list[ClientError
     return [ClientError("unsupported", message, f"{param}.{name}") for name, message in refused]
 
 
-def speaks(modalities: object, param: str) -> bool:
-    """Whether `modalities` (["audio"], ["text", "audio"] or ["text"]) ask for speech."""
-    known = ("text", "audio")
-    if (
-        not isinstance(modalities, list)
-        or not modalities
-        or any(m not in known for m in modalities)
-    ):
-        message = 'modalities are ["audio"] (speech and its transcript) or ["text"]'
-        raise ClientError("invalid_value", message, param)
-    return "audio" in modalities
+def speaks(request: dict, where: str) -> bool | None:
+    """Whether a session (or a response.create's response) asks for speech, by its
+    `modalities` or `output_modalities` (["audio"], ["text", "audio"] or ["text"]); None if it
+    says nothing of it."""
+    speak = None
+    for param in ("modalities", "output_modalities"):
+        modalities = request.get(param)
+        if modalities is None:
+            continue
+        if (
+            not isinstance(modalities, list)
+            or not modalities
+            or any(m not in ("text", "audio") for m in modalities)
+        ):
+            message = 'modalities are ["audio"] (speech and its transcript) or ["text"]'
+            raise ClientError("invalid_value", message, f"{where}.{param}")
+        speak = "audio" in modalities
+    return speak
 
 
 def decode_base64(value: object, param: str) -> bytes:

@@ -180,8 +180,21 @@ class Session:
         the turn too as `transcribe` says (None: as the session's options do).
 
         A turn that ends while an answer still runs supersedes it (the caller spoke over it).
+        A transcript asked for always ends in TranscriptDone or TranscriptFailed, the latter
+        also when the turn fails before the transcript begins.
         """
         self.turn += 1
+        if transcribe is None:
+            transcribe = self.options.transcribe
+        try:
+            self._answer_turn(speak, transcribe)
+        finally:
+            begun = self.transcript is not None and self.transcript.turn == self.turn
+            if transcribe and not begun:
+                message = "the turn failed before its transcript began"
+                self._emit(events.TranscriptFailed, message=message)
+
+    def _answer_turn(self, speak: bool | None, transcribe: bool) -> None:
         if self.discarding:  # this turn already failed
             self.discarding = False
             return
@@ -189,9 +202,7 @@ class Session:
         if self.generating:
             self.cancel()
         task = turn_task(self.options.task, speak)
-        if transcribe is None:
-            transcribe = self.options.transcribe
-        elif transcribe and self.transcript_slot is None:
+        if transcribe and self.transcript_slot is None:
             raise SessionError("this session has no row to transcribe on (transcribe=False)")
         if self.samples == 0:
             raise SessionError("the turn ended before any speech arrived")

@@ -267,7 +267,7 @@ def test_a_transcript_equals_the_asr_twin_and_leaves_the_answer_as_it_was(runtim
     assert done.turn == 3
     assert done.text_tokens == asr_twin(runtime, pcm, done).text_tokens
 
-    handle.end_turn(transcribe=False)  # (no audio: an error, and no transcript)
+    handle.end_turn()  # no audio: an error, and the transcript it asked for fails too
     speak_only = clip("q_capital.wav")
     for start in range(0, len(speak_only), PUSH):
         handle.push_audio(speak_only[start : start + PUSH])
@@ -275,10 +275,13 @@ def test_a_transcript_equals_the_asr_twin_and_leaves_the_answer_as_it_was(runtim
     rec.wait_for(events.Done, 3)  # (the third turn was cancelled)
     time.sleep(0.2)
     assert {e.turn for e in rec.of(events.TranscriptDone)} == {1, 2, 3}
+    assert [e.turn for e in rec.of(events.TranscriptFailed)] == [4]
+    assert [e.turn for e in rec.of(events.Error)] == [4]
 
     refused = Recorder()
     engine.open_session(SessionOptions(decoding=opts), refused).end_turn(transcribe=True)
     assert "no row to transcribe" in refused.wait_for(events.Error)[0].message
+    assert len(refused.of(events.TranscriptFailed)) == 1
     with pytest.raises(SessionError):
         engine.open_session(SessionOptions(task=Task.A2A_BATCH, transcribe=True), refused)
 
