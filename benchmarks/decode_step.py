@@ -5,11 +5,12 @@ audio sample.
 A step is what the engine runs per batch: embeddings, 24 blocks, final norm, the text and
 audio heads with greedy selection, and the feedback of the picked ids into the next input.
 
-- `eager`: the engine's torch path (realtime.generate.decode_step, then both heads' argmax);
+- `eager`: the engine's torch path (realtime.decoding.generate.decode_step, then both heads'
+argmax);
 - `compiled`: the same arithmetic written with static shapes (attention over the whole cache
   under a mask, so nothing syncs), under torch.compile(mode="reduce-overhead"), which captures
   its own CUDA graphs: the strongest plain-PyTorch contender (gpt-fast's recipe);
-- `kernels`: realtime.kernel_step.KernelStep.forward, every launch from the host;
+- `kernels`: realtime.decoding.gpu.step.KernelStep.forward, every launch from the host;
 - `graph`: the same step replayed from its CUDA graph, as the engine runs it;
 - `graph+sampling`: the same with every row drawing top-k 40 / temperature 0.9 / top-p 0.95
   on the device (kernels/head_sample.py), as a sampling session's batch runs; its bytes are
@@ -19,7 +20,7 @@ audio heads with greedy selection, and the feedback of the picked ids into the n
 - `decoder`, `decoder+ahead` (and `[fused]`): while the text runs, a step as the engine's loop
   sees it: KernelDecoder.decode (the graph's replay, the ids' copy to the host) and the host's
   stop rules for every request; without and with each step launched before the host has taken
-  the last one's ids (realtime/kernel_decoder.py's run_ahead, the default on CUDA).
+  the last one's ids (realtime/decoding/gpu/decoder.py's run_ahead, the default on CUDA).
 
 Each step's HBM traffic is counted (every weight once, the text head's 325 MB only while some
 row needs text, each row's keys and values) and reported as GB/s and % of the GPU's peak.
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print("decode_step needs a CUDA GPU (or --dry-run to check the script on a CPU)")
         return 2
     from benchmarks import step_contenders as sc
-    from realtime.config import STEP_PRODUCTS
+    from realtime.decoding.options import STEP_PRODUCTS
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     runtime = sc.load_runtime(args.model, device, "tiny" if args.dry_run else "mini-omni")

@@ -30,13 +30,14 @@ from torch import Tensor
 from whisper.model import AudioEncoder
 
 from benchmarks.machine import cpu_name
-from realtime import checkpoint
-from realtime.config import DecodingOptions, WhisperDims
-from realtime.encoder import BLOCK_FRAMES, ChunkedEncoder, encode_exact, load_whisper_encoder
-from realtime.generate import PrefillInput, generate_tokens
-from realtime.model import OmniLM
-from realtime.prompts import Task, build_prompt
-from realtime.tokens import INPUT_SAMPLE_RATE_HZ, WHISPER_FRAME_SAMPLES
+from realtime.audio.encoder import BLOCK_FRAMES, ChunkedEncoder, encode_exact, load_whisper_encoder
+from realtime.decoding.generate import PrefillInput, generate_tokens
+from realtime.decoding.options import DecodingOptions
+from realtime.model import checkpoint
+from realtime.model.config import WhisperDims
+from realtime.model.lm import OmniLM
+from realtime.model.prompts import Task, build_prompt
+from realtime.model.tokens import INPUT_SAMPLE_RATE_HZ, WHISPER_FRAME_SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "encoder_drift.json"

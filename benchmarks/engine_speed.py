@@ -7,8 +7,8 @@ session's decode rate and whether its audio arrived without gaps when played fro
 sample (real time: >= 11.72 steps/s and no gaps, for every session), and end of turn -> first
 audio sample (median, p90). Then cancel -> quiet: the time from `cancel()` to the Cancelled
 event, after which a session gets no more audio. Stops doubling N once real time is lost.
-With --transcribe each turn is transcribed too (realtime.transcript: one more row per session in
-the steps while its transcript runs), to weigh what the callers' words cost their answers.
+With --transcribe each turn is transcribed too (realtime.engine.transcript: one more row per session
+in the steps while its transcript runs), to weigh what the callers' words cost their answers.
 
     python -m benchmarks.engine_speed --model DIR [--device cuda] [--max-sessions 256]
     python -m benchmarks.engine_speed --preset mini-omni --device cuda   # random weights
@@ -31,12 +31,13 @@ import torch
 
 from benchmarks.machine import cpu_name
 from benchmarks.random_model import temporary_model
-from realtime import checkpoint, events, tokens
-from realtime.audio import load_audio
-from realtime.config import DecodingOptions
-from realtime.engine import Engine, EngineOptions
-from realtime.runtime import Runtime
-from realtime.session import SessionOptions
+from realtime.audio.io import load_audio
+from realtime.decoding.options import DecodingOptions
+from realtime.decoding.runtime import Runtime
+from realtime.engine import events
+from realtime.engine.engine import Engine, EngineOptions
+from realtime.engine.session import SessionOptions
+from realtime.model import checkpoint, tokens
 
 HERE = Path(__file__).resolve().parent
 CLIP = HERE.parent / "tests" / "data" / "q_capital.wav"

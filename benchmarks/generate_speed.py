@@ -27,13 +27,13 @@ import torch
 
 from benchmarks.machine import cpu_name
 from kernels import cpu_decode
-from realtime import checkpoint, tokens
-from realtime.audio import load_audio
-from realtime.config import ENCODER_MODES, DecodingOptions
-from realtime.generate import decode_step
-from realtime.prompts import TASKS, Task, build_prompt
-from realtime.runtime import AudioChunk, Request, Runtime
-from realtime.sampling import sample
+from realtime.audio.io import load_audio
+from realtime.decoding.generate import decode_step
+from realtime.decoding.options import ENCODER_MODES, DecodingOptions
+from realtime.decoding.runtime import AudioChunk, Request, Runtime
+from realtime.decoding.sampling import sample
+from realtime.model import checkpoint, tokens
+from realtime.model.prompts import TASKS, Task, build_prompt
 
 HERE = Path(__file__).resolve().parent
 CLIP = HERE.parent / "tests" / "data" / "q_capital.wav"

@@ -63,7 +63,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c 'import realtime.engine' 2>&1 | tee -a "$LOG"  # names a missing package at once
+python3 -c 'import realtime.engine.engine' 2>&1 | tee -a "$LOG"  # names a missing package at once
 
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \

@@ -5,11 +5,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from realtime.config import PRESETS
+from realtime.model.config import PRESETS
 
 
 def temporary_model(preset: str) -> str:
-    from realtime.init_random import write_random_model
+    from realtime.model.init_random import write_random_model
 
     directory = tempfile.mkdtemp(prefix=f"realtime-{preset}-")
     began = time.perf_counter()

@@ -35,12 +35,12 @@ import aiohttp
 import av
 import numpy as np
 
-from realtime import tokens
-from realtime.audio import load_audio
-from realtime.loopback import LoopbackClient
-from realtime.server_config import TurnOptions
-from realtime.turns import VAD_FRAME_MS, VAD_FRAME_SAMPLES, Framer, TurnDetector
-from realtime.wire_audio import FORMATS, OutputAudio
+from realtime.audio.io import load_audio
+from realtime.model import tokens
+from realtime.transports.webrtc.caller import LoopbackClient
+from realtime.transports.wire_audio import FORMATS, OutputAudio
+from realtime.turns.detector import VAD_FRAME_MS, VAD_FRAME_SAMPLES, Framer, TurnDetector
+from realtime.turns.options import TurnOptions
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -192,8 +192,8 @@ def main() -> None:
 
 
 def spawned(calls: int) -> dict:
-    from realtime.config import PRESETS
-    from realtime.init_random import write_random_model
+    from realtime.model.config import PRESETS
+    from realtime.model.init_random import write_random_model
     from tests.serving import TOKEN, ServerProcess  # the tests' harness for the subprocess
 
     with tempfile.TemporaryDirectory() as tmp:

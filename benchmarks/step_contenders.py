@@ -14,18 +14,24 @@ import torch.nn.functional as F
 
 from benchmarks.random_model import temporary_model
 from kernels.triton_support import compile_ahead
-from realtime import checkpoint, tokens
-from realtime.audio import load_audio
-from realtime.config import DecodingOptions
-from realtime.cuda_graphs import capture
-from realtime.encoder import encode_chunked
-from realtime.generate import Generation, PrefillInput, decode_step, generate_tokens
-from realtime.kernel_decoder import KernelDecoder, step_kinds
-from realtime.kernel_step import KernelStep, StepGraphs, StepRow, every_variant
-from realtime.model import KVCache, OmniLM, apply_rope
-from realtime.prompts import Task, build_prompt
-from realtime.runtime import MAX_ROWS, Runtime
-from realtime.vocoder import VocoderStream
+from realtime.audio.encoder import encode_chunked
+from realtime.audio.io import load_audio
+from realtime.audio.vocoder import VocoderStream
+from realtime.decoding.generate import (
+    Generation,
+    PrefillInput,
+    StepRow,
+    decode_step,
+    generate_tokens,
+)
+from realtime.decoding.gpu.decoder import KernelDecoder, step_kinds
+from realtime.decoding.gpu.step import KernelStep, StepGraphs, every_variant
+from realtime.decoding.options import DecodingOptions
+from realtime.decoding.runtime import MAX_ROWS, Runtime
+from realtime.device.cuda_graphs import capture
+from realtime.model import checkpoint, tokens
+from realtime.model.lm import KVCache, OmniLM, apply_rope
+from realtime.model.prompts import Task, build_prompt
 
 WARMUP_STEPS = 5
 

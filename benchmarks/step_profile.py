@@ -24,7 +24,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from realtime.config import STEP_PRODUCTS  # (no torch or triton: the dry run sets up those)
+from realtime.decoding.options import (
+    STEP_PRODUCTS,  # (no torch or triton: the dry run sets up those)
+)
 
 # What one profile takes: steps profiled, graph replays timed, end-of-turn runs (the last
 # one printed); a dry run takes one of each.
@@ -38,7 +40,7 @@ def kernels_of_step(
     import torch
 
     from benchmarks import step_contenders as sc
-    from realtime.kernel_step import StepGraphs
+    from realtime.decoding.gpu.step import StepGraphs
 
     cache, ids, positions, slots = sc.step_inputs(lm, batch, context)
     step = sc.kernel_step(lm, cache, ids, positions, slots, True, products, pdl)
@@ -86,13 +88,13 @@ def phases_of_end_of_turn(runtime, attempts: int) -> None:
 
     from benchmarks import step_contenders as sc
     from benchmarks.decode_step import CLIP
-    from realtime import tokens
-    from realtime.audio import load_audio
-    from realtime.config import DecodingOptions
-    from realtime.encoder import encode_chunked
-    from realtime.generate import PrefillInput, generate_tokens
-    from realtime.prompts import Task, build_prompt
-    from realtime.vocoder import VocoderStream
+    from realtime.audio.encoder import encode_chunked
+    from realtime.audio.io import load_audio
+    from realtime.audio.vocoder import VocoderStream
+    from realtime.decoding.generate import PrefillInput, generate_tokens
+    from realtime.decoding.options import DecodingOptions
+    from realtime.model import tokens
+    from realtime.model.prompts import Task, build_prompt
 
     audio = load_audio(CLIP)[: 2 * tokens.INPUT_SAMPLE_RATE_HZ]
     options = DecodingOptions(max_new_tokens=64)

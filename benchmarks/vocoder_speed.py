@@ -3,7 +3,7 @@
 SNAC 24 kHz at its released shapes (random weights unless --model has snac/), noise off so the
 outputs compare. Per 85.33 ms frame of speech, with `--frames` frames per utterance:
 
-- `stream`: ours (realtime.vocoder), one frame per step, every frame decoded once with state;
+- `stream`: ours (realtime.audio.vocoder), one frame per step, every frame decoded once with state;
   also `stream xB`: B streams in one batched call per step, per stream-frame; on a CPU also
   `convs` and `convs xB`: the same with the upsampling and 1x1 layers as convolutions (as a GPU
   runs them) instead of the CPU's matrix products;
@@ -34,9 +34,9 @@ import torch
 from snac import SNAC
 
 from benchmarks.machine import cpu_name
-from realtime import checkpoint, tokens
-from realtime.config import SnacConfig
-from realtime.vocoder import Vocoder, VocoderStream, disable_noise, load_snac
+from realtime.audio.vocoder import Vocoder, VocoderStream, disable_noise, load_snac
+from realtime.model import checkpoint, tokens
+from realtime.model.config import SnacConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WINDOW_LEFT, WINDOW_LOOKAHEAD = 2, 2  # frames of context on each side of the kept frame

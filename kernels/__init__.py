@@ -9,7 +9,7 @@
   split-K slices folded in), head_argmax, head_sample (top-k / temperature / top-p drawn on
   the device), feedback.
 
-realtime/kernel_step.py puts the Triton kernels together into the decode step (captured as a
+realtime/decoding/gpu/step.py puts the Triton kernels together into the decode step (captured as a
 CUDA graph per batch-size bucket). On an H100 (2026-11-22) every test in tests/kernels passed
 compiled, `gpu`-marked ones included, and the graphed step took 1.07 ms at batch 1 and 1.44 ms
 at batch 64 (benchmarks/results/decode_step-*.json). `python -m benchmarks.step_profile` lists

@@ -4,7 +4,7 @@
     e_s = audio[b, t]           if s < 7 and mask[b, t]   (adapted whisper features)
         = table[ids[b, t, s]]   otherwise                  (the text stream 7 always)
 
-Each partial sum is rounded to the table's dtype, as realtime.model.OmniLM.embed's sequence of
+Each partial sum is rounded to the table's dtype, as realtime.model.lm.OmniLM.embed's sequence of
 adds in the model dtype does, so the kernel is bit-equal to it (the / 8 is exact).
 One program per (position, BLOCK_C columns): the 8 rows of the table it reads are gathered
 straight from their ids, so the (B, T, 8, C) stack of embeddings is never written.
@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from kernels.triton_support import handoff, launch_options, round_to, runs_kernel
-from realtime import tokens
+from realtime.model import tokens
 
 BLOCK_C = 256
 

@@ -1,7 +1,7 @@
 """Delayed-parallel feedback on the device: a step's sampled ids become the next step's input.
 
-realtime.generate.Generation.accept and next_input, for B rows at once with no host sync. Per
-row b, with sampled audio a_i (layer-local, i = 0..6) and text t, and `later` = not first[b]
+realtime.decoding.generate.Generation.accept and next_input, for B rows at once with no host sync.
+Per row b, with sampled audio a_i (layer-local, i = 0..6) and text t, and `later` = not first[b]
 (the first step, sampled from the prompt itself, is kept without checks):
 
     speech rows (audio_out[b]):
@@ -18,7 +18,7 @@ its row 1 in both rows; `speaks` is set only on a speech task's audio row. The l
 stays with the host, which knows every row's step count. One program per BLOCK_B rows, each an
 (BLOCK_B, 8) tile.
 
-With `StepRows` the kernel is the decode step's whole tail (realtime/kernel_step.py), in its
+With `StepRows` the kernel is the decode step's whole tail (realtime/decoding/gpu/step.py), in its
 buffers: it gathers `sampled` from the head's picks itself (row b's audio from row
 audio_src[b], its text from row text_src[b]), writes the gathered ids to `sampled` and the
 next ones to `ids` in place, and advances `positions` by `advance`: one launch where torch ops
@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from kernels.triton_support import handoff, launch_options, runs_kernel
-from realtime import tokens
+from realtime.model import tokens
 
 BLOCK_B = 16
 

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from kernels.triton_support import dot_dtype, handoff, launch_options, round_to, runs_kernel
-from realtime import tokens
+from realtime.model import tokens
 
 BLOCK_V = 64  # table rows per program: 2830 programs at the released vocab
 BLOCK_C = 128

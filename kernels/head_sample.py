@@ -1,7 +1,7 @@
 """The head with top-k / temperature / top-p sampling fused for the rows that sample.
 
 For each sampling row b and range r (audio layer 0..6, then the text), with the row's top_k
-(1..TOP_K_MAX), temperature, top_p, seed and position, the draw of realtime/sampling.py:
+(1..TOP_K_MAX), temperature, top_p, seed and position, the draw of realtime/decoding/sampling.py:
 
     the top_k (logit, id) of the range, highest first (ties: the lower id first)
     w_j = exp((l_j - l_0) / temperature); keep j while sum_{i<j} w_i < top_p * sum w
@@ -36,9 +36,9 @@ from kernels.head_argmax import (
     skips_text,
 )
 from kernels.triton_support import handoff, launch_options, runs_kernel
-from realtime import tokens
-from realtime.config import DecodingOptions
-from realtime.sampling import UNIFORM_BITS, sample
+from realtime.decoding.options import DecodingOptions
+from realtime.decoding.sampling import UNIFORM_BITS, sample
+from realtime.model import tokens
 
 TOP_K_MAX = 64  # the largest top_k drawn here; requests with a larger one sample on the host
 REMOVED = tl.constexpr(-(2**63))  # below every key
@@ -79,7 +79,7 @@ def _fmix32(h):
 
 @triton.jit
 def _uniform(seed, position, stream):
-    """realtime.sampling.uniforms for one (seed, position, stream): fp32 in [0, 1)."""
+    """realtime.decoding.sampling.uniforms for one (seed, position, stream): fp32 in [0, 1)."""
     seed_lo = (seed & 0xFFFFFFFF).to(tl.uint32)
     seed_hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
     key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ SEED_MIX))
@@ -213,8 +213,8 @@ def head_sample_ref(
     audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
     audio_layers: int = tokens.AUDIO_LAYERS,
 ) -> torch.Tensor:
-    """The torch computation: the greedy head, then realtime.sampling.sample for each sampling
-    row over its full logits (in the model's dtype, as OmniLM's heads return them)."""
+    """The torch computation: the greedy head, then realtime.decoding.sampling.sample for each
+    sampling row over its full logits (in the model's dtype, as OmniLM's heads return them)."""
     ids = head_argmax_ref(h, weight, skip_text, text_vocab, audio_vocab, audio_layers)
     skip = skipping(skip_text)
     for b in torch.nonzero(rows.sampling).flatten().tolist():

@@ -8,7 +8,7 @@ The qkv row of a position is litgpt's per-group interleave: (groups, q_per_kv + 
     k_cache[layer, slots[b], g, p] = rope(qkv[b, t, g, q_per_kv])
     v_cache[layer, slots[b], g, p] = qkv[b, t, g, q_per_kv + 1]
 
-computed in fp32 and rounded once to the model dtype, as realtime.model.apply_rope does.
+computed in fp32 and rounded once to the model dtype, as realtime.model.lm.apply_rope does.
 One program per (position, group) holds its q_per_kv + 2 heads as one (BLOCK_J, BLOCK_D) tile.
 A decode step does the same inside its attention (decode_attention_qkv, which shares `rope`).
 """
@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels.triton_support import handoff, launch_options, load_total, runs_kernel
-from realtime.model import apply_rope
+from realtime.model.lm import apply_rope
 
 
 @triton.jit

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime import tokens
-from realtime.checkpoint import DEFAULT_MODEL, DTYPES, ModelError
-from realtime.config import ENCODER_MODES, PRESETS, STEP_PRODUCT_CHOICES, DecodingOptions
-from realtime.prompts import TASKS, Task
+from realtime.decoding.options import ENCODER_MODES, STEP_PRODUCT_CHOICES, DecodingOptions
+from realtime.model import tokens
+from realtime.model.checkpoint import DEFAULT_MODEL, DTYPES, ModelError
+from realtime.model.config import PRESETS
+from realtime.model.prompts import TASKS, Task
 
 EXIT_BAD_INPUT = 2
 
@@ -169,8 +170,8 @@ def _positive_int(text: str) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from realtime.audio import load_audio, write_wav  # heavy imports only when needed
-    from realtime.runtime import AudioChunk, Request, Result, Runtime, TextDelta
+    from realtime.audio.io import load_audio, write_wav  # heavy imports only when needed
+    from realtime.decoding.runtime import AudioChunk, Request, Result, Runtime, TextDelta
 
     task = Task(args.task)
     request = Request(task=task, options=_decoding_options(args), encoder=args.encoder)
@@ -244,7 +245,7 @@ def _report(result, args: argparse.Namespace, pcm: np.ndarray, write_wav) -> Non
 
 
 def _init_random(args: argparse.Namespace) -> int:
-    from realtime.init_random import write_random_model
+    from realtime.model.init_random import write_random_model
 
     write_random_model(args.directory, PRESETS[args.preset], seed=args.seed)
     return 0
@@ -255,7 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from realtime.runtime import Runtime
+    from realtime.decoding.runtime import Runtime
     from realtime.server import serve
 
     _set_up_device(args)
@@ -274,7 +275,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _server_options(args: argparse.Namespace):
     """Checked before the model loads, so a wrong flag fails at once."""
-    from realtime.server_config import LOCAL_HOSTS, CallOptions, ServerOptions
+    from realtime.server_config import LOCAL_HOSTS, ServerOptions
+    from realtime.transports.options import CallOptions
 
     if args.host not in LOCAL_HOSTS and not args.token:
         raise ValueError(f"--host {args.host} is reachable beyond this machine: set --token")
@@ -313,8 +315,8 @@ def _server_options(args: argparse.Namespace):
 def _call(args: argparse.Namespace) -> int:
     import asyncio
 
-    from realtime.audio import load_audio, write_wav
-    from realtime.loopback import ENDINGS, LoopbackClient, SignalingError, call
+    from realtime.audio.io import load_audio, write_wav
+    from realtime.transports.webrtc.caller import ENDINGS, LoopbackClient, SignalingError, call
 
     speech = load_audio(args.wav)
     settings = {"max_answer_ms": args.max_answer_ms} if args.max_answer_ms else None

@@ -2,10 +2,10 @@
 
     browser ── GET /            ──► client/ (static page, no build step)
             ── POST /offer {sdp} ─► Conversation: aiortc peer + engine session ──► {sdp answer}
-            ◄═ RTP audio, data channel "events" ═► conversation.py (turns, playout, interrupts)
-    OpenAI Realtime client ── GET /v1/realtime (WebSocket) ═► openai_door.py: JSON events,
+            ◄═ RTP audio, data channel "events" ═► transports/webrtc/ (turns, playout, interrupts)
+    OpenAI Realtime client ── GET /v1/realtime (WebSocket) ═► transports/openai/: JSON events,
             base64 audio both ways, on one engine session
-    Twilio ── POST /twilio/voice ─► TwiML; ══ GET /twilio/media (WebSocket) ═► twilio_door.py:
+    Twilio ── POST /twilio/voice ─► TwiML; ══ GET /twilio/media (WebSocket) ═► transports/twilio/:
             a phone call's mu-law audio both ways, on one engine session
     GET /healthz ──► {"ok", "sessions", "max_sessions"}
 
@@ -24,16 +24,16 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
 
-from realtime import protocol, twilio_door
-from realtime.conversation import Conversation
-from realtime.engine import Engine, EngineBusy, EngineOptions
-from realtime.openai_door import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
-from realtime.outbox import WebSocketDoor
-from realtime.prompts import Task
-from realtime.runtime import Runtime
+from realtime.decoding.runtime import Runtime
+from realtime.engine.engine import Engine, EngineBusy, EngineOptions
+from realtime.engine.session import SessionOptions
+from realtime.model.prompts import Task
 from realtime.server_config import LOCAL_HOSTS, ServerOptions
-from realtime.session import SessionOptions
-from realtime.twilio_door import TwilioCall
+from realtime.transports.openai.connection import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
+from realtime.transports.twilio import connection as twilio
+from realtime.transports.webrtc import protocol
+from realtime.transports.webrtc.connection import Conversation
+from realtime.transports.websocket import WebSocketDoor
 
 log = logging.getLogger("realtime.server")
 API_KEY_PROTOCOL = "openai-insecure-api-key."
@@ -56,8 +56,8 @@ class Server:
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/v1/realtime", self.realtime)
-        app.router.add_post(twilio_door.VOICE_PATH, self.twilio_voice)
-        app.router.add_get(twilio_door.MEDIA_PATH, self.twilio_media)
+        app.router.add_post(twilio.VOICE_PATH, self.twilio_voice)
+        app.router.add_get(twilio.MEDIA_PATH, self.twilio_media)
         app.router.add_get("/", self.index)
         if self.options.client_dir.is_dir():
             app.router.add_static("/", self.options.client_dir)
@@ -143,19 +143,19 @@ class Server:
         refusal = self._twilio_refusal(request, self._public(request) + request.path_qs, params)
         if refusal is not None:
             return refusal
-        media_url = twilio_door.stream_url(self._public(request))
-        return web.Response(text=twilio_door.twiml(media_url), content_type="text/xml")
+        media_url = twilio.stream_url(self._public(request))
+        return web.Response(text=twilio.twiml(media_url), content_type="text/xml")
 
     async def twilio_media(self, request: web.Request) -> web.StreamResponse:
         """One phone call's Media Streams WebSocket."""
-        media_url = twilio_door.stream_url(self._public(request))
+        media_url = twilio.stream_url(self._public(request))
         refusal = self._twilio_refusal(request, media_url, {})
         if refusal is not None:
             return refusal
         ws = web.WebSocketResponse(
-            max_msg_size=twilio_door.MAX_MESSAGE_BYTES, heartbeat=twilio_door.HEARTBEAT_S
+            max_msg_size=twilio.MAX_MESSAGE_BYTES, heartbeat=twilio.HEARTBEAT_S
         )
-        return await self._serve_websocket(request, ws, TwilioCall(ws, self.options.call))
+        return await self._serve_websocket(request, ws, twilio.TwilioCall(ws, self.options.call))
 
     def _twilio_refusal(self, request: web.Request, url: str, params: dict) -> web.Response | None:
         auth_token = self.options.twilio_auth_token
@@ -167,7 +167,7 @@ class Server:
             )
             return json_error(403, "twilio_not_verified", message)
         given = request.headers.get("X-Twilio-Signature", "")
-        if twilio_door.signed_by_twilio(auth_token, url, params, given):
+        if twilio.signed_by_twilio(auth_token, url, params, given):
             return None
         log.info("refused a Twilio request: X-Twilio-Signature does not match %s", url)
         return json_error(403, "bad_signature", f"X-Twilio-Signature does not match {url}")

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from realtime.config import PRESETS
-from realtime.init_random import write_random_model
+from realtime.model.config import PRESETS
+from realtime.model.init_random import write_random_model
 
 DATA = Path(__file__).parent / "data"
 

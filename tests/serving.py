@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime import tokens
-from realtime.audio import load_audio
-from realtime.wire_audio import FORMATS, OutputAudio
+from realtime.audio.io import load_audio
+from realtime.model import tokens
+from realtime.transports.wire_audio import FORMATS, OutputAudio
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "test-token"
@@ -34,7 +34,7 @@ def clip(name: str):
 
 def speech(fmt: str = "pcm16", clip: str = "q_capital.wav", silence_ms: int = 800) -> bytes:
     """A question, then silence (so the server's VAD ends the turn), in the WebSocket doors'
-    wire format `fmt` (realtime.wire_audio.FORMATS)."""
+    wire format `fmt` (realtime.transports.wire_audio.FORMATS)."""
     pcm = load_audio(DATA / clip, rate_hz=tokens.OUTPUT_SAMPLE_RATE_HZ)
     pcm = np.concatenate([pcm, np.zeros(silence_ms * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000)])
     out = OutputAudio(FORMATS[fmt])

@@ -11,8 +11,8 @@ import pytest
 import soundfile
 import yaml
 
-from realtime import tokens
 from realtime.cli import EXIT_BAD_INPUT, main
+from realtime.model import tokens
 
 from .conftest import DATA
 
@@ -242,10 +242,10 @@ def test_threads_option_sets_torch_s_threads(tiny_dir):
 
 
 def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
-    from realtime import kernel_decoder
     from realtime.cli import _build_parser, _server_options
-    from realtime.engine import Engine, EngineOptions
-    from realtime.runtime import Runtime
+    from realtime.decoding.gpu import decoder as kernel_decoder
+    from realtime.decoding.runtime import Runtime
+    from realtime.engine.engine import Engine, EngineOptions
 
     parse = _build_parser().parse_args
     default = _server_options(parse(["serve"]))

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 import whisper
 from whisper.model import AudioEncoder, ModelDimensions, Whisper
 
-from realtime.config import PRESETS
-from realtime.encoder import (
+from realtime.audio.encoder import (
     BLOCK_FRAMES,
     ChunkedEncoder,
     StreamingLogMel,
@@ -20,7 +19,8 @@ from realtime.encoder import (
     encode_exact,
     load_whisper_encoder,
 )
-from realtime.tokens import (
+from realtime.model.config import PRESETS
+from realtime.model.tokens import (
     INPUT_SAMPLE_RATE_HZ,
     MEL_HOP_SAMPLES,
     MEL_WINDOW_SAMPLES,

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from realtime import checkpoint, events, tokens
-from realtime.audio import load_audio
-from realtime.config import DecodingOptions
-from realtime.engine import Engine, EngineBusy, EngineOptions
-from realtime.prompts import Task
-from realtime.runtime import Request, Result, Runtime
-from realtime.session import SessionError, SessionOptions
+from realtime.audio.io import load_audio
+from realtime.decoding.options import DecodingOptions
+from realtime.decoding.runtime import Request, Result, Runtime
+from realtime.engine import events
+from realtime.engine.engine import Engine, EngineBusy, EngineOptions
+from realtime.engine.session import SessionError, SessionOptions
+from realtime.model import checkpoint, tokens
+from realtime.model.prompts import Task
 
 from .conftest import DATA
 
@@ -343,8 +344,8 @@ def test_first_audio_waits_until_it_outlasts_the_loop_s_period(runtime, monkeypa
     unheld, frames = answer(options)
     ticks = iter(range(1_000_000))
     slow = SimpleNamespace(**{**vars(time), "perf_counter": lambda: next(ticks) * 0.03})
-    monkeypatch.setattr(realtime.engine, "time", slow)
+    monkeypatch.setattr(realtime.engine.engine, "time", slow)
     held, same_frames = answer(options)
-    lead = int(realtime.engine.FIRST_AUDIO_PERIODS * 0.06 * tokens.OUTPUT_SAMPLE_RATE_HZ)
+    lead = int(realtime.engine.engine.FIRST_AUDIO_PERIODS * 0.06 * tokens.OUTPUT_SAMPLE_RATE_HZ)
     assert unheld[0] < lead <= held[0] < lead + unheld[1]  # it did wait, for just enough
     assert sum(held) == sum(unheld) and same_frames == frames  # (SNAC's noise differs per run)

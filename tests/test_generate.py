@@ -4,17 +4,17 @@ behaviour; and the cached step-by-step decoder against one full forward."""
 import pytest
 import torch
 
-from realtime import tokens
-from realtime.config import PRESETS
-from realtime.generate import (
+from realtime.decoding.generate import (
     Generation,
     PrefillInput,
     decode_step,
     place_features,
     prefill,
 )
-from realtime.model import OmniLM
-from realtime.prompts import Task, build_prompt
+from realtime.model import tokens
+from realtime.model.config import PRESETS
+from realtime.model.lm import OmniLM
+from realtime.model.prompts import Task, build_prompt
 
 SPEECH = [11, 12, 13, 14, 15, 16, 17]  # layer-local codes that are not specials
 

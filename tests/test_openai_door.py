@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from pydantic import TypeAdapter
 
-from realtime.openai_door import MAX_MESSAGE_BYTES
 from realtime.server import cross_site
+from realtime.transports.openai.connection import MAX_MESSAGE_BYTES
 
 from .serving import (
     MAX_SESSIONS,

@@ -30,9 +30,10 @@ def test_wheel_holds_modules_page_sources_and_assets(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"realtime/client/{p.name}" for p in (ROOT / "client").iterdir()}
     expected |= {f"kernels/csrc/{p.name}" for p in (ROOT / "kernels" / "csrc").iterdir()}
-    expected |= {"realtime/assets/bpe_corpus.txt"}
+    expected |= {"realtime/model/assets/bpe_corpus.txt"}
     for package in ("realtime", "kernels"):
-        expected |= {f"{package}/{p.name}" for p in (ROOT / package).glob("*.py")}
+        modules = (ROOT / package).rglob("*.py")
+        expected |= {p.relative_to(ROOT).as_posix() for p in modules}
     assert expected <= names, sorted(expected - names)
 
 
@@ -44,7 +45,7 @@ def test_installed_package_finds_its_files(wheel, tmp_path):
         "from realtime.server_config import CLIENT_DIR; from kernels import cpu_decode; "
         "from importlib import resources; import realtime; "
         "print(realtime.__file__); print(CLIENT_DIR); "
-        "corpus = resources.files('realtime.assets') / 'bpe_corpus.txt'; "
+        "corpus = resources.files('realtime.model.assets') / 'bpe_corpus.txt'; "
         "print(all(p.is_file() for p in [*cpu_decode.SOURCES, cpu_decode.HEADER, corpus]))"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}

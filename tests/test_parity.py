@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from realtime import checkpoint, tokens
-from realtime.audio import load_audio
-from realtime.config import DecodingOptions
-from realtime.generate import generate_tokens
-from realtime.prompts import TASKS, Task
-from realtime.runtime import Request, Result, Runtime
+from realtime.audio.io import load_audio
+from realtime.decoding.generate import generate_tokens
+from realtime.decoding.options import DecodingOptions
+from realtime.decoding.runtime import Request, Result, Runtime
+from realtime.model import checkpoint, tokens
+from realtime.model.prompts import TASKS, Task
 
 from .conftest import DATA
 

@@ -1,11 +1,17 @@
-"""The outbound side (playout.py): the buffer's markers and flush, the track's pacing."""
+"""The outbound side (realtime/transports/webrtc/playout.py): the buffer's markers and flush, the
+track's pacing."""
 
 import asyncio
 import time
 
 import numpy as np
 
-from realtime.playout import LEAD_MS, OUT_FRAME_SAMPLES, AgentAudioTrack, OutputBuffer
+from realtime.transports.webrtc.playout import (
+    LEAD_MS,
+    OUT_FRAME_SAMPLES,
+    AgentAudioTrack,
+    OutputBuffer,
+)
 
 
 def test_take_splits_pads_and_reports_markers_at_their_position():

@@ -1,10 +1,11 @@
-"""realtime/prompt_graph.py: graphed prompts against the eager forward pass they replace."""
+"""realtime/decoding/gpu/prompt_graphs.py: graphed prompts against the eager forward pass they
+replace."""
 
 import pytest
 import torch
 
-from realtime.config import PRESETS
-from realtime.model import OmniLM, rope_cache
+from realtime.model.config import PRESETS
+from realtime.model.lm import OmniLM, rope_cache
 
 TOLERANCE = {
     torch.float32: dict(rtol=1e-5, atol=1e-5),
@@ -46,7 +47,7 @@ def test_reading_the_whole_cache_under_the_mask_changes_nothing(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_on_gpu_replays_equal_the_eager_pass(dtype):
-    from realtime.prompt_graph import BUCKETS, PromptGraphs
+    from realtime.decoding.gpu.prompt_graphs import BUCKETS, PromptGraphs
 
     lm = tiny(dtype, "cuda")
     eager, graphed = lm.new_cache(4, max_seq=512), lm.new_cache(4, max_seq=512)

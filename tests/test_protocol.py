@@ -1,10 +1,10 @@
-"""Validation of everything a client sends (protocol.py)."""
+"""Validation of everything a client sends (realtime/transports/webrtc/protocol.py)."""
 
 import json
 
 import pytest
 
-from realtime.protocol import (
+from realtime.transports.webrtc.protocol import (
     MAX_MESSAGE_BYTES,
     Interrupt,
     ProtocolError,

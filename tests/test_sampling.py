@@ -1,13 +1,19 @@
-"""realtime/sampling.py: the counter-based uniforms, and draws distributed as the reference's
-top-k -> temperature -> top-p -> softmax."""
+"""realtime/decoding/sampling.py: the counter-based uniforms, and draws distributed as the
+reference's top-k -> temperature -> top-p -> softmax."""
 
 import math
 
 import pytest
 import torch
 
-from realtime.config import DecodingOptions
-from realtime.sampling import UNIFORM_BITS, check_decoding, counter_uniforms, sample, uniforms
+from realtime.decoding.options import DecodingOptions
+from realtime.decoding.sampling import (
+    UNIFORM_BITS,
+    check_decoding,
+    counter_uniforms,
+    sample,
+    uniforms,
+)
 
 
 def reference_probs(logits: torch.Tensor, opts: DecodingOptions) -> torch.Tensor:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-from realtime.audio import load_audio
-from realtime.loopback import LoopbackClient, SignalingError, call, post_offer
-from realtime.protocol import MAX_MESSAGE_BYTES
+from realtime.audio.io import load_audio
+from realtime.transports.webrtc.caller import LoopbackClient, SignalingError, call, post_offer
+from realtime.transports.webrtc.protocol import MAX_MESSAGE_BYTES
 
 from .serving import (
     DATA,
@@ -69,7 +69,8 @@ def test_call_speaks_back_with_events_in_order(server):
 def test_realtime_call_keeps_a_reply_that_outlasts_its_timeout(server, tmp_path, capsys):
     """`realtime call` whose --timeout ends mid-reply: it says so, prints the events so far,
     writes the audio so far and exits with status 1 (a call with no reply at all is an error)."""
-    from realtime import cli, tokens
+    from realtime import cli
+    from realtime.model import tokens
 
     speech_s = len(clip("q_capital.wav")) / tokens.INPUT_SAMPLE_RATE_HZ
     out = tmp_path / "reply.wav"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from snac.layers import Decoder, Snake1d
 
-from realtime.snac_stream import StreamingDecoder, _ConvTranspose, _Snake
-from realtime.vocoder import disable_noise
+from realtime.audio.snac_stream import StreamingDecoder, _ConvTranspose, _Snake
+from realtime.audio.vocoder import disable_noise
 
 LATENT_DIM = 16
 # (channels, rates, depthwise): SNAC 24 kHz's layout at toy width; a plain (not depthwise)

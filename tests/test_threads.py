@@ -1,4 +1,4 @@
-"""Only the inference thread keeps a torch thread pool (realtime/threads.py says why)."""
+"""Only the inference thread keeps a torch thread pool (realtime/device/threads.py says why)."""
 
 import signal
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.threads import on_fresh_thread
+from realtime.device.threads import on_fresh_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 POOLS = """
 import os, sys, time
 import torch
-from realtime import checkpoint
-from realtime.engine import Engine, EngineOptions
-from realtime.runtime import Runtime
+from realtime.model import checkpoint
+from realtime.engine.engine import Engine, EngineOptions
+from realtime.decoding.runtime import Runtime
 
 def threads_once_settled(expected):  # a pool's workers end a moment after its thread
     for _ in range(300):
@@ -63,7 +63,7 @@ def test_on_fresh_thread_returns_and_raises_what_the_call_does():
 
 INTERRUPTED = """
 import time, torch
-from realtime.threads import on_fresh_thread
+from realtime.device.threads import on_fresh_thread
 
 def load():
     print("loading", flush=True)

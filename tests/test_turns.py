@@ -1,4 +1,5 @@
-"""Turn detection (turns.py) on real speech clips: onset with pre-roll, hangover, limits."""
+"""Turn detection (realtime/turns/detector.py) on real speech clips: onset with pre-roll, hangover,
+limits."""
 
 import fractions
 
@@ -6,8 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from realtime.server_config import TurnOptions
-from realtime.turns import VAD_FRAME_MS, VAD_FRAME_SAMPLES, Framer, TurnDetector, TurnEvent
+from realtime.turns.detector import VAD_FRAME_MS, VAD_FRAME_SAMPLES, Framer, TurnDetector, TurnEvent
+from realtime.turns.options import TurnOptions
 
 from .serving import clip
 

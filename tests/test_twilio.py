@@ -12,8 +12,14 @@ import aiohttp
 import numpy as np
 import pytest
 
-from realtime.twilio_door import MEDIA_PATH, signature, signed_by_twilio, stream_url, twiml
-from realtime.wire_audio import FORMATS, InputAudio
+from realtime.transports.twilio.connection import (
+    MEDIA_PATH,
+    signature,
+    signed_by_twilio,
+    stream_url,
+    twiml,
+)
+from realtime.transports.wire_audio import FORMATS, InputAudio
 
 from .serving import PUBLIC_URL, TWILIO_TOKEN, WAIT_S, speech, within
 

@@ -8,10 +8,8 @@ import pytest
 import torch
 from snac import SNAC
 
-from realtime import tokens
-from realtime.config import PRESETS, SnacConfig
-from realtime.snac_stream import StreamingDecoder
-from realtime.vocoder import (
+from realtime.audio.snac_stream import StreamingDecoder
+from realtime.audio.vocoder import (
     Vocoder,
     VocoderStream,
     disable_noise,
@@ -19,6 +17,8 @@ from realtime.vocoder import (
     load_snac,
     repair_codes,
 )
+from realtime.model import tokens
+from realtime.model.config import PRESETS, SnacConfig
 
 # A stream computes what the whole decode computes, in other chunks: float32 rounding only.
 MAX_REL_L2 = 2e-6  # ||stream - full|| / ||full||

@@ -1,15 +1,15 @@
-"""The WebSocket doors' audio formats (realtime/wire_audio.py) and the OpenAI Realtime session's
-settings (realtime/openai_session.py): streamed against whole, both protocol generations, and
-every session we report read back by the official `openai` package's own models."""
+"""The WebSocket doors' audio formats (realtime/transports/wire_audio.py) and the OpenAI Realtime
+session's settings (realtime/transports/openai/session.py): streamed against whole, both protocol
+generations, and every session we report read back by the official `openai` package's own models."""
 
 import av
 import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
-from realtime import tokens
-from realtime.audio import load_audio
-from realtime.openai_session import (
+from realtime.audio.io import load_audio
+from realtime.model import tokens
+from realtime.transports.openai.session import (
     ClientError,
     ServerVad,
     Settings,
@@ -17,8 +17,8 @@ from realtime.openai_session import (
     describe,
     unsupported,
 )
-from realtime.server_config import TurnOptions
-from realtime.wire_audio import FORMATS, InputAudio, OutputAudio
+from realtime.transports.wire_audio import FORMATS, InputAudio, OutputAudio
+from realtime.turns.options import TurnOptions
 
 from .serving import DATA
 

@@ -6,8 +6,8 @@ import asyncio
 import sys
 from types import SimpleNamespace
 
-from realtime.audio import load_audio
-from realtime.loopback import LoopbackClient
+from realtime.audio.io import load_audio
+from realtime.transports.webrtc.caller import LoopbackClient
 
 
 async def main(url: str, token: str, wav: str) -> None:

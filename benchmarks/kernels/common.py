@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from realtime.config import PRESETS
+from realtime.model.config import PRESETS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RELEASED = PRESETS["mini-omni"].model  # the shapes every benchmark runs at

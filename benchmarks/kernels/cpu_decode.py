@@ -1,7 +1,7 @@
 """GB/s of weight streamed by our CPU bf16 GEMV against torch's bf16 linear, at the released
 model's shapes and for 1..8 activation rows, cycling through more weight than the caches hold
 (as a decode step does); on a CPU with AMX also `packed`, oneDNN on weights packed once
-(cpu_decode.pack); `routed` is realtime.model.linear, which picks one of them by the rows and
+(cpu_decode.pack); `routed` is realtime.model.lm.linear, which picks one of them by the rows and
 the CPU (kernels/cpu_decode.usable, model.PACKED_MIN_ROWS). Then a 2 s prompt's 104 rows through
 the blocks' products (a prefill): torch's bf16 against an upcast to fp32, packed and routed. Writes
 benchmarks/results/cpu_gemv-<machine>[-native-bf16].json. (The GEMV of kernels/cpu_decode.py;
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from benchmarks.machine import cpu_name
 from kernels import cpu_decode
-from realtime.model import linear as routed
+from realtime.model.lm import linear as routed
 
 PREFILL_ROWS = 104  # a 2 s utterance's prompt
 

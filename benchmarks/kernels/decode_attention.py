@@ -15,7 +15,7 @@ picks: what to set its rule from. Writes benchmarks/results/triton_decode_attent
 import torch
 
 from benchmarks.kernels import common
-from realtime.model import rope_cache
+from realtime.model.lm import rope_cache
 
 SYNCING = ("torch", "compiled")
 SWEEP_SPLIT_LENS = (128, 256, 512, 1024, 2048)

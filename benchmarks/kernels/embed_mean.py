@@ -8,7 +8,7 @@ Writes benchmarks/results/triton_embed_mean-<gpu>.json.
 import torch
 
 from benchmarks.kernels import common
-from realtime import tokens
+from realtime.model import tokens
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ are negligible. Writes benchmarks/results/triton_feedback-<gpu>.json.
 import torch
 
 from benchmarks.kernels import common
-from realtime import tokens
+from realtime.model import tokens
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ benchmarks/results/triton_head_argmax-<gpu>.json.
 import torch
 
 from benchmarks.kernels import common
-from realtime import tokens
+from realtime.model import tokens
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """GB/s of kernels/head_sample.py (the tied head with top-k 40 / temperature 0.9 / top-p 0.95
 drawn on the device for every row) against its torch reference (full logits, then the host's
-realtime.sampling draw per row, which syncs), the same draw in torch ops alone under
+realtime.decoding.sampling draw per row, which syncs), the same draw in torch ops alone under
 torch.compile (`draw_in_torch`: no host sync, so it is captured like the kernel) and our greedy
 head_argmax on the same inputs (the price of sampling over greedy), with the released table
 (181120 x 896). GB/s counts the table once per call. Writes
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.kernels import common
-from realtime import tokens
-from realtime.sampling import counter_uniforms
+from realtime.decoding.sampling import counter_uniforms
+from realtime.model import tokens
 
 
 def _top(ranges: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,8 +39,9 @@ def draw_in_torch(
     audio_layers: int = tokens.AUDIO_LAYERS,
 ) -> torch.Tensor:
     """head_sample's ids (B, audio_layers + 1) in torch ops alone, static shapes and no host
-    sync: every range's TOP_K_MAX best logits, then realtime.sampling's draw for all rows and
-    ranges at once (the kernel's arithmetic); the greedy pick for the rows that do not sample."""
+    sync: every range's TOP_K_MAX best logits, then realtime.decoding.sampling's draw for all rows
+    and ranges at once (the kernel's arithmetic); the greedy pick for the rows that do not
+    sample."""
     from kernels.head_argmax import skipping
     from kernels.head_sample import TOP_K_MAX
 

@@ -9,7 +9,7 @@ benchmarks/results/triton_qkv_rope_cache-<gpu>.json.
 import torch
 
 from benchmarks.kernels import common
-from realtime.model import rope_cache
+from realtime.model.lm import rope_cache
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ GPU. Here each launcher runs for real shapes with its kernel launches intercepte
 captured launch is compiled (TTIR -> TTGIR -> LLVM -> PTX -> cubin, Triton's bundled ptxas) for
 the target, and reported with what its cubin and PTX say about its speed (registers, spilled
 stack, 16-byte pipelined copies). Then the step is compiled once more the way an engine on a
-GPU does it, through realtime.kernel_step.compile_step_ahead and Triton's own JIT (told by a
+GPU does it, through realtime.decoding.gpu.step.compile_step_ahead and Triton's own JIT (told by a
 stand-in driver that the GPU is an sm_90 one), and each of its launches is checked to find its
 kernel compiled. Run without TRITON_INTERPRET (test_compile.py starts it that way):
 
@@ -31,9 +31,9 @@ from triton.compiler import ASTSource
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
-from realtime import tokens
-from realtime.config import PRESETS
-from realtime.model import rope_cache
+from realtime.model import tokens
+from realtime.model.config import PRESETS
+from realtime.model.lm import rope_cache
 
 try:  # Triton 3.6 and later specialize in C++
     from triton._C.libtriton import native_specialize_impl
@@ -157,14 +157,14 @@ def run_launchers(dtype: torch.dtype) -> None:
 
 
 def run_step(dtype: torch.dtype, pdl: bool = False, each_step=None) -> None:
-    """realtime.kernel_step's whole decode step at the released shapes, on either products,
+    """realtime.decoding.gpu.step's whole decode step at the released shapes, on either products,
     once per batch-size bucket of a 32-session engine, on meta tensors (nothing is allocated
     or computed): its launches carry the constexprs the engine really compiles. `pdl`: as
     programmatic dependents (KernelStep(pdl=True), which a GPU of sm_90 or later takes).
     `each_step(step, sizes)`, if given, runs each products' step instead of
     kernel_step.every_variant."""
-    from realtime.kernel_step import KernelStep, buckets, every_variant
-    from realtime.model import OmniLM
+    from realtime.decoding.gpu.step import KernelStep, buckets, every_variant
+    from realtime.model.lm import OmniLM
 
     for name in KERNEL_MODULES:
         importlib.import_module(f"kernels.{name}").runs_kernel = lambda *tensors: True
@@ -245,7 +245,7 @@ class StandInDriver:
 
 
 def check_compile_ahead(dtype: torch.dtype, arch: int, pdl: bool = False) -> str:
-    """The step compiled ahead as an engine compiles it (realtime.kernel_step's
+    """The step compiled ahead as an engine compiles it (realtime.decoding.gpu.step's
     compile_step_ahead, each products' step at every bucket) through Triton's JIT for `arch`;
     then every launch of the step again, as warm-ups one at a time, counting those that
     compile (Triton calls its jit_cache_hook for each launch whose kernel is not compiled)."""
@@ -253,7 +253,7 @@ def check_compile_ahead(dtype: torch.dtype, arch: int, pdl: bool = False) -> str
         return f"skipped: Triton {triton.__version__} does not compile in the background"
     from triton import knobs
 
-    from realtime.kernel_step import compile_step_ahead
+    from realtime.decoding.gpu.step import compile_step_ahead
 
     launches = capture_launches(partial(run_step, dtype, pdl))
     previous = driver._active  # None until a launch needs one: none on this machine

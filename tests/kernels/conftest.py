@@ -35,10 +35,10 @@ def device() -> str:
 @pytest.fixture(scope="session")
 def tiny_lm():
     """(dtype, device="cpu") -> a random OmniLM of the `tiny` preset (the real token layout,
-    n_embd 64), set up as realtime.checkpoint.load_lm leaves one: fp32 RoPE tables, fused
+    n_embd 64), set up as realtime.model.checkpoint.load_lm leaves one: fp32 RoPE tables, fused
     SwiGLUs. Each (dtype, device) has its own copy, which tests must not move."""
-    from realtime.config import PRESETS
-    from realtime.model import OmniLM, RMSNorm, rope_cache
+    from realtime.model.config import PRESETS
+    from realtime.model.lm import OmniLM, RMSNorm, rope_cache
 
     cfg = PRESETS["tiny"].model
     models = {}
@@ -63,7 +63,7 @@ def tiny_lm():
 
 
 class Products(list):
-    """(weight, input, output) of every product realtime.model made."""
+    """(weight, input, output) of every product realtime.model.lm made."""
 
     def of(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (input, output) of the one product with `weight`."""
@@ -73,10 +73,10 @@ class Products(list):
 
 @pytest.fixture
 def model_products(monkeypatch) -> Products:
-    """Records every product realtime.model makes, so a reference can start from the model's
+    """Records every product realtime.model.lm makes, so a reference can start from the model's
     own activations and be compared with it bit for bit (the model's bf16 products may take
     our CPU GEMV, which sums in another order than F.linear)."""
-    from realtime import model
+    from realtime.model import lm as model
 
     products = Products()
     original = model.linear

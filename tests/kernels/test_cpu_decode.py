@@ -58,7 +58,7 @@ def test_products_go_where_they_are_fastest(monkeypatch, native, dpbf16):
     """Our GEMV takes up to max_rows() rows; on a CPU with native bf16 only DPBF16_ROWS on its
     AVX-512 BF16 path, NATIVE_BF16_ROWS without it. A prefill's many rows go to torch in bf16
     there, elsewhere upcast to fp32."""
-    from realtime import model
+    from realtime.model import lm as model
 
     monkeypatch.setattr(cpu_decode, "native_bf16", lambda: native)
     monkeypatch.setattr(cpu_decode, "dpbf16", lambda: dpbf16)
@@ -108,7 +108,7 @@ def test_torch_only_switch(monkeypatch):
 @pytest.mark.parametrize("pos", [0, 1, 37, 255])
 @pytest.mark.parametrize(("groups", "q_per_kv", "hs"), [(2, 7, 64), (2, 2, 16), (1, 3, 10)])
 def test_rope_attend_matches_torch(pos, groups, q_per_kv, hs):
-    from realtime.model import rope_cache
+    from realtime.model.lm import rope_cache
 
     gen = torch.Generator().manual_seed(pos * 7 + hs)
     max_seq = 256
@@ -128,9 +128,9 @@ def test_rope_attend_matches_torch(pos, groups, q_per_kv, hs):
 def test_the_model_step_is_the_same_with_and_without_the_c_path(monkeypatch, rows):
     """A decode step's rows (each at its own position, in its own slot) through the C calls
     and through torch's ops."""
-    from realtime import model as model_module
-    from realtime.config import PRESETS
-    from realtime.model import OmniLM, rope_cache
+    from realtime.model import lm as model_module
+    from realtime.model.config import PRESETS
+    from realtime.model.lm import OmniLM, rope_cache
 
     torch.manual_seed(0)
     cfg = PRESETS["tiny"].model
@@ -178,7 +178,7 @@ def test_packed_matches_torch(rows, n, k):
 def test_packed_weights_take_products_of_several_rows(monkeypatch):
     """A product with packed weights runs on them from PACKED_MIN_ROWS rows, in bf16 only;
     fewer rows go where they would without them."""
-    from realtime import model
+    from realtime.model import lm as model
 
     w = torch.randn(32, 64).bfloat16()
     packed = object()  # opaque to linear(): handed to cpu_decode.packed_linear as it is
@@ -215,8 +215,8 @@ def test_packing_is_off_where_torch_cannot_pack(monkeypatch, error):
 
 
 def test_pack_needs_bf16_on_a_cpu_that_packs(monkeypatch):
-    from realtime.config import PRESETS
-    from realtime.model import OmniLM
+    from realtime.model.config import PRESETS
+    from realtime.model.lm import OmniLM
 
     lm = OmniLM(PRESETS["tiny"].model).eval().fuse()
     assert not lm.pack()  # fp32
@@ -228,9 +228,9 @@ def test_pack_needs_bf16_on_a_cpu_that_packs(monkeypatch):
 def test_a_packed_model_computes_what_it_did(monkeypatch):
     """OmniLM.pack(): a prefill and a step of two rows give the hidden states and logits they
     gave without it, and every product of several rows ran on packed weights."""
-    from realtime.config import PRESETS
-    from realtime.generate import decode_step
-    from realtime.model import OmniLM
+    from realtime.decoding.generate import decode_step
+    from realtime.model.config import PRESETS
+    from realtime.model.lm import OmniLM
 
     torch.manual_seed(0)
     plain = OmniLM(PRESETS["tiny"].model).bfloat16().eval().requires_grad_(False).fuse()

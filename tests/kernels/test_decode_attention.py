@@ -14,7 +14,7 @@ from kernels.decode_attention import (
     split_len_for,
 )
 from kernels.qkv_rope_cache import qkv_rope_cache_ref
-from realtime.model import rope_cache
+from realtime.model.lm import rope_cache
 
 # fp32: another summation order. bf16: both compute in fp32 and round once at the end; on a GPU
 # the kernel also rounds the softmax weights to bf16 for the tensor-core product.

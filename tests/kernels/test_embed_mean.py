@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.embed_mean import embed_mean, embed_mean_ref
-from realtime import tokens
+from realtime.model import tokens
 
 # Exact in both dtypes: the kernel rounds each partial sum to the table's dtype as the model's
 # adds do, and / 8 is exact.

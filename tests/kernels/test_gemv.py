@@ -167,7 +167,7 @@ def test_ref_is_the_model_block(tiny_lm, model_products, monkeypatch, dtype):
     for these 3 rows are our CPU GEMV's (fp32 sums rounded once, as gemv_ref rounds), also
     on a CPU with native bf16 (where torch's, which round partial sums, take 2 rows on)."""
     from kernels import cpu_decode
-    from realtime.model import linear
+    from realtime.model.lm import linear
 
     if dtype == torch.bfloat16 and not cpu_decode.available():
         pytest.skip("the model's bf16 products are torch's here, summed in its own order")

@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.head_argmax import MAX_BLOCK_B, head_argmax, head_argmax_ref, tile_rows
-from realtime import tokens
+from realtime.model import tokens
 
 LAYERS = tokens.AUDIO_LAYERS
 LAYOUTS = [(300, 70), (320, 64)]  # (text, audio) range sizes: ragged and block-aligned

@@ -1,5 +1,6 @@
 """kernels/head_sample.py against its torch reference (the greedy head plus
-realtime.sampling.sample per sampling row), on toy token layouts: the interpreter is slow."""
+realtime.decoding.sampling.sample per sampling row), on toy token layouts: the interpreter is
+slow."""
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ import triton.language as tl
 
 from kernels.head_argmax import head_argmax_ref
 from kernels.head_sample import TOP_K_MAX, SamplingRows, _uniform, head_sample, head_sample_ref
-from realtime import tokens
-from realtime.sampling import uniforms
+from realtime.decoding.sampling import uniforms
+from realtime.model import tokens
 
 from .test_head_argmax import make_case
 

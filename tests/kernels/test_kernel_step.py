@@ -1,4 +1,4 @@
-"""realtime/kernel_step.py and kernel_decoder.py: the decode step on the kernels, and the
+"""realtime/decoding/gpu/step.py and decoder.py: the decode step on the kernels, and the
 decoder that runs it, against the torch step they replace.
 
 On a CPU the kernels run in Triton's interpreter (about a second a step at the tiny preset, so
@@ -19,15 +19,18 @@ pytest.importorskip("triton")
 
 from kernels import gemv
 from kernels.head_argmax import head_argmax_ref
-from realtime import checkpoint, events, kernel_decoder, kernel_step, tokens
-from realtime.config import STEP_PRODUCT_CHOICES, STEP_PRODUCTS, DecodingOptions
-from realtime.engine import Engine, EngineOptions
-from realtime.generate import Generation, decode_step, generate_tokens
-from realtime.kernel_decoder import KernelDecoder, picked
-from realtime.kernel_step import StepRow, buckets
-from realtime.prompts import TASKS, Task
-from realtime.runtime import MAX_ROWS, Runtime
-from realtime.session import SessionOptions
+from realtime.decoding.generate import Generation, StepRow, decode_step, generate_tokens
+from realtime.decoding.gpu import decoder as kernel_decoder
+from realtime.decoding.gpu import step as kernel_step
+from realtime.decoding.gpu.decoder import KernelDecoder, picked
+from realtime.decoding.gpu.step import buckets
+from realtime.decoding.options import STEP_PRODUCT_CHOICES, STEP_PRODUCTS, DecodingOptions
+from realtime.decoding.runtime import MAX_ROWS, Runtime
+from realtime.engine import events
+from realtime.engine.engine import Engine, EngineOptions
+from realtime.engine.session import SessionOptions
+from realtime.model import checkpoint, tokens
+from realtime.model.prompts import TASKS, Task
 
 from ..test_engine import Recorder, clip, frames_of, offline, speak
 from ..test_parity import CASES, request_for
@@ -317,7 +320,7 @@ def test_the_torch_path_stands_in_where_the_kernel_step_cannot_be_built(
     from triton.runtime.errors import OutOfResources
 
     from kernels import KernelsUnavailable
-    from realtime import runtime as runtime_module
+    from realtime.decoding import runtime as runtime_module
 
     failure: list[Exception] = [OutOfResources(147456, 101376, "shared memory")]
 
@@ -354,12 +357,12 @@ def test_the_torch_path_stands_in_where_the_kernel_step_cannot_be_built(
         Engine(rt, EngineOptions(max_sessions=1))
 
     # a single request's decoder: the same, tried once; no Triton at all is such a reason too
-    monkeypatch.setitem(sys.modules, "realtime.kernel_decoder", None)
+    monkeypatch.setitem(sys.modules, "realtime.decoding.gpu.decoder", None)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=runtime_module.log.name):
         assert rt.kernel_decoder() is None and rt.kernel_decoder() is None
     assert not rt.kernels and len(caplog.records) == 1
-    assert "realtime.kernel_decoder" in caplog.records[0].getMessage()
+    assert "realtime.decoding.gpu.decoder" in caplog.records[0].getMessage()
     required = Runtime(files, "cpu", torch.float32, kernels=True)
     with pytest.raises(ImportError):
         required.kernel_decoder()
@@ -408,8 +411,8 @@ def test_launches_a_step(monkeypatch, products, rows):
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    from realtime.config import PRESETS
-    from realtime.model import OmniLM, rope_cache
+    from realtime.model.config import PRESETS
+    from realtime.model.lm import OmniLM, rope_cache
 
     from .compile_check import KERNEL_MODULES
 
@@ -498,7 +501,7 @@ SAMPLED = [
 @pytest.mark.parametrize(("task", "opts"), SAMPLED, ids=[t for t, _ in SAMPLED])
 def test_sampled_tokens_equal_the_torch_path(device, runtimes, task, opts):
     """A sampling request draws the same ids on the kernel step as on the torch path: both
-    use realtime.sampling's draw and its (seed, position, stream) uniforms."""
+    use realtime.decoding.sampling's draw and its (seed, position, stream) uniforms."""
     torch_rt, rt = runtimes
     case = next(c for c in CASES if c["task"] == task)
     request = request_for(dict(case, max_new_tokens=opts.max_new_tokens))
@@ -685,7 +688,7 @@ def test_on_gpu_a_decoder_compiles_its_step_before_its_first(monkeypatch, tiny_l
 
 
 def test_kernels_by_default_on_cuda_only_and_never_when_torch_only(monkeypatch):
-    from realtime.runtime import kernel_step_enabled
+    from realtime.decoding.runtime import kernel_step_enabled
 
     monkeypatch.delenv("REALTIME_TORCH_ONLY", raising=False)
     assert kernel_step_enabled(torch.device("cuda"))

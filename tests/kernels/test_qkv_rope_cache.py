@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.qkv_rope_cache import qkv_rope_cache, qkv_rope_cache_ref
-from realtime.model import rope_cache
+from realtime.model.lm import rope_cache
 
 # fp32: the GPU may fuse x*cos + r*sin into one FMA (an ulp). bf16: then one rounding step.
 TOL = {

@@ -50,7 +50,7 @@ def test_an_interpreter_that_cannot_run_beside_numpy_is_named(monkeypatch, tiny_
     import numpy
     import triton
 
-    from realtime.kernel_step import KernelStep
+    from realtime.decoding.gpu.step import KernelStep
 
     def versions(triton_version, numpy_version, interpreting=True):
         monkeypatch.setattr(triton, "__version__", triton_version)

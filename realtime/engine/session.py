@@ -1,0 +1,393 @@
+"""One live conversation inside the engine: its turn's encoding and prefill, its decoding state
+and its output streams. Lives on the inference thread only; the engine drives it.
+
+A turn goes: audio arrives -> the chunked encoder emits 2 s blocks -> each block is prefilled
+into this session's KV rows at once (the caller is still talking) -> at the end of the turn only
+the last partial block and the two closing prompt positions remain -> step 0 is sampled and the
+session joins the engine's batched decode.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from realtime.audio.encoder import ChunkedEncoder, encode_exact
+from realtime.audio.vocoder import VocoderStream
+from realtime.decoding.generate import Generation, StepOutput, sample_step
+from realtime.decoding.options import ENCODER_MODES, DecodingOptions
+from realtime.decoding.sampling import check_decoding
+from realtime.engine import events
+from realtime.engine.transcript import Transcript, max_tokens
+from realtime.model import tokens
+from realtime.model.lm import KVCache, OmniLM
+from realtime.model.prompts import PROMPT_HEAD, PROMPT_TAIL, TASKS, Task, build_prompt
+from realtime.model.tokenizer import IncrementalDetokenizer
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Per-conversation choices (the model's dimensions and the server's limits live elsewhere)."""
+
+    task: Task = Task.A2A
+    encoder: str = "chunked"  # "exact" waits for the end of the turn, as the reference does
+    keep_history: bool = False  # earlier turns stay in context while they fit
+    # Transcribe spoken turns (realtime.engine.transcript) on a cache row of the session's own; a
+    # turn may also ask for it or not (end_turn's `transcribe`) when this is set.
+    transcribe: bool = False
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+
+
+# A speech task's twin for a typed turn: the same prompt rows and outputs, text in.
+TEXT_TWINS = {Task.A2A: Task.T2A, Task.A2T: Task.T2T}
+# A speaking task's silent twin: the same rows and the same prompt up to its last position (the
+# answer marker of the audio streams), so a turn prefilled for one can be answered as the other.
+SILENT_TWINS = {Task.A2A: Task.A2T, Task.T2A: Task.T2T}
+
+
+def turn_task(task: Task, speak: bool | None) -> Task:
+    """`task` for a turn answered aloud (speak True), in text only (False), or as the session's
+    task says (None)."""
+    if speak is None or TASKS[task].audio_out == speak:
+        return task
+    twins = SILENT_TWINS if not speak else {b: a for a, b in SILENT_TWINS.items()}
+    if task not in twins:
+        raise SessionError(f"task {task} cannot answer {'aloud' if speak else 'in text only'}")
+    return twins[task]
+
+
+class SessionError(ValueError):
+    """Something this session asked for cannot be done; it ends the turn, not the engine."""
+
+
+def check_options(options: SessionOptions) -> None:
+    if options.encoder not in ENCODER_MODES:
+        raise SessionError(f"unknown encoder mode {options.encoder!r}: {ENCODER_MODES}")
+    if options.task not in TASKS:
+        raise SessionError(f"unknown task {options.task!r}")
+    spec = TASKS[options.task]
+    if options.transcribe and not (spec.audio_in and spec.rows == 1):
+        raise SessionError(f"task {options.task} cannot transcribe: a2a and a2t can")
+    try:
+        check_decoding(options.decoding)
+    except ValueError as exc:
+        raise SessionError(str(exc)) from None
+
+
+def cache_rows(options: SessionOptions) -> int:
+    """The KV rows a session of `options` holds: its task's, and one to transcribe on."""
+    return TASKS[options.task].rows + options.transcribe
+
+
+class Session:
+    def __init__(
+        self,
+        sid: int,
+        slots: list[int],
+        options: SessionOptions,
+        sink: Callable[[events.Event], None],
+        lm: OmniLM,
+        cache: KVCache,
+        whisper,
+        tokenizer,
+        prompts=None,
+    ) -> None:
+        """`prompts`: a realtime.decoding.gpu.prompt_graphs.PromptGraphs over `cache` to prefill on,
+        or None."""
+        check_options(options)
+        self.sid, self.options, self.sink = sid, options, sink
+        self.turn = 0  # answers asked for so far (end_turn, start_text); events carry it
+        self.spec = TASKS[options.task]
+        if len(slots) != cache_rows(options):
+            raise SessionError(f"a session of {options} needs {cache_rows(options)} rows")
+        self.lm, self.cache, self.whisper, self.tokenizer = lm, cache, whisper, tokenizer
+        self.prompts = prompts
+        rows = self.spec.rows  # the answer's rows; a spare one after them transcribes
+        self.slot_ids = list(slots[:rows])  # the host's copy: reading the tensor back would sync
+        self.slots = torch.tensor(self.slot_ids, device=cache.k.device)
+        self.transcript_slot = slots[rows] if options.transcribe else None
+        self.transcript: Transcript | None = None  # the last spoken turn's
+        self.encoder = ChunkedEncoder(whisper) if options.encoder == "chunked" else None
+        self.vocoder = VocoderStream(device=cache.k.device)
+        self.history = 0  # KV positions kept from earlier turns
+        self.discarding = False  # a turn failed midway: drop its audio until its end
+        self._reset_input()
+        self._reset_answer()
+
+    # --- turn input -----------------------------------------------------------------------
+
+    def _reset_input(self) -> None:
+        """Forget the caller's current turn (its audio, features and prefill progress)."""
+        self.audio: list[np.ndarray] = []  # exact mode's whole utterance
+        self.features: list[torch.Tensor] = []  # adapted frames of this turn, (n, C) each
+        self.samples = 0  # audio samples heard this turn
+        self.frames = 0  # feature frames so far
+        self.prefilled = 0  # prompt positions of this turn already in the KV cache
+        self.base = 0  # where this turn's prompt starts; set when its prefill begins
+        if self.encoder is not None:
+            self.encoder.reset()
+
+    def _reset_answer(self) -> None:
+        self.gen: Generation | None = None
+        self.detok = IncrementalDetokenizer(self.tokenizer)
+        self.vocoder.reset()
+        self._held: list[np.ndarray] | None = []  # first audio held back (emit_audio)
+        self.marks: dict[type, float] = {}
+
+    @property
+    def generating(self) -> bool:
+        return self.gen is not None and not self.gen.done
+
+    @property
+    def decoding(self) -> DecodingOptions:
+        return self.options.decoding
+
+    def lanes(self) -> list:
+        """What of this session decodes in the batch: its answer, and its transcript once the
+        answer's first output is out (before that, its row would slow the steps the end of
+        the turn waits on); either may be done: the engine finishes those."""
+        if self.transcript is None or not self._answer_is_out():
+            return [self]
+        return [self, self.transcript]
+
+    def _answer_is_out(self) -> bool:
+        if not self.generating:
+            return True
+        first = events.FirstAudio if self.gen.spec.audio_out else events.FirstText
+        return first in self.marks
+
+    def feed_audio(self, samples: np.ndarray) -> None:
+        """16 kHz mono samples of the caller's turn; prefill whatever blocks they complete."""
+        if not self.spec.audio_in:
+            raise SessionError(f"task {self.options.task} takes text, not audio")
+        if self.discarding:
+            return
+        self.samples += len(samples)
+        if self.encoder is None:
+            self.audio.append(samples)
+            return
+        self._add_features(self.encoder.push(samples))
+        if not self.generating:  # a running answer owns the KV rows until it ends
+            self._prefill_features()
+
+    def clear_input(self) -> None:
+        """Drop a half-heard turn."""
+        self._reset_input()
+
+    def end_turn(self, speak: bool | None = None, transcribe: bool | None = None) -> None:
+        """The caller stopped talking: finish the prompt and sample the answer's first step,
+        spoken or in text only as `speak` says (None: as the session's task does); transcribe
+        the turn too as `transcribe` says (None: as the session's options do).
+
+        A turn that ends while an answer still runs supersedes it (the caller spoke over it).
+        A transcript asked for always ends in TranscriptDone or TranscriptFailed, the latter
+        also when the turn fails before the transcript begins.
+        """
+        self.turn += 1
+        if transcribe is None:
+            transcribe = self.options.transcribe
+        try:
+            self._answer_turn(speak, transcribe)
+        finally:
+            begun = self.transcript is not None and self.transcript.turn == self.turn
+            if transcribe and not begun:
+                message = "the turn failed before its transcript began"
+                self._emit(events.TranscriptFailed, message=message)
+
+    def _answer_turn(self, speak: bool | None, transcribe: bool) -> None:
+        if self.discarding:  # this turn already failed
+            self.discarding = False
+            return
+        self._emit(events.TurnEnded)
+        if self.generating:
+            self.cancel()
+        task = turn_task(self.options.task, speak)
+        if transcribe and self.transcript_slot is None:
+            raise SessionError("this session has no row to transcribe on (transcribe=False)")
+        if self.samples == 0:
+            raise SessionError("the turn ended before any speech arrived")
+        if self.encoder is not None:
+            self._add_features(self.encoder.flush())
+        else:
+            self._add_features(encode_exact(self.whisper, np.concatenate(self.audio or [[]])))
+        try:
+            self._prefill_features()
+            prompt = build_prompt(task, audio_frames=self.frames).ids
+            self._finish_prompt(prompt[:, self.prefilled :], task)
+            if transcribe:
+                self._transcribe()
+        finally:
+            self._reset_input()  # the next turn starts from fresh input state
+
+    def start_text(self, text: str, speak: bool | None = None) -> None:
+        """A text turn: prefill it whole and sample the answer's first step (`speak` as for
+        end_turn). A speech session answers it as its task's text twin (a2a as t2a, a2t as
+        t2t: the same rows and outputs), dropping a half-heard spoken turn."""
+        task = TEXT_TWINS.get(self.options.task) if self.spec.audio_in else self.options.task
+        if task is None:
+            raise SessionError(f"task {self.options.task} takes audio, not text")
+        self.turn += 1
+        task = turn_task(task, speak)
+        prompt = build_prompt(task, text_ids=self.tokenizer.encode(text).ids)
+        self._emit(events.TurnEnded)
+        if self.generating:
+            self.cancel()
+        self._reset_input()  # the typed turn goes in place of any half-heard one
+        self._begin_prefill()
+        self._ensure_room(prompt.length)
+        self._finish_prompt(prompt.ids, task)
+        self._reset_input()
+
+    def _transcribe(self) -> None:
+        """Start the transcript of the turn just prefilled: its asr prompt is the answer's but
+        for the last position, so the answer row's cache up to there is copied, not computed,
+        and that position is its first decode step (realtime.engine.transcript)."""
+        if self.transcript is not None:
+            self.transcript.fail("the next turn ended before this one's transcript was done")
+        length = self.base + self.prefilled  # the answer's prompt, this turn's and before it
+        src, dst = self.slot_ids[self.spec.audio_row], self.transcript_slot
+        for kv in (self.cache.k, self.cache.v):
+            kv[:, dst, :, : length - 1] = kv[:, src, :, : length - 1]
+        last = build_prompt(Task.ASR, audio_frames=self.frames).ids[:, -1]  # (1, 8)
+        limit = min(max_tokens(self.frames), self.cache.max_seq - length)
+        self.transcript = Transcript(
+            self.sid, self.turn, dst, self.slots.device, length, last, limit, self.tokenizer,
+            self.sink,
+        )  # fmt: skip
+
+    def _add_features(self, features: torch.Tensor) -> None:
+        if features.shape[0]:
+            self.features.append(self.lm.adapt(features))
+            self.frames += features.shape[0]
+
+    def _prefill_features(self) -> None:
+        """Prefill the features not yet in the cache (with the prompt's opening position)."""
+        self._begin_prefill()
+        self._ensure_room(PROMPT_HEAD + self.frames + PROMPT_TAIL)
+        done = max(self.prefilled - PROMPT_HEAD, 0)
+        if self.frames == done:
+            return
+        new = torch.cat(self.features)[done:]  # (n, C)
+        ids = build_prompt(self.options.task, audio_frames=self.frames).ids
+        ids = ids[:, self.prefilled : PROMPT_HEAD + self.frames]
+        audio = torch.cat([new.new_zeros(ids.shape[1] - len(new), new.shape[1]), new])
+        mask = torch.zeros(ids.shape[1], dtype=torch.bool, device=new.device)
+        mask[ids.shape[1] - len(new) :] = True
+        self._forward(ids, audio[None].expand(self.spec.rows, -1, -1), mask)
+
+    def _finish_prompt(self, ids: torch.Tensor, task: Task | None = None) -> None:
+        """Prefill the closing positions (rows, n, 8) and sample step 0 of `task`'s answer
+        (None: the session's)."""
+        hidden = self._forward(ids, None, None)[:, -1]
+        self._emit(events.PrefillDone, positions=self.base + self.prefilled)
+        length = self.base + self.prefilled
+        room = self.cache.max_seq - length
+        limit = self.options.decoding.max_new_tokens or room
+        self.gen = Generation(task or self.options.task, length, min(limit, room))
+        self.accept(*sample_step(self.lm, hidden, self.gen, self.options.decoding))
+
+    def _forward(self, ids, audio, mask) -> torch.Tensor:
+        """Run prompt positions ids (rows, n, 8) of this turn through the model."""
+        start = self.base + self.prefilled
+        ids = ids.to(self.slots.device)
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        x = self.lm.embed(ids, audio, None if mask is None else mask.expand(ids.shape[0], -1))
+        positions = positions.expand(ids.shape[0], -1)
+        if self.prompts is not None:
+            hidden = self.prompts.forward(x, positions, self.slots, start)
+        else:
+            hidden = self.lm(x, positions, self.slots, self.cache)
+        self.prefilled += ids.shape[1]
+        return hidden
+
+    def _begin_prefill(self) -> None:
+        if self.prefilled == 0:  # earlier turns are settled by now: place this one after them
+            self.base = self.history if self.options.keep_history else 0
+
+    def _ensure_room(self, turn_positions: int) -> None:
+        """Leave room for at least one answer token; earlier turns give way if they must."""
+        if self.base + turn_positions < self.cache.max_seq:
+            return
+        if self.base == 0:
+            raise SessionError(
+                f"the turn needs {turn_positions} positions; the model's context "
+                f"holds {self.cache.max_seq}"
+            )
+        self.history = self.base = 0  # start this turn over at position 0
+        self.prefilled = 0
+
+    # --- decoding -----------------------------------------------------------------------------
+
+    def accept(self, text_token: int, audio: list[int] | None) -> StepOutput:
+        """Take this step's sampled ids; stream text; queue completed frames for the vocoder."""
+        out = self.gen.accept(text_token, audio)
+        if out.text_token is not None:
+            self._mark(events.FirstText)
+            if delta := self.detok.push(out.text_token):
+                self._emit(events.TextDelta, text=delta)
+        if out.frame is not None:
+            self.vocoder.push(torch.tensor([out.frame]))
+        return out
+
+    def emit_audio(self, pcm: np.ndarray, lead_s: float = 0.0) -> None:
+        """Send the answer's audio on. Its first audio waits until what it holds lasts `lead_s`
+        (how long the next chunk may take to come), so that playback never runs dry."""
+        if self._held is not None:  # nothing of this answer sent yet
+            self._held.append(pcm)
+            held = sum(p.size for p in self._held)
+            if held == 0 or held < lead_s * tokens.OUTPUT_SAMPLE_RATE_HZ:
+                return
+            pcm, self._held = np.concatenate(self._held), None
+            self._mark(events.FirstAudio)
+        if pcm.size:
+            self._emit(events.AudioChunk, pcm=pcm)
+
+    def finish(self, tail_pcm: np.ndarray) -> None:
+        """The answer ended: last text and audio, then Done; ready for the next turn."""
+        if tail := self.detok.flush():
+            self._emit(events.TextDelta, text=tail)
+        self.emit_audio(tail_pcm)
+        gen, text_ids = self.gen, self.gen.text_tokens()
+        self._emit(
+            events.Done,
+            reason=gen.stop_reason,
+            steps=gen.steps,
+            text=self.tokenizer.decode(text_ids).strip(),
+            text_tokens=text_ids,
+            frames=gen.frames(),
+        )
+        self.history = gen.next_position  # the prompt and every token fed back
+        self._reset_answer()
+        self._prefill_features()  # a next turn heard meanwhile can go in now
+
+    def cancel(self, played_frames: int | None = None) -> None:
+        """Barge-in: drop the answer at once; conversation memory keeps what was played."""
+        steps = self.gen.steps if self.gen is not None else 0
+        if self.gen is not None and self.options.keep_history:
+            # Tokens of steps 0 .. steps-2 were fed back; frame f needs steps up to f + 7.
+            fed = max(steps - 1, 0)
+            heard = fed if played_frames is None else played_frames + tokens.MAX_AUDIO_DELAY
+            self.history = self.gen.prompt_length + min(fed, heard)
+        self._emit(events.Cancelled, steps=steps)
+        self._reset_answer()
+        self._prefill_features()
+
+    def fail(self, message: str) -> None:
+        """End the turn with an Error; the rest of a half-heard turn is ignored until its end."""
+        self._emit(events.Error, message=message)
+        self.history = 0  # the cache rows may hold a half-written turn
+        self.discarding = self.samples > 0
+        self._reset_answer()
+        self._reset_input()
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _emit(self, kind, **fields) -> None:
+        self.sink(kind(self.sid, time.monotonic(), self.turn, **fields))
+
+    def _mark(self, kind) -> None:
+        if kind not in self.marks:
+            self.marks[kind] = time.monotonic()
+            self._emit(kind)

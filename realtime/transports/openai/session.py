@@ -1,0 +1,268 @@
+"""The session of an OpenAI-Realtime-compatible connection: what a client may set with
+`session.update` (in either generation's shape), what we report back, and what we refuse.
+
+Two generations of the protocol are in use (spec/protocols.md): "beta" (the header
+`OpenAI-Beta: realtime=v1`; flat `input_audio_format`, `turn_detection`, `modalities`) and "GA"
+(nested `audio.input` / `audio.output`, `output_modalities`, renamed output events). Updates in
+either shape are read; the session is reported, and events named, in the connection's own.
+
+Answers are speech with its transcript, or text only (`modalities` / `output_modalities`
+["text"]: the model's text-out twin of the turn). Input transcription (`input_audio_transcription`
+/ `audio.input.transcription`) is Mini-Omni's own asr task, whatever model the client names.
+What Mini-Omni cannot do is said, not pretended: tools, instructions, a transcription prompt or
+a language other than English are answered with an `unsupported` error naming the field, and
+the rest of the update still applies. Invalid values (an unknown format, a threshold of 7) and
+turn detection we cannot run (semantic_vad) reject the whole update. The voice (the model's
+one), temperature and answer length are the server's, whatever a client asks; the session
+reports the voice and the length limit as they are.
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass, replace
+
+from realtime.model import tokens
+from realtime.transports.wire_audio import FORMATS
+from realtime.turns.detector import AGGRESSIVENESS_LEVELS, VAD_FRAME_MS
+from realtime.turns.options import TurnOptions
+
+VOICE = "mini-omni"  # the model's one voice
+MAX_SILENCE_MS = 10_000
+MAX_PREFIX_PADDING_MS = 2_000
+GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+BETA_NAMES = {
+    "item.added": "conversation.item.created",
+    "item.done": None,  # the beta protocol has no such event
+    "audio.delta": "response.audio.delta",
+    "audio.done": "response.audio.done",
+    "transcript.delta": "response.audio_transcript.delta",
+    "transcript.done": "response.audio_transcript.done",
+    "text.delta": "response.text.delta",
+    "text.done": "response.text.done",
+}
+GA_NAMES = {
+    "item.added": "conversation.item.added",
+    "item.done": "conversation.item.done",
+    "audio.delta": "response.output_audio.delta",
+    "audio.done": "response.output_audio.done",
+    "transcript.delta": "response.output_audio_transcript.delta",
+    "transcript.done": "response.output_audio_transcript.done",
+    "text.delta": "response.output_text.delta",
+    "text.done": "response.output_text.done",
+}
+
+
+class ClientError(ValueError):
+    """One client event we cannot take: becomes an `error` event for that client only."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+@dataclass(frozen=True)
+class ServerVad:
+    """OpenAI's server_vad settings, carried out by turns.TurnDetector (webrtcvad)."""
+
+    threshold: float = 0.5  # 0..1, mapped onto webrtcvad's aggressiveness 0..3
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    create_response: bool = True
+    interrupt_response: bool = True
+
+    def turn_options(self, base: TurnOptions) -> TurnOptions:
+        level = min(max(AGGRESSIVENESS_LEVELS), int(self.threshold * len(AGGRESSIVENESS_LEVELS)))
+        return replace(
+            base,
+            aggressiveness=level,
+            preroll_ms=self.prefix_padding_ms,
+            end_of_turn_ms=self.silence_duration_ms,
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    input_format: str = "pcm16"
+    output_format: str = "pcm16"
+    turn_detection: ServerVad | None = ServerVad()
+    speak: bool = True  # answers are speech with its transcript; False: text only
+    transcribe: bool = False  # the caller's spoken turns are transcribed (the model's asr task)
+
+
+def apply_update(settings: Settings, session: object) -> tuple[Settings, list[ClientError]]:
+    """A `session.update`'s session (either shape) applied: the new settings and the requests
+    it made that cannot be carried out. Raises ClientError if any value is invalid."""
+    if not isinstance(session, dict):
+        raise ClientError("invalid_value", "session must be an object", "session")
+    ga = session.get("type") == "realtime" or "audio" in session or "output_modalities" in session
+    audio = _object(session.get("audio"), "session.audio")
+    inputs = _object(audio.get("input"), "session.audio.input")
+    outputs = _object(audio.get("output"), "session.audio.output")
+    changes = {}
+    for field, value, param in (
+        ("input_format", session.get("input_audio_format"), "input_audio_format"),
+        ("output_format", session.get("output_audio_format"), "output_audio_format"),
+        ("input_format", inputs.get("format"), "audio.input.format"),
+        ("output_format", outputs.get("format"), "audio.output.format"),
+    ):
+        if value is not None:
+            changes[field] = _format(value, "session." + param)
+    if (speak := speaks(session, "session")) is not None:
+        changes["speak"] = speak
+    refused = unsupported(session, "session")
+    key, where = ("transcription", inputs) if ga else ("input_audio_transcription", session)
+    if key in where:  # an object turns it on (what it says is a hint), null off
+        param = "session." + ("audio.input." if ga else "") + key
+        changes["transcribe"] = where[key] is not None
+        refused += _transcription_refusals(_object(where[key], param), param)
+    key, vad = ("audio.input.turn_detection", inputs) if ga else ("turn_detection", session)
+    if "turn_detection" in vad:
+        changes["turn_detection"] = _vad(vad["turn_detection"], "session." + key)
+    return replace(settings, **changes), refused
+
+
+def unsupported(request: dict, where: str) -> list[ClientError]:
+    """What a session (or a response.create's response) asks for that Mini-Omni cannot do."""
+    refused = []
+    if request.get("tools"):
+        refused.append(("tools", "function calling is not supported: the model has no tools"))
+    if request.get("instructions"):
+        refused.append(("instructions", "the model takes no instructions; they are ignored"))
+    return [ClientError("unsupported", message, f"{where}.{param}") for param, message in refused]
+
+
+def _transcription_refusals(transcription: dict, param: str) -> list[ClientError]:
+    """What of a transcription's settings Mini-Omni's asr cannot do (it transcribes anyway)."""
+    refused = []
+    if transcription.get("prompt"):
+        refused.append(("prompt", "the transcription takes no prompt; it is ignored"))
+    if transcription.get("language") not in (None, "", "en"):
+        refused.append(("language", "Mini-Omni transcribes English only"))
+    return [ClientError("unsupported", message, f"{param}.{name}") for name, message in refused]
+
+
+def speaks(request: dict, where: str) -> bool | None:
+    """Whether a session (or a response.create's response) asks for speech, by its
+    `modalities` or `output_modalities` (["audio"], ["text", "audio"] or ["text"]); None if it
+    says nothing of it."""
+    speak = None
+    for param in ("modalities", "output_modalities"):
+        modalities = request.get(param)
+        if modalities is None:
+            continue
+        if (
+            not isinstance(modalities, list)
+            or not modalities
+            or any(m not in ("text", "audio") for m in modalities)
+        ):
+            message = 'modalities are ["audio"] (speech and its transcript) or ["text"]'
+            raise ClientError("invalid_value", message, f"{where}.{param}")
+        speak = "audio" in modalities
+    return speak
+
+
+def decode_base64(value: object, param: str) -> bytes:
+    if not isinstance(value, str):
+        raise ClientError("invalid_value", f"{param} must be a base64 string", param)
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise ClientError("invalid_value", f"{param} is not valid base64", param) from None
+
+
+def _object(value: object, param: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClientError("invalid_value", f"{param} must be an object", param)
+    return value
+
+
+def _format(value: object, param: str) -> str:
+    """`pcm16` / `g711_ulaw` / `g711_alaw`, or GA's {"type": "audio/pcm", "rate": 24000} etc."""
+    if isinstance(value, dict):
+        name = GA_FORMATS.get(value.get("type"))
+        if name is not None and value.get("rate", FORMATS[name].rate_hz) == FORMATS[name].rate_hz:
+            return name
+    elif value in FORMATS:
+        return value
+    known = ", ".join([*FORMATS, *(f'{{"type": "{t}"}}' for t in GA_FORMATS)])
+    raise ClientError("invalid_value", f"unknown audio format {value!r}; known: {known}", param)
+
+
+def _vad(value: object, param: str) -> ServerVad | None:
+    if value is None:
+        return None
+    value = _object(value, param)
+    kind = value.get("type", "server_vad")
+    if kind == "semantic_vad":
+        raise ClientError("unsupported", "only server_vad (or null) turn detection", param)
+    if kind != "server_vad":
+        raise ClientError("invalid_value", f"unknown turn detection {kind!r}", param)
+    vad = ServerVad()
+    fields = {
+        "threshold": (float, 0.0, 1.0),
+        "prefix_padding_ms": (int, 0, MAX_PREFIX_PADDING_MS),
+        "silence_duration_ms": (int, VAD_FRAME_MS, MAX_SILENCE_MS),
+        "create_response": (bool, None, None),
+        "interrupt_response": (bool, None, None),
+    }
+    for name, (cast, low, high) in fields.items():
+        if value.get(name) is None:
+            continue
+        given = value[name]
+        if cast is bool and not isinstance(given, bool):
+            raise ClientError("invalid_value", f"{name} must be true or false", f"{param}.{name}")
+        number = isinstance(given, int | float) and not isinstance(given, bool)
+        if cast is not bool and not (number and low <= given <= high):
+            message = f"{name} must be a number from {low} to {high}"
+            raise ClientError("invalid_value", message, f"{param}.{name}")
+        vad = replace(vad, **{name: cast(given)})
+    return vad
+
+
+def describe(
+    settings: Settings, sid: str, model: str, ga: bool, max_steps: int | None = None
+) -> dict:
+    """The session object of session.created / session.updated, in the connection's shape.
+    `max_steps`: the server's limit on an answer's decode steps (None: none)."""
+    vad = settings.turn_detection
+    detection = None if vad is None else {"type": "server_vad", **vad.__dict__}
+    # a step decodes one token in each stream (text + 7 audio layers)
+    limit = "inf" if max_steps is None else max_steps * tokens.STREAMS
+    common = {"id": sid, "object": "realtime.session", "model": model, "instructions": ""}
+    common |= {"tools": [], "tool_choice": "auto", "max_output_tokens": limit}
+    transcription = {"model": model} if settings.transcribe else None  # (its asr task)
+    if not ga:
+        common["max_response_output_tokens"] = common.pop("max_output_tokens")
+        return common | {
+            "modalities": ["text", "audio"] if settings.speak else ["text"],
+            "voice": VOICE,
+            "input_audio_format": settings.input_format,
+            "output_audio_format": settings.output_format,
+            "input_audio_transcription": transcription,
+            "turn_detection": detection,
+        }
+    return common | {
+        "type": "realtime",
+        "output_modalities": ["audio" if settings.speak else "text"],
+        "audio": {
+            "input": {
+                "format": _ga_format(settings.input_format),
+                "transcription": transcription,
+                "noise_reduction": None,
+                "turn_detection": detection,
+            },
+            "output": output_audio(settings),
+        },
+    }
+
+
+def output_audio(settings: Settings) -> dict:
+    """GA's description of the answers' audio."""
+    return {"format": _ga_format(settings.output_format), "voice": VOICE}
+
+
+def _ga_format(name: str) -> dict:
+    kind = next(t for t, n in GA_FORMATS.items() if n == name)
+    return {"type": kind, "rate": FORMATS[name].rate_hz} if name == "pcm16" else {"type": kind}

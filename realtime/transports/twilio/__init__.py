@@ -1,0 +1,1 @@
+"""The phone door: Twilio Media Streams calls."""
