@@ -28,6 +28,15 @@ def tiny_dir(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def runtime(tiny_dir):
+    """The tiny model's float32 Runtime on the CPU, one per test module."""
+    from realtime.decoding.runtime import Runtime
+    from realtime.model import checkpoint
+
+    return Runtime(checkpoint.resolve(str(tiny_dir), offline=True), "cpu", torch.float32)
+
+
 @pytest.fixture(scope="session")
 def live_server(tiny_dir, tmp_path_factory):
     """`realtime serve` on the tiny model in a subprocess (2 sessions, a token), shared."""
@@ -36,3 +45,10 @@ def live_server(tiny_dir, tmp_path_factory):
     server = ServerProcess.start(tiny_dir, tmp_path_factory.mktemp("serve"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server(live_server):
+    """The shared live server, once the previous test's sessions are gone."""
+    live_server.wait_idle()
+    return live_server

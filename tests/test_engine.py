@@ -9,26 +9,20 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from realtime.audio.io import load_audio
 from realtime.decoding.options import DecodingOptions
-from realtime.decoding.runtime import Request, Result, Runtime
+from realtime.decoding.runtime import Request, Result
 from realtime.engine import events
 from realtime.engine.engine import Engine, EngineBusy, EngineOptions
 from realtime.engine.session import SessionError, SessionOptions
-from realtime.model import checkpoint, tokens
+from realtime.model import tokens
 from realtime.model.prompts import Task
 
 from .conftest import DATA
 
 PUSH = 320  # 20 ms at 16 kHz, as a network caller pushes
 TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_dir):
-    return Runtime(checkpoint.resolve(str(tiny_dir), offline=True), "cpu", torch.float32)
 
 
 @pytest.fixture

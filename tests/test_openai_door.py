@@ -60,12 +60,6 @@ BETA_MANUAL_TURN = [  # commit, response.create and the answer, deltas left out
 ]
 
 
-@pytest.fixture
-def server(live_server):
-    live_server.wait_idle()
-    return live_server
-
-
 def pieces(data: bytes, size: int = 4800) -> list[str]:
     return [base64.b64encode(data[i : i + size]).decode() for i in range(0, len(data), size)]
 

@@ -15,8 +15,8 @@ import torch
 from realtime.audio.io import load_audio
 from realtime.decoding.generate import generate_tokens
 from realtime.decoding.options import DecodingOptions
-from realtime.decoding.runtime import Request, Result, Runtime
-from realtime.model import checkpoint, tokens
+from realtime.decoding.runtime import Request, Result
+from realtime.model import tokens
 from realtime.model.prompts import TASKS, Task
 
 from .conftest import DATA
@@ -48,11 +48,6 @@ def test_tiny_checkpoint_is_the_one_the_goldens_came_from(tiny_dir):
         "snac/pytorch_model.bin": state_fingerprint(load(tiny_dir / "snac/pytorch_model.bin")),
         "tokenizer.json": hashlib.sha256((tiny_dir / "tokenizer.json").read_bytes()).hexdigest(),
     } == GOLDEN["fingerprints"]
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_dir):
-    return Runtime(checkpoint.resolve(str(tiny_dir), offline=True), "cpu", torch.float32)
 
 
 def request_for(case) -> Request:

@@ -33,12 +33,6 @@ BARGE_IN_STOP_MS = 150
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def server(live_server):
-    live_server.wait_idle()  # the previous test's sessions are gone
-    return live_server
-
-
 def types(client: LoopbackClient) -> list[str]:
     return [e["type"] for e in client.events]
 

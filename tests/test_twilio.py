@@ -73,12 +73,6 @@ def test_twiml_connects_the_call_to_our_stream():
     assert stream.get("url") == "wss://voice.example.com/twilio/media?a=1&b=2"  # escaped, read back
 
 
-@pytest.fixture
-def server(live_server):
-    live_server.wait_idle()
-    return live_server
-
-
 class FakeTwilio:
     """Twilio's side of one bidirectional media stream."""
 
