@@ -69,7 +69,8 @@ class SwiGLU(nn.Module):
         self.proj = nn.Linear(n_hidden, n_out, bias=False)
         self.fc_12: torch.Tensor | None
         self.register_buffer("fc_12", None, persistent=False)  # set by fuse()
-        self.fc_12_packed = self.proj_packed = None  # set by pack()
+        self.fc_12_packed: torch.Tensor | None = None  # set by pack()
+        self.proj_packed: torch.Tensor | None = None
 
     def fuse(self) -> None:
         """Store fc_1 and fc_2 as halves of one (2 hidden, in) matrix: one product per call
@@ -96,6 +97,7 @@ class SwiGLU(nn.Module):
         """Keep the products' weights packed for oneDNN too (cpu_decode.pack)."""
         if self.fc_12 is None:
             self.fuse()
+        assert self.fc_12 is not None  # set by fuse()
         self.fc_12_packed = cpu_decode.pack(self.fc_12)
         self.proj_packed = cpu_decode.pack(self.proj.weight)
 
@@ -121,7 +123,8 @@ class Attention(nn.Module):
         qkv_rows = (cfg.n_head + 2 * cfg.n_query_groups) * cfg.head_size
         self.attn = nn.Linear(cfg.n_embd, qkv_rows, bias=cfg.add_qkv_bias)
         self.proj = nn.Linear(cfg.n_head * cfg.head_size, cfg.n_embd, bias=False)
-        self.attn_packed = self.proj_packed = None  # set by pack()
+        self.attn_packed: torch.Tensor | None = None  # set by pack()
+        self.proj_packed: torch.Tensor | None = None
 
     def pack(self) -> None:
         """Keep the products' weights packed for oneDNN too (cpu_decode.pack)."""
@@ -222,6 +225,15 @@ class Block(nn.Module):
         return self.mlp(self.norm_2(x)) + x
 
 
+class Transformer(nn.ModuleDict):
+    """litgpt's `transformer` container (its names are the checkpoint's), with its entries
+    typed: nn.Module's attribute lookup alone gives mypy `Tensor | Module`."""
+
+    wte: nn.Embedding
+    h: nn.ModuleList
+    ln_f: RMSNorm
+
+
 class OmniLM(nn.Module):
     """Decoder over (B, T, 8) token streams with an optional whisper-feature overwrite."""
 
@@ -230,7 +242,7 @@ class OmniLM(nn.Module):
         self.cfg = cfg
         self.whisper_adapter = SwiGLU(cfg.whisper_adapter_dim, cfg.intermediate_size, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
-        self.transformer = nn.ModuleDict(
+        self.transformer = Transformer(
             dict(
                 wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
                 h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
@@ -239,9 +251,12 @@ class OmniLM(nn.Module):
         )
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in the checkpoint
         cos, sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_base)
+        self.cos: torch.Tensor
+        self.sin: torch.Tensor
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
-        self.text_head_packed = self.audio_head_packed = None  # set by pack()
+        self.text_head_packed: torch.Tensor | None = None  # set by pack()
+        self.audio_head_packed: torch.Tensor | None = None
 
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         """Whisper features (..., whisper_dim) -> audio-stream embeddings (..., n_embd)."""
@@ -260,6 +275,7 @@ class OmniLM(nn.Module):
         """
         emb = self.transformer.wte(ids)  # (B, T, 8, C)
         if audio is not None:
+            assert audio_mask is not None, "audio comes with its audio_mask"
             audio_streams = audio[:, :, None, :].expand(-1, -1, tokens.AUDIO_LAYERS, -1)
             keep = emb[:, :, : tokens.AUDIO_LAYERS]
             emb = torch.cat(
