@@ -105,6 +105,13 @@ class _Product:
         return torch.baddbmm(self.bias, self.weight.expand(len(x), -1, -1), x)
 
 
+def _padding(conv: nn.Conv1d | nn.ConvTranspose1d) -> int:
+    """The samples a convolution pads each side with. torch types padding as a tuple or a
+    string ("same", "valid": Conv1d's only), which _Planner._conv refuses before this runs."""
+    assert not isinstance(conv.padding, str), "string padding is refused when planning"
+    return conv.padding[0]
+
+
 def _bias(conv: nn.Conv1d | nn.ConvTranspose1d) -> torch.Tensor:
     if conv.bias is not None:
         return conv.bias.detach()
@@ -117,7 +124,7 @@ class _Conv:
 
     def __init__(self, conv: nn.Conv1d, rate: int, lag: int, slot: _Slot):
         self.conv, self.rate, self.lag_in, self.slot = conv, rate, lag, slot
-        self.lag_out = lag + conv.padding[0]
+        self.lag_out = lag + _padding(conv)
 
     def __call__(self, x: torch.Tensor, state: torch.Tensor, span: _Span) -> torch.Tensor:
         history = self.slot.view(state)  # (B, C_in, (k-1)d): the inputs before this chunk
@@ -139,7 +146,7 @@ class _ConvTranspose:
     def __init__(self, conv: nn.ConvTranspose1d, rate: int, lag: int, slot: _Slot, product: bool):
         self.rate, self.lag_in, self.slot, self.product = rate, lag, slot, product
         self.stride = conv.stride[0]
-        self.lag_out = lag * self.stride + conv.padding[0]
+        self.lag_out = lag * self.stride + _padding(conv)
         c_in, c_out, k = conv.weight.shape
         self.taps = k // self.stride
         weight = conv.weight.detach().view(c_in, c_out, self.taps, self.stride)
@@ -227,7 +234,9 @@ class _Planner:
 
     def _conv(self, conv: nn.Conv1d) -> _Conv | _Product | _Pointwise:
         span = (conv.kernel_size[0] - 1) * conv.dilation[0]
-        if conv.stride[0] != 1 or span != 2 * conv.padding[0] or conv.padding_mode != "zeros":
+        padding = conv.padding  # samples per side, or "same"/"valid"
+        same = not isinstance(padding, str) and span == 2 * padding[0]
+        if conv.stride[0] != 1 or not same or conv.padding_mode != "zeros":
             raise ValueError(f"cannot stream SNAC's decoder: {conv} is not a 'same' convolution")
         if span == 0:
             return _Product(conv) if self.products else _Pointwise(conv)
@@ -236,12 +245,8 @@ class _Planner:
         return op
 
     def _conv_transpose(self, conv: nn.ConvTranspose1d) -> _ConvTranspose:
-        (k,), (s,), (pad,), (extra,) = (
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.output_padding,
-        )
+        (k,), (s,), (extra,) = conv.kernel_size, conv.stride, conv.output_padding
+        pad = _padding(conv)
         # Whole decode: (L - 1)s - 2 pad + k + extra samples; a stream makes exactly L * s.
         if k % s or conv.groups != 1 or conv.dilation[0] != 1 or k - 2 * pad + extra != s:
             raise ValueError(f"cannot stream SNAC's decoder: {conv} does not upsample exactly")

@@ -213,6 +213,9 @@ class _Graph:
     pcm: torch.Tensor  # (B, P * FRAME_SAMPLES)
 
 
+_Graphs = dict[tuple[int, int, bool], _Graph]  # by Vocoder.graph_key
+
+
 class Vocoder:
     """Owns one SNAC model; decodes whole utterances and batches of streams.
 
@@ -231,7 +234,7 @@ class Vocoder:
         if self.decoder.samples_per_latent != tokens.SNAC_HOP_SAMPLES:
             raise ValueError(f"SNAC decoder upsamples {self.decoder.samples_per_latent}x")
         self._levels = level_layers(self.device)
-        self.graphs: dict[tuple[int, int, bool], _Graph] | None = None
+        self.graphs: _Graphs | None = None
         if graphs and self.device.type == "cuda":
             self.graphs = {}
         self._pool = None  # the graphs' shared memory pool
@@ -278,7 +281,7 @@ class Vocoder:
             drains = final and stream.received and not stream.ended  # its lag, maybe no frames
             if (len(stream._pending) and due) or drains:
                 groups[len(stream._pending)].append(stream)
-        audio = {}
+        audio: dict[VocoderStream, np.ndarray] = {}
         for members in groups.values():
             audio.update(zip(members, self._decode(members, final), strict=True))
         if final:
@@ -289,12 +292,9 @@ class Vocoder:
     @torch.inference_mode()
     def _decode(self, streams: list[VocoderStream], final: bool) -> list[np.ndarray]:
         """One batched decoder call on streams with equally many pending frames."""
-        for stream in streams:
-            if stream.state is None:
-                stream.state = self.decoder.new_state(self.device, self.dtype)
+        states = [self._state(stream) for stream in streams]
         frames = torch.stack([stream._pending for stream in streams]).to(self.device)  # (B, P, 7)
         starts = [stream.decoded * tokens.SNAC_STEPS_PER_FRAME for stream in streams]
-        states = [stream.state for stream in streams]
         ends = None
         if final or self.graphs is None or len(streams) > GRAPH_BATCHES[-1]:
             latents = self._latents(frames)  # (B, C, P * SNAC_STEPS_PER_FRAME)
@@ -304,17 +304,24 @@ class Vocoder:
             state = torch.stack(states)  # (B, state_size)
             pcm = self.decoder(latents, state, starts, ends)[:, 0]  # (B, T)
         else:
-            pcm, state = self._replay(frames, starts, states)
-        pcm = pcm.float().cpu().numpy()
+            pcm, state = self._replay(self.graphs, frames, starts, states)
+        samples = pcm.float().cpu().numpy()
         torch._foreach_copy_(states, list(state.unbind()))
         out = []
         for row, stream in enumerate(streams):
-            first = starts[row] * tokens.SNAC_HOP_SAMPLES - self.decoder.lag  # position of pcm[0]
-            stop = ends[row] * tokens.SNAC_HOP_SAMPLES if final else first + pcm.shape[1]
+            first = starts[row] * tokens.SNAC_HOP_SAMPLES - self.decoder.lag  # at samples[row, 0]
+            # Its audio stops at the chunk's end or, final (ends set), at the utterance's.
+            stop = first + samples.shape[1] if ends is None else ends[row] * tokens.SNAC_HOP_SAMPLES
             # Samples before the utterance's start (its first chunks) are not audio.
-            out.append(pcm[row, max(0, -first) : stop - first].astype(PCM_DTYPE))
+            out.append(samples[row, max(0, -first) : stop - first].astype(PCM_DTYPE))
             stream._pending = stream._pending[:0]
         return out
+
+    def _state(self, stream: VocoderStream) -> torch.Tensor:
+        """The stream's decoder state, allocated by its first decode."""
+        if stream.state is None:
+            stream.state = self.decoder.new_state(self.device, self.dtype)
+        return stream.state
 
     def graph_key(self, batch: int, frames: int, starts: list[int]) -> tuple[int, int, bool]:
         """The graph that decodes a chunk of `frames` frames for `batch` streams at latent
@@ -344,24 +351,26 @@ class Vocoder:
             return 0
         missing = [key for key in self.stream_shapes(max_streams) if key not in self.graphs]
         for key in missing:
-            self._capture(*key)
+            self._capture(self.graphs, *key)
         return len(missing)
 
     def _replay(
-        self, frames: torch.Tensor, starts: list[int], states: list[torch.Tensor]
+        self, graphs: _Graphs, frames: torch.Tensor, starts: list[int], states: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decode of `frames` (B, P, 7) from the CUDA graph of its shape: (pcm (B, T), the
-        streams' new states (B, state_size)), both views of the graph's buffers."""
+        """The decode of `frames` (B, P, 7) from the CUDA graph of its shape in `graphs` (the
+        vocoder's): (pcm (B, T), the streams' new states (B, state_size)), both views of the
+        graph's buffers."""
         batch = frames.shape[0]
         key = self.graph_key(batch, frames.shape[1], starts)
-        graph = self.graphs.get(key) or self._capture(*key)
+        graph = graphs.get(key) or self._capture(graphs, *key)
         graph.frames[:batch].copy_(frames)
         graph.starts[:batch, 0].copy_(torch.tensor(starts), non_blocking=True)
         torch.stack(states, out=graph.state[:batch])
         graph.graph.replay()
         return graph.pcm[:batch], graph.state[:batch]
 
-    def _capture(self, batch: int, chunk: int, masks: bool) -> _Graph:
+    def _capture(self, graphs: _Graphs, batch: int, chunk: int, masks: bool) -> _Graph:
+        """Capture the decode of `chunk` frames for `batch` streams into `graphs`."""
         frames = torch.zeros(
             batch, chunk, tokens.AUDIO_LAYERS, dtype=torch.long, device=self.device
         )
@@ -375,8 +384,8 @@ class Vocoder:
         with torch.inference_mode():
             graph, pcm = capture(decode, self._pool)
         self._pool = graph.pool()
-        self.graphs[batch, chunk, masks] = _Graph(graph, frames, starts, state, pcm)
-        return self.graphs[batch, chunk, masks]
+        graphs[batch, chunk, masks] = _Graph(graph, frames, starts, state, pcm)
+        return graphs[batch, chunk, masks]
 
     def _latents(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, P, 7) frames to the decoder's (B, C, P * SNAC_STEPS_PER_FRAME) latents (P >= 0)."""
