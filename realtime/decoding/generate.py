@@ -76,6 +76,7 @@ class Generation:
         """Take one step's sampled ids (audio ones layer-local) and apply the stop rules."""
         first = self.steps == 0
         if self.spec.audio_out:
+            assert audio_tokens is not None  # a speaking request samples audio every step
             if not first:
                 if self.text_ended:
                     text_token = tokens.PAD_T

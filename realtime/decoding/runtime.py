@@ -168,6 +168,7 @@ class Runtime:
             yield TextDelta(tail)
         if TASKS[request.task].audio_out:
             yield from self._audio(self.vocoder.flush([stream])[0], clock)
+        assert gen is not None  # generate_tokens yields step 0 or raises
         yield self._result(request, gen, stream, clock)
 
     def prepare(self, request: Request, clock: "_Clock | None" = None) -> PrefillInput:
@@ -214,6 +215,7 @@ class Runtime:
             yield AudioChunk(pcm)
 
     def _result(self, request: Request, gen: Generation, stream, clock: "_Clock") -> Result:
+        assert gen.stop_reason is not None  # generate_tokens runs it to its end
         text_ids = gen.text_tokens()
         frames = gen.frames()
         return Result(
@@ -235,7 +237,8 @@ class _Clock:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.spent = {"encode": 0.0, "adapt": 0.0, "decode": []}
+        self.spent = {"encode": 0.0, "adapt": 0.0}
+        self.decode_ms: list[float] = []  # each call of the decode generator
         self.marks: dict[str, float] = {}
 
     def timed(self, what: str, fn, *args):
@@ -243,7 +246,7 @@ class _Clock:
         result = fn(*args)
         elapsed = (time.perf_counter() - began) * 1000
         if what == "decode":
-            self.spent["decode"].append(elapsed)
+            self.decode_ms.append(elapsed)
         else:
             self.spent[what] += elapsed
         return result
@@ -253,7 +256,7 @@ class _Clock:
 
     def summary(self) -> dict[str, float | None]:
         # decode: [prefill + first sample, one per later step ..., the call that found the end]
-        decode = self.spent["decode"]
+        decode = self.decode_ms
         later = decode[1:-1]
         first_audio = self.marks.get("first_audio")
         return {

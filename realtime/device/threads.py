@@ -27,16 +27,17 @@ def on_fresh_thread(fn: Callable[..., T], *args, **kwargs) -> T:
     exception. The caller's current CUDA device goes with it (it is per thread); thread-local
     torch modes (inference_mode, no_grad) do not."""
     device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
-    outcome: dict[str, object] = {}
+    result: list[T] = []
+    error: list[BaseException] = []
     finished = threading.Event()
 
     def run() -> None:
         try:
             if device is not None:
                 torch.cuda.set_device(device)
-            outcome["result"] = fn(*args, **kwargs)
+            result.append(fn(*args, **kwargs))
         except BaseException as exc:  # handed to the caller, who raises it
-            outcome["error"] = exc
+            error.append(exc)
         finally:
             finished.set()
 
@@ -49,6 +50,6 @@ def on_fresh_thread(fn: Callable[..., T], *args, **kwargs) -> T:
     thread.start()
     finished.wait()
     thread.join()  # a moment: it has returned; its thread pool goes with it
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    if error:
+        raise error[0]
+    return result[0]

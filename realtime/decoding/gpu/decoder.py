@@ -25,6 +25,7 @@ anything reads.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -86,7 +87,9 @@ def fastest_steps(
     # values would be one row's few MB, read from L2 instead of HBM
     rows = torch.arange(first.max_rows, device=first.slots.device)
     first.slots.copy_(rows % first.cache.slots)
-    timers, best, kept = {}, {}, []  # kept: the indices of the steps that ran
+    timers: dict[tuple[int, int], Callable[[], float]] = {}  # (size, step index) -> its timer
+    best: dict[tuple[int, int], float] = {}  # (size, step index) -> its best round, ms
+    kept: list[int] = []  # the indices of the steps that ran
     try:
         for i, step in enumerate(steps):
             try:
@@ -107,7 +110,7 @@ def fastest_steps(
     return {size: steps[min(kept, key=lambda i: best[size, i])] for size in sizes}
 
 
-def step_timer(step: KernelStep, size: int, graphed: bool = True):
+def step_timer(step: KernelStep, size: int, graphed: bool = True) -> Callable[[], float]:
     """A function that times `step` at `size` rows (greedy) -> milliseconds per step: the
     replays of its CUDA graph, or (not `graphed`, or on a CPU) one step launched and waited
     for."""
