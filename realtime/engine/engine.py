@@ -25,6 +25,7 @@ import torch
 
 from realtime.audio.encoder import BLOCK_MS, encode_chunked
 from realtime.decoding.generate import StepRow, decode_step
+from realtime.decoding.gpu.prompt_graphs import PromptGraphs
 from realtime.decoding.runtime import MAX_ROWS, Runtime, kernel_decoder_or_none
 from realtime.decoding.sampling import is_greedy, sample
 from realtime.device.threads import on_fresh_thread
@@ -153,15 +154,15 @@ class Engine:
                 products=options.step_products, pdl=options.pdl, run_ahead=options.run_ahead,
             )  # fmt: skip
         if self.decoder is not None and self.decoder.prompts is not None:
-            self._capture_ahead()
+            self._capture_ahead(self.decoder.prompts)
 
-    def _capture_ahead(self) -> None:
+    def _capture_ahead(self, prompt_graphs: PromptGraphs) -> None:
         """On CUDA, do now what the first calls would otherwise wait for at their first end of
         turn: capture every prompt bucket's graph and the vocoder's stream graphs, and run the
         encoder once (CUDA's libraries set themselves up on first use)."""
         began, rt = time.perf_counter(), self.runtime
         rows = {spec.rows for spec in TASKS.values()}
-        prompts = self.decoder.prompts.capture_all(rows, rt.lm.lm_head.weight.dtype)
+        prompts = prompt_graphs.capture_all(rows, rt.lm.lm_head.weight.dtype)
         vocoder = rt.vocoder.capture_streams(self.options.max_sessions)
         with torch.inference_mode():
             encode_chunked(rt.whisper, np.zeros(ENCODER_WARMUP_SAMPLES, np.float32))
@@ -316,7 +317,7 @@ class Engine:
         self._last_step = began
         try:
             if self.decoder is not None:
-                rows = self._kernel_step(answering)
+                rows = self._kernel_step(self.decoder, answering)
             else:
                 rows = self._torch_step(answering)
         except Exception as exc:
@@ -329,11 +330,11 @@ class Engine:
         self.step_log.append((rows, (time.perf_counter() - began) * 1000))
 
     def _torch_step(self, answering: list[Session]) -> int:
-        rows = [s.gen.next_input() for s in answering]  # (rows_i, 8) each
+        rows = [s.generation.next_input() for s in answering]  # (rows_i, 8) each
         ids = torch.cat(rows).to(self.cache.k.device)
         positions = torch.cat(
             [
-                torch.full((len(r),), s.gen.next_position)
+                torch.full((len(r),), s.generation.next_position)
                 for s, r in zip(answering, rows, strict=True)
             ]
         )
@@ -342,12 +343,12 @@ class Engine:
         self._sample(answering, hidden, [len(r) for r in rows])
         return len(ids)
 
-    def _kernel_step(self, answering: list[Session]) -> int:
+    def _kernel_step(self, decoder, answering: list[Session]) -> int:
         """The step on the kernels: sessions take the ids the device drew (and has already fed
         back), or, sampling without a top-k the device takes, ids sampled from their hidden
         states (KernelDecoder.decode)."""
-        batch = [StepRow(s.gen, s.slot_ids, s.decoding) for s in answering]
-        for s, ids in zip(answering, self.decoder.decode(batch), strict=True):
+        batch = [StepRow(s.generation, s.slot_ids, s.decoding) for s in answering]
+        for s, ids in zip(answering, decoder.decode(batch), strict=True):
             self._guarded(s, s.accept, *ids)
         return sum(len(item.slots) for item in batch)
 
@@ -357,16 +358,18 @@ class Engine:
         lm = self.runtime.lm
         starts = np.cumsum([0, *counts[:-1]]).tolist()
         texting = [
-            (s, b) for s, b in zip(answering, starts, strict=True) if s.gen.needs_text_logits
+            (s, b) for s, b in zip(answering, starts, strict=True) if s.generation.needs_text_logits
         ]
-        speaking = [(s, b) for s, b in zip(answering, starts, strict=True) if s.gen.spec.audio_out]
+        speaking = [
+            (s, b) for s, b in zip(answering, starts, strict=True) if s.generation.spec.audio_out
+        ]
         text_ids, audio_ids = {}, {}
         if texting:
-            logits = lm.text_logits(hidden[[b + s.gen.spec.text_row for s, b in texting]])
+            logits = lm.text_logits(hidden[[b + s.generation.spec.text_row for s, b in texting]])
             picks = _pick(logits, texting, tokens.TEXT_STREAM)
             text_ids = dict(zip([s for s, _ in texting], picks, strict=True))
         if speaking:
-            logits = lm.audio_logits(hidden[[b + s.gen.spec.audio_row for s, b in speaking]])
+            logits = lm.audio_logits(hidden[[b + s.generation.spec.audio_row for s, b in speaking]])
             picks = _pick(logits, speaking, 0)
             audio_ids = dict(zip([s for s, _ in speaking], picks, strict=True))
         for s in answering:
@@ -386,7 +389,7 @@ class Engine:
         done = [s for s in sessions if s.gen is not None and s.gen.done]
         if not done:
             return
-        speaking = [s for s in done if s.gen.spec.audio_out]
+        speaking = [s for s in done if s.generation.spec.audio_out]
         tails = dict(
             zip(speaking, self.runtime.vocoder.flush([s.vocoder for s in speaking]), strict=True)
         )
@@ -400,6 +403,6 @@ def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]], stream: int) ->
     if all(is_greedy(s.decoding) for s, _ in rows):
         return logits.float().argmax(dim=-1).tolist()
     return [
-        sample(logits[i], s.decoding, s.gen.next_position, stream).tolist()
+        sample(logits[i], s.decoding, s.generation.next_position, stream).tolist()
         for i, (s, _) in enumerate(rows)
     ]

@@ -141,6 +141,13 @@ class Session:
         return self.gen is not None and not self.gen.done
 
     @property
+    def generation(self) -> Generation:
+        """`gen`, from the answer's step 0 until it finishes, is cancelled or fails."""
+        if self.gen is None:
+            raise RuntimeError(f"session {self.sid}: no answer is being decoded")
+        return self.gen
+
+    @property
     def decoding(self) -> DecodingOptions:
         return self.options.decoding
 
@@ -155,7 +162,7 @@ class Session:
     def _answer_is_out(self) -> bool:
         if not self.generating:
             return True
-        first = events.FirstAudio if self.gen.spec.audio_out else events.FirstText
+        first = events.FirstAudio if self.generation.spec.audio_out else events.FirstText
         return first in self.marks
 
     def feed_audio(self, samples: np.ndarray) -> None:
@@ -211,7 +218,8 @@ class Session:
         if self.encoder is not None:
             self._add_features(self.encoder.flush())
         else:
-            self._add_features(encode_exact(self.whisper, np.concatenate(self.audio or [[]])))
+            audio = np.concatenate(self.audio or [np.zeros(0)])  # the whole utterance
+            self._add_features(encode_exact(self.whisper, audio))
         try:
             self._prefill_features()
             prompt = build_prompt(task, audio_frames=self.frames).ids
@@ -248,6 +256,7 @@ class Session:
             self.transcript.fail("the next turn ended before this one's transcript was done")
         length = self.base + self.prefilled  # the answer's prompt, this turn's and before it
         src, dst = self.slot_ids[self.spec.audio_row], self.transcript_slot
+        assert dst is not None  # _answer_turn refuses a transcript without its row
         for kv in (self.cache.k, self.cache.v):
             kv[:, dst, :, : length - 1] = kv[:, src, :, : length - 1]
         last = build_prompt(Task.ASR, audio_frames=self.frames).ids[:, -1]  # (1, 8)
@@ -322,7 +331,7 @@ class Session:
 
     def accept(self, text_token: int, audio: list[int] | None) -> StepOutput:
         """Take this step's sampled ids; stream text; queue completed frames for the vocoder."""
-        out = self.gen.accept(text_token, audio)
+        out = self.generation.accept(text_token, audio)
         if out.text_token is not None:
             self._mark(events.FirstText)
             if delta := self.detok.push(out.text_token):
@@ -349,7 +358,8 @@ class Session:
         if tail := self.detok.flush():
             self._emit(events.TextDelta, text=tail)
         self.emit_audio(tail_pcm)
-        gen, text_ids = self.gen, self.gen.text_tokens()
+        gen = self.generation
+        text_ids = gen.text_tokens()
         self._emit(
             events.Done,
             reason=gen.stop_reason,

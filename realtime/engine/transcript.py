@@ -37,8 +37,8 @@ def max_tokens(frames: int) -> int:
 class Transcript:
     """One turn's transcript as it decodes, from its prompt's last position (`last_position`,
     (1, 8) ids) on: the rest of the prompt is in its cache row. The engine steps it as it steps
-    a session's answer: it offers the same face to the batch (`gen`, `slots`, `slot_ids`,
-    `decoding`, `accept`, `finish`, `fail`)."""
+    a session's answer: it offers the same face to the batch (`gen`, `generation`, `slots`,
+    `slot_ids`, `decoding`, `accept`, `finish`, `fail`)."""
 
     decoding = GREEDY
 
@@ -66,8 +66,15 @@ class Transcript:
     def generating(self) -> bool:
         return self.gen is not None and not self.gen.done
 
+    @property
+    def generation(self) -> Generation:
+        """`gen`, from its start until it finishes or fails."""
+        if self.gen is None:
+            raise RuntimeError(f"session {self.sid}: turn {self.turn}'s transcript is over")
+        return self.gen
+
     def accept(self, text_token: int, audio: list[int] | None) -> StepOutput:
-        out = self.gen.accept(text_token, None)
+        out = self.generation.accept(text_token, None)
         if out.text_token is not None and (delta := self.detok.push(out.text_token)):
             self._emit(events.TranscriptDelta, text=delta)
         return out
@@ -76,7 +83,7 @@ class Transcript:
         """The transcript ended (at `_eot`, or at its length limit)."""
         if tail := self.detok.flush():
             self._emit(events.TranscriptDelta, text=tail)
-        gen, self.gen = self.gen, None
+        gen, self.gen = self.generation, None
         ids = gen.text_tokens()
         self._emit(
             events.TranscriptDone,
