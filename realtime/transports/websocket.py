@@ -57,6 +57,17 @@ class WebSocketDoor:
     def sid(self) -> int:
         return -1 if self.handle is None else self.handle.id
 
+    @property
+    def session(self) -> SessionHandle:
+        """`handle`, which the server sets before `run`: what the handlers use."""
+        if self.handle is None:
+            raise RuntimeError(f"the {self.kind} has no engine session yet")
+        return self.handle
+
+    async def run(self) -> None:
+        """Serve the connection until it ends."""
+        raise NotImplementedError
+
     def close(self, reason: str) -> None:
         """Free the engine slot and stop writing (cheap, idempotent)."""
         if not self.closed:

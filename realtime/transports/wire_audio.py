@@ -12,6 +12,7 @@ Both directions keep their resampler's state across calls: one instance per stre
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import av
 import numpy as np
@@ -21,12 +22,14 @@ from realtime.model import tokens
 from realtime.turns.detector import Framer
 
 G711_RATE_HZ = 8000  # telephony
+# FFmpeg's G.711 codecs: literal names, from which PyAV's stubs know they are audio codecs.
+G711Codec = Literal["pcm_mulaw", "pcm_alaw"]
 
 
 @dataclass(frozen=True)
 class WireFormat:
     name: str  # OpenAI's beta name of the format
-    codec: str | None  # FFmpeg's codec; None: raw little-endian 16-bit samples
+    codec: G711Codec | None  # FFmpeg's codec; None: raw little-endian 16-bit samples
     rate_hz: int
     bytes_per_sample: int
 
@@ -38,9 +41,9 @@ FORMATS = {
 }
 
 
-def _codec(fmt: WireFormat, mode: str) -> av.CodecContext:
-    codec = av.CodecContext.create(fmt.codec, mode)
-    codec.sample_rate, codec.layout = fmt.rate_hz, "mono"
+def _codec(name: G711Codec, rate_hz: int, mode: Literal["r", "w"]) -> av.AudioCodecContext:
+    codec = av.CodecContext.create(name, mode)
+    codec.sample_rate, codec.layout = rate_hz, "mono"
     if mode == "w":
         codec.format = "s16"
     return codec
@@ -63,7 +66,7 @@ class InputAudio:
 
     def __init__(self, fmt: WireFormat) -> None:
         self.format = fmt
-        self._decoder = _codec(fmt, "r") if fmt.codec else None
+        self._decoder = _codec(fmt.codec, fmt.rate_hz, "r") if fmt.codec else None
         self._framer = Framer()
         self._odd = b""  # pcm16: a sample split across two messages
 
@@ -89,7 +92,7 @@ class OutputAudio:
         self._resampler = None
         if fmt.rate_hz != tokens.OUTPUT_SAMPLE_RATE_HZ:
             self._resampler = av.AudioResampler(format="s16", layout="mono", rate=fmt.rate_hz)
-        self._encoder = _codec(fmt, "w") if fmt.codec else None
+        self._encoder = _codec(fmt.codec, fmt.rate_hz, "w") if fmt.codec else None
 
     def push(self, pcm: np.ndarray) -> bytes:
         return self._encode(_s16_frame(to_pcm16(pcm), tokens.OUTPUT_SAMPLE_RATE_HZ))
@@ -104,5 +107,6 @@ class OutputAudio:
         pcm16 = _samples(self._resampler.resample(frame))
         if pcm16.size == 0:
             return b""
+        assert self._encoder is not None  # what is resampled (to 8 kHz) is G.711
         packets = self._encoder.encode(_s16_frame(pcm16, self.format.rate_hz))
         return b"".join(bytes(p) for p in packets)

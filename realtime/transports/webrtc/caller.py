@@ -12,6 +12,7 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 import aiohttp
 import av
@@ -140,7 +141,8 @@ class LoopbackClient:
             return next((e for e in self.events if e["type"] in kinds and e["_t"] >= after), None)
 
         async with self._arrived:
-            return await self._arrived.wait_for(found)
+            # typeshed types the result as found's (dict | None); it returns only a truthy one
+            return cast(dict, await self._arrived.wait_for(found))
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
@@ -169,7 +171,8 @@ class LoopbackClient:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         try:
             while True:
-                frame = await track.recv()
+                # aiortc types recv() as Frame | Packet: an audio track's are AudioFrames
+                frame = cast(av.AudioFrame, await track.recv())
                 t = time.monotonic()
                 for out in resampler.resample(frame):
                     self.recording.chunks.append((t, out.to_ndarray().reshape(-1).copy()))

@@ -17,10 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
 
 from realtime.audio.io import from_pcm16
 from realtime.engine import events
@@ -105,6 +107,14 @@ class Conversation:
     @property
     def sid(self) -> int:
         return -1 if self.handle is None else self.handle.id
+
+    @property
+    def session(self) -> SessionHandle:
+        """`handle`, which the server sets before it answers the offer: no audio or message
+        comes before."""
+        if self.handle is None:
+            raise RuntimeError("the conversation has no engine session")
+        return self.handle
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -203,7 +213,8 @@ class Conversation:
         framer, timeout = Framer(), self.options.setup_timeout_s
         try:
             while True:
-                frame = await asyncio.wait_for(track.recv(), timeout)
+                # aiortc types recv() as Frame | Packet: an audio track's are AudioFrames
+                frame = cast(AudioFrame, await asyncio.wait_for(track.recv(), timeout))
                 timeout, t = self.options.input_timeout_s, time.monotonic()
                 for pcm in framer.push(frame):
                     for turn in self.turns.push(pcm, t):
@@ -224,13 +235,14 @@ class Conversation:
                 log.info("session %d: barge-in", self.sid)
             self.send(protocol.message("speech.started", turn=self._turn))
         if turn.audio is not None:
-            self.handle.push_audio(from_pcm16(turn.audio))
+            self.session.push_audio(from_pcm16(turn.audio))
         if turn.kind is TurnEvent.ENDED:
-            self.handle.end_turn()
+            self.session.end_turn()
             self._engine_turn += 1
             if self.options.transcribe:
                 self._heard[self._engine_turn] = self._turn
             self._response = self._turn
+            assert turn.speech_end_t is not None  # an ENDED turn carries it
             self._answer = _Answer(self._turn, turn.speech_end_t, turn.t)
             self.send(protocol.message("speech.stopped", turn=self._turn))
 
@@ -254,7 +266,7 @@ class Conversation:
         return True
 
     def _cancel_engine(self, played_frames: int | None = None) -> None:
-        self.handle.cancel(played_frames)
+        self.session.cancel(played_frames)
         self._answer = None  # its events already on their way find no answer to join
 
     # --- the engine's answer ----------------------------------------------------------------
@@ -268,11 +280,13 @@ class Conversation:
         if isinstance(event, events.Error):
             self.send(protocol.error("engine", event.message))
             if self._answer is not None:
-                self._finish("error", "")
+                self._finish(self._answer, "error", "")
         elif self._answer is not None:
             self._on_answer_event(self._answer, event)
 
-    def _on_transcript(self, event: events.Event) -> None:
+    def _on_transcript(
+        self, event: events.TranscriptDelta | events.TranscriptDone | events.TranscriptFailed
+    ) -> None:
         """The caller's words, sent as they are decoded (they need not wait for the audio)."""
         turn = self._heard.get(event.turn)
         if self.closed or turn is None:
@@ -298,7 +312,7 @@ class Conversation:
         elif isinstance(event, events.FirstText):
             answer.first_text_t = event.t
         elif isinstance(event, events.Done):
-            self._finish(event.reason, event.text)
+            self._finish(answer, event.reason, event.text)
 
     def _on_audio(self, answer: _Answer, pcm: np.ndarray) -> None:
         limit = self._limit_samples()
@@ -323,8 +337,9 @@ class Conversation:
             self.buffer.add_marker(_Text(answer.id, text))
         answer.held_text = ()
 
-    def _finish(self, reason: str, text: str) -> None:
-        answer, self._answer = self._answer, None
+    def _finish(self, answer: _Answer, reason: str, text: str) -> None:
+        """End `answer`, the one the engine is producing."""
+        self._answer = None
         self._end(answer, reason, text)
 
     def _end(self, answer: _Answer, reason: str, text: str) -> None:
