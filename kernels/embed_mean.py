@@ -1,13 +1,14 @@
-"""Embedding gather and mean of the 8 token streams, with the whisper-feature overwrite.
+"""Embedding gather and mean of a step's S token streams, with the whisper-feature overwrite.
 
-    out[b, t] = (e_0 + e_1 + ... + e_7) / 8,  summed left to right
-    e_s = audio[b, t]           if s < 7 and mask[b, t]   (adapted whisper features)
-        = table[ids[b, t, s]]   otherwise                  (the text stream 7 always)
+    out[b, t] = (e_0 + e_1 + ... + e_{S-1}) / S,  summed left to right
+    e_s = audio[b, t]           if s < S - 1 and mask[b, t]   (adapted whisper features)
+        = table[ids[b, t, s]]   otherwise                      (the text stream S - 1 always)
 
-Each partial sum is rounded to the table's dtype, as realtime.model.lm.OmniLM.embed's sequence of
-adds in the model dtype does, so the kernel is bit-equal to it (the / 8 is exact).
-One program per (position, BLOCK_C columns): the 8 rows of the table it reads are gathered
-straight from their ids, so the (B, T, 8, C) stack of embeddings is never written.
+S = ids.shape[-1]: the audio layers, then the text. Each partial sum is rounded to the table's
+dtype, as OmniLM.embed's sequence of adds in the model dtype does, so the kernel is bit-equal
+to it (the / 8 of Mini-Omni's 8 streams is exact). One program per (position, BLOCK_C
+columns): the S rows of the table it reads are gathered straight from their ids, so the
+(B, T, S, C) stack of embeddings is never written.
 """
 
 import torch
@@ -15,7 +16,6 @@ import triton
 import triton.language as tl
 
 from kernels.triton_support import handoff, launch_options, round_to, runs_kernel
-from realtime.model import tokens
 
 BLOCK_C = 256
 
@@ -64,13 +64,13 @@ def embed_mean(
     audio: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ids (B, T, 8) into table (V, C) -> (B, T, C) in the table's dtype; where mask (B, T) is
-    set the 7 audio streams take audio (B, T, C) instead."""
+    """ids (B, T, S) into table (V, C) -> (B, T, C) in the table's dtype; where mask (B, T) is
+    set the S - 1 audio streams take audio (B, T, C) instead."""
     if not runs_kernel(ids, table):
         return embed_mean_ref(ids, table, audio, mask)
     B, T, streams = ids.shape
     C = table.shape[1]
-    assert streams == tokens.STREAMS and table.stride(1) == 1
+    assert table.stride(1) == 1
     ids2 = ids.reshape(B * T, streams)
     out = torch.empty(B * T, C, device=table.device, dtype=table.dtype)
     has_audio = audio is not None
@@ -87,7 +87,7 @@ def embed_mean(
         table.stride(0),
         audio2.stride(0),
         out.stride(0),
-        STREAMS=tokens.STREAMS, AUDIO_STREAMS=tokens.AUDIO_LAYERS,
+        STREAMS=streams, AUDIO_STREAMS=streams - 1,
         HAS_AUDIO=has_audio, BLOCK_C=BLOCK_C,
         **launch_options(),
     )  # fmt: skip
@@ -100,13 +100,14 @@ def embed_mean_ref(
     audio: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The torch computation (OmniLM.embed's): gather, overwrite, sum left to right, / 8."""
-    emb = table[ids]  # (B, T, 8, C)
+    """The torch computation (OmniLM.embed's): gather, overwrite, sum left to right, / S."""
+    streams = ids.shape[-1]
+    emb = table[ids]  # (B, T, S, C)
     if audio is not None:
-        is_audio = torch.arange(tokens.STREAMS, device=ids.device) < tokens.AUDIO_LAYERS  # (8,)
-        overwrite = mask[..., None, None] & is_audio[:, None]  # (B, T, 8, 1)
+        is_audio = torch.arange(streams, device=ids.device) < streams - 1  # (S,): all but the text
+        overwrite = mask[..., None, None] & is_audio[:, None]  # (B, T, S, 1)
         emb = torch.where(overwrite, audio[:, :, None, :].to(emb.dtype), emb)
     x = emb[:, :, 0]
-    for stream in range(1, tokens.STREAMS):
+    for stream in range(1, streams):
         x = x + emb[:, :, stream]
-    return x / tokens.STREAMS
+    return x / streams

@@ -1,28 +1,28 @@
 """Delayed-parallel feedback on the device: a step's sampled ids become the next step's input.
 
-realtime.decoding.generate.Generation.accept and next_input, for B rows at once with no host sync.
-Per row b, with sampled audio a_i (layer-local, i = 0..6) and text t, and `later` = not first[b]
-(the first step, sampled from the prompt itself, is kept without checks):
+The model's Generation.accept and next_input, for B rows at once with no host sync. Per row b,
+with sampled audio a_i (layer-local, i = 0 .. L - 1 for L = layout.audio_layers) and text t,
+and `later` = not first[b] (the first step, sampled from the prompt itself, is kept without
+checks):
 
     speech rows (audio_out[b]):
-        t       = _pad_t                     if later and text_ended[b]   (text forced after _eot)
-        stop[b] = later and a_6 == _eoa                                   (end of audio)
-        text_ended[b] |= later and not stop[b] and t == _eot              (updated in place)
+        t       = pad_t                      if later and text_ended[b]   (text forced after eot)
+        stop[b] = later and a_{L-1} == eoa                                (end of audio)
+        text_ended[b] |= later and not stop[b] and t == eot               (updated in place)
     text rows (not audio_out[b]):
-        stop[b] = later and t == _eot                                     (end of text)
-    next_ids[b, i] = (a_i if speaks[b] else _pad_a) + 152000 + 4160 i     (layer-shifted)
-    next_ids[b, 7] = t
+        stop[b] = later and t == eot                                      (end of text)
+    next_ids[b, i] = (a_i if speaks[b] else pad_a) + text_vocab + i audio_vocab   (layer-shifted)
+    next_ids[b, L] = t
 
 `sampled[b]` holds row b's request's ids: for a2a-batch the audio of its row 0 and the text of
 its row 1 in both rows; `speaks` is set only on a speech task's audio row. The length limit
-stays with the host, which knows every row's step count. One program per BLOCK_B rows, each an
-(BLOCK_B, 8) tile.
+stays with the host, which knows every row's step count. One program per BLOCK_B rows, each a
+(BLOCK_B, streams) tile.
 
-With `StepRows` the kernel is the decode step's whole tail (realtime/decoding/gpu/step.py), in its
-buffers: it gathers `sampled` from the head's picks itself (row b's audio from row
-audio_src[b], its text from row text_src[b]), writes the gathered ids to `sampled` and the
-next ones to `ids` in place, and advances `positions` by `advance`: one launch where torch ops
-took six.
+With `StepRows` the kernel is the decode step's whole tail, in its buffers: it gathers
+`sampled` from the head's picks itself (row b's audio from row audio_src[b], its text from row
+text_src[b]), writes the gathered ids to `sampled` and the next ones to `ids` in place, and
+advances `positions` by `advance`: one launch in place of six torch ops.
 """
 
 from dataclasses import dataclass
@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.layout import TokenLayout
 from kernels.triton_support import handoff, launch_options, runs_kernel
-from realtime.model import tokens
 
 BLOCK_B = 16
 
@@ -40,7 +40,7 @@ BLOCK_B = 16
 @dataclass(frozen=True)
 class StepRows:
     """The decode step's per-row buffers the feedback reads and writes (all (B,) int64 but ids
-    and sampled (B, 8) int64)."""
+    and sampled (B, streams) int64)."""
 
     audio_src: torch.Tensor  # the row of the head's picks whose audio ids this row takes
     text_src: torch.Tensor  # ... whose text id it takes
@@ -100,20 +100,21 @@ def feedback(
     audio_out: torch.Tensor,
     first: torch.Tensor,
     text_ended: torch.Tensor,
+    layout: TokenLayout,
     step: StepRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sampled (B, 8) ids (layer-local audio, then text; with `step`, the head's picks, which
-    it gathers); speaks, audio_out, first, text_ended (B,) bool -> (next_ids (B, 8) int64
-    (step.ids with `step`), stop (B,) bool); text_ended is updated in place, and with `step`
-    its ids, sampled and positions."""
+    """sampled (B, streams) ids (layer-local audio, then text; with `step`, the head's picks,
+    which it gathers); speaks, audio_out, first, text_ended (B,) bool -> (next_ids (B, streams)
+    int64 (step.ids with `step`), stop (B,) bool); text_ended is updated in place, and with
+    `step` its ids, sampled and positions."""
     if not runs_kernel(sampled, text_ended):
-        return feedback_ref(sampled, speaks, audio_out, first, text_ended, step)
+        return feedback_ref(sampled, speaks, audio_out, first, text_ended, layout, step)
     B = text_ended.shape[0]
-    assert sampled.shape[1] == tokens.STREAMS and sampled.stride(1) == 1
+    assert sampled.shape[1] == layout.streams and sampled.stride(1) == 1
     assert text_ended.dtype == torch.bool and text_ended.is_contiguous()
     flags = [f.contiguous().view(torch.uint8) for f in (speaks, audio_out, first)]
     if step is None:
-        next_ids = torch.empty(B, tokens.STREAMS, device=sampled.device, dtype=torch.int64)
+        next_ids = torch.empty(B, layout.streams, device=sampled.device, dtype=torch.int64)
         gathered, sources, moves = next_ids, (text_ended, text_ended), (text_ended, text_ended)
     else:
         next_ids, gathered = step.ids, step.sampled
@@ -126,11 +127,11 @@ def feedback(
         *sources, gathered, *moves,
         B,
         sampled.stride(0), next_ids.stride(0), gathered.stride(0),
-        AUDIO_LAYERS=tokens.AUDIO_LAYERS, TEXT_VOCAB=tokens.TEXT_VOCAB_PADDED,
-        AUDIO_VOCAB=tokens.AUDIO_LAYER_VOCAB,
-        EOT=tokens.EOT, PAD_T=tokens.PAD_T, EOA=tokens.EOA, PAD_A=tokens.PAD_A,
+        AUDIO_LAYERS=layout.audio_layers, TEXT_VOCAB=layout.text_vocab,
+        AUDIO_VOCAB=layout.audio_vocab,
+        EOT=layout.eot, PAD_T=layout.pad_t, EOA=layout.eoa, PAD_A=layout.pad_a,
         STEP=step is not None, BLOCK_B=BLOCK_B,
-        BLOCK_S=triton.next_power_of_2(tokens.STREAMS),
+        BLOCK_S=triton.next_power_of_2(layout.streams),
         **launch_options(),
     )  # fmt: skip
     return next_ids, stop
@@ -142,22 +143,24 @@ def feedback_ref(
     audio_out: torch.Tensor,
     first: torch.Tensor,
     text_ended: torch.Tensor,
+    layout: TokenLayout,
     step: StepRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same rules in torch ops (no host sync either)."""
+    L = layout.audio_layers
     if step is not None:  # the gather, the writes and the advance around the rules
-        audio = sampled[step.audio_src, : tokens.AUDIO_LAYERS]
-        sampled = torch.cat((audio, sampled[step.text_src, tokens.TEXT_STREAM :]), dim=1)
+        audio = sampled[step.audio_src, :L]
+        sampled = torch.cat((audio, sampled[step.text_src, layout.text_stream :]), dim=1)
         step.sampled.copy_(sampled)
         step.positions.add_(step.advance)
-        next_ids, stop = feedback_ref(sampled, speaks, audio_out, first, text_ended)
+        next_ids, stop = feedback_ref(sampled, speaks, audio_out, first, text_ended, layout)
         return step.ids.copy_(next_ids), stop
     later = ~first
-    audio, text = sampled[:, : tokens.AUDIO_LAYERS], sampled[:, tokens.TEXT_STREAM]
-    text = torch.where(audio_out & later & text_ended, tokens.PAD_T, text)
-    stop = later & torch.where(audio_out, audio[:, -1] == tokens.EOA, text == tokens.EOT)
-    text_ended |= audio_out & later & ~stop & (text == tokens.EOT)
-    layers = torch.arange(tokens.AUDIO_LAYERS, device=sampled.device)  # no host copy
-    offsets = tokens.TEXT_VOCAB_PADDED + layers * tokens.AUDIO_LAYER_VOCAB  # audio_offset(i)
-    audio = torch.where(speaks[:, None], audio, tokens.PAD_A) + offsets  # (B, 7)
+    audio, text = sampled[:, :L], sampled[:, layout.text_stream]
+    text = torch.where(audio_out & later & text_ended, layout.pad_t, text)
+    stop = later & torch.where(audio_out, audio[:, -1] == layout.eoa, text == layout.eot)
+    text_ended |= audio_out & later & ~stop & (text == layout.eot)
+    layers = torch.arange(L, device=sampled.device)  # no host copy
+    offsets = layout.text_vocab + layers * layout.audio_vocab  # each layer's first row
+    audio = torch.where(speaks[:, None], audio, layout.pad_a) + offsets  # (B, L)
     return torch.cat((audio, text[:, None]), dim=1).long(), stop

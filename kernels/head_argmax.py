@@ -1,17 +1,19 @@
-"""The tied head with greedy selection fused: the 181120 logits of a row are never written.
+"""The tied head with greedy selection fused: a row's logits over the whole vocabulary are
+never written.
 
 For hidden h (B, C) and the table W (V, C), logits = h W^T rounded to the model dtype (as the
-model's head returns them), and per row
+model's head returns them), and per row, with the model's TokenLayout (TEXT = text_vocab,
+A = audio_vocab, L = audio_layers)
 
     ids[b, i] = argmax(logits[b, TEXT + i A : TEXT + (i + 1) A])   audio layer i (layer-local)
-    ids[b, 7] = argmax(logits[b, 0 : TEXT])   or _pad_t where skip_text[b]
+    ids[b, L] = argmax(logits[b, 0 : TEXT])   or pad_t where skip_text[b]
 
-with TEXT = 152000, A = 4160; ties go to the lowest index (torch.argmax's rule). Stage 1, grid
-(B tiles, blocks): a block is BLOCK_V rows of one range (ranges never share a block), streamed
-once for up to BLOCK_B rows of h through tl.dot, reduced to a max and argmax per row. Text
-blocks read nothing when every row of the tile skips the text (after _eot it is forced), which
-leaves a decode step 26 MB of audio rows instead of 325 MB (bf16). Stage 2, grid (B, 8): reduces
-each range's partials in block order, so the lowest index still wins a tie.
+ties going to the lowest index (torch.argmax's rule). Stage 1, grid (B tiles, blocks): a block
+is BLOCK_V rows of one range (ranges never share a block), streamed once for up to BLOCK_B rows
+of h through tl.dot, reduced to a max and argmax per row. Text blocks read nothing when every
+row of the tile skips the text (after eot it is forced), which leaves a Mini-Omni decode step
+26 MB of audio rows instead of 325 MB (bf16). Stage 2, grid (B, L + 1): reduces each range's
+partials in block order, so the lowest index still wins a tie.
 
 skip_text is one (B,) bool tensor or a tuple of two, whose rows skip where either is set (the
 decode step's text_ended and no_text, or'ed here instead of in a launch of their own).
@@ -28,8 +30,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.layout import TokenLayout
 from kernels.triton_support import dot_dtype, handoff, launch_options, round_to, runs_kernel
-from realtime.model import tokens
 
 BLOCK_V = 64  # table rows per program: 2830 programs at the released vocab
 BLOCK_C = 128
@@ -147,82 +149,75 @@ def _head_argmax_reduce_kernel(
 def head_argmax(
     h: torch.Tensor,
     weight: torch.Tensor,
+    layout: TokenLayout,
     skip_text: SkipText | None = None,
-    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
-    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
-    audio_layers: int = tokens.AUDIO_LAYERS,
     block_v: int = BLOCK_V,
 ) -> torch.Tensor:
-    """h (B, C), weight (text_vocab + audio_layers * audio_vocab, C), skip_text (B,) bool (or
-    two, or'ed) or None -> ids (B, audio_layers + 1) int64: layer-local audio ids, then the
-    text id (_pad_t where skip_text)."""
+    """h (B, C), weight (layout.vocab, C), skip_text (B,) bool (or two, or'ed) or None -> ids
+    (B, layout.streams) int64: layer-local audio ids, then the text id (pad_t where
+    skip_text)."""
     if not runs_kernel(h, weight):
-        return head_argmax_ref(h, weight, skip_text, text_vocab, audio_vocab, audio_layers)
+        return head_argmax_ref(h, weight, layout, skip_text)
     if skip_text is None:
         skip_text = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
-    layout = HeadLayout(text_vocab, audio_vocab, audio_layers, block_v)
-    part_val, part_idx = head_partials(h, weight, skip_text, layout)
-    return head_reduce(part_val, part_idx, skip_text, layout)
+    head = HeadLayout(layout, block_v)
+    part_val, part_idx = head_partials(h, weight, skip_text, head)
+    return head_reduce(part_val, part_idx, skip_text, head)
 
 
 @dataclass(frozen=True)
 class HeadLayout:
-    """The head's ranges and how stage 1 cuts them into blocks."""
+    """The head's ranges (the model's token layout) and how stage 1 cuts them into blocks."""
 
-    text_vocab: int = tokens.TEXT_VOCAB_PADDED
-    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB
-    audio_layers: int = tokens.AUDIO_LAYERS
+    tokens: TokenLayout
     block_v: int = BLOCK_V
 
     @property
     def text_blocks(self) -> int:
-        return triton.cdiv(self.text_vocab, self.block_v)
+        return triton.cdiv(self.tokens.text_vocab, self.block_v)
 
     @property
     def audio_blocks(self) -> int:
-        return triton.cdiv(self.audio_vocab, self.block_v)
+        return triton.cdiv(self.tokens.audio_vocab, self.block_v)
 
     @property
     def blocks(self) -> int:  # per row: the text's, then each audio layer's in turn
-        return self.text_blocks + self.audio_layers * self.audio_blocks
-
-    @property
-    def vocab(self) -> int:
-        return self.text_vocab + self.audio_layers * self.audio_vocab
+        return self.text_blocks + self.tokens.audio_layers * self.audio_blocks
 
 
 def head_partials(
     h: torch.Tensor,
     weight: torch.Tensor,
     skip_text: SkipText,
-    layout: HeadLayout,
+    head: HeadLayout,
     logits: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 1 -> each block's (max, argmax) per row: (B, layout.blocks) fp32 and int32. With
+    """Stage 1 -> each block's (max, argmax) per row: (B, head.blocks) fp32 and int32. With
     `logits` (B, V) and `keep` (B,) bool, also writes the logits of the kept rows (in
     logits.dtype; exact when that is the model's dtype)."""
     B, C = h.shape
-    assert weight.shape[0] == layout.vocab
+    vocab = head.tokens.vocab
+    assert weight.shape[0] == vocab
     assert h.stride(1) == 1 and weight.stride(1) == 1
     skip, skip2, flags = skip_flags(skip_text)
-    part_val = torch.empty(B, layout.blocks, device=h.device, dtype=torch.float32)
-    part_idx = torch.empty(B, layout.blocks, device=h.device, dtype=torch.int32)
+    part_val = torch.empty(B, head.blocks, device=h.device, dtype=torch.float32)
+    part_idx = torch.empty(B, head.blocks, device=h.device, dtype=torch.int32)
     write = logits is not None
     if write:
-        assert logits.shape == (B, layout.vocab) and logits.stride(1) == 1
+        assert logits.shape == (B, vocab) and logits.stride(1) == 1
         keep = keep.contiguous().view(torch.uint8)
     block_b = tile_rows(B, h.dtype)
     # A block's row tiles are neighbours in the grid (launched together), so all but the
     # first find its rows of W in L2: W crosses HBM once however many tiles there are.
-    _head_argmax_kernel[(triton.cdiv(B, block_b), layout.blocks)](
+    _head_argmax_kernel[(triton.cdiv(B, block_b), head.blocks)](
         h, weight, skip, skip2, part_val, part_idx, logits if write else part_val,
         keep if write else skip,
         B, C,
         h.stride(0), weight.stride(0), part_val.stride(0), logits.stride(0) if write else 0,
-        TEXT_V=layout.text_vocab, AUDIO_V=layout.audio_vocab,
-        TEXT_BLOCKS=layout.text_blocks, AUDIO_BLOCKS=layout.audio_blocks,
-        DOT_DTYPE=dot_dtype(h.dtype), BLOCK_B=block_b, BLOCK_V=layout.block_v,
+        TEXT_V=head.tokens.text_vocab, AUDIO_V=head.tokens.audio_vocab,
+        TEXT_BLOCKS=head.text_blocks, AUDIO_BLOCKS=head.audio_blocks,
+        DOT_DTYPE=dot_dtype(h.dtype), BLOCK_B=block_b, BLOCK_V=head.block_v,
         BLOCK_C=min(BLOCK_C, triton.next_power_of_2(C)), WRITE_LOGITS=write, SKIP_FLAGS=flags,
         **launch_options(),
     )  # fmt: skip
@@ -237,18 +232,18 @@ def tile_rows(B: int, dtype: torch.dtype) -> int:
 
 
 def head_reduce(
-    part_val: torch.Tensor, part_idx: torch.Tensor, skip_text: SkipText, layout: HeadLayout
+    part_val: torch.Tensor, part_idx: torch.Tensor, skip_text: SkipText, head: HeadLayout
 ) -> torch.Tensor:
-    """Stage 2: the partials -> ids (B, audio_layers + 1) int64, the greedy picks."""
-    B = part_val.shape[0]
+    """Stage 2: the partials -> ids (B, streams) int64, the greedy picks."""
+    B, streams = part_val.shape[0], head.tokens.streams
     skip, skip2, flags = skip_flags(skip_text)
-    ids = torch.empty(B, layout.audio_layers + 1, device=part_val.device, dtype=torch.int64)
-    _head_argmax_reduce_kernel[(B, layout.audio_layers + 1)](
+    ids = torch.empty(B, streams, device=part_val.device, dtype=torch.int64)
+    _head_argmax_reduce_kernel[(B, streams)](
         part_val, part_idx, skip, skip2, ids,
         part_val.stride(0), ids.stride(0),
-        AUDIO_LAYERS=layout.audio_layers, TEXT_BLOCKS=layout.text_blocks,
-        AUDIO_BLOCKS=layout.audio_blocks, TEXT_FILL=tokens.PAD_T,
-        BLOCK_P=min(1024, triton.next_power_of_2(layout.text_blocks)), SKIP_FLAGS=flags,
+        AUDIO_LAYERS=head.tokens.audio_layers, TEXT_BLOCKS=head.text_blocks,
+        AUDIO_BLOCKS=head.audio_blocks, TEXT_FILL=head.tokens.pad_t,
+        BLOCK_P=min(1024, triton.next_power_of_2(head.text_blocks)), SKIP_FLAGS=flags,
         **launch_options(),
     )  # fmt: skip
     return ids
@@ -257,17 +252,15 @@ def head_reduce(
 def head_argmax_ref(
     h: torch.Tensor,
     weight: torch.Tensor,
+    layout: TokenLayout,
     skip_text: SkipText | None = None,
-    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
-    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
-    audio_layers: int = tokens.AUDIO_LAYERS,
 ) -> torch.Tensor:
     """The torch computation: the full logits (OmniLM.text_logits / audio_logits), argmax per
     range."""
     # (B, V): the model dtype's values; upcast (exactly) because bf16 argmax is slow on CPUs
     logits = F.linear(h, weight).float()
-    text = logits[:, :text_vocab].argmax(dim=-1)  # (B,)
+    text = logits[:, : layout.text_vocab].argmax(dim=-1)  # (B,)
     if skip_text is not None:
-        text = torch.where(skipping(skip_text), tokens.PAD_T, text)
-    audio = logits[:, text_vocab:].view(-1, audio_layers, audio_vocab).argmax(dim=-1)  # (B, 7)
-    return torch.cat((audio, text[:, None]), dim=1)
+        text = torch.where(skipping(skip_text), layout.pad_t, text)
+    audio = logits[:, layout.text_vocab :].view(-1, layout.audio_layers, layout.audio_vocab)
+    return torch.cat((audio.argmax(dim=-1), text[:, None]), dim=1)  # (B, streams)

@@ -1,7 +1,7 @@
 """The head with top-k / temperature / top-p sampling fused for the rows that sample.
 
-For each sampling row b and range r (audio layer 0..6, then the text), with the row's top_k
-(1..TOP_K_MAX), temperature, top_p, seed and position, the draw of realtime/decoding/sampling.py:
+For each sampling row b and range r (each audio layer, then the text), with the row's top_k
+(1..TOP_K_MAX), temperature, top_p, seed and position, the draw of realtime/sampling.py:
 
     the top_k (logit, id) of the range, highest first (ties: the lower id first)
     w_j = exp((l_j - l_0) / temperature); keep j while sum_{i<j} w_i < top_p * sum w
@@ -9,12 +9,13 @@ For each sampling row b and range r (audio layer 0..6, then the text), with the 
     u = the uniform of (seed, position, stream r)
 
 Every other row gets the greedy ids of kernels/head_argmax.py, whose stage 1 runs as usual and
-also writes the logits of the sampling rows (B x 181120, the only place they exist). The draw,
-grid (B, 8), needs no sort of the range: the K blocks with the highest stage-1 maxima hold the
-top K logits (any other block's maximum is beaten by those K maxima), so it picks those K blocks
-from the range's block maxima and then the top K of their K x BLOCK_V logits, each by K rounds
-of "take the largest key, remove it". A (logit, id) pair is one int64 key ordered as the pair:
-the value's fp32 bits made monotone in the high half, the inverted id in the low half.
+also writes the logits of the sampling rows (B x V, the only place they exist). The draw, grid
+(B, streams), needs no sort of the range: the K blocks with the highest stage-1 maxima hold
+the top K logits (any other block's maximum is beaten by those K maxima), so it picks those K
+blocks from the range's block maxima and then the top K of their K x BLOCK_V logits, each by K
+rounds of "take the largest key, remove it". A (logit, id) pair is one int64 key ordered as
+the pair: the value's fp32 bits made monotone in the high half, the inverted id in the low
+half.
 """
 
 from dataclasses import dataclass
@@ -35,10 +36,10 @@ from kernels.head_argmax import (
     skipping,
     skips_text,
 )
+from kernels.layout import TokenLayout
 from kernels.triton_support import handoff, launch_options, runs_kernel
 from realtime.decoding.options import DecodingOptions
 from realtime.decoding.sampling import UNIFORM_BITS, sample
-from realtime.model import tokens
 
 TOP_K_MAX = 64  # the largest top_k drawn here; requests with a larger one sample on the host
 REMOVED = tl.constexpr(-(2**63))  # below every key
@@ -79,7 +80,7 @@ def _fmix32(h):
 
 @triton.jit
 def _uniform(seed, position, stream):
-    """realtime.decoding.sampling.uniforms for one (seed, position, stream): fp32 in [0, 1)."""
+    """realtime.sampling.uniforms for one (seed, position, stream): fp32 in [0, 1)."""
     seed_lo = (seed & 0xFFFFFFFF).to(tl.uint32)
     seed_hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
     key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ SEED_MIX))
@@ -169,35 +170,33 @@ def _head_sample_kernel(
 def head_sample(
     h: torch.Tensor,
     weight: torch.Tensor,
+    layout: TokenLayout,
     skip_text: SkipText,
     rows: SamplingRows,
     logits: torch.Tensor | None = None,
-    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
-    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
-    audio_layers: int = tokens.AUDIO_LAYERS,
     block_v: int = BLOCK_V,
 ) -> torch.Tensor:
-    """h (B, C), weight (V, C), skip_text (B,) bool (or two, or'ed) -> ids (B, audio_layers
-    + 1) int64: the draws of the `rows.sampling` rows, the greedy picks of the others
-    (layer-local audio ids, then the text id; _pad_t where skip_text). `logits`: a (B, V)
-    buffer in h's dtype for the sampling rows' logits (allocated when None)."""
+    """h (B, C), weight (layout.vocab, C), skip_text (B,) bool (or two, or'ed) -> ids (B,
+    layout.streams) int64: the draws of the `rows.sampling` rows, the greedy picks of the
+    others (layer-local audio ids, then the text id; pad_t where skip_text). `logits`: a
+    (B, V) buffer in h's dtype for the sampling rows' logits (allocated when None)."""
     if not runs_kernel(h, weight):
-        return head_sample_ref(h, weight, skip_text, rows, text_vocab, audio_vocab, audio_layers)
-    layout = HeadLayout(text_vocab, audio_vocab, audio_layers, block_v)
-    assert min(text_vocab, audio_vocab) >= TOP_K_MAX, "a range must hold TOP_K_MAX ids"
+        return head_sample_ref(h, weight, layout, skip_text, rows)
+    head = HeadLayout(layout, block_v)
+    assert min(layout.text_vocab, layout.audio_vocab) >= TOP_K_MAX, "a range needs TOP_K_MAX ids"
     B = h.shape[0]
     if logits is None:
         logits = torch.empty(B, layout.vocab, device=h.device, dtype=h.dtype)
-    part_val, part_idx = head_partials(h, weight, skip_text, layout, logits, rows.sampling)
-    ids = head_reduce(part_val, part_idx, skip_text, layout)
+    part_val, part_idx = head_partials(h, weight, skip_text, head, logits, rows.sampling)
+    ids = head_reduce(part_val, part_idx, skip_text, head)
     skip, skip2, flags = skip_flags(skip_text)
-    _head_sample_kernel[(B, audio_layers + 1)](
+    _head_sample_kernel[(B, layout.streams)](
         part_val, logits, rows.sampling.view(torch.uint8), skip, skip2,
         rows.top_k, rows.temperature, rows.top_p, rows.seeds, rows.positions, ids,
         part_val.stride(0), logits.stride(0), ids.stride(0),
-        TEXT_V=text_vocab, AUDIO_V=audio_vocab, AUDIO_LAYERS=audio_layers,
-        TEXT_BLOCKS=layout.text_blocks, AUDIO_BLOCKS=layout.audio_blocks, BLOCK_V=block_v,
-        BLOCKS_TILE=max(TOP_K_MAX, triton.next_power_of_2(layout.text_blocks)), K=TOP_K_MAX,
+        TEXT_V=layout.text_vocab, AUDIO_V=layout.audio_vocab, AUDIO_LAYERS=layout.audio_layers,
+        TEXT_BLOCKS=head.text_blocks, AUDIO_BLOCKS=head.audio_blocks, BLOCK_V=block_v,
+        BLOCKS_TILE=max(TOP_K_MAX, triton.next_power_of_2(head.text_blocks)), K=TOP_K_MAX,
         SKIP_FLAGS=flags, num_warps=8,
         **launch_options(),
     )  # fmt: skip
@@ -207,21 +206,20 @@ def head_sample(
 def head_sample_ref(
     h: torch.Tensor,
     weight: torch.Tensor,
+    layout: TokenLayout,
     skip_text: SkipText,
     rows: SamplingRows,
-    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
-    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
-    audio_layers: int = tokens.AUDIO_LAYERS,
 ) -> torch.Tensor:
-    """The torch computation: the greedy head, then realtime.decoding.sampling.sample for each
-    sampling row over its full logits (in the model's dtype, as OmniLM's heads return them)."""
-    ids = head_argmax_ref(h, weight, skip_text, text_vocab, audio_vocab, audio_layers)
+    """The torch computation: the greedy head, then realtime.sampling.sample for each sampling
+    row over its full logits (in the model's dtype, as OmniLM's heads return them)."""
+    ids = head_argmax_ref(h, weight, layout, skip_text)
     skip = skipping(skip_text)
+    text, audio_layers = layout.text_vocab, layout.audio_layers
     for b in torch.nonzero(rows.sampling).flatten().tolist():
         opts, position = rows.options(b), int(rows.positions[b])
         logits = F.linear(h[b], weight)  # (V,)
-        audio = logits[text_vocab:].view(audio_layers, audio_vocab)
+        audio = logits[text:].view(audio_layers, layout.audio_vocab)
         ids[b, :audio_layers] = sample(audio, opts, position, 0)
         if not skip[b]:
-            ids[b, audio_layers] = sample(logits[:text_vocab], opts, position, audio_layers)
+            ids[b, audio_layers] = sample(logits[:text], opts, position, audio_layers)
     return ids

@@ -10,21 +10,24 @@ benchmarks/results/triton_head_argmax-<gpu>.json.
 import torch
 
 from benchmarks.kernels import common
-from realtime.model import tokens
 
 
 def main() -> None:
     args = common.parse_args(__doc__, block_v=(int, 64))
     device = common.require_gpu("benchmarks.kernels.head_argmax")
     from kernels.head_argmax import head_argmax, head_argmax_ref
+    from realtime.decoding.gpu.step import TOKEN_LAYOUT as layout
 
     dtype, C = common.DTYPES[args["dtype"]], common.RELEASED.n_embd
-    weight = torch.randn(tokens.VOCAB_PADDED, C, device=device, dtype=dtype) * C**-0.5
+    weight = torch.randn(layout.vocab, C, device=device, dtype=dtype) * C**-0.5
 
     def kernel(h, weight, skip_text):
-        return head_argmax(h, weight, skip_text, block_v=args["block_v"])
+        return head_argmax(h, weight, layout, skip_text, block_v=args["block_v"])
 
-    impls = common.implementations(kernel, head_argmax_ref)
+    def ref(h, weight, skip_text):
+        return head_argmax_ref(h, weight, layout, skip_text)
+
+    impls = common.implementations(kernel, ref)
     common.print_header()
     cases = []
     for B in (1, 2, *common.DECODE_BATCHES[1:]):
@@ -32,9 +35,9 @@ def main() -> None:
         for skip in (False, True):
             skip_text = torch.full((B,), skip, device=device)
             inputs = (h, weight, skip_text)
-            agree = (kernel(*inputs) == head_argmax_ref(*inputs)).float().mean().item()
+            agree = (kernel(*inputs) == ref(*inputs)).float().mean().item()
             assert agree > 0.9, f"only {agree:.0%} of the ids agree with the reference"
-            rows = weight.shape[0] - (tokens.TEXT_VOCAB_PADDED if skip else 0)
+            rows = weight.shape[0] - (layout.text_vocab if skip else 0)
             nbytes = (rows * C + B * C) * weight.element_size()
             label = f"B={B}" + (" skip" if skip else "")
             cases.append(common.compare(label, nbytes, impls, *inputs))

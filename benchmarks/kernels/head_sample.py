@@ -1,6 +1,6 @@
 """GB/s of kernels/head_sample.py (the tied head with top-k 40 / temperature 0.9 / top-p 0.95
 drawn on the device for every row) against its torch reference (full logits, then the host's
-realtime.decoding.sampling draw per row, which syncs), the same draw in torch ops alone under
+realtime.sampling draw per row, which syncs), the same draw in torch ops alone under
 torch.compile (`draw_in_torch`: no host sync, so it is captured like the kernel) and our greedy
 head_argmax on the same inputs (the price of sampling over greedy), with the released table
 (181120 x 896). GB/s counts the table once per call. Writes
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.kernels import common
+from kernels.layout import TokenLayout
 from realtime.decoding.sampling import counter_uniforms
-from realtime.model import tokens
 
 
 def _top(ranges: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,24 +30,18 @@ def _top(ranges: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def draw_in_torch(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    skip_text,
-    rows,
-    text_vocab: int = tokens.TEXT_VOCAB_PADDED,
-    audio_vocab: int = tokens.AUDIO_LAYER_VOCAB,
-    audio_layers: int = tokens.AUDIO_LAYERS,
+    h: torch.Tensor, weight: torch.Tensor, layout: TokenLayout, skip_text, rows
 ) -> torch.Tensor:
-    """head_sample's ids (B, audio_layers + 1) in torch ops alone, static shapes and no host
-    sync: every range's TOP_K_MAX best logits, then realtime.decoding.sampling's draw for all rows
-    and ranges at once (the kernel's arithmetic); the greedy pick for the rows that do not
-    sample."""
+    """head_sample's ids (B, layout.streams) in torch ops alone, static shapes and no host
+    sync: every range's TOP_K_MAX best logits, then realtime.sampling's draw for all rows and
+    ranges at once (the kernel's arithmetic); the greedy pick for the rows that do not sample."""
     from kernels.head_argmax import skipping
     from kernels.head_sample import TOP_K_MAX
 
     B, K = h.shape[0], TOP_K_MAX
+    text_vocab, audio_layers = layout.text_vocab, layout.audio_layers
     logits = F.linear(h, weight).float()  # (B, V), the model dtype's values
-    audio = logits[:, text_vocab:].view(B, audio_layers, audio_vocab)
+    audio = logits[:, text_vocab:].view(B, audio_layers, layout.audio_vocab)
     pairs = zip(_top(audio, K), _top(logits[:, None, :text_vocab], K), strict=True)
     values, ids = (torch.cat(pair, dim=1) for pair in pairs)  # (B, 8, K): audio, then text
     temperature, top_p = rows.temperature[:, None, None], rows.top_p[:, None, None]
@@ -65,7 +59,7 @@ def draw_in_torch(
     choice = torch.minimum(choice, keep.sum(-1) - 1)  # never past the kept ids
     drawn = ids.gather(-1, choice[..., None])[..., 0]  # (B, 8)
     picks = torch.where(rows.sampling[:, None], drawn, ids[..., 0])
-    text = torch.where(skipping(skip_text), tokens.PAD_T, picks[:, audio_layers])
+    text = torch.where(skipping(skip_text), layout.pad_t, picks[:, audio_layers])
     return torch.cat((picks[:, :audio_layers], text[:, None]), dim=1)
 
 
@@ -74,9 +68,10 @@ def main() -> None:
     device = common.require_gpu("benchmarks.kernels.head_sample")
     from kernels.head_argmax import head_argmax
     from kernels.head_sample import SamplingRows, head_sample, head_sample_ref
+    from realtime.decoding.gpu.step import TOKEN_LAYOUT as layout
 
     dtype, C = common.DTYPES[args["dtype"]], common.RELEASED.n_embd
-    weight = torch.randn(tokens.VOCAB_PADDED, C, device=device, dtype=dtype) * C**-0.5
+    weight = torch.randn(layout.vocab, C, device=device, dtype=dtype) * C**-0.5
     compiled = torch.compile(draw_in_torch, dynamic=False)
     common.print_header()
     cases = []
@@ -91,19 +86,19 @@ def main() -> None:
             seeds=torch.arange(B, device=device),
             positions=torch.full((B,), 300, device=device),
         )
-        logits = torch.empty(B, tokens.VOCAB_PADDED, device=device, dtype=dtype)
+        logits = torch.empty(B, layout.vocab, device=device, dtype=dtype)
 
         def kernel(h, weight, skip, logits=logits, rows=rows):
-            return head_sample(h, weight, skip, rows, logits, block_v=args["block_v"])
+            return head_sample(h, weight, layout, skip, rows, logits, block_v=args["block_v"])
 
         def greedy(h, weight, skip):
-            return head_argmax(h, weight, skip, block_v=args["block_v"])
+            return head_argmax(h, weight, layout, skip, block_v=args["block_v"])
 
         def ref(h, weight, skip, rows=rows):
-            return head_sample_ref(h, weight, skip, rows)
+            return head_sample_ref(h, weight, layout, skip, rows)
 
         def in_torch(h, weight, skip, rows=rows):
-            return compiled(h, weight, skip, rows)
+            return compiled(h, weight, layout, skip, rows)
 
         want = ref(h, weight, skip)
         for name, fn in (("kernel", kernel), ("torch.compile", in_torch)):

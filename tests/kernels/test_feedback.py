@@ -1,4 +1,4 @@
-"""kernels/feedback.py against its torch reference, and both against realtime.decoding.generate's
+"""kernels/feedback.py against its torch reference, and both against realtime.generate's
 Generation (accept + next_input) over whole random decodes of every task, batched."""
 
 import random
@@ -9,8 +9,9 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.feedback import StepRows, feedback, feedback_ref
-from realtime.decoding.generate import Generation
 from realtime.model import tokens
+from realtime.decoding.generate import Generation
+from realtime.decoding.gpu.step import TOKEN_LAYOUT
 from realtime.model.prompts import Task
 
 
@@ -29,8 +30,10 @@ def test_matches_ref(device, B):
         sampled = torch.cat((audio, text), dim=1).to(device)
         speaks, audio_out, first, ended = (f.to(device) for f in random_flags(B, gen))
         ended_ref = ended.clone()
-        next_ids, stop = feedback(sampled, speaks, audio_out, first, ended)
-        next_ref, stop_ref = feedback_ref(sampled, speaks, audio_out, first, ended_ref)
+        next_ids, stop = feedback(sampled, speaks, audio_out, first, ended, TOKEN_LAYOUT)
+        next_ref, stop_ref = feedback_ref(
+            sampled, speaks, audio_out, first, ended_ref, TOKEN_LAYOUT
+        )
         assert next_ids.dtype == torch.int64 and stop.dtype == torch.bool
         assert torch.equal(next_ids, next_ref) and torch.equal(stop, stop_ref)
         assert torch.equal(ended, ended_ref)
@@ -58,7 +61,7 @@ def test_step_rows_match_ref(device, B):
         rows = StepRows(audio_src.to(device), text_src.to(device), ids[:B], sampled[:B],
                         positions[:B], advance[:B])  # fmt: skip
         next_ids, stop = step_fn(picks.to(device), *(f.to(device) for f in flags[:3]), ended,
-                                 rows)  # fmt: skip
+                                 TOKEN_LAYOUT, rows)  # fmt: skip
         assert next_ids.data_ptr() == ids.data_ptr()
         runs.append((ids, sampled, positions, stop, ended))
     for got, want in zip(*runs, strict=True):
@@ -96,7 +99,9 @@ def test_follows_generation(device, step_fn):
         first = torch.tensor([g.steps == 0 for g, _ in rows], device=device)
         drawn = {id(g): draw(rng) for g in gens}  # one sample per request, fed to all its rows
         sampled = torch.tensor([[*drawn[id(g)][1], drawn[id(g)][0]] for g, _ in rows])
-        next_ids, stop = step_fn(sampled.to(device), speaks, audio_out, first, text_ended)
+        next_ids, stop = step_fn(
+            sampled.to(device), speaks, audio_out, first, text_ended, TOKEN_LAYOUT
+        )
         for g in gens:
             if g.done:
                 continue  # a finished request's rows compute on; nobody reads them

@@ -1,6 +1,5 @@
 """kernels/head_sample.py against its torch reference (the greedy head plus
-realtime.decoding.sampling.sample per sampling row), on toy token layouts: the interpreter is
-slow."""
+realtime.sampling.sample per sampling row), on toy token layouts: the interpreter is slow."""
 
 import pytest
 import torch
@@ -13,11 +12,8 @@ import triton.language as tl
 from kernels.head_argmax import head_argmax_ref
 from kernels.head_sample import TOP_K_MAX, SamplingRows, _uniform, head_sample, head_sample_ref
 from realtime.decoding.sampling import uniforms
-from realtime.model import tokens
 
-from .test_head_argmax import make_case
-
-LAYERS = tokens.AUDIO_LAYERS
+from .test_head_argmax import LAYERS, make_case, toy_layout
 
 
 @triton.jit
@@ -66,14 +62,15 @@ def test_draws_equal_the_host_s(device, dtype, integer, text, audio, block_v):
         h = h * 0.3  # logits of a few units: the draws spread beyond the argmax
     rows = make_rows(device, B, seed=block_v)
     skip = torch.tensor([False, False, True, False, True, False], device=device)
-    logits = torch.full((B, text + LAYERS * audio), 7.0, device=device, dtype=dtype)
-    got = head_sample(h, w, skip, rows, logits, text, audio, LAYERS, block_v=block_v)
-    want = head_sample_ref(h, w, skip, rows, text, audio, LAYERS)
+    layout = toy_layout(text, audio)
+    logits = torch.full((B, layout.vocab), 7.0, device=device, dtype=dtype)
+    got = head_sample(h, w, layout, skip, rows, logits, block_v=block_v)
+    want = head_sample_ref(h, w, layout, skip, rows)
     assert got.shape == (B, LAYERS + 1) and got.dtype == torch.int64
     assert torch.equal(got, want)
-    greedy = head_argmax_ref(h, w, skip, text, audio, LAYERS)
+    greedy = head_argmax_ref(h, w, layout, skip)
     assert torch.equal(got[~rows.sampling], greedy[~rows.sampling])  # greedy rows untouched
-    assert (got[skip, LAYERS] == tokens.PAD_T).all()  # a skipped text is not drawn
+    assert (got[skip, LAYERS] == layout.pad_t).all()  # a skipped text is not drawn
     # the buffer holds the sampling rows' logits (in the model dtype) and nothing else
     full = (h.float() @ w.float().T).to(dtype)  # exact for integer entries
     drawn = rows.sampling & ~skip
@@ -91,9 +88,10 @@ def test_two_skip_flags_are_ored(device):
     rows = make_rows(device, B, seed=3)
     ended = torch.tensor([False, True, False, False, True, False], device=device)
     off = torch.tensor([True, False, False, False, True, False], device=device)
-    got = head_sample(0.3 * h, w, (ended, off), rows, None, text, audio, LAYERS, block_v=32)
-    assert torch.equal(got, head_sample_ref(0.3 * h, w, ended | off, rows, text, audio, LAYERS))
-    assert (got[ended | off, LAYERS] == tokens.PAD_T).all()
+    layout = toy_layout(text, audio)
+    got = head_sample(0.3 * h, w, layout, (ended, off), rows, None, block_v=32)
+    assert torch.equal(got, head_sample_ref(0.3 * h, w, layout, ended | off, rows))
+    assert (got[ended | off, LAYERS] == layout.pad_t).all()
 
 
 def test_a_draw_changes_with_the_position_and_follows_the_greedy_when_top_k_is_1(device):
@@ -110,9 +108,10 @@ def test_a_draw_changes_with_the_position_and_follows_the_greedy_when_top_k_is_1
         )
     )  # fmt: skip
     skip = torch.zeros(4, dtype=torch.bool, device=device)
-    got = head_sample(h, w, skip, rows, None, text, audio, LAYERS, block_v=32)
+    layout = toy_layout(text, audio)
+    got = head_sample(h, w, layout, skip, rows, None, block_v=32)
     assert len({tuple(r) for r in got[:3].tolist()}) == 3
-    assert torch.equal(got[3], head_argmax_ref(h[:1], w, None, text, audio, LAYERS)[0])
+    assert torch.equal(got[3], head_argmax_ref(h[:1], w, layout)[0])
 
 
 # benchmarks/kernels/head_sample.py's torch.compile contender must draw what the kernel draws,
@@ -147,10 +146,10 @@ def test_the_benchmark_s_torch_draw_is_the_reference_s(dtype, integer, text, aud
         torch.tensor([False, False, True, False, True, False], device=TORCH_DEVICE),
         torch.tensor([False, True, False, False, True, False], device=TORCH_DEVICE),
     )
-    want = head_sample_ref(h, w, skip[0] | skip[1], rows, text, audio, LAYERS)
-    assert torch.equal(draw_in_torch(h, w, skip, rows, text, audio, LAYERS), want)
-    assert (want[rows.sampling] != head_argmax_ref(h, w, skip[0] | skip[1], text, audio, LAYERS)[
-        rows.sampling
-    ]).any()  # fmt: skip
+    layout = toy_layout(text, audio)
+    want = head_sample_ref(h, w, layout, skip[0] | skip[1], rows)
+    assert torch.equal(draw_in_torch(h, w, layout, skip, rows), want)
+    greedy = head_argmax_ref(h, w, layout, skip[0] | skip[1])
+    assert (want[rows.sampling] != greedy[rows.sampling]).any()
     traced = torch.compile(draw_in_torch, fullgraph=True, backend="eager", dynamic=False)
-    assert torch.equal(traced(h, w, skip, rows, text, audio, LAYERS), want)
+    assert torch.equal(traced(h, w, layout, skip, rows), want)

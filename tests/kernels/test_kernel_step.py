@@ -131,7 +131,7 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype, products):
         torch.testing.assert_close(cache.v[:, :5], twin.v[:, :5], **TOLERANCE[dtype])
         if dtype == torch.float32:
             skip = torch.tensor([False, True, False, False], device=device)  # a2a-batch row 0
-            ref = head_argmax_ref(want, lm.lm_head.weight, skip).cpu()
+            ref = head_argmax_ref(want, lm.lm_head.weight, kernel_step.TOKEN_LAYOUT, skip).cpu()
             assert torch.equal(sampled[0], ref[0])
             assert torch.equal(sampled[1], torch.cat((ref[1, :7], ref[2, 7:])))  # gathered
             assert torch.equal(sampled[2], sampled[1])

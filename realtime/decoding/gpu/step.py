@@ -49,6 +49,7 @@ from kernels.feedback import StepRows, feedback
 from kernels.gemv import Norm, gemv, split_for
 from kernels.head_argmax import head_argmax
 from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
+from kernels.layout import TokenLayout
 from kernels.swiglu import swiglu
 from kernels.triton_support import (
     compile_ahead,
@@ -64,6 +65,17 @@ from realtime.model import tokens
 from realtime.model.lm import Attention, KVCache, OmniLM, RMSNorm, linear
 
 log = logging.getLogger(__name__)
+
+# The model's token layout as the kernels take it (they import nothing of realtime).
+TOKEN_LAYOUT = TokenLayout(
+    text_vocab=tokens.TEXT_VOCAB_PADDED,
+    audio_vocab=tokens.AUDIO_LAYER_VOCAB,
+    audio_layers=tokens.AUDIO_LAYERS,
+    pad_t=tokens.PAD_T,
+    eot=tokens.EOT,
+    pad_a=tokens.PAD_A,
+    eoa=tokens.EOA,
+)
 
 # Up to this many rows the fused step normalises, and combines the attention's splits over the
 # keys, inside the products' loads, where every program re-reads its rows (and their slices or
@@ -192,16 +204,17 @@ class KernelStep:
                 self.sampling[:size], self.top_k[:size], self.temperature[:size],
                 self.top_p[:size], self.seeds[:size], positions,
             )  # fmt: skip
-            picks = head_sample(hidden, head, skip_text, rows, self.logits[:size], **extra)
+            logits = self.logits[:size]
+            picks = head_sample(hidden, head, TOKEN_LAYOUT, skip_text, rows, logits, **extra)
         else:
-            picks = head_argmax(hidden, head, skip_text, **extra)  # (size, 8)
+            picks = head_argmax(hidden, head, TOKEN_LAYOUT, skip_text, **extra)  # (size, 8)
         # A request's ids in each of its rows (audio from its audio row, text from its text
         # row) to self.sampled, the next ones to ids, the positions advanced: one launch. The
         # host's Generations apply the stops.
         tail = StepRows(self.audio_src[:size], self.text_src[:size], ids, self.sampled[:size],
                         positions, self.advance[:size])  # fmt: skip
         feedback(picks, self.speaks[:size], self.audio_out[:size], self.first[:size],
-                 self.text_ended[:size], tail)  # fmt: skip
+                 self.text_ended[:size], TOKEN_LAYOUT, tail)  # fmt: skip
 
     def _blocks(self, x, slots, positions):
         """The blocks on cuBLAS's products -> (the last block's output, the residual stream)."""
