@@ -8,7 +8,7 @@ The qkv row of a position is litgpt's per-group interleave: (groups, q_per_kv + 
     k_cache[layer, slots[b], g, p] = rope(qkv[b, t, g, q_per_kv])
     v_cache[layer, slots[b], g, p] = qkv[b, t, g, q_per_kv + 1]
 
-computed in fp32 and rounded once to the model dtype, as realtime.model.lm.apply_rope does.
+computed in fp32 and rounded once to the model dtype, as the model's apply_rope does.
 One program per (position, group) holds its q_per_kv + 2 heads as one (BLOCK_J, BLOCK_D) tile.
 A decode step does the same inside its attention (decode_attention_qkv, which shares `rope`).
 """
@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from kernels.triton_support import handoff, launch_options, load_total, runs_kernel
-from realtime.model.lm import apply_rope
 
 
 @triton.jit
@@ -125,15 +124,23 @@ def qkv_rope_cache_ref(
     v_cache: torch.Tensor,
     layer: int,
 ) -> torch.Tensor:
-    """The torch computation (Attention.forward's split, apply_rope and cache write)."""
+    """The torch computation (Attention.forward's split, RoPE and cache write)."""
     B, T, width = qkv.shape
     _, _, groups, _, hs = k_cache.shape
     q_per_kv = width // (groups * hs) - 2
     qkv = qkv.view(B, T, groups, q_per_kv + 2, hs).permute(0, 2, 3, 1, 4)  # (B, g, j, T, hs)
     cos_bt, sin_bt = cos[positions][:, None], sin[positions][:, None]  # (B, 1, T, hs)
-    qk = apply_rope(qkv[:, :, : q_per_kv + 1].reshape(B, -1, T, hs), cos_bt, sin_bt)
+    qk = rope_ref(qkv[:, :, : q_per_kv + 1].reshape(B, -1, T, hs), cos_bt, sin_bt)
     qk = qk.view(B, groups, q_per_kv + 1, T, hs)
     rows = slots[:, None]  # (B, 1) broadcasts against positions (B, T)
     k_cache[layer][rows, :, positions] = qk[:, :, q_per_kv].transpose(1, 2).to(k_cache.dtype)
     v_cache[layer][rows, :, positions] = qkv[:, :, q_per_kv + 1].transpose(1, 2).to(v_cache.dtype)
     return qk[:, :, :q_per_kv].reshape(B, groups * q_per_kv, T, hs)
+
+
+def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE of x (..., hs) with cos/sin broadcast against it: x cos + rotate_half(x)
+    sin, in the tables' dtype (fp32), rounded once to x's dtype."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # rotate_half(x)
+    return ((x * cos) + (rotated * sin)).to(x.dtype)

@@ -6,8 +6,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernels.qkv_rope_cache import qkv_rope_cache, qkv_rope_cache_ref
-from realtime.model.lm import rope_cache
+from kernels.qkv_rope_cache import qkv_rope_cache, qkv_rope_cache_ref, rope_ref
+from realtime.model.lm import apply_rope, rope_cache
 
 # fp32: the GPU may fuse x*cos + r*sin into one FMA (an ulp). bf16: then one rounding step.
 TOL = {
@@ -50,6 +50,17 @@ def test_matches_ref(device, dtype, groups, q_per_kv, hs, B, T):
     torch.testing.assert_close(q, q_ref, **TOL[dtype])
     torch.testing.assert_close(k, k_ref, **TOL[dtype])  # written rows, and nothing else
     torch.testing.assert_close(v, v_ref, rtol=0, atol=0)  # values are copied as they are
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_ref_is_the_model_s(dtype):
+    """The reference's own RoPE rotates as the model's apply_rope, bit for bit."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 16, generator=gen).to(dtype)  # (B, H, T, hs)
+    cos, sin = rope_cache(MAX_SEQ, 16, 10_000)
+    positions = torch.tensor([[0, 4, 9, 17, 39], [1, 2, 3, 5, 8]])
+    cos_bt, sin_bt = cos[positions][:, None], sin[positions][:, None]  # (B, 1, T, hs)
+    assert torch.equal(rope_ref(x, cos_bt, sin_bt), apply_rope(x, cos_bt, sin_bt))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
