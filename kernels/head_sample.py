@@ -1,7 +1,7 @@
 """The head with top-k / temperature / top-p sampling fused for the rows that sample.
 
 For each sampling row b and range r (each audio layer, then the text), with the row's top_k
-(1..TOP_K_MAX), temperature, top_p, seed and position, the draw of realtime/sampling.py:
+(1..TOP_K_MAX), temperature, top_p, seed and position, the draw of kernels/sampling.py:
 
     the top_k (logit, id) of the range, highest first (ties: the lower id first)
     w_j = exp((l_j - l_0) / temperature); keep j while sum_{i<j} w_i < top_p * sum w
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels import sampling
 from kernels.head_argmax import (
     BLOCK_V,
     HeadLayout,
@@ -38,14 +39,13 @@ from kernels.head_argmax import (
 )
 from kernels.layout import TokenLayout
 from kernels.triton_support import handoff, launch_options, runs_kernel
-from realtime.decoding.options import DecodingOptions
-from realtime.decoding.sampling import UNIFORM_BITS, sample
 
 TOP_K_MAX = 64  # the largest top_k drawn here; requests with a larger one sample on the host
 REMOVED = tl.constexpr(-(2**63))  # below every key
-SEED_MIX = tl.constexpr(0x9E3779B9)
-UNIFORM_SHIFT = tl.constexpr(32 - UNIFORM_BITS)
-UNIFORM_SCALE = tl.constexpr(2.0**-UNIFORM_BITS)
+SEED_MIX = tl.constexpr(sampling.SEED_MIX)
+COUNTERS_PER_POSITION = tl.constexpr(sampling.COUNTERS_PER_POSITION)
+UNIFORM_SHIFT = tl.constexpr(32 - sampling.UNIFORM_BITS)
+UNIFORM_SCALE = tl.constexpr(2.0**-sampling.UNIFORM_BITS)
 
 
 @dataclass
@@ -59,10 +59,11 @@ class SamplingRows:
     seeds: torch.Tensor  # int64
     positions: torch.Tensor  # int64, the cache position the row samples at
 
-    def options(self, b: int) -> DecodingOptions:
-        """Row b's draw as host DecodingOptions."""
-        return DecodingOptions(
-            temperature=float(self.temperature[b]), top_k=int(self.top_k[b]),
+    def options(self, b: int) -> dict[str, int | float]:
+        """Row b's draw on the host: kernels/sampling.py's `draw` keywords but the position and
+        stream."""
+        return dict(
+            top_k=int(self.top_k[b]), temperature=float(self.temperature[b]),
             top_p=float(self.top_p[b]), seed=int(self.seeds[b]),
         )  # fmt: skip
 
@@ -80,11 +81,11 @@ def _fmix32(h):
 
 @triton.jit
 def _uniform(seed, position, stream):
-    """realtime.sampling.uniforms for one (seed, position, stream): fp32 in [0, 1)."""
+    """kernels/sampling.py's uniforms for one (seed, position, stream): fp32 in [0, 1)."""
     seed_lo = (seed & 0xFFFFFFFF).to(tl.uint32)
     seed_hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
     key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ SEED_MIX))
-    counter = (position * 8 + stream).to(tl.uint32)
+    counter = (position * COUNTERS_PER_POSITION + stream).to(tl.uint32)
     h = _fmix32(_fmix32(counter * SEED_MIX + key) ^ key)
     return (h >> UNIFORM_SHIFT).to(tl.float32) * UNIFORM_SCALE
 
@@ -210,7 +211,7 @@ def head_sample_ref(
     skip_text: SkipText,
     rows: SamplingRows,
 ) -> torch.Tensor:
-    """The torch computation: the greedy head, then realtime.sampling.sample for each sampling
+    """The torch computation: the greedy head, then kernels/sampling.py's draw for each sampling
     row over its full logits (in the model's dtype, as OmniLM's heads return them)."""
     ids = head_argmax_ref(h, weight, layout, skip_text)
     skip = skipping(skip_text)
@@ -219,7 +220,8 @@ def head_sample_ref(
         opts, position = rows.options(b), int(rows.positions[b])
         logits = F.linear(h[b], weight)  # (V,)
         audio = logits[text:].view(audio_layers, layout.audio_vocab)
-        ids[b, :audio_layers] = sample(audio, opts, position, 0)
+        ids[b, :audio_layers] = sampling.draw(audio, **opts, position=position, stream=0)
         if not skip[b]:
-            ids[b, audio_layers] = sample(logits[:text], opts, position, audio_layers)
+            text_id = sampling.draw(logits[:text], **opts, position=position, stream=audio_layers)
+            ids[b, audio_layers] = text_id
     return ids

@@ -1,19 +1,15 @@
-"""realtime/decoding/sampling.py: the counter-based uniforms, and draws distributed as the
-reference's top-k -> temperature -> top-p -> softmax."""
+"""kernels/sampling.py's counter-based uniforms, and draws (through realtime/sampling.py's
+sample, which a request's DecodingOptions take) distributed as the reference's top-k ->
+temperature -> top-p -> softmax."""
 
 import math
 
 import pytest
 import torch
 
+from kernels.sampling import UNIFORM_BITS, counter_uniforms, uniforms
 from realtime.decoding.options import DecodingOptions
-from realtime.decoding.sampling import (
-    UNIFORM_BITS,
-    check_decoding,
-    counter_uniforms,
-    sample,
-    uniforms,
-)
+from realtime.decoding.sampling import check_decoding, sample
 
 
 def reference_probs(logits: torch.Tensor, opts: DecodingOptions) -> torch.Tensor:

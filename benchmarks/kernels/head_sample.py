@@ -1,6 +1,6 @@
 """GB/s of kernels/head_sample.py (the tied head with top-k 40 / temperature 0.9 / top-p 0.95
 drawn on the device for every row) against its torch reference (full logits, then the host's
-realtime.sampling draw per row, which syncs), the same draw in torch ops alone under
+draw of kernels/sampling.py per row, which syncs), the same draw in torch ops alone under
 torch.compile (`draw_in_torch`: no host sync, so it is captured like the kernel) and our greedy
 head_argmax on the same inputs (the price of sampling over greedy), with the released table
 (181120 x 896). GB/s counts the table once per call. Writes
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from benchmarks.kernels import common
 from kernels.layout import TokenLayout
-from realtime.decoding.sampling import counter_uniforms
+from kernels.sampling import counter_uniforms
 
 
 def _top(ranges: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +33,7 @@ def draw_in_torch(
     h: torch.Tensor, weight: torch.Tensor, layout: TokenLayout, skip_text, rows
 ) -> torch.Tensor:
     """head_sample's ids (B, layout.streams) in torch ops alone, static shapes and no host
-    sync: every range's TOP_K_MAX best logits, then realtime.sampling's draw for all rows and
+    sync: every range's TOP_K_MAX best logits, then kernels/sampling.py's draw for all rows and
     ranges at once (the kernel's arithmetic); the greedy pick for the rows that do not sample."""
     from kernels.head_argmax import skipping
     from kernels.head_sample import TOP_K_MAX

@@ -1,5 +1,5 @@
-"""kernels/head_sample.py against its torch reference (the greedy head plus
-realtime.sampling.sample per sampling row), on toy token layouts: the interpreter is slow."""
+"""kernels/head_sample.py against its torch reference (the greedy head plus kernels/sampling.py's
+draw per sampling row), on toy token layouts: the interpreter is slow."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ import triton.language as tl
 
 from kernels.head_argmax import head_argmax_ref
 from kernels.head_sample import TOP_K_MAX, SamplingRows, _uniform, head_sample, head_sample_ref
-from realtime.decoding.sampling import uniforms
+from kernels.sampling import uniforms
 
 from .test_head_argmax import LAYERS, make_case, toy_layout
 

@@ -501,7 +501,7 @@ SAMPLED = [
 @pytest.mark.parametrize(("task", "opts"), SAMPLED, ids=[t for t, _ in SAMPLED])
 def test_sampled_tokens_equal_the_torch_path(device, runtimes, task, opts):
     """A sampling request draws the same ids on the kernel step as on the torch path: both
-    use realtime.decoding.sampling's draw and its (seed, position, stream) uniforms."""
+    use kernels/sampling.py's draw and its (seed, position, stream) uniforms."""
     torch_rt, rt = runtimes
     case = next(c for c in CASES if c["task"] == task)
     request = request_for(dict(case, max_new_tokens=opts.max_new_tokens))
