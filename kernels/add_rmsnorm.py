@@ -5,7 +5,7 @@
 
 The normalisation runs in fp32; the result is cast to the model dtype before the weight
 multiplies it, in the model's order. Without `r` it is the plain RMSNorm (layer 0's norm_1).
-x may be a product left in slices over K (kernels/gemv.py's SplitSums): its slices are summed
+x may be a product left in slices over K (kernels/splits.py's SplitSums): its slices are summed
 and rounded to the model dtype as they are loaded, so the product needs no launch to reduce.
 One program per row with the whole row in registers (BLOCK_C = next power of 2 of C; 1024 for
 n_embd 896): one read of x and r, one write of s and y.
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.gemv import SplitSums
+from kernels.splits import SplitSums
 from kernels.triton_support import handoff, launch_options, round_to, runs_kernel
 
 

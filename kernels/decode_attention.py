@@ -17,7 +17,7 @@ and does nothing else (loads no query, writes no output, which is never read). S
 (B, n_head): weights the splits by exp2(lse - max lse). The grid depends only on `max_length`
 (default: the cache's max_seq), never on the lengths' values, so a launch needs no host sync and
 can be captured in a CUDA graph. `decode_attention_qkv(reduce=False)` skips stage 2 and returns
-the splits (kernels/gemv.py's SoftmaxSplits), for the product after the attention to combine as
+the splits (kernels/splits.py's SoftmaxSplits), for the product after the attention to combine as
 it loads them: a launch fewer per block.
 
 `decode_attention_qkv` takes the step's qkv product instead of q, and each row's new position
@@ -33,8 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.gemv import SoftmaxSplits, SplitSums, programs_wanted
+from kernels.gemv import programs_wanted
 from kernels.qkv_rope_cache import qkv_rope_cache_ref, rope
+from kernels.splits import SoftmaxSplits, SplitSums
 from kernels.triton_support import (
     dot_dtype,
     handoff,

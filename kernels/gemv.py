@@ -15,7 +15,8 @@ next launch that reads the product (this kernel's prologue, kernels/add_rmsnorm.
 attention for qkv) sums the slices as it loads them, so the split costs no launch.
 Likewise x may be an attention's output left as its splits over the keys (`SoftmaxSplits`,
 kernels/decode_attention.py's first stage): the loop weighs and sums each element's splits
-as it loads it, which does the attention's second launch inside this one.
+as it loads it, which does the attention's second launch inside this one. Both kinds of
+parts are kernels/splits.py's.
 
 Rounding follows the model's: the product (sum of slices) is rounded to the model dtype before
 the residual add, the add is rounded, the norm as in add_rmsnorm, SwiGLU as in swiglu.
@@ -39,6 +40,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.add_rmsnorm import add_rmsnorm_ref
+from kernels.splits import SoftmaxSplits, SplitSums
+from kernels.swiglu import swiglu_ref
 from kernels.triton_support import (
     dot_dtype,
     handoff,
@@ -67,52 +71,6 @@ L2_LINE_BYTES = 128  # what one L2 prefetch brings in
 SHARED_FALLBACK = 232448
 # Kept free of the pipeline's tiles: the reductions' and the epilogue's scratch.
 SHARED_RESERVE = 4096
-
-
-@dataclass(frozen=True)
-class SplitSums:
-    """A product of `dtype` inputs left as slices over K: its value is
-    parts.sum(0) (fp32, slices in order) rounded to `dtype`."""
-
-    parts: torch.Tensor  # (S, M, N) fp32
-    dtype: torch.dtype
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.parts.shape[1:]
-
-    def total(self) -> torch.Tensor:
-        """The product, (M, N) in `dtype`."""
-        total = self.parts[0].clone()
-        for part in self.parts[1:]:
-            total += part
-        return total.to(self.dtype)
-
-
-@dataclass(frozen=True)
-class SoftmaxSplits:
-    """An attention's output (M, n_head * hs) left as its splits over the keys: per row, head
-    and split the output normalised over the split's keys, and their log-sum-exp (base 2;
-    -inf for a split with no keys, whose `out` is never read, so it need not be written).
-    Its value is the splits weighted by exp2(lse - max lse), summed and divided by the
-    weights' sum (fp32), rounded to `dtype`."""
-
-    out: torch.Tensor  # (M, n_head, S, hs) fp32, contiguous
-    lse: torch.Tensor  # (M, n_head, S) fp32, contiguous
-    dtype: torch.dtype
-
-    @property
-    def shape(self) -> torch.Size:
-        rows, heads, _, hs = self.out.shape
-        return torch.Size((rows, heads * hs))
-
-    def total(self) -> torch.Tensor:
-        """The attention's output, (M, n_head * hs) in `dtype`."""
-        keys = self.lse > float("-inf")  # (M, n_head, S)
-        w = torch.exp2(self.lse - self.lse.amax(dim=2, keepdim=True))
-        out = torch.where(keys[..., None], self.out, 0.0)  # unwritten splits may hold anything
-        out = (w[..., None] * out).sum(2) / w.sum(2)[..., None]  # (M, n_head, hs)
-        return out.to(self.dtype).flatten(1)
 
 
 @dataclass(frozen=True)
@@ -446,9 +404,6 @@ def gemv_ref(
     its bias) in fp32 rounded once to the model dtype, then swiglu_ref; with split_k > 1 the
     fp32 product as a single slice. Rounded once, as the kernel and the model's CPU products
     round: a bf16 F.linear rounds partial sums on some CPUs (seen with oneDNN on AMX)."""
-    from kernels.add_rmsnorm import add_rmsnorm_ref
-    from kernels.swiglu import swiglu_ref
-
     x = x.total() if isinstance(x, SplitSums | SoftmaxSplits) else x
     s = None
     if norm is not None:

@@ -188,7 +188,7 @@ def round_to(x, DTYPE: tl.constexpr):
 @triton.jit
 def load_total(ptr, offs, mask, stride_split, SPLITS: tl.constexpr, DTYPE: tl.constexpr):
     """A product's values at offs, fp32: the sum of its SPLITS slices (stride_split apart; one
-    for a plain tensor) rounded to DTYPE, as kernels/gemv.py's SplitSums defines them."""
+    for a plain tensor) rounded to DTYPE, as kernels/splits.py's SplitSums defines them."""
     x = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
     for i in tl.static_range(1, SPLITS):
         x += tl.load(ptr + i * stride_split + offs, mask=mask, other=0.0).to(tl.float32)

@@ -6,7 +6,7 @@ benchmarks/results/triton_gemv-<gpu>.json.
 
     python -m benchmarks.kernels.gemv [--dtype bf16] [--sweep] [--batches 1,4,8,32,64]
 
-The products, as realtime/decoding/gpu/step.py's fused step launches them:
+The products, as realtime/kernel_step.py's fused step launches them:
 - qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias, split over K;
 - attn_proj: W_o (896 x 896) over the attention's output, split over K;
 - attn_proj_splits (up to PROLOGUE_ROWS rows): the same over the attention's splits over the
@@ -44,7 +44,8 @@ BATCHES = "1,4,8,32,64"
 
 def cases(device, dtype, rows: int) -> dict[str, tuple[dict, int]]:
     """name -> (gemv's keyword arguments, bytes), with random inputs at the released shapes."""
-    from kernels.gemv import Norm, SplitSums, split_for
+    from kernels.gemv import Norm, split_for
+    from kernels.splits import SplitSums
     from realtime.decoding.gpu.step import PROLOGUE_ROWS
 
     cfg = common.RELEASED
@@ -94,7 +95,7 @@ def attention_splits(device, dtype, rows: int, used: int = 4):
     """(an attention's SoftmaxSplits over the released cache, as the step splits it for `rows`
     rows, with keys in the first `used` splits; the bytes of it that are read)."""
     from kernels.decode_attention import split_len_for
-    from kernels.gemv import SoftmaxSplits
+    from kernels.splits import SoftmaxSplits
 
     cfg = common.RELEASED
     splits = cfg.block_size // split_len_for(rows, cfg.n_query_groups, cfg.block_size, device)
@@ -105,7 +106,8 @@ def attention_splits(device, dtype, rows: int, used: int = 4):
 
 
 def contenders(kwargs: dict) -> dict:
-    from kernels.gemv import SoftmaxSplits, SplitSums, gemv, gemv_ref
+    from kernels.gemv import gemv, gemv_ref
+    from kernels.splits import SoftmaxSplits, SplitSums
 
     x = kwargs["x"]
     x = x.total() if isinstance(x, SplitSums | SoftmaxSplits) else x
@@ -167,7 +169,8 @@ def sweep(name: str, kwargs: dict, nbytes: int) -> list[dict]:
 def main() -> None:
     args = common.parse_args(__doc__, sweep=(bool, False), batches=(str, BATCHES))
     device = common.require_gpu("benchmarks.kernels.gemv")
-    from kernels.gemv import SplitSums, gemv, gemv_ref
+    from kernels.gemv import gemv, gemv_ref
+    from kernels.splits import SplitSums
 
     dtype = common.DTYPES[args["dtype"]]
     batches = [int(b) for b in args["batches"].split(",")]

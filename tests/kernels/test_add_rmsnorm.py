@@ -42,7 +42,7 @@ def test_matches_ref(device, dtype, shape, with_residual):
 def test_writes_into_out(device):
     """out=: the norm goes into the given rows of a larger buffer (as the step's hidden
     states do), from a product's slices; the rows after them are untouched."""
-    from kernels.gemv import SplitSums
+    from kernels.splits import SplitSums
 
     _, r, w = make_inputs((3, 100), torch.bfloat16, device, seed=4)
     parts = SplitSums(torch.randn(2, 3, 100, device=device), torch.bfloat16)

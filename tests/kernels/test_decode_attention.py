@@ -106,7 +106,7 @@ def test_qkv_matches_ref(device, dtype, groups, q_per_kv, hs, lengths, split_len
 def test_qkv_from_slices(device, dtype):
     """qkv handed over as a product split over K (fp32 slices, summed and rounded as they are
     loaded) gives what its rounded total gives."""
-    from kernels.gemv import SplitSums
+    from kernels.splits import SplitSums
 
     qkv, cos, sin, k, v, slots, at = make_qkv_case([5, 30, 17], 2, 2, 16, 48, dtype, device)
     gen = torch.Generator().manual_seed(7)
@@ -125,7 +125,7 @@ def test_qkv_from_slices(device, dtype):
 def test_qkv_unreduced_splits_combine_to_the_output(device, dtype):
     """reduce=False stops after stage 1: its splits (each row's first, some also its second;
     the third empty for all) combine to what stage 2 writes, and the same cache is written."""
-    from kernels.gemv import SoftmaxSplits
+    from kernels.splits import SoftmaxSplits
 
     case = make_qkv_case([5, 30, 17], 2, 2, 16, 48, dtype, device)
     qkv, cos, sin, k, v, slots, positions = case
@@ -144,7 +144,7 @@ def test_a_row_s_keys_are_shared_out_among_the_splits(device):
     """The splits divide each row's own keys, in whole tiles of 64, not the cache: 200 keys
     over 4 splits of at most 128 take all 4 (64, 64, 64, 8), 40 keys one, a full row 128
     each; and the combined output is still the reference's."""
-    from kernels.gemv import SoftmaxSplits
+    from kernels.splits import SoftmaxSplits
 
     case = make_qkv_case([200, 40, 512], 2, 2, 16, 512, torch.float32, device)
     qkv, cos, sin, k, v, slots, positions = case

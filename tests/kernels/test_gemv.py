@@ -6,7 +6,8 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.add_rmsnorm import add_rmsnorm, add_rmsnorm_ref
-from kernels.gemv import Norm, SoftmaxSplits, SplitSums, Tiles, gemv, gemv_ref, split_for
+from kernels.gemv import Norm, Tiles, gemv, gemv_ref, split_for
+from kernels.splits import SoftmaxSplits, SplitSums
 
 # fp32: another summation order. bf16: a rounding step where a value sits on a boundary
 # (the norm's, SwiGLU's, the product's), which the product then carries.
