@@ -1,33 +1,31 @@
-"""Our own kernels, each a launcher `name()` with its torch reference `name_ref()`:
+"""Our own kernels for the decode step. Each is a set under one name: a launcher `name()`, its
+plain-torch reference `name_ref()` (what the kernel computes, in the model's roundings) and,
+for the Triton ones, the `_name_kernel` the launcher launches.
 
-- cpu_decode: bf16 decode on CPUs, in C (a GEMV for a few rows; one row's RoPE, cache write
-  and attention in one call);
-- Triton kernels for the GPU decode step, one module per op: embed_mean, add_rmsnorm,
-  qkv_rope_cache (any number of positions per row, a launch of its own: the decode step does
-  this inside decode_attention_qkv, and the attention benchmark times the two against it),
-  decode_attention, swiglu, gemv (the products for a few rows, with the norm, bias, SwiGLU and
-  split-K slices folded in), head_argmax, head_sample (top-k / temperature / top-p drawn on
-  the device), feedback.
+- cpu_decode: bf16 decode on CPUs, in C (csrc/): a GEMV for a few rows, and one row's RoPE,
+  cache write and attention in one call.
+- Triton kernels for the GPU decode step, one module per op: embed_mean (the streams'
+  embeddings gathered and averaged), add_rmsnorm, qkv_rope_cache (the qkv split, RoPE and cache
+  write for any number of positions a row), decode_attention (split-KV attention for one new
+  position a row; decode_attention_qkv does qkv_rope_cache's work inside it, a launch fewer),
+  swiglu, gemv (the products for a few rows, with the norm, bias, SwiGLU and split-K slices
+  folded in: a block in 5 launches for up to 4 rows and 8 for more, where it takes 10 on
+  cuBLAS's products), head_argmax (the tied head with the greedy pick, no logits written),
+  head_sample (top-k / temperature / top-p drawn on the device), feedback (the sampled ids
+  made the next step's input, no host sync).
+- What they share: triton_support (when and how a launcher launches its kernel, programmatic
+  dependent launches, compiling ahead, exact rounding), splits (results left in parts for the
+  next launch to combine as it loads them), layout (the token layout), sampling (the
+  counter-based draw, in torch; head_sample computes the same on the device).
 
-realtime/decoding/gpu/step.py puts the Triton kernels together into the decode step (captured as a
-CUDA graph per batch-size bucket). On an H100 (2026-11-22) every test in tests/kernels passed
-compiled, `gpu`-marked ones included, and the graphed step took 1.07 ms at batch 1 and 1.44 ms
-at batch 64 (benchmarks/results/decode_step-*.json). `python -m benchmarks.step_profile` lists
-where that goes: cuBLAS's four products per layer (4-9 us each where the weights need 1-6 us at
-HBM speed), 49 RMSNorms of 1.8 us, the head at 2.9 TB/s. gemv is the answer to that (5
-launches a block instead of 10 for up to 4 rows, 8 for more; KernelStep(products="fused")), and
-decode_attention_qkv (RoPE and the cache write inside the attention) took one launch a block
-out of both products. Both were written after that run and are not yet timed:
-`benchmarks/gpu_checklist.sh sweep decode` sets gemv's launch shapes and decides whether it
-becomes the default. Then tune head_argmax's blocks and decode_attention's split length with
-their benchmarks. Launched within `triton_support.dependent_launches()` (KernelStep(pdl=True),
-sm_90+) every kernel starts as a programmatic dependent of the launch before it, and gemv
-prefetches its weights into L2 while it waits: also untimed (decode_step's `[+pdl]`
-contenders).
+A launcher runs its kernel on CUDA tensors, or on any tensors under Triton's interpreter
+(TRITON_INTERPRET=1, how the tests run on a CPU); otherwise it returns its reference, so the
+model runs on a machine without a GPU. REALTIME_TORCH_ONLY=1 keeps the torch path everywhere.
+
+The kernels take what they need of a model as arguments: its weights, caches and RoPE tables,
+and its token layout as a `layout.TokenLayout`. They never import the realtime package, which
+imports them: realtime/kernel_step.py puts the Triton kernels together into its decode step.
 `bash benchmarks/gpu_checklist.sh` runs the tests and every benchmark on a GPU in one command.
-`triton_support.compile_ahead` compiles every kernel variant a function would launch, many at
-once, without launching any: the engine does it for its step before its first one, and the
-benchmarks for what they time.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""Residual add fused with RMSNorm (realtime.model.lm.RMSNorm after a block's `+ x`).
+"""Residual add fused with RMSNorm (the model's RMSNorm after a block's `+ x`).
 
     s = x + r                                   (in the model dtype: the new residual)
     y = (s * rsqrt(mean(s^2) + eps)).to(dtype) * weight

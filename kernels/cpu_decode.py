@@ -34,14 +34,12 @@ SOURCES = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.c", "at
 HEADER = Path(__file__).parent / "csrc" / "bf16.h"  # included by both
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 # The most rows gemv_bf16 takes on a CPU with native bf16, on its AVX-512 BF16 path and
-# without it. On a 2-core Xeon with AMX, a decode step's products at the released shapes
-# (benchmarks/kernels/cpu_decode.py) took, ours against torch's: 46 / 66 ms for 1 row,
-# 59 / 68 for 2, 74 / 69 for 3, 113 / 69 for 8 (AVX2 path: 62, 80, 91, 133 ms)
+# without it: on a Xeon with AMX, torch's product is the faster from the next row on, at the
+# released shapes (benchmarks/kernels/cpu_decode.py times both).
 DPBF16_ROWS = 2
 NATIVE_BF16_ROWS = 1
-# The rows oneDNN lays packed weights out for. On that Xeon a decode step's products on weights
-# packed for 1 or 4 rows took 49-52 ms for any of 1..8 rows (torch's unpacked: 71-72; ours: 48
-# for 1 row, 61 for 2), and a prefill's 104 rows 68 ms packed for 4 rows, 78 for 1 (86 unpacked).
+# The rows oneDNN lays packed weights out for: packed for 4, a decode step's products of 1..8
+# rows run as fast as packed for 1, and a prefill's faster.
 PACK_ROWS = 4
 
 

@@ -292,7 +292,7 @@ def decode_attention_ref(
     slots: torch.Tensor,
     lengths: torch.Tensor,
 ) -> torch.Tensor:
-    """The torch computation (realtime.model.lm's decode attention: fp32 throughout, one rounding
+    """The torch computation (the model's decode attention: fp32 throughout, one rounding
     at the end), each row masked to its own length."""
     B, n_head, hs = q.shape
     groups = k_cache.shape[2]

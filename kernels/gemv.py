@@ -87,7 +87,7 @@ class Tiles:
     """Launch shape, chosen by `choose_tiles()` unless given (benchmarks/kernels/gemv.py sweeps
     them). Every variant the bf16 step launches compiles for sm_90 without spilling registers,
     at these defaults and with BLOCK_K 128 (tests/kernels/compile_check.py, specialised as the
-    JIT specialises); which is faster is unmeasured. num_stages: tiles of W each program has
+    JIT specialises). num_stages: tiles of W each program has
     in flight, plus one. A GEMV is bound by the bytes in flight: HBM's ~3.35 TB/s x ~0.7 us
     is ~18 KB per SM, where a program with 2 stages keeps one 2 KB tile in flight and a
     launch gives an SM about 2 programs."""

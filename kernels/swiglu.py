@@ -1,4 +1,4 @@
-"""SwiGLU's gate on the fused fc_1/fc_2 product (realtime.model.lm.SwiGLU after fuse()).
+"""SwiGLU's gate on the fused fc_1/fc_2 product (the model's SwiGLU after fuse()).
 
     x = [a | b]  (N, 2 I): a = fc_1 x (gate), b = fc_2 x (up)
     y = silu(a) * b,  silu(a) = a / (1 + exp(-a))   -> (N, I)

@@ -102,11 +102,10 @@ def compile_ahead(
     (triton.AsyncCompileMode, Triton 3.5 and later) and returns: the kernels neither read nor
     write their tensors, so `run` must not depend on what they write (the decode step reads
     nothing back), while torch ops in it still run. Triton's compiler leaves the GIL for most
-    of its work: on 2 cores, 2 threads compiled the 56 variants of both products' steps for
-    sm_90 1.7x as fast as one (18.2 against 31.6 s).
+    of its work, so the threads compile side by side, one variant per CPU.
     Launches from other threads meanwhile run as usual. Returns 0 without calling `run` where
     nothing would compile ahead: under the interpreter, with REALTIME_TORCH_ONLY, or with an
-    older Triton (whose kernels compile at their first launch, one at a time, as before).
+    older Triton (whose kernels compile at their first launch, one at a time).
     A variant that fails to compile raises here, unless `ignore_errors` (then it is left to
     compile, and fail, at its first launch: a sweep over launch shapes catches it there).
     """
