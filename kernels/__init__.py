@@ -24,7 +24,7 @@ model runs on a machine without a GPU. REALTIME_TORCH_ONLY=1 keeps the torch pat
 
 The kernels take what they need of a model as arguments: its weights, caches and RoPE tables,
 and its token layout as a `layout.TokenLayout`. They never import the realtime package, which
-imports them: realtime/kernel_step.py puts the Triton kernels together into its decode step.
+imports them: realtime/decoding/gpu/step.py puts the Triton kernels together into its decode step.
 `bash benchmarks/gpu_checklist.sh` runs the tests and every benchmark on a GPU in one command.
 """
 

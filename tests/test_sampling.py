@@ -1,4 +1,4 @@
-"""kernels/sampling.py's counter-based uniforms, and draws (through realtime/sampling.py's
+"""kernels/sampling.py's counter-based uniforms, and draws (through realtime/decoding/sampling.py's
 sample, which a request's DecodingOptions take) distributed as the reference's top-k ->
 temperature -> top-p -> softmax."""
 

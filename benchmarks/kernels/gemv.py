@@ -6,7 +6,7 @@ benchmarks/results/triton_gemv-<gpu>.json.
 
     python -m benchmarks.kernels.gemv [--dtype bf16] [--sweep] [--batches 1,4,8,32,64]
 
-The products, as realtime/kernel_step.py's fused step launches them:
+The products, as realtime/decoding/gpu/step.py's fused step launches them:
 - qkv: norm_1(x + residual) then W_qkv (1152 x 896) with its bias, split over K;
 - attn_proj: W_o (896 x 896) over the attention's output, split over K;
 - attn_proj_splits (up to PROLOGUE_ROWS rows): the same over the attention's splits over the

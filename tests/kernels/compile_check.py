@@ -6,7 +6,7 @@ GPU. Here each launcher runs for real shapes with its kernel launches intercepte
 captured launch is compiled (TTIR -> TTGIR -> LLVM -> PTX -> cubin, Triton's bundled ptxas) for
 the target, and reported with what its cubin and PTX say about its speed (registers, spilled
 stack, 16-byte pipelined copies). Then the step is compiled once more the way an engine on a
-GPU does it, through realtime.kernel_step.compile_step_ahead and Triton's own JIT (told by a
+GPU does it, through realtime.decoding.gpu.step.compile_step_ahead and Triton's own JIT (told by a
 stand-in driver that the GPU is an sm_90 one), and each of its launches is checked to find its
 kernel compiled. Run without TRITON_INTERPRET (test_compile.py starts it that way):
 
@@ -31,8 +31,8 @@ from triton.compiler import ASTSource
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
-from realtime.model.config import PRESETS
 from realtime.decoding.gpu.step import TOKEN_LAYOUT
+from realtime.model.config import PRESETS
 from realtime.model.lm import rope_cache
 
 try:  # Triton 3.6 and later specialize in C++
@@ -159,7 +159,7 @@ def run_launchers(dtype: torch.dtype) -> None:
 
 
 def run_step(dtype: torch.dtype, pdl: bool = False, each_step=None) -> None:
-    """realtime.kernel_step's whole decode step at the released shapes, on either products,
+    """realtime.decoding.gpu.step's whole decode step at the released shapes, on either products,
     once per batch-size bucket of a 32-session engine, on meta tensors (nothing is allocated
     or computed): its launches carry the constexprs the engine really compiles. `pdl`: as
     programmatic dependents (KernelStep(pdl=True), which a GPU of sm_90 or later takes).
@@ -247,7 +247,7 @@ class StandInDriver:
 
 
 def check_compile_ahead(dtype: torch.dtype, arch: int, pdl: bool = False) -> str:
-    """The step compiled ahead as an engine compiles it (realtime.kernel_step's
+    """The step compiled ahead as an engine compiles it (realtime.decoding.gpu.step's
     compile_step_ahead, each products' step at every bucket) through Triton's JIT for `arch`;
     then every launch of the step again, as warm-ups one at a time, counting those that
     compile (Triton calls its jit_cache_hook for each launch whose kernel is not compiled)."""

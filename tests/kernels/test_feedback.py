@@ -1,4 +1,4 @@
-"""kernels/feedback.py against its torch reference, and both against realtime.generate's
+"""kernels/feedback.py against its torch reference, and both against realtime.decoding.generate's
 Generation (accept + next_input) over whole random decodes of every task, batched."""
 
 import random
@@ -9,9 +9,9 @@ import torch
 pytest.importorskip("triton")
 
 from kernels.feedback import StepRows, feedback, feedback_ref
-from realtime.model import tokens
 from realtime.decoding.generate import Generation
 from realtime.decoding.gpu.step import TOKEN_LAYOUT
+from realtime.model import tokens
 from realtime.model.prompts import Task
 
 
