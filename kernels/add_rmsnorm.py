@@ -72,7 +72,7 @@ def add_rmsnorm(
         assert out.shape == parts.shape[1:] and out.dtype == dtype and out.stride(1) == 1
         y = out
     has_residual = residual is not None
-    if has_residual:
+    if residual is not None:
         r2 = residual.reshape(-1, C)
         assert r2.stride(1) == 1
         s = torch.empty(y.shape, device=y.device, dtype=dtype)

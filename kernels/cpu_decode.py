@@ -64,7 +64,7 @@ def gemv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     x = x.contiguous()
     out = torch.empty(*x.shape[:-1], n, dtype=torch.bfloat16)
     b = None if bias is None else bias.data_ptr()
-    status = _library().gemv_bf16(weight.data_ptr(), x.data_ptr(), b, out.data_ptr(), rows, n, k)
+    status = _loaded().gemv_bf16(weight.data_ptr(), x.data_ptr(), b, out.data_ptr(), rows, n, k)
     if status != 0:
         raise ValueError(f"gemv_bf16 takes 1..{max_rows()} rows, got {rows} (status {status})")
     return out
@@ -163,7 +163,7 @@ def rope_attend_bf16(qkv, cos, sin, k_cache, v_cache, pos: int, q_per_kv: int):
     """`rope_attend_bf16_ref` in one C call; same arguments, contiguous CPU tensors."""
     groups, max_seq, hs = k_cache.shape
     out = torch.empty(groups * q_per_kv * hs, dtype=torch.bfloat16)
-    status = _library().rope_attend_bf16(
+    status = _loaded().rope_attend_bf16(
         qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
         max_seq, pos, groups, q_per_kv, hs, out.data_ptr(),
     )  # fmt: skip
@@ -176,6 +176,13 @@ def rope_attend_bf16(qkv, cos, sin, k_cache, v_cache, pos: int, q_per_kv: int):
 def _max_rows() -> int:
     lib = _library()
     return lib.gemv_bf16_max_rows() if lib is not None else 0
+
+
+def _loaded() -> ctypes.CDLL:
+    """The library, where the caller has checked that it is there (`available`, `usable`)."""
+    lib = _library()
+    assert lib is not None, "the CPU kernels are not available here (cpu_decode.available())"
+    return lib
 
 
 @cache

@@ -74,7 +74,8 @@ def embed_mean(
     ids2 = ids.reshape(B * T, streams)
     out = torch.empty(B * T, C, device=table.device, dtype=table.dtype)
     has_audio = audio is not None
-    if has_audio:
+    if audio is not None:
+        assert mask is not None, "the features overwrite where `mask` is set"
         audio2 = audio.reshape(B * T, C).to(table.dtype).contiguous()
         mask2 = mask.reshape(B * T).contiguous().view(torch.uint8)
     else:  # never read: HAS_AUDIO=False compiles the loads away
@@ -104,6 +105,7 @@ def embed_mean_ref(
     streams = ids.shape[-1]
     emb = table[ids]  # (B, T, S, C)
     if audio is not None:
+        assert mask is not None, "the features overwrite where `mask` is set"
         is_audio = torch.arange(streams, device=ids.device) < streams - 1  # (S,): all but the text
         overwrite = mask[..., None, None] & is_audio[:, None]  # (B, T, S, 1)
         emb = torch.where(overwrite, audio[:, :, None, :].to(emb.dtype), emb)

@@ -61,7 +61,7 @@ def skip_flags(skip_text: SkipText) -> tuple[torch.Tensor, torch.Tensor, int]:
     return views[0], views[-1], len(views)
 
 
-def skipping(skip_text: SkipText | None) -> torch.Tensor | None:
+def skipping(skip_text: SkipText) -> torch.Tensor:
     """skip_text as one (B,) bool tensor: its flags or'ed."""
     if isinstance(skip_text, tuple):
         return functools.reduce(torch.logical_or, skip_text)
@@ -204,17 +204,18 @@ def head_partials(
     part_val = torch.empty(B, head.blocks, device=h.device, dtype=torch.float32)
     part_idx = torch.empty(B, head.blocks, device=h.device, dtype=torch.int32)
     write = logits is not None
-    if write:
+    out, kept = part_val, skip  # never read without WRITE_LOGITS
+    if logits is not None:
+        assert keep is not None, "`keep` says whose logits to write"
         assert logits.shape == (B, vocab) and logits.stride(1) == 1
-        keep = keep.contiguous().view(torch.uint8)
+        out, kept = logits, keep.contiguous().view(torch.uint8)
     block_b = tile_rows(B, h.dtype)
     # A block's row tiles are neighbours in the grid (launched together), so all but the
     # first find its rows of W in L2: W crosses HBM once however many tiles there are.
     _head_argmax_kernel[(triton.cdiv(B, block_b), head.blocks)](
-        h, weight, skip, skip2, part_val, part_idx, logits if write else part_val,
-        keep if write else skip,
+        h, weight, skip, skip2, part_val, part_idx, out, kept,
         B, C,
-        h.stride(0), weight.stride(0), part_val.stride(0), logits.stride(0) if write else 0,
+        h.stride(0), weight.stride(0), part_val.stride(0), out.stride(0) if write else 0,
         TEXT_V=head.tokens.text_vocab, AUDIO_V=head.tokens.audio_vocab,
         TEXT_BLOCKS=head.text_blocks, AUDIO_BLOCKS=head.audio_blocks,
         DOT_DTYPE=dot_dtype(h.dtype), BLOCK_B=block_b, BLOCK_V=head.block_v,

@@ -19,6 +19,7 @@ half.
 """
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,15 @@ UNIFORM_SHIFT = tl.constexpr(32 - sampling.UNIFORM_BITS)
 UNIFORM_SCALE = tl.constexpr(2.0**-sampling.UNIFORM_BITS)
 
 
+class Draw(TypedDict):
+    """One row's draw as kernels/sampling.py's `draw` takes it, but the position and stream."""
+
+    top_k: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
 @dataclass
 class SamplingRows:
     """Per row (B,) of a head call: whether it samples, and how."""
@@ -59,10 +69,10 @@ class SamplingRows:
     seeds: torch.Tensor  # int64
     positions: torch.Tensor  # int64, the cache position the row samples at
 
-    def options(self, b: int) -> dict[str, int | float]:
+    def options(self, b: int) -> Draw:
         """Row b's draw on the host: kernels/sampling.py's `draw` keywords but the position and
         stream."""
-        return dict(
+        return Draw(
             top_k=int(self.top_k[b]), temperature=float(self.temperature[b]),
             top_p=float(self.top_p[b]), seed=int(self.seeds[b]),
         )  # fmt: skip

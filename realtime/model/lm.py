@@ -8,6 +8,9 @@ The arithmetic follows the reference op for op (fused QKV in litgpt's per-group 
 fp32 RMSNorm, rotate-half RoPE, the same summation order) so float32 greedy tokens match it.
 """
 
+from collections.abc import Iterator
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -225,12 +228,19 @@ class Block(nn.Module):
         return self.mlp(self.norm_2(x)) + x
 
 
+class Blocks(nn.ModuleList):
+    """The decoder's blocks in order (an nn.ModuleList whose items are typed as blocks)."""
+
+    def __iter__(self) -> Iterator[Block]:
+        return cast(Iterator[Block], super().__iter__())
+
+
 class Transformer(nn.ModuleDict):
     """litgpt's `transformer` container (its names are the checkpoint's), with its entries
     typed: nn.Module's attribute lookup alone gives mypy `Tensor | Module`."""
 
     wte: nn.Embedding
-    h: nn.ModuleList
+    h: Blocks
     ln_f: RMSNorm
 
 
@@ -245,7 +255,7 @@ class OmniLM(nn.Module):
         self.transformer = Transformer(
             dict(
                 wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                h=Blocks(Block(cfg) for _ in range(cfg.n_layer)),
                 ln_f=RMSNorm(cfg.n_embd, cfg.norm_eps),
             )
         )

@@ -50,6 +50,7 @@ from kernels.gemv import Norm, gemv, split_for
 from kernels.head_argmax import head_argmax
 from kernels.head_sample import TOP_K_MAX, SamplingRows, head_sample
 from kernels.layout import TokenLayout
+from kernels.splits import SoftmaxSplits
 from kernels.swiglu import swiglu
 from kernels.triton_support import (
     compile_ahead,
@@ -264,7 +265,9 @@ class KernelStep:
         split_len = split_len_for(qkv.shape[0], cache.k.shape[2], cache.max_seq, cache.k.device)
         out = decode_attention_qkv(qkv, lm.cos, lm.sin, cache.k, cache.v, layer, slots, positions,
                                    cache.max_seq, split_len, reduce)  # fmt: skip
-        return out.reshape(qkv.shape[0], -1) if reduce else out
+        if isinstance(out, SoftmaxSplits):  # not reduced: the next launch combines the splits
+            return out
+        return out.reshape(qkv.shape[0], -1)
 
     def load(self, batch: list[StepRow]) -> int:
         """Write the host's state of `batch` into the input buffers and reset every other row to
