@@ -234,7 +234,7 @@ class RealtimeConnection(WebSocketDoor):
         self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id)
         self._item_added(item, previous)
         if self.ga:
-            self._send(self.names["item.done"], previous_item_id=previous, item=item.describe(True))
+            self._send(self.names.item_done, previous_item_id=previous, item=item.describe(True))
 
     def _release_held(self) -> None:
         for pcm16 in self._held:
@@ -288,7 +288,7 @@ class RealtimeConnection(WebSocketDoor):
         previous = self._add_item(item)
         self._item_added(item, previous)
         if self.ga:
-            self._send(self.names["item.done"], previous_item_id=previous, item=item.describe(True))
+            self._send(self.names.item_done, previous_item_id=previous, item=item.describe(True))
 
     # --- responses ----------------------------------------------------------------------------
 
@@ -377,7 +377,7 @@ class RealtimeConnection(WebSocketDoor):
         elif isinstance(event, events.TextDelta):
             response.item.texts.append((response.item.samples, event.text))
             self._send(
-                self.names["transcript.delta" if response.item.spoken else "text.delta"],
+                self.names.transcript_delta if response.item.spoken else self.names.text_delta,
                 response_id=response.id,
                 item_id=response.item.id,
                 delta=event.text,
@@ -431,7 +431,7 @@ class RealtimeConnection(WebSocketDoor):
     def _audio_delta(self, response: Response, data: bytes) -> None:
         if data:
             self._send(
-                self.names["audio.delta"],
+                self.names.audio_delta,
                 response_id=response.id,
                 item_id=response.item.id,
                 delta=base64.b64encode(data).decode(),
@@ -452,10 +452,10 @@ class RealtimeConnection(WebSocketDoor):
             self._audio_delta(response, response.output.flush())
         item.status = "completed" if status == "completed" else "incomplete"
         if item.spoken:
-            self._send(self.names["audio.done"], **ids, **CONTENT)
-            self._send(self.names["transcript.done"], **ids, transcript=item.transcript, **CONTENT)
+            self._send(self.names.audio_done, **ids, **CONTENT)
+            self._send(self.names.transcript_done, **ids, transcript=item.transcript, **CONTENT)
         else:
-            self._send(self.names["text.done"], **ids, text=item.transcript, **CONTENT)
+            self._send(self.names.text_done, **ids, text=item.transcript, **CONTENT)
         self._send("response.content_part.done", **ids, part=_part(item), **CONTENT)
         self._send(
             "response.output_item.done",
@@ -463,8 +463,8 @@ class RealtimeConnection(WebSocketDoor):
             output_index=0,
             item=item.describe(self.ga),
         )
-        if self.names["item.done"]:
-            self._send(self.names["item.done"], item=item.describe(self.ga))
+        if self.names.item_done:
+            self._send(self.names.item_done, item=item.describe(self.ga))
         details = {"type": status, "reason": reason}
         if error is not None:
             details["error"] = {"type": "server_error", "code": "engine", "message": error}
@@ -480,7 +480,7 @@ class RealtimeConnection(WebSocketDoor):
         return previous
 
     def _item_added(self, item: Item, previous: str | None) -> None:
-        self._send(self.names["item.added"], previous_item_id=previous, item=item.describe(self.ga))
+        self._send(self.names.item_added, previous_item_id=previous, item=item.describe(self.ga))
 
     def _item(self, event: dict) -> Item:
         item = self._items.get(event.get("item_id"))

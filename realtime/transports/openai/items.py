@@ -38,6 +38,7 @@ class Item:
         self.texts = [(at, text) for at, text in self.texts if at <= self.samples]
 
     def describe(self, ga: bool) -> dict:
+        content: dict[str, str | None]
         if self.role == "user" and self.text is not None:
             content = {"type": "input_text", "text": self.text}
         elif self.role == "user":

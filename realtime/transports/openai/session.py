@@ -30,26 +30,42 @@ VOICE = "mini-omni"  # the model's one voice
 MAX_SILENCE_MS = 10_000
 MAX_PREFIX_PADDING_MS = 2_000
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
-BETA_NAMES = {
-    "item.added": "conversation.item.created",
-    "item.done": None,  # the beta protocol has no such event
-    "audio.delta": "response.audio.delta",
-    "audio.done": "response.audio.done",
-    "transcript.delta": "response.audio_transcript.delta",
-    "transcript.done": "response.audio_transcript.done",
-    "text.delta": "response.text.delta",
-    "text.done": "response.text.done",
-}
-GA_NAMES = {
-    "item.added": "conversation.item.added",
-    "item.done": "conversation.item.done",
-    "audio.delta": "response.output_audio.delta",
-    "audio.done": "response.output_audio.done",
-    "transcript.delta": "response.output_audio_transcript.delta",
-    "transcript.done": "response.output_audio_transcript.done",
-    "text.delta": "response.output_text.delta",
-    "text.done": "response.output_text.done",
-}
+
+
+@dataclass(frozen=True)
+class EventNames:
+    """The server events whose names differ between the protocol's generations."""
+
+    item_added: str
+    item_done: str | None  # the beta protocol has no such event
+    audio_delta: str
+    audio_done: str
+    transcript_delta: str
+    transcript_done: str
+    text_delta: str
+    text_done: str
+
+
+BETA_NAMES = EventNames(
+    item_added="conversation.item.created",
+    item_done=None,
+    audio_delta="response.audio.delta",
+    audio_done="response.audio.done",
+    transcript_delta="response.audio_transcript.delta",
+    transcript_done="response.audio_transcript.done",
+    text_delta="response.text.delta",
+    text_done="response.text.done",
+)
+GA_NAMES = EventNames(
+    item_added="conversation.item.added",
+    item_done="conversation.item.done",
+    audio_delta="response.output_audio.delta",
+    audio_done="response.output_audio.done",
+    transcript_delta="response.output_audio_transcript.delta",
+    transcript_done="response.output_audio_transcript.done",
+    text_delta="response.output_text.delta",
+    text_done="response.output_text.done",
+)
 
 
 class ClientError(ValueError):
@@ -98,7 +114,33 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[Cl
     audio = _object(session.get("audio"), "session.audio")
     inputs = _object(audio.get("input"), "session.audio.input")
     outputs = _object(audio.get("output"), "session.audio.output")
-    changes = {}
+    formats = _formats(settings, session, inputs, outputs)
+    speak = speaks(session, "session")
+    refused = unsupported(session, "session")
+    transcribe = settings.transcribe
+    key, where = ("transcription", inputs) if ga else ("input_audio_transcription", session)
+    if key in where:  # an object turns it on (what it says is a hint), null off
+        param = "session." + ("audio.input." if ga else "") + key
+        transcribe = where[key] is not None
+        refused += _transcription_refusals(_object(where[key], param), param)
+    turn_detection = settings.turn_detection
+    key, vad = ("audio.input.turn_detection", inputs) if ga else ("turn_detection", session)
+    if "turn_detection" in vad:
+        turn_detection = _vad(vad["turn_detection"], "session." + key)
+    updated = replace(
+        settings,
+        input_format=formats["input_format"],
+        output_format=formats["output_format"],
+        turn_detection=turn_detection,
+        speak=settings.speak if speak is None else speak,
+        transcribe=transcribe,
+    )
+    return updated, refused
+
+
+def _formats(settings: Settings, session: dict, inputs: dict, outputs: dict) -> dict[str, str]:
+    """The input and output formats after an update (in either shape), checked."""
+    formats = {"input_format": settings.input_format, "output_format": settings.output_format}
     for field, value, param in (
         ("input_format", session.get("input_audio_format"), "input_audio_format"),
         ("output_format", session.get("output_audio_format"), "output_audio_format"),
@@ -106,19 +148,8 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[Cl
         ("output_format", outputs.get("format"), "audio.output.format"),
     ):
         if value is not None:
-            changes[field] = _format(value, "session." + param)
-    if (speak := speaks(session, "session")) is not None:
-        changes["speak"] = speak
-    refused = unsupported(session, "session")
-    key, where = ("transcription", inputs) if ga else ("input_audio_transcription", session)
-    if key in where:  # an object turns it on (what it says is a hint), null off
-        param = "session." + ("audio.input." if ga else "") + key
-        changes["transcribe"] = where[key] is not None
-        refused += _transcription_refusals(_object(where[key], param), param)
-    key, vad = ("audio.input.turn_detection", inputs) if ga else ("turn_detection", session)
-    if "turn_detection" in vad:
-        changes["turn_detection"] = _vad(vad["turn_detection"], "session." + key)
-    return replace(settings, **changes), refused
+            formats[field] = _format(value, "session." + param)
+    return formats
 
 
 def unsupported(request: dict, where: str) -> list[ClientError]:
@@ -181,7 +212,7 @@ def _object(value: object, param: str) -> dict:
 def _format(value: object, param: str) -> str:
     """`pcm16` / `g711_ulaw` / `g711_alaw`, or GA's {"type": "audio/pcm", "rate": 24000} etc."""
     if isinstance(value, dict):
-        name = GA_FORMATS.get(value.get("type"))
+        name = GA_FORMATS.get(value.get("type", ""))  # (no type: no format)
         if name is not None and value.get("rate", FORMATS[name].rate_hz) == FORMATS[name].rate_hz:
             return name
     elif value in FORMATS:
@@ -230,7 +261,12 @@ def describe(
     detection = None if vad is None else {"type": "server_vad", **vad.__dict__}
     # a step decodes one token in each stream (text + 7 audio layers)
     limit = "inf" if max_steps is None else max_steps * tokens.STREAMS
-    common = {"id": sid, "object": "realtime.session", "model": model, "instructions": ""}
+    common: dict[str, object] = {
+        "id": sid,
+        "object": "realtime.session",
+        "model": model,
+        "instructions": "",
+    }
     common |= {"tools": [], "tool_choice": "auto", "max_output_tokens": limit}
     transcription = {"model": model} if settings.transcribe else None  # (its asr task)
     if not ga:
