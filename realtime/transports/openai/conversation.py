@@ -1,0 +1,188 @@
+"""The conversation of one OpenAI Realtime connection: its items in order (the caller's
+committed speech and typed messages, and the answers), the caller's turn that waits for an
+answer, and the transcripts of the caller's spoken turns.
+
+The engine answers everything the caller said since its last answer, so one turn at most
+waits: two commits before one response make one turn, and the last commit's item carries its
+words. A typed message is a turn of its own, answered by itself. Transcripts arrive on their
+own clock, after their turn's answer or amid it, so they are matched to their items by the
+engine turn that transcribes them, not by the answer in progress.
+"""
+
+from realtime.engine import events
+from realtime.transports.openai.items import Item, transcription_usage
+from realtime.transports.openai.link import Link
+from realtime.transports.openai.session import ClientError
+
+# The engine's events for the caller's words (events.TRANSCRIPT), as this module takes them.
+Transcript = events.TranscriptDelta | events.TranscriptDone | events.TranscriptFailed
+TRANSCRIPTION = "conversation.item.input_audio_transcription"  # its events' common prefix
+
+
+class Conversation:
+    """The items, the turn that waits for an answer, and the transcripts in progress; the
+    conversation.item.* events that read and change them (recorded audio that a client
+    creates as an item is committed through input.py)."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._items: dict[str, Item] = {}  # the conversation, in order
+        self._waiting: Item | None = None  # the caller's turn that waits for an answer
+        self._transcribing: dict[int, str] = {}  # engine turn -> the item its transcript is of
+
+    # --- the caller's turn ----------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> bool:
+        """Committed speech or a typed message waits for an answer."""
+        return self._waiting is not None
+
+    @property
+    def text_waits(self) -> bool:
+        """A typed message waits for its answer."""
+        return self._waiting is not None and self._waiting.text is not None
+
+    def add_turn(self, item: Item) -> str | None:
+        """Append the caller's new turn, which now waits for an answer; the id of the item
+        before it."""
+        self._waiting = item
+        return self.add(item)
+
+    def turn_added(self, item: Item, previous: str | None) -> None:
+        """Tell the client of the caller's new turn: added, and (GA) done at once."""
+        self.added(item, previous)
+        if (done := self._link.names.item_done) is not None:
+            self._link.send(done, previous_item_id=previous, item=item.describe(True))
+
+    def take_turn(self) -> Item:
+        """The turn an answer starts for; after it none waits."""
+        turn, self._waiting = self._waiting, None
+        if turn is None:
+            raise RuntimeError("no turn waits for an answer")
+        return turn
+
+    def type(self, text: object, item_id: str | None) -> None:
+        """A typed user message (conversation.item.create with input_text): the model answers it
+        as a text-to-speech turn of its own."""
+        if not isinstance(text, str) or not text.strip():
+            message = "the text must be a non-empty string"
+            raise ClientError("invalid_value", message, "item.content")
+        if self._waiting is not None:
+            message = "spoken audio waits for its response: send response.create first"
+            raise ClientError("input_audio_buffer_not_empty", message)
+        item = Item(item_id or self._link.new_id("item"), "user", text=text)
+        previous = self.add_turn(item)
+        self.turn_added(item, previous)
+
+    # --- the items ------------------------------------------------------------------------------
+
+    def add(self, item: Item) -> str | None:
+        """Append an item; the id of the one before it."""
+        previous = next(reversed(self._items), None)
+        self._items[item.id] = item
+        return previous
+
+    def added(self, item: Item, previous: str | None) -> None:
+        """Tell the client of a new item."""
+        link = self._link
+        link.send(link.names.item_added, previous_item_id=previous, item=item.describe(link.ga))
+
+    def truncation(self, event: dict) -> tuple[Item, int]:
+        """The answer and the audio_end_ms that a conversation.item.truncate names, checked."""
+        item, end_ms = self._find(event), event.get("audio_end_ms")
+        if item.role != "assistant":
+            raise ClientError("invalid_value", "only an answer's audio can be truncated", "item_id")
+        if not item.spoken:
+            raise ClientError("invalid_value", "that answer is text only: no audio", "item_id")
+        if event.get("content_index", 0) != 0:
+            raise ClientError("invalid_value", "an answer has one content part, 0", "content_index")
+        if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
+            message = "audio_end_ms must be an integer >= 0"
+            raise ClientError("invalid_value", message, "audio_end_ms")
+        if end_ms > item.audio_ms:
+            message = f"audio_end_ms {end_ms} is past the {item.audio_ms} ms of audio sent"
+            raise ClientError("invalid_value", message, "audio_end_ms")
+        return item, end_ms
+
+    def truncate(self, item: Item, end_ms: int) -> None:
+        """Keep the answer only as far as the client played it."""
+        item.truncate(end_ms)
+        self._link.send(
+            "conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms
+        )
+
+    def delete(self, event: dict) -> None:
+        """conversation.item.delete; an answer still in progress stays."""
+        item = self._find(event)
+        if item.status == "in_progress":
+            message = "cancel the response before deleting its item"
+            raise ClientError("invalid_value", message, "item_id")
+        del self._items[item.id]
+        self._link.send("conversation.item.deleted", item_id=item.id)
+
+    def retrieve(self, event: dict) -> None:
+        """conversation.item.retrieve."""
+        item = self._find(event)
+        self._link.send("conversation.item.retrieved", item=item.describe(self._link.ga))
+
+    def _find(self, event: dict) -> Item:
+        item_id = event.get("item_id")
+        item = None if item_id is None else self._items.get(item_id)
+        if item is None:
+            raise ClientError("item_not_found", f"no item {item_id!r}", "item_id")
+        return item
+
+    # --- the caller's words ---------------------------------------------------------------------
+
+    def transcribe(self, turn: int, item_id: str) -> None:
+        """The engine's answer `turn` transcribes this item too: its transcript events carry
+        that turn."""
+        self._transcribing[turn] = item_id
+
+    def on_transcript(self, event: Transcript) -> None:
+        """The caller's words, for the item they spoke; they may come after its answer."""
+        item_id = self._transcribing.get(event.turn)
+        if item_id is None:
+            return
+        if isinstance(event, events.TranscriptDelta):
+            self._link.send(
+                TRANSCRIPTION + ".delta", item_id=item_id, content_index=0, delta=event.text
+            )
+        else:
+            del self._transcribing[event.turn]
+            self._transcript_ended(item_id, event)
+
+    def _transcript_ended(
+        self, item_id: str, event: events.TranscriptDone | events.TranscriptFailed
+    ) -> None:
+        if isinstance(event, events.TranscriptFailed):
+            error = {"type": "transcription_error", "code": "failed", "message": event.message}
+            kind = TRANSCRIPTION + ".failed"
+            self._link.send(kind, item_id=item_id, content_index=0, error=error)
+            return
+        if item_id in self._items:
+            self._items[item_id].heard = event.text
+        self._link.send(
+            TRANSCRIPTION + ".completed",
+            item_id=item_id,
+            content_index=0,
+            transcript=event.text,
+            usage=transcription_usage(event),
+        )
+
+
+def user_message(item: object) -> tuple[dict, str | None]:
+    """The one content part of the user message a conversation.item.create holds, and the id
+    the client gives it (None: ours)."""
+    if not isinstance(item, dict) or item.get("type", "message") != "message":
+        raise ClientError("unsupported", "only message items can be created", "item.type")
+    content = item.get("content")
+    if item.get("role") != "user" or not isinstance(content, list) or len(content) != 1:
+        message = "an item is a user message with one input_audio or input_text part"
+        raise ClientError("unsupported", message, "item.content")
+    part = content[0] if isinstance(content[0], dict) else {}
+    if part.get("type") not in ("input_audio", "input_text"):
+        message = "a user message holds input_audio or input_text"
+        raise ClientError("unsupported", message, "item.content")
+    item_id = item.get("id")
+    return part, item_id if isinstance(item_id, str) and item_id else None
