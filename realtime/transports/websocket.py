@@ -58,8 +58,8 @@ class WebSocketDoor:
         return -1 if self.handle is None else self.handle.id
 
     @property
-    def session(self) -> SessionHandle:
-        """`handle`, which the server sets before `run`: what the handlers use."""
+    def engine(self) -> SessionHandle:
+        """The engine session: `handle`, which the server sets before `run`."""
         if self.handle is None:
             raise RuntimeError(f"the {self.kind} has no engine session yet")
         return self.handle

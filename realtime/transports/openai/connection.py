@@ -35,7 +35,6 @@ from collections.abc import Callable
 from aiohttp import WSMsgType, web
 
 from realtime.engine import events
-from realtime.engine.engine import SessionHandle
 from realtime.transports.openai.conversation import Conversation, user_message
 from realtime.transports.openai.input import InputBuffer
 from realtime.transports.openai.responses import Responses
@@ -100,13 +99,6 @@ class RealtimeConnection(WebSocketDoor):
                     log.info("session %d: %s", self.sid, self.ws.exception())
         finally:
             self.close("the client left")
-
-    @property
-    def engine(self) -> SessionHandle:
-        """The engine session: the server opens it before it runs the connection."""
-        if self.handle is None:
-            raise RuntimeError("the connection has no engine session")
-        return self.handle
 
     def send(self, kind: str, /, **fields: object) -> None:
         """Queue one event for the client (nothing once the connection is closed)."""

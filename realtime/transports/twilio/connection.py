@@ -172,9 +172,9 @@ class TwilioCall(WebSocketDoor):
         if turn.kind is TurnEvent.STARTED and (self._answering or self._sent > self._played):
             self._barge_in()
         if turn.audio is not None:
-            self.session.push_audio(from_pcm16(turn.audio))
+            self.engine.push_audio(from_pcm16(turn.audio))
         if turn.kind is TurnEvent.ENDED:
-            self.session.end_turn()
+            self.engine.end_turn()
             self._engine_turn += 1
             self._answering, self._sent, self._played = True, 0, 0
             self._output = OutputAudio(FORMATS["g711_ulaw"])
@@ -185,7 +185,7 @@ class TwilioCall(WebSocketDoor):
         log.info("session %d: barge-in after %d ms of the answer", self.sid, self._heard_ms())
         self._send({"event": "clear"})
         if self._answering:
-            self.session.cancel(self._played // tokens.FRAME_SAMPLES)
+            self.engine.cancel(self._played // tokens.FRAME_SAMPLES)
         self._answering = False
         self._sent = self._played = 0  # marks of the dropped audio echo back: not played
 
@@ -225,7 +225,7 @@ class TwilioCall(WebSocketDoor):
             delay_ms = (time.monotonic() - self._speech_end_t) * 1000
             log.info("session %d: first audio %.0f ms after the end of speech", self.sid, delay_ms)
         if limit is not None and pcm.size == 0:
-            self.session.cancel()
+            self.engine.cancel()
             self._end("cut at the answer's length limit")
 
     def _play(self, mulaw: bytes, sent: int) -> None:

@@ -109,7 +109,7 @@ class Conversation:
         return -1 if self.handle is None else self.handle.id
 
     @property
-    def session(self) -> SessionHandle:
+    def engine(self) -> SessionHandle:
         """`handle`, which the server sets before it answers the offer: no audio or message
         comes before."""
         if self.handle is None:
@@ -235,9 +235,9 @@ class Conversation:
                 log.info("session %d: barge-in", self.sid)
             self.send(protocol.message("speech.started", turn=self._turn))
         if turn.audio is not None:
-            self.session.push_audio(from_pcm16(turn.audio))
+            self.engine.push_audio(from_pcm16(turn.audio))
         if turn.kind is TurnEvent.ENDED:
-            self.session.end_turn()
+            self.engine.end_turn()
             self._engine_turn += 1
             if self.options.transcribe:
                 self._heard[self._engine_turn] = self._turn
@@ -266,7 +266,7 @@ class Conversation:
         return True
 
     def _cancel_engine(self, played_frames: int | None = None) -> None:
-        self.session.cancel(played_frames)
+        self.engine.cancel(played_frames)
         self._answer = None  # its events already on their way find no answer to join
 
     # --- the engine's answer ----------------------------------------------------------------
