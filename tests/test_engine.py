@@ -96,6 +96,7 @@ def test_streamed_prefill_equals_the_one_shot_twin(runtime, engine):
         assert rec.kinds()[:3] == ["TurnEnded", "PrefillDone", "FirstText"]
 
 
+@pytest.mark.slow
 def test_a_batch_of_eight_changes_no_session_s_tokens(runtime, engine):
     """Eight sessions of different lengths and tasks join and leave at different steps; one
     samples (its draws hash its seed and positions, so they are the same alone or batched)."""

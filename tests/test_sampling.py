@@ -82,6 +82,7 @@ def test_greedy_is_the_argmax():
         DecodingOptions(temperature=0.0, top_k=4, top_p=1.0),  # top-k at the raw logits
     ],
 )
+@pytest.mark.slow  # 8000 draws each
 def test_draws_follow_the_reference_distribution(opts):
     logits = torch.randn(12, generator=torch.Generator().manual_seed(1)) * 1.5
     want = reference_probs(logits, opts)

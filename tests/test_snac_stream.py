@@ -48,7 +48,7 @@ def stream(
 @pytest.mark.parametrize("products", [False, True], ids=["convolutions", "products"])
 @pytest.mark.parametrize("chunk", [1, 2, 5, 64])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_stream_equals_whole_decode(batch, layout, chunk, products):
     decoder = random_decoder(*layout)
     latents = torch.randn(batch, LATENT_DIM, 13, generator=torch.Generator().manual_seed(1))

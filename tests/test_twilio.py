@@ -130,6 +130,7 @@ def mark(name_end: str):
     return lambda e: e["event"] == "mark" and e["mark"]["name"].endswith(name_end)
 
 
+@pytest.mark.slow
 def test_a_phone_call_is_answered_in_mulaw_and_ends_when_twilio_stops(server):
     async def scenario():
         async with FakeTwilio(server) as twilio:
@@ -166,6 +167,7 @@ def test_a_phone_call_is_answered_in_mulaw_and_ends_when_twilio_stops(server):
     server.wait_idle()  # "stop" freed the slot
 
 
+@pytest.mark.slow
 def test_speaking_over_the_answer_clears_twilios_buffer(server):
     async def scenario():
         async with FakeTwilio(server) as twilio:
@@ -183,6 +185,7 @@ def test_speaking_over_the_answer_clears_twilios_buffer(server):
     assert not any(e["event"] == "mark" and e["mark"]["name"] == "1:end" for e in received)
 
 
+@pytest.mark.slow
 def test_unsigned_requests_are_refused_and_signed_ones_get_twiml(server):
     async def scenario():
         statuses = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # each report is a compile of every kernel (a minute or more)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -74,7 +74,11 @@ def use_products(name: str, monkeypatch) -> str:
     return name.removesuffix("-norms-apart").removesuffix("-sliced").removesuffix("-one-split")
 
 
-@pytest.fixture(params=["cublas", "fused", "fused-norms-apart", "fused-sliced", "fused-one-split"])
+SLOW = pytest.mark.slow
+VARIANTS = ("fused-norms-apart", "fused-sliced", "fused-one-split")  # of the fused products
+
+
+@pytest.fixture(params=["cublas", "fused", *(pytest.param(name, marks=SLOW) for name in VARIANTS)])
 def products(request, monkeypatch) -> str:
     return use_products(request.param, monkeypatch)
 
@@ -95,7 +99,7 @@ def history(task: Task, prompt_length: int, steps: int, seed: int) -> Generation
     return gen
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=SLOW)])
 def test_a_step_equals_the_torch_step(device, tiny_lm, dtype, products):
     """Three requests (4 rows: the a2a-batch one takes two) at different positions, in a
     bucket of 4 with one padding row; then a second step fed back on the device."""
@@ -144,6 +148,7 @@ def test_a_step_equals_the_torch_step(device, tiny_lm, dtype, products):
     assert torch.equal(cache.k[:, 2], untouched)
 
 
+@pytest.mark.slow
 def test_steps_run_ahead_equal_steps_run_one_at_a_time(device, tiny_lm):
     """A decoder that launches each step before the host has taken the last one's ids (the
     default on CUDA) against one that does not, on twin caches, through everything that makes
@@ -207,6 +212,7 @@ def test_no_step_runs_ahead_past_the_cache(device, tiny_lm):
     assert torch.equal(cache.k[:, 1], neighbour)
 
 
+@pytest.mark.slow
 def test_auto_runs_each_bucket_on_the_products_timed_fastest(device, tiny_lm, monkeypatch):
     """products="auto": every kind of step timed at each bucket (here by a stand-in timer: ours
     as programmatic dependents, where they run, faster at 1 row, cuBLAS's plain at 2), each
@@ -461,7 +467,9 @@ THROUGH_STOPS = [
     c for c in CASES if c["input"] in ("What is your name?", "How are you feeling today?")
 ]
 PREFIXES = [next(c for c in CASES if c["task"] == t) for t in ("a2a", "a2t", "a2a-batch", "t2t")]
-GOLDEN_CASES = THROUGH_STOPS + [dict(case, max_new_tokens=6) for case in PREFIXES]
+GOLDEN_CASES = [pytest.param(case, marks=SLOW) for case in THROUGH_STOPS] + [
+    dict(case, max_new_tokens=6) for case in PREFIXES
+]
 
 
 @pytest.mark.parametrize(
@@ -498,7 +506,11 @@ SAMPLED = [
 ]
 
 
-@pytest.mark.parametrize(("task", "opts"), SAMPLED, ids=[t for t, _ in SAMPLED])
+@pytest.mark.parametrize(
+    ("task", "opts"),
+    [SAMPLED[0], *(pytest.param(*case, marks=SLOW) for case in SAMPLED[1:])],
+    ids=[t for t, _ in SAMPLED],
+)
 def test_sampled_tokens_equal_the_torch_path(device, runtimes, task, opts):
     """A sampling request draws the same ids on the kernel step as on the torch path: both
     use kernels/sampling.py's draw and its (seed, position, stream) uniforms."""
@@ -519,6 +531,7 @@ def test_sampled_tokens_equal_the_torch_path(device, runtimes, task, opts):
     assert (argmax.text, argmax.audio) != (got.text, got.audio)  # it really sampled
 
 
+@pytest.mark.slow
 def test_engine_on_kernels_equals_each_session_alone(device, runtimes):
     """Greedy sessions of three tasks join at different steps beside a sampling one; each gets
     the tokens it gets alone on the torch path. The sampling one's turn is transcribed too: a
@@ -578,6 +591,7 @@ def test_on_gpu_the_engine_captures_before_its_first_caller(runtimes):
     assert (set(prompts), set(vocoder)) == before
 
 
+@pytest.mark.slow
 def test_fused_greedy_tokens_equal_the_reference(device, runtimes, fused):
     """The step on our own products: still the reference implementation's tokens (an
     a2a-batch request: two rows, text and audio)."""
