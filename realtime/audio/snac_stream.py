@@ -12,9 +12,9 @@ still needs from earlier chunks, and runs behind its input by a fixed lag:
 - everything else (Snake, 1x1 convolutions, noise, tanh) works sample by sample.
 
 On a CPU the transposed and the 1x1 convolutions run as matrix products (BLAS), as oneDNN's
-convolutions at a stream's shapes are slow: its first transposed convolution (33 MB of weights,
-a handful of latent steps) took 11.6 ms for two streams, where the product takes 2.0. A GPU keeps
-the convolutions (cuDNN, in CUDA graphs).
+convolutions at a stream's shapes are several times slower (a few latent steps over tens of MB
+of weights; docs/performance.md has the figures). A GPU keeps the convolutions (cuDNN, in CUDA
+graphs).
 
 The whole decode pads every convolution's input with zeros; the stream gets the same by
 zeroing, at the input of each convolution, the positions before the utterance starts and, at

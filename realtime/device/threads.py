@@ -4,9 +4,9 @@ torch's CPU ops, and our C kernels (kernels/cpu_decode.py), split their work ove
 OpenMP parallel regions. GNU OpenMP (libgomp, the runtime of torch's Linux wheels) gives every
 thread that starts a region a pool of worker threads and keeps it until that thread ends. While
 two threads hold pools and their workers outnumber the CPUs, libgomp's workers stop spinning
-between regions and sleep, so every region waits for them to wake: on this project's 2-core VM
-an empty region took 30 us instead of 0.7, a small torch op 48 us instead of 8, and the engine's
-step for the released model 110 ms instead of 80 (`benchmarks.engine_speed`).
+between regions and sleep, so every region waits for them to wake: tens of microseconds on
+every op, which adds up to a third more on the engine's step on a small CPU
+(docs/architecture.md, `benchmarks.engine_speed`).
 
 So in the server only the inference thread runs torch for long. Loading the models and setting
 up the engine run on a thread of their own that ends when they are done (`on_fresh_thread`),

@@ -23,8 +23,7 @@ from realtime.model.config import ModelConfig
 # (MKL's sgemm) than in torch's bf16 kernel, which slows down about linearly with the rows.
 CPU_UPCAST_ROWS = 32
 # From this many rows a product takes the weights packed for oneDNN, where the model has them:
-# one row is as fast or faster on our GEMV (a step's products on a 2-core Xeon with AMX: 48-50
-# ms against 49-56 packed), two are not (61 against 48-53).
+# one row is as fast or faster on our GEMV, two are not (docs/kernels.md: the CPU kernels).
 PACKED_MIN_ROWS = 2
 
 
@@ -173,8 +172,8 @@ class Attention(nn.Module):
 def _rows_in_c(qkv: torch.Tensor, cos, cache: KVCache, slots: torch.Tensor) -> bool:
     """CPU rows in bf16 at one position each: kernels/cpu_decode.py does a row's RoPE, cache
     write and attention in one call (the same roundings as the torch path below; RoPE tables
-    in fp32), one call per row: for 2 rows a step's torch ops took 16 ms, where ~30 tiny ops
-    per layer and row cost more than the attention itself."""
+    in fp32), one call per row: in torch, ~30 tiny ops per layer and row cost more than the
+    attention itself."""
     return (
         qkv.dtype == torch.bfloat16 == cache.k.dtype
         and cos.dtype == torch.float32
