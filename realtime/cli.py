@@ -17,7 +17,7 @@ import numpy as np
 
 from realtime.decoding.options import ENCODER_MODES, STEP_PRODUCT_CHOICES, DecodingOptions
 from realtime.model import tokens
-from realtime.model.checkpoint import DEFAULT_MODEL, DTYPES, ModelError
+from realtime.model.checkpoint import DEFAULT_MODEL, DTYPES, ModelError, model_name
 from realtime.model.config import PRESETS
 from realtime.model.prompts import TASKS, Task
 
@@ -305,7 +305,7 @@ def _server_options(args: argparse.Namespace):
         pdl=args.pdl,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        model_name=str(args.model),
+        model_name=model_name(str(args.model)),
         twilio_auth_token=args.twilio_auth_token,
         public_url=args.public_url,
         call=call,

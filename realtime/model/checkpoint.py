@@ -31,6 +31,7 @@ SNAC_DIR = "snac"
 SNAC_FILES = ("config.json", "pytorch_model.bin")
 SNAC_REPO = "hubertsiuzdak/snac_24khz"
 DEFAULT_MODEL = "gpt-omni/mini-omni"
+FAMILY = "mini-omni"  # what a local model directory is called to clients
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,6 +48,19 @@ class ModelFiles:
 
     def lm(self, name: str) -> Path:
         return self.root / name
+
+
+def model_name(spec: str) -> str:
+    """The name clients are told for model `spec`: a hub name as given (a directory of the hub
+    cache, `models--ORG--NAME/snapshots/...`, by its hub name); any other directory by the
+    family's name, never its local path."""
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        return spec
+    for part in reversed(root.resolve().parts):
+        if part.startswith("models--") and part.count("--") >= 2:
+            return "/".join(part.removeprefix("models--").split("--", 1))
+    return FAMILY
 
 
 def resolve(spec: str, offline: bool = False) -> ModelFiles:
