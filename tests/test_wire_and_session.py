@@ -15,7 +15,7 @@ from realtime.transports.openai.session import (
     Settings,
     apply_update,
     describe,
-    unsupported,
+    unused_fields,
 )
 from realtime.transports.wire_audio import FORMATS, InputAudio, OutputAudio
 from realtime.turns.options import TurnOptions
@@ -118,12 +118,16 @@ def test_ga_update_and_manual_turns():
     assert refused == []
 
 
-def test_what_the_model_cannot_do_is_refused_by_name_and_the_rest_applies():
-    settings, refused = apply_update(
+def test_what_the_model_cannot_use_is_kept_and_reported_and_the_rest_applies():
+    """Frameworks send a system prompt and tools by default (and some end the session on any
+    error event): they are kept, echoed in the session and named for the server's log."""
+    tools = [{"type": "function", "name": "f", "parameters": {}}]
+    settings, unused = apply_update(
         Settings(),
         {
             "instructions": "be brief",
-            "tools": [{"type": "function", "name": "f"}],
+            "tools": tools,
+            "tool_choice": "none",
             "input_audio_transcription": {
                 "model": "whisper-1",
                 "prompt": "names",
@@ -133,16 +137,42 @@ def test_what_the_model_cannot_do_is_refused_by_name_and_the_rest_applies():
         },
     )
     assert settings.input_format == "g711_alaw" and settings.transcribe
-    assert [e.param for e in refused] == [
-        "session.tools",
+    assert (settings.instructions, settings.tools, settings.tool_choice) == (
+        "be brief",
+        tuple(tools),
+        "none",
+    )
+    assert unused == [
         "session.instructions",
+        "session.tools",
         "session.input_audio_transcription.prompt",
         "session.input_audio_transcription.language",
     ]
-    assert all(e.code == "unsupported" for e in refused)
-    assert [e.param for e in unsupported({"tools": [{}], "modalities": ["text"]}, "response")] == [
-        "response.tools"
-    ]
+    for ga in (False, True):
+        described = describe(settings, "sess_1", "mini-omni", ga)
+        assert (described["instructions"], described["tools"]) == ("be brief", tools)
+        assert apply_update(Settings(transcribe=True), described)[0] == settings
+    assert unused_fields({"tools": [{}], "modalities": ["text"]}, "response") == ["response.tools"]
+    with pytest.raises(ClientError) as refused:
+        apply_update(Settings(), {"instructions": ["be", "brief"]})
+    assert (refused.value.code, refused.value.param) == ("invalid_type", "instructions")
+
+
+@pytest.mark.parametrize("ga", [False, True])
+def test_semantic_vad_falls_back_to_server_vad_with_its_flags(ga):
+    detection = {"type": "semantic_vad", "eagerness": "high", "interrupt_response": False}
+    session = (
+        {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+        if ga
+        else {"turn_detection": detection, "input_audio_format": "g711_ulaw"}
+    )
+    settings, unused = apply_update(Settings(turn_detection=None), session)
+    assert settings.turn_detection == ServerVad(interrupt_response=False)
+    assert len(unused) == 1 and "semantic_vad" in unused[0]
+    assert settings.input_format == ("pcm16" if ga else "g711_ulaw")  # the rest applies
+    with pytest.raises(ClientError) as refused:
+        apply_update(Settings(), {"turn_detection": {"type": "semantic_vad", "eagerness": "x"}})
+    assert refused.value.param == "session.turn_detection.eagerness"
 
 
 @pytest.mark.parametrize(
@@ -185,7 +215,6 @@ def test_answers_in_text_only_are_asked_for_with_modalities(session, speak):
         ({"turn_detection": {"type": "server_vad", "threshold": 7}}, None),
         ({"turn_detection": {"type": "server_vad", "create_response": "yes"}}, None),
         ({"turn_detection": {"type": "server_vad", "silence_duration_ms": True}}, None),
-        ({"turn_detection": {"type": "semantic_vad"}}, "session.turn_detection"),
         ({"turn_detection": {"type": "push_to_talk"}}, "session.turn_detection"),
         ({"audio": "loud"}, "session.audio"),
         ({"modalities": ["video"]}, "session.modalities"),

@@ -54,6 +54,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # an append of about a minute of pcm16 audi
 HEARTBEAT_S = 20.0  # ping a silent client this often: a vanished one frees its slot
 
 log = logging.getLogger("realtime.server")
+_unused_logged: set[str] = set()  # the unused fields this server has logged: each once
 
 
 class RealtimeConnection(WebSocketDoor):
@@ -113,6 +114,14 @@ class RealtimeConnection(WebSocketDoor):
         error = {"type": kind, "code": exc.code, "message": str(exc), "param": exc.param}
         self.send("error", error=error | {"event_id": event_id})
 
+    def note_unused(self, fields: list[str]) -> None:
+        """Log, once a server, each field a client set that the model does not use."""
+        new = [field for field in fields if field not in _unused_logged]
+        if new:
+            _unused_logged.update(new)
+            names = ", ".join(new)
+            log.info("session %d: kept but unused by Mini-Omni (logged once): %s", self.sid, names)
+
     def new_id(self, prefix: str) -> str:
         """A new item or response id, numbered on with the events."""
         return f"{prefix}_{self.sid}_{next(self._counter)}"
@@ -143,9 +152,8 @@ class RealtimeConnection(WebSocketDoor):
             )
 
     def _session_update(self, event: dict) -> None:
-        settings, refused = apply_update(self.settings, event.get("session"))
-        for exc in refused:
-            self.error(exc, event.get("event_id"))
+        settings, unused = apply_update(self.settings, event.get("session"))
+        self.note_unused(unused)
         old, self.settings = self.settings, settings
         self._input.settings_changed(old)
         self.send("session.updated", session=self._describe())
@@ -176,7 +184,7 @@ class RealtimeConnection(WebSocketDoor):
     def _response_create(self, event: dict) -> None:
         """response.create: the answer starts, then the audio held since its turn's commit goes
         to the engine."""
-        self._responses.create(event)
+        self._responses.create(event, quiet=not self._input.buffered_ms)
         self._input.release_held()  # the start of the caller's next turn
 
     # --- the engine's events ----------------------------------------------------------------

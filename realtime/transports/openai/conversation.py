@@ -89,7 +89,7 @@ class Conversation:
 
     def truncation(self, event: dict) -> tuple[Item, int]:
         """The answer and the audio_end_ms that a conversation.item.truncate names, checked."""
-        item, end_ms = self._find(event), event.get("audio_end_ms")
+        item, end_ms = self._find(event, "truncate"), event.get("audio_end_ms")
         if item.role != "assistant":
             raise ClientError("invalid_value", "only an answer's audio can be truncated", "item_id")
         if not item.spoken:
@@ -113,7 +113,7 @@ class Conversation:
 
     def delete(self, event: dict) -> None:
         """conversation.item.delete; an answer still in progress stays."""
-        item = self._find(event)
+        item = self._find(event, "delete")
         if item.status == "in_progress":
             message = "cancel the response before deleting its item"
             raise ClientError("invalid_value", message, "item_id")
@@ -122,14 +122,18 @@ class Conversation:
 
     def retrieve(self, event: dict) -> None:
         """conversation.item.retrieve."""
-        item = self._find(event)
+        item = self._find(event, "retrieve")
         self._link.send("conversation.item.retrieved", item=item.describe(self._link.ga))
 
-    def _find(self, event: dict) -> Item:
+    def _find(self, event: dict, action: str) -> Item:
+        """The item an event names; else OpenAI's error for the action (`item_{action}_
+        invalid_item_id`, which clients match: pipecat's retrieve, for one)."""
         item_id = event.get("item_id")
-        item = None if item_id is None else self._items.get(item_id)
+        item = self._items.get(item_id) if isinstance(item_id, str) else None
         if item is None:
-            raise ClientError("item_not_found", f"no item {item_id!r}", "item_id")
+            doing = action.removesuffix("e") + "ing"
+            message = f"Error {doing} item: the item with id {item_id!r} does not exist."
+            raise ClientError(f"item_{action}_invalid_item_id", message, "item_id")
         return item
 
     # --- the caller's words ---------------------------------------------------------------------

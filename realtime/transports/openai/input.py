@@ -76,8 +76,10 @@ class InputBuffer:
             self._detector.end(time.monotonic())
             item_id, self._speech_item = self._speech_item, None
         if self._buffer_ms < MIN_COMMIT_MS:
-            message = f"the input audio buffer holds {self._buffer_ms} ms"
-            message += f"; a commit needs {MIN_COMMIT_MS}"
+            message = (  # OpenAI's words
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_MS}ms of audio, but buffer only has {self._buffer_ms:.2f}ms of audio."
+            )
             raise ClientError("input_audio_buffer_commit_empty", message)
         self.release_held()
         self._buffer_ms = 0

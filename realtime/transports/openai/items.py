@@ -74,29 +74,49 @@ class Response:
         details: dict | None = None,
         done: events.Done | None = None,
     ) -> dict:
-        described = {
-            "id": self.id,
-            "object": "realtime.response",
-            "status": status,
-            "status_details": details,
-            "output": [] if status == "in_progress" else [self.item.describe(ga)],
-            "usage": None if done is None else usage(self.input_tokens, done),
-        }
-        spoken = self.item.spoken
-        if ga:
-            audio = {"output": output_audio(settings)}
-            modalities = ["audio" if spoken else "text"]
-            return described | {"output_modalities": modalities, "audio": audio}
-        return described | {
-            "modalities": ["text", "audio"] if spoken else ["text"],
-            "voice": VOICE,
-            "output_audio_format": settings.output_format,
-        }
+        output = [] if status == "in_progress" else [self.item.describe(ga)]
+        used = None if done is None else usage(self.input_tokens, done)
+        return describe_response(
+            self.id, status, settings, ga, self.item.spoken, details, output, used
+        )
 
 
-def usage(input_tokens: int, done: events.Done) -> dict:
-    """Tokens as OpenAI counts them: the prompt's positions in, text ids and audio codes out."""
-    text, audio = len(done.text_tokens), len(done.frames) * tokens.AUDIO_LAYERS
+def describe_response(
+    response_id: str,
+    status: str,
+    settings: Settings,
+    ga: bool,
+    spoken: bool,
+    details: dict | None = None,
+    output: list | None = None,
+    used: dict | None = None,
+) -> dict:
+    """A response object as response.created / response.done carry it (no output: a response
+    with nothing to answer)."""
+    described = {
+        "id": response_id,
+        "object": "realtime.response",
+        "status": status,
+        "status_details": details,
+        "output": output or [],
+        "usage": used,
+    }
+    if ga:
+        audio = {"output": output_audio(settings)}
+        modalities = ["audio" if spoken else "text"]
+        return described | {"output_modalities": modalities, "audio": audio}
+    return described | {
+        "modalities": ["text", "audio"] if spoken else ["text"],
+        "voice": VOICE,
+        "output_audio_format": settings.output_format,
+    }
+
+
+def usage(input_tokens: int, done: events.Done | None) -> dict:
+    """Tokens as OpenAI counts them: the prompt's positions in, text ids and audio codes out
+    (no Done: nothing out)."""
+    text = 0 if done is None else len(done.text_tokens)
+    audio = 0 if done is None else len(done.frames) * tokens.AUDIO_LAYERS
     return {
         "total_tokens": input_tokens + text + audio,
         "input_tokens": input_tokens,

@@ -35,6 +35,10 @@ class Link(Protocol):
         """Tell the client of a refused event (or an engine failure)."""
         ...
 
+    def note_unused(self, fields: list[str]) -> None:
+        """Log (once a server) fields a client set that the model does not use."""
+        ...
+
     def new_id(self, prefix: str) -> str:
         """A new item or response id: `{prefix}_{session}_{count}`."""
         ...

@@ -17,9 +17,9 @@ import numpy as np
 from realtime.engine import events
 from realtime.model import tokens
 from realtime.transports.openai.conversation import Conversation
-from realtime.transports.openai.items import CONTENT, Item, Response
+from realtime.transports.openai.items import CONTENT, Item, Response, describe_response, usage
 from realtime.transports.openai.link import Link
-from realtime.transports.openai.session import ClientError, speaks, unsupported
+from realtime.transports.openai.session import ClientError, speaks, unused_fields
 from realtime.transports.wire_audio import FORMATS, OutputAudio
 
 
@@ -42,28 +42,37 @@ class Responses:
 
     # --- the client's events --------------------------------------------------------------------
 
-    def create(self, event: dict) -> None:
+    def create(self, event: dict, quiet: bool) -> None:
         """response.create: answer the turn that waits (the caller of this lets the audio held
-        since its commit go to the engine: the start of the caller's next turn)."""
+        since its commit go to the engine: the start of the caller's next turn). With none, a
+        bot that speaks first: the response's instructions are answered as a typed turn, if the
+        caller is `quiet` (no audio of theirs would be dropped); else the response completes
+        with no output."""
         if self._response is not None:
-            message = f"response {self._response.id} is still in progress"
+            message = (
+                f"Conversation already has an active response in progress: {self._response.id}."
+                " Wait until the response is finished before creating a new one."
+            )
             raise ClientError("conversation_already_has_active_response", message)
         request = event.get("response") or {}
         if not isinstance(request, dict):
             raise ClientError("invalid_value", "response must be an object", "response")
-        if not self._conversation.waiting:
-            message = "nothing to answer: commit the caller's audio first (the model hears speech)"
-            raise ClientError("input_audio_buffer_empty", message)
         speak = speaks(request, "response")
-        for exc in unsupported(request, "response"):
-            self._link.error(exc, event.get("event_id"))
-        self.start(speak)
+        instructions = request.get("instructions")
+        if self._conversation.waiting:
+            self._link.note_unused(unused_fields(request, "response"))
+            self.start(speak)
+        elif quiet and isinstance(instructions, str) and instructions.strip():
+            self._link.note_unused(unused_fields({"tools": request.get("tools")}, "response"))
+            self.start(speak, instructions)
+        else:
+            self._answer_nothing(speak)
 
     def cancel_request(self, event: dict) -> None:
         """response.cancel, of the response in progress (by its id, or any)."""
         wanted = event.get("response_id")
         if self._response is None or wanted not in (None, self._response.id):
-            message = f"no response {wanted or ''} in progress"
+            message = "Cancellation failed: no active response found"  # (OpenAI's words)
             raise ClientError("response_cancel_not_active", message)
         self.cancel("client_cancelled")
 
@@ -77,16 +86,30 @@ class Responses:
 
     # --- starting and stopping ------------------------------------------------------------------
 
-    def start(self, speak: bool | None = None) -> None:
-        """Answer the turn that waits, aloud or in text only as `speak` says (None: as the
-        session does)."""
+    def start(self, speak: bool | None = None, text: str | None = None) -> None:
+        """Answer the turn that waits (or `text`, outside the conversation), aloud or in text
+        only as `speak` says (None: as the session does)."""
         speak = self._link.settings.speak if speak is None else speak
         self._engine_turn += 1
-        self._ask(self._conversation.take_turn(), speak)
+        if text is None:
+            self._ask(self._conversation.take_turn(), speak)
+        else:
+            self._link.engine.submit_text(text, speak)
         item = Item(self._link.new_id("item"), "assistant", status="in_progress", spoken=speak)
         output = OutputAudio(FORMATS[self._link.settings.output_format])
         self._response = Response(self._link.new_id("resp"), item, output)
         self._announce(self._response)
+
+    def _answer_nothing(self, speak: bool | None) -> None:
+        """A response with nothing to answer: created and completed, with no output."""
+        link = self._link
+        speak = link.settings.speak if speak is None else speak
+        response_id = link.new_id("resp")
+        created = describe_response(response_id, "in_progress", link.settings, link.ga, speak)
+        link.send("response.created", response=created)
+        used = usage(0, None)
+        done = describe_response(response_id, "completed", link.settings, link.ga, speak, used=used)
+        link.send("response.done", response=done)
 
     def cancel(self, reason: str) -> None:
         """Stop the response in progress on the engine and end it as cancelled."""

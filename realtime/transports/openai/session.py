@@ -9,17 +9,20 @@ either shape are read; the session is reported, and events named, in the connect
 Answers are speech with its transcript, or text only (`modalities` / `output_modalities`
 ["text"]: the model's text-out twin of the turn). Input transcription (`input_audio_transcription`
 / `audio.input.transcription`) is Mini-Omni's own asr task, whatever model the client names.
-What Mini-Omni cannot do is said, not pretended: tools, instructions, a transcription prompt or
-a language other than English are answered with an `unsupported` error naming the field, and
-the rest of the update still applies. Invalid values (an unknown format, a threshold of 7) and
-turn detection we cannot run (semantic_vad) reject the whole update. The voice (the model's
-one), temperature and answer length are the server's, whatever a client asks; the session
-reports the voice and the length limit as they are.
+What Mini-Omni cannot use is accepted, kept and reported back, never an error, because the
+frameworks built on this protocol send it by default and some end the session on any error:
+`instructions`, `tools` and `tool_choice` (the model takes no system prompt and calls no
+tools), a transcription's `prompt` and `language` (it transcribes English), `semantic_vad`
+(server_vad runs in its place, its create/interrupt flags kept). `apply_update` names them so
+the server can log them. Invalid values (an unknown format, a threshold of 7) reject the whole
+update. The voice (the model's one), temperature and answer length are the server's, whatever a
+client asks; the session reports the voice and the length limit as they are.
 """
 
 import base64
 import binascii
 from dataclasses import dataclass, replace
+from typing import Any
 
 from realtime.model import tokens
 from realtime.transports.wire_audio import FORMATS
@@ -30,6 +33,7 @@ VOICE = "mini-omni"  # the model's one voice
 MAX_SILENCE_MS = 10_000
 MAX_PREFIX_PADDING_MS = 2_000
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+EAGERNESS = ("low", "medium", "high", "auto")  # semantic_vad's settings
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,16 @@ class Settings:
     turn_detection: ServerVad | None = ServerVad()
     speak: bool = True  # answers are speech with its transcript; False: text only
     transcribe: bool = False  # the caller's spoken turns are transcribed (the model's asr task)
+    # Kept and reported as the client set them; the model uses none of them.
+    instructions: str = ""
+    tools: tuple = ()
+    tool_choice: object = "auto"
 
 
-def apply_update(settings: Settings, session: object) -> tuple[Settings, list[ClientError]]:
-    """A `session.update`'s session (either shape) applied: the new settings and the requests
-    it made that cannot be carried out. Raises ClientError if any value is invalid."""
+def apply_update(settings: Settings, session: object) -> tuple[Settings, list[str]]:
+    """A `session.update`'s session (either shape) applied: the new settings and the fields it
+    set that the model does not use (kept and reported all the same). Raises ClientError if any
+    value is invalid."""
     if not isinstance(session, dict):
         raise ClientError("invalid_value", "session must be an object", "session")
     ga = session.get("type") == "realtime" or "audio" in session or "output_modalities" in session
@@ -116,17 +125,25 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[Cl
     outputs = _object(audio.get("output"), "session.audio.output")
     formats = _formats(settings, session, inputs, outputs)
     speak = speaks(session, "session")
-    refused = unsupported(session, "session")
+    kept = _kept(session)
+    unused = unused_fields(session, "session")
     transcribe = settings.transcribe
     key, where = ("transcription", inputs) if ga else ("input_audio_transcription", session)
     if key in where:  # an object turns it on (what it says is a hint), null off
         param = "session." + ("audio.input." if ga else "") + key
         transcribe = where[key] is not None
-        refused += _transcription_refusals(_object(where[key], param), param)
+        transcription = _object(where[key], param)
+        if transcription.get("prompt"):
+            unused.append(f"{param}.prompt")
+        if str(transcription.get("language") or "en").split("-")[0] != "en":
+            unused.append(f"{param}.language")  # (it transcribes English)
     turn_detection = settings.turn_detection
     key, vad = ("audio.input.turn_detection", inputs) if ga else ("turn_detection", session)
     if "turn_detection" in vad:
         turn_detection = _vad(vad["turn_detection"], "session." + key)
+        if isinstance(vad["turn_detection"], dict):
+            if vad["turn_detection"].get("type") == "semantic_vad":
+                unused.append(f"session.{key} semantic_vad (server_vad runs)")
     updated = replace(
         settings,
         input_format=formats["input_format"],
@@ -134,8 +151,26 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[Cl
         turn_detection=turn_detection,
         speak=settings.speak if speak is None else speak,
         transcribe=transcribe,
+        **kept,
     )
-    return updated, refused
+    return updated, unused
+
+
+def _kept(session: dict) -> dict[str, Any]:
+    """The instructions, tools and tool choice an update sets, checked: kept, not used."""
+    kept: dict[str, Any] = {}
+    if session.get("instructions") is not None:
+        if not isinstance(session["instructions"], str):
+            raise ClientError("invalid_type", "instructions must be a string", "instructions")
+        kept["instructions"] = session["instructions"]
+    if session.get("tools") is not None:
+        tools = session["tools"]
+        if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+            raise ClientError("invalid_type", "tools must be a list of objects", "tools")
+        kept["tools"] = tuple(tools)
+    if session.get("tool_choice") is not None:
+        kept["tool_choice"] = session["tool_choice"]
+    return kept
 
 
 def _formats(settings: Settings, session: dict, inputs: dict, outputs: dict) -> dict[str, str]:
@@ -152,24 +187,10 @@ def _formats(settings: Settings, session: dict, inputs: dict, outputs: dict) -> 
     return formats
 
 
-def unsupported(request: dict, where: str) -> list[ClientError]:
-    """What a session (or a response.create's response) asks for that Mini-Omni cannot do."""
-    refused = []
-    if request.get("tools"):
-        refused.append(("tools", "function calling is not supported: the model has no tools"))
-    if request.get("instructions"):
-        refused.append(("instructions", "the model takes no instructions; they are ignored"))
-    return [ClientError("unsupported", message, f"{where}.{param}") for param, message in refused]
-
-
-def _transcription_refusals(transcription: dict, param: str) -> list[ClientError]:
-    """What of a transcription's settings Mini-Omni's asr cannot do (it transcribes anyway)."""
-    refused = []
-    if transcription.get("prompt"):
-        refused.append(("prompt", "the transcription takes no prompt; it is ignored"))
-    if transcription.get("language") not in (None, "", "en"):
-        refused.append(("language", "Mini-Omni transcribes English only"))
-    return [ClientError("unsupported", message, f"{param}.{name}") for name, message in refused]
+def unused_fields(request: dict, where: str) -> list[str]:
+    """The fields of a session (or a response.create's response) that Mini-Omni cannot use:
+    the model takes no system prompt and calls no tools."""
+    return [f"{where}.{name}" for name in ("instructions", "tools") if request.get(name)]
 
 
 def speaks(request: dict, where: str) -> bool | None:
@@ -226,9 +247,13 @@ def _vad(value: object, param: str) -> ServerVad | None:
         return None
     value = _object(value, param)
     kind = value.get("type", "server_vad")
-    if kind == "semantic_vad":
-        raise ClientError("unsupported", "only server_vad (or null) turn detection", param)
-    if kind != "server_vad":
+    if kind == "semantic_vad":  # server_vad in its place, with its flags (and defaults)
+        eagerness = value.get("eagerness")
+        if eagerness is not None and eagerness not in EAGERNESS:
+            message = f"eagerness must be one of {', '.join(EAGERNESS)}"
+            raise ClientError("invalid_value", message, f"{param}.eagerness")
+        value = {k: value[k] for k in ("create_response", "interrupt_response") if k in value}
+    elif kind != "server_vad":
         raise ClientError("invalid_value", f"unknown turn detection {kind!r}", param)
     vad = ServerVad()
     fields = {
@@ -265,9 +290,11 @@ def describe(
         "id": sid,
         "object": "realtime.session",
         "model": model,
-        "instructions": "",
+        "instructions": settings.instructions,
+        "tools": list(settings.tools),
+        "tool_choice": settings.tool_choice,
+        "max_output_tokens": limit,
     }
-    common |= {"tools": [], "tool_choice": "auto", "max_output_tokens": limit}
     transcription = {"model": model} if settings.transcribe else None  # (its asr task)
     if not ga:
         common["max_response_output_tokens"] = common.pop("max_output_tokens")
