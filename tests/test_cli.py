@@ -192,6 +192,16 @@ def test_hub_names_resolve_from_the_caches(tmp_path, tiny_dir):
     assert soundfile.info(out).samplerate == tokens.OUTPUT_SAMPLE_RATE_HZ
 
 
+def test_clients_are_told_the_model_s_name_not_its_path(tmp_path):
+    from realtime.model.checkpoint import model_name
+
+    snapshot = tmp_path / "hub" / "models--gpt-omni--mini-omni" / "snapshots" / "0123"
+    snapshot.mkdir(parents=True)
+    assert model_name(str(snapshot)) == "gpt-omni/mini-omni"
+    assert model_name(str(tmp_path)) == "mini-omni"
+    assert model_name("gpt-omni/mini-omni") == "gpt-omni/mini-omni"
+
+
 def test_init_random_writes_the_official_layout(tmp_path):
     assert main(["init-random", str(tmp_path / "m"), "--preset", "tiny", "--seed", "3"]) == 0
     names = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*"))
