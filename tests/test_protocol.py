@@ -35,6 +35,7 @@ def test_valid_messages():
         ('{"type": "settings", "vad_aggressiveness": 1.5}', "bad_value"),
         ('{"type": "settings", "max_answer_ms": 10}', "bad_value"),
         (json.dumps({"type": "interrupt", "x": "y" * MAX_MESSAGE_BYTES}), "too_large"),
+        ("[" * 30_000 + "]" * 30_000, "bad_json"),  # (json raises RecursionError for it)
     ],
 )
 def test_invalid_messages_say_what_is_wrong(raw, code):
@@ -45,6 +46,12 @@ def test_invalid_messages_say_what_is_wrong(raw, code):
 
 def offer(sdp: str) -> bytes:
     return json.dumps({"type": "offer", "sdp": sdp}).encode()
+
+
+def test_a_deeply_nested_offer_is_bad_json():
+    with pytest.raises(ProtocolError) as err:
+        parse_offer(b"[" * 30_000 + b"]" * 30_000)
+    assert err.value.code == "bad_json"
 
 
 def test_offer_needs_a_sending_audio_section():

@@ -133,7 +133,7 @@ class RealtimeConnection(WebSocketDoor):
         try:
             try:
                 event = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # (json raises the latter for deep nesting)
                 raise ClientError("invalid_json", "an event must be a JSON object") from None
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise ClientError("invalid_event", 'an event is a JSON object with a "type"')

@@ -130,7 +130,7 @@ class TwilioCall(WebSocketDoor):
     def _on_text(self, raw: str) -> None:
         try:
             self._dispatch(json.loads(raw))
-        except (ValueError, KeyError, TypeError, AttributeError):  # not Twilio's shape
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # not Twilio's
             log.info("session %d: ignored a malformed message", self.sid)
 
     def _dispatch(self, message: dict) -> None:

@@ -62,6 +62,8 @@ def _media_section(sdp: str, kind: str) -> str | None:
 def _json_object(raw: str | bytes) -> dict:
     try:
         message = json.loads(raw)
+    except RecursionError:  # (nested deeper than the parser goes: json raises this, not ValueError)
+        raise ProtocolError("bad_json", "JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(message, dict):
