@@ -250,3 +250,15 @@ def test_the_session_we_report_is_the_official_clients(ga, settings):
     # (the models allow extra fields; beta's lacks the "object" its server's examples send)
     assert set(described) - {"object"} <= set(model.model_fields)
     assert apply_update(Settings(), described) == (settings, [])
+
+
+def test_an_answer_truncates_at_its_length_rounded_up():
+    """Clients count a part of a ms as one: a truncate at the rounded-up length keeps it all."""
+    from realtime.transports.openai.items import Item
+
+    item = Item("item_1", "assistant", samples=313 * 24 + 7)  # 313.3 ms at 24 kHz
+    assert item.audio_ms == 314
+    item.truncate(314)
+    assert item.samples == 313 * 24 + 7
+    item.truncate(100)
+    assert item.samples == 100 * 24

@@ -26,7 +26,9 @@ class Item:
 
     @property
     def audio_ms(self) -> int:
-        return self.samples * 1000 // tokens.OUTPUT_SAMPLE_RATE_HZ
+        """The answer's audio sent so far, in ms rounded up: clients count the part of a ms
+        at the end as one (the openai-agents SDK truncates at most at its ceiling)."""
+        return -(-self.samples * 1000 // tokens.OUTPUT_SAMPLE_RATE_HZ)
 
     @property
     def transcript(self) -> str:
@@ -34,7 +36,7 @@ class Item:
 
     def truncate(self, audio_end_ms: int) -> None:
         """Keep the first audio_end_ms of the audio, and the text decoded before it was sent."""
-        self.samples = audio_end_ms * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000
+        self.samples = min(self.samples, audio_end_ms * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000)
         self.texts = [(at, text) for at, text in self.texts if at <= self.samples]
 
     def describe(self, ga: bool) -> dict:
