@@ -282,23 +282,34 @@ def test_a_transcript_equals_the_asr_twin_and_leaves_the_answer_as_it_was(runtim
         engine.open_session(SessionOptions(task=Task.A2A_BATCH, transcribe=True), refused)
 
 
-def test_a_turn_ending_before_the_last_transcript_is_done_fails_that_transcript(runtime):
-    """Both transcripts cannot share the spare row: the older one says it failed, with no
-    TranscriptDone, and the newer one is whole. (The tiny model's asr never picks _eot: each
-    transcript runs to its length limit, tens of steps, while the second turn arrives at once.)"""
+def test_a_transcript_waits_for_the_row_while_the_one_before_runs(runtime):
+    """Two transcripts cannot share the spare row: a turn that ends while the last one's
+    transcript runs has its own start once that is over, both equal to their asr twins. One
+    still waiting when the caller's next turn is prefilled over its prompt fails. (The tiny
+    model's asr never picks _eot: each transcript runs to its length limit, tens of steps,
+    while the next turns arrive at once.)"""
     engine = Engine(runtime, EngineOptions(max_sessions=1)).start()
     try:
         rec = Recorder()
         handle = engine.open_session(
             SessionOptions(transcribe=True, decoding=DecodingOptions(max_new_tokens=4)), rec
         )
-        speak(handle, clip("q_story.wav"))
-        speak(handle, clip("q_capital.wav"))
-        done = rec.wait_for(events.TranscriptDone)[0]
-        assert done.turn == 2 and done.reason == "length"
-        assert [(f.turn, "next turn" in f.message) for f in rec.of(events.TranscriptFailed)] == [
-            (1, True)
-        ]
+        story, capital, weather = clip("q_story.wav"), clip("q_capital.wav"), clip("q_weather.wav")
+        speak(handle, story)
+        speak(handle, capital)
+        first, second = rec.wait_for(events.TranscriptDone, 2)
+        assert (first.turn, second.turn) == (1, 2) and not rec.of(events.TranscriptFailed)
+        for done, pcm in ((first, story), (second, capital)):
+            assert done.text_tokens == asr_twin(runtime, pcm, done).text_tokens
+
+        speak(handle, story)  # turn 3: its transcript runs long
+        speak(handle, capital)  # turn 4: waits for the row
+        for start in range(0, len(weather), PUSH):  # turn 5's speech overwrites turn 4's prompt
+            handle.push_audio(weather[start : start + PUSH])
+        rec.wait_for(events.TranscriptDone, 3)
+        failed = rec.wait_for(events.TranscriptFailed)[0]
+        assert (failed.turn, "next turn began" in failed.message) == (4, True)
+        assert [e.turn for e in rec.of(events.TranscriptDone)] == [1, 2, 3]
     finally:
         engine.stop()
 

@@ -109,6 +109,9 @@ class Session:
         self.slots = torch.tensor(self.slot_ids, device=cache.k.device)
         self.transcript_slot = slots[rows] if options.transcribe else None
         self.transcript: Transcript | None = None  # the last spoken turn's
+        # Turns whose transcript waits for the row (turn, prompt length, feature frames): the
+        # answer row holds their prompt until the next turn's prefill writes over it.
+        self.transcripts_waiting: list[tuple[int, int, int]] = []
         self.encoder = ChunkedEncoder(whisper) if options.encoder == "chunked" else None
         self.vocoder = VocoderStream(device=cache.k.device)
         self.history = 0  # KV positions kept from earlier turns
@@ -154,7 +157,10 @@ class Session:
     def lanes(self) -> list:
         """What of this session decodes in the batch: its answer, and its transcript once the
         answer's first output is out (before that, its row would slow the steps the end of
-        the turn waits on); either may be done: the engine finishes those."""
+        the turn waits on); either may be done: the engine finishes those. A transcript that
+        waited for the row starts here, once the one before it is over."""
+        if self.transcripts_waiting and (self.transcript is None or self.transcript.gen is None):
+            self._start_transcript(*self.transcripts_waiting.pop(0))
         if self.transcript is None or not self._answer_is_out():
             return [self]
         return [self, self.transcript]
@@ -199,6 +205,7 @@ class Session:
             self._answer_turn(speak, transcribe)
         finally:
             begun = self.transcript is not None and self.transcript.turn == self.turn
+            begun = begun or any(turn == self.turn for turn, _, _ in self.transcripts_waiting)
             if transcribe and not begun:
                 message = "the turn failed before its transcript began"
                 self._emit(events.TranscriptFailed, message=message)
@@ -249,22 +256,36 @@ class Session:
         self._reset_input()
 
     def _transcribe(self) -> None:
-        """Start the transcript of the turn just prefilled: its asr prompt is the answer's but
-        for the last position, so the answer row's cache up to there is copied, not computed,
-        and that position is its first decode step (realtime.engine.transcript)."""
-        if self.transcript is not None:
-            self.transcript.fail("the next turn ended before this one's transcript was done")
+        """Transcribe the turn just prefilled: at once if the row is free, else once the
+        transcript on it is over (lanes), as long as the answer row keeps this turn's prompt
+        (_forward fails it when the next turn's prefill writes over it)."""
         length = self.base + self.prefilled  # the answer's prompt, this turn's and before it
+        if self.transcript is not None and self.transcript.gen is not None:
+            self.transcripts_waiting.append((self.turn, length, self.frames))
+            return
+        self._start_transcript(self.turn, length, self.frames)
+
+    def _start_transcript(self, turn: int, length: int, frames: int) -> None:
+        """Its asr prompt is the answer's but for the last position, so the answer row's cache
+        up to there is copied, not computed, and that position is its first decode step
+        (realtime.engine.transcript)."""
         src, dst = self.slot_ids[self.spec.audio_row], self.transcript_slot
         assert dst is not None  # _answer_turn refuses a transcript without its row
         for kv in (self.cache.k, self.cache.v):
             kv[:, dst, :, : length - 1] = kv[:, src, :, : length - 1]
-        last = build_prompt(Task.ASR, audio_frames=self.frames).ids[:, -1]  # (1, 8)
-        limit = min(max_tokens(self.frames), self.cache.max_seq - length)
+        last = build_prompt(Task.ASR, audio_frames=frames).ids[:, -1]  # (1, 8)
+        limit = min(max_tokens(frames), self.cache.max_seq - length)
         self.transcript = Transcript(
-            self.sid, self.turn, dst, self.slots.device, length, last, limit, self.tokenizer,
-            self.sink,
-        )  # fmt: skip
+            self.sid, turn, dst, self.slots.device, length, last, limit, self.tokenizer, self.sink
+        )
+
+    def _drop_overwritten_transcripts(self, start: int) -> None:
+        """The answer rows are written from position `start` on: the waiting transcripts whose
+        prompt reaches past it can no longer start."""
+        for waiting in [w for w in self.transcripts_waiting if w[1] - 1 > start]:
+            self.transcripts_waiting.remove(waiting)
+            message = "the next turn began before the transcript row was free"
+            self.sink(events.TranscriptFailed(self.sid, time.monotonic(), waiting[0], message))
 
     def _add_features(self, features: torch.Tensor) -> None:
         if features.shape[0]:
@@ -300,6 +321,8 @@ class Session:
     def _forward(self, ids, audio, mask) -> torch.Tensor:
         """Run prompt positions ids (rows, n, 8) of this turn through the model."""
         start = self.base + self.prefilled
+        if self.transcripts_waiting:
+            self._drop_overwritten_transcripts(start)
         ids = ids.to(self.slots.device)
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.lm.embed(ids, audio, None if mask is None else mask.expand(ids.shape[0], -1))

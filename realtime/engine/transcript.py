@@ -9,7 +9,9 @@ answer whose prompt's last position is its first decode step: one more row in th
 steps, greedy, until `_eot`. It joins the steps once the answer's first audio (or, for a text
 answer, its first text) is out, so the end of the turn waits for nothing of it; the answer's
 later steps carry its row while it runs. The caller may speak again at once: the next turn's
-prefill writes only the answer's rows.
+prefill writes only the answer's rows. A turn that ends while the row is still busy has its
+transcript wait (the session's `transcripts_waiting`): its prompt stays in the answer row until
+the caller's next turn is prefilled over it, which fails it if it has not started by then.
 """
 
 import time
