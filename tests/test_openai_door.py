@@ -581,6 +581,29 @@ def test_audio_appended_after_a_commit_waits_for_its_own_turn(server):
     assert second > first  # the story is longer than the question
 
 
+def test_a_client_that_commits_may_stream_past_the_buffer_s_limit(server):
+    """With turn detection off, pipecat's locally detected turns stream the microphone without
+    a pause and clear and commit around each utterance; the silence between, past the 20 s a
+    turn may hold, empties the buffer instead of failing every append."""
+
+    async def scenario():
+        async with Raw(server) as client:
+            await client.send("session.update", session={"turn_detection": None})
+            await client.until("session.updated")
+            silence = bytes(2 * 24_000 * 21)  # 21 s of pcm16 at 24 kHz
+            await client.say(silence + speech(silence_ms=0))
+            await client.send("input_audio_buffer.commit")
+            await client.send("response.create")
+            done = (await client.until("response.done"))["response"]
+            return client.received, done
+
+    received, done = asyncio.run(within(WAIT_S, scenario()))
+    assert not [e for e in received if e["type"] == "error"]
+    assert done["status"] in ("completed", "incomplete")
+    # the answer heard the question, not the silence that was dropped
+    assert done["usage"]["input_tokens"] < 20_000 // 20
+
+
 def test_tokens_busy_and_oversized_messages(server):
     async def scenario():
         outcomes = {}

@@ -134,9 +134,11 @@ def test_what_the_model_cannot_use_is_kept_and_reported_and_the_rest_applies():
                 "language": "de",
             },
             "input_audio_format": "g711_alaw",
+            "input_audio_noise_reduction": {"type": "near_field"},
         },
     )
     assert settings.input_format == "g711_alaw" and settings.transcribe
+    assert settings.noise_reduction == {"type": "near_field"}
     assert (settings.instructions, settings.tools, settings.tool_choice) == (
         "be brief",
         tuple(tools),
@@ -147,6 +149,7 @@ def test_what_the_model_cannot_use_is_kept_and_reported_and_the_rest_applies():
         "session.tools",
         "session.input_audio_transcription.prompt",
         "session.input_audio_transcription.language",
+        "session.input_audio_noise_reduction",
     ]
     for ga in (False, True):
         described = describe(settings, "sess_1", "mini-omni", ga)

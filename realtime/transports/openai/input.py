@@ -9,6 +9,7 @@ commit that has no response yet is held here: a later commit joins it to the wai
 once the response starts it begins the caller's next turn.
 """
 
+import logging
 import time
 
 import numpy as np
@@ -24,6 +25,8 @@ from realtime.transports.wire_audio import FORMATS, InputAudio
 from realtime.turns.detector import VAD_FRAME_MS, TurnDetector, TurnEvent
 
 MIN_COMMIT_MS = 100  # OpenAI's smallest commit
+
+log = logging.getLogger("realtime.server")
 
 
 def _ms(samples: int, rate_hz: int) -> int:
@@ -43,6 +46,7 @@ class InputBuffer:
         self._heard_ms = 0  # every frame of input so far: the clock of audio_start/end_ms
         self._buffer_ms = 0  # in the input buffer: appended and not committed
         self._held: list[np.ndarray] = []  # appended after a commit that is not answered yet
+        self._rolled_over = False  # the buffer overflowed once (and that was logged)
 
     @property
     def buffered_ms(self) -> int:
@@ -94,13 +98,16 @@ class InputBuffer:
 
     def clear(self, event: dict) -> None:
         """input_audio_buffer.clear: the audio not committed, and the speech in progress, go."""
+        self._drop_uncommitted()
+        self._detector, self._speech_item = self._new_detector(), None
+        self._link.send("input_audio_buffer.cleared")
+
+    def _drop_uncommitted(self) -> None:
         if self._conversation.waiting:
             self._held.clear()
         else:
             self._link.engine.clear_input()
-        self._detector, self._speech_item = self._new_detector(), None
         self._buffer_ms = 0
-        self._link.send("input_audio_buffer.cleared")
 
     def record(self, audio: bytes, item_id: str | None) -> None:
         """A recorded user message (conversation.item.create with input_audio): buffered and
@@ -125,7 +132,7 @@ class InputBuffer:
         """One 20 ms frame through the turn detector (if the session has one)."""
         vad, detector = self._link.settings.turn_detection, self._detector
         if vad is None or detector is None:  # (both, or neither: a new vad, a new detector)
-            self._buffer(frame)
+            self._buffer(frame, roll_over=True)
             return
         for turn in detector.push(frame, time.monotonic()):
             if turn.kind is TurnEvent.STARTED:  # its audio: the pre-roll, onset included
@@ -154,10 +161,19 @@ class InputBuffer:
         if vad.create_response and not self._responses.active:
             self._responses.start()  # (the commit let the held audio go: none is left to hold)
 
-    def _buffer(self, pcm16: np.ndarray) -> None:
-        """Count a frame into the buffer and send it to the engine, or hold it."""
+    def _buffer(self, pcm16: np.ndarray, roll_over: bool = False) -> None:
+        """Count a frame into the buffer and send it to the engine, or hold it. A full buffer
+        is refused, or with `roll_over` (appended audio, no turn detection) emptied."""
         limit = self._link.options.turns.max_turn_ms
-        if self._buffer_ms >= limit:
+        if self._buffer_ms >= limit and roll_over:
+            # The client commits its turns, and may stream without a pause (pipecat's locally
+            # detected turns clear and commit around each utterance, and send the silence
+            # between): the oldest uncommitted audio goes, rather than the session.
+            if not self._rolled_over:
+                log.info("an input audio buffer passed %d ms uncommitted: dropped, goes on", limit)
+            self._rolled_over = True
+            self._drop_uncommitted()
+        elif self._buffer_ms >= limit:
             message = f"the input audio buffer holds {limit} ms, the most one turn may: commit it"
             raise ClientError("input_audio_buffer_full", message)
         self._buffer_ms += _ms(len(pcm16), tokens.INPUT_SAMPLE_RATE_HZ)

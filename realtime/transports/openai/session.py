@@ -12,11 +12,12 @@ Answers are speech with its transcript, or text only (`modalities` / `output_mod
 What Mini-Omni cannot use is accepted, kept and reported back, never an error, because the
 frameworks built on this protocol send it by default and some end the session on any error:
 `instructions`, `tools` and `tool_choice` (the model takes no system prompt and calls no
-tools), a transcription's `prompt` and `language` (it transcribes English), `semantic_vad`
-(server_vad runs in its place, its create/interrupt flags kept). `apply_update` names them so
-the server can log them. Invalid values (an unknown format, a threshold of 7) reject the whole
-update. The voice (the model's one), temperature and answer length are the server's, whatever a
-client asks; the session reports the voice and the length limit as they are.
+tools), a transcription's `prompt` and `language` (it transcribes English), noise reduction,
+`semantic_vad` (server_vad runs in its place, its create/interrupt flags kept). `apply_update`
+names them so the server can log them. Invalid values (an unknown format, a threshold of 7)
+reject the whole update. The voice (the model's one), temperature and answer length are the
+server's, whatever a client asks; the session reports the voice and the length limit as they
+are.
 """
 
 import base64
@@ -111,6 +112,7 @@ class Settings:
     instructions: str = ""
     tools: tuple = ()
     tool_choice: object = "auto"
+    noise_reduction: object = None  # (the audio is heard as it comes)
 
 
 def apply_update(settings: Settings, session: object) -> tuple[Settings, list[str]]:
@@ -144,6 +146,11 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[st
         if isinstance(vad["turn_detection"], dict):
             if vad["turn_detection"].get("type") == "semantic_vad":
                 unused.append(f"session.{key} semantic_vad (server_vad runs)")
+    key, where = ("noise_reduction", inputs) if ga else ("input_audio_noise_reduction", session)
+    if key in where:
+        kept["noise_reduction"] = _object(where[key], f"session.{key}") or None
+        if kept["noise_reduction"] is not None:
+            unused.append(f"session.{key}")
     updated = replace(
         settings,
         input_format=formats["input_format"],
@@ -304,6 +311,7 @@ def describe(
             "input_audio_format": settings.input_format,
             "output_audio_format": settings.output_format,
             "input_audio_transcription": transcription,
+            "input_audio_noise_reduction": settings.noise_reduction,
             "turn_detection": detection,
         }
     return common | {
@@ -313,7 +321,7 @@ def describe(
             "input": {
                 "format": _ga_format(settings.input_format),
                 "transcription": transcription,
-                "noise_reduction": None,
+                "noise_reduction": settings.noise_reduction,
                 "turn_detection": detection,
             },
             "output": output_audio(settings),
