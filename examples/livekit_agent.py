@@ -9,8 +9,7 @@ session's audio input and output are set directly.
 Without a microphone (what CI runs), `--say` plays WAV files as the caller's turns, paced in
 real time with silence between them (so the server's VAD ends each turn), and a virtual
 speaker plays the answers out in real time. `--barge-in` starts the last question while the
-agent is still answering the one before (once that turn is transcribed), so the server's VAD
-cuts that answer:
+agent is still answering the one before, so the server's VAD cuts that answer:
 
     realtime serve --model /tmp/tiny --token secret --port 8080
     python examples/livekit_agent.py --api-key secret --barge-in \\
@@ -28,6 +27,7 @@ speakers (it needs PortAudio): start the same `AgentSession` in an entrypoint gi
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -85,48 +85,44 @@ class ScriptedMicrophone(AudioInput):
 
 
 class VirtualSpeaker(AudioOutput):
-    """Plays the agent's audio nowhere, in real time: a segment (what the agent says between
-    two flushes) finishes when its duration has passed since its first frame, or when the
-    framework clears it (a barge-in), at the point reached. It cannot pause, so the session
-    warns that resume_false_interruption is ignored (a LiveKit room's output can pause)."""
+    """Plays the agent's audio nowhere, in real time, keeping LiveKit's contract for an audio
+    sink: a segment (the frames between two flushes) reports playback_finished once, after its
+    flush, when its duration has passed since its first frame or, if the framework cleared it
+    (a barge-in), at once, at the point reached. It cannot pause, so the session warns that
+    resume_false_interruption is ignored (a LiveKit room's output can pause)."""
 
     def __init__(self) -> None:
         super().__init__(label="virtual speaker", capabilities=AudioOutputCapabilities(pause=False))
-        self._started_at: float | None = None  # monotonic time of the segment's first frame
-        self._duration_s = 0.0  # of the segment's audio so far
-        self._cleared = False  # frames of a cleared segment are dropped until its flush
+        self._started_at = 0.0  # monotonic time of the segment's first frame
+        self._pushed_s = 0.0  # of the segment's audio so far
+        self._cleared = asyncio.Event()  # the framework cut the segment
         self._playout: asyncio.Task | None = None
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         await super().capture_frame(frame)
-        if self._cleared:
-            return
-        if self._started_at is None:
+        if not self._pushed_s:
             self._started_at = time.monotonic()
             self.on_playback_started(created_at=time.time())
-        self._duration_s += frame.duration
+        self._pushed_s += frame.duration
 
     def flush(self) -> None:
         super().flush()
-        self._cleared = False
-        if self._started_at is not None and self._playout is None:
+        if self._pushed_s and self._playout is None:
             self._playout = asyncio.create_task(self._play_out())
 
     def clear_buffer(self) -> None:
-        if self._playout is not None:
-            self._playout.cancel()
-        self._cleared = self._started_at is not None
-        self._finish(interrupted=True)
+        if self._pushed_s:
+            self._cleared.set()
 
     async def _play_out(self) -> None:
-        await asyncio.sleep(self._started_at + self._duration_s - time.monotonic())
-        self._finish(interrupted=False)
-
-    def _finish(self, interrupted: bool) -> None:
-        if self._started_at is None:
-            return
-        played_s = min(self._duration_s, time.monotonic() - self._started_at)
-        self._started_at, self._duration_s, self._playout = None, 0.0, None
+        """Until the segment has played, or is cleared; then report where it got to."""
+        remaining_s = self._started_at + self._pushed_s - time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cleared.wait(), max(0.0, remaining_s))
+        interrupted = self._cleared.is_set()
+        played_s = min(self._pushed_s, time.monotonic() - self._started_at)
+        self._pushed_s, self._playout = 0.0, None
+        self._cleared.clear()
         self.on_playback_finished(playback_position=played_s, interrupted=interrupted)
 
 
@@ -137,7 +133,6 @@ class Transcript:
         self.agent_state = "initializing"
         self.answers = 0  # times the agent started speaking
         self.barge_ins = 0  # answers the server cut (response.done "cancelled")
-        self.heard = 0  # the caller's turns whose transcription ended (completed or failed)
         self.server_errors = 0  # `error` events from the server (the plugin ignores some)
         self.framework_errors = 0  # errors the framework reported (AgentSession's "error")
         self.closed: str | None = None  # why the session closed, once it has
@@ -154,10 +149,7 @@ class Transcript:
         if event["type"] == "error":
             self.server_errors += 1
             print(f"error event from the server: {event['error']}")
-        elif event["type"] == "conversation.item.input_audio_transcription.completed":
-            self.heard += 1
         elif event["type"] == "conversation.item.input_audio_transcription.failed":
-            self.heard += 1
             print(f"server: the caller's turn {event['item_id']} was not transcribed")
         elif event["type"] == "response.done":
             response = event["response"]
@@ -226,17 +218,13 @@ async def converse(
     mic: ScriptedMicrophone, transcript: Transcript, clips: list[Path], barge_in: bool
 ) -> None:
     """The caller's side: each clip, then its answer heard out (or, before the last clip with
-    `barge_in`, cut into once the turn is transcribed, BARGE_IN_AFTER_S into the answer)."""
+    `barge_in`, cut into BARGE_IN_AFTER_S into the answer)."""
     for n, clip in enumerate(clips):
         speech = load_speech(clip, mic.rate_hz)
         print(f"caller: {clip.name} ({len(speech) / mic.rate_hz:.1f} s)")
         await mic.say(speech)
         await transcript.until(lambda n=n: transcript.answers > n, f"answer to {clip.name}")
         if barge_in and n == len(clips) - 2:
-            # (the server transcribes a caller's turns one at a time: a turn that ends before
-            # the one before is transcribed fails that transcription, which LiveKit logs as an
-            # error; a caller cutting in at once would show it)
-            await transcript.until(lambda n=n: transcript.heard > n, f"transcript of {clip.name}")
             await asyncio.sleep(BARGE_IN_AFTER_S)
             print("caller: asks the next question while the agent is speaking")
             continue
