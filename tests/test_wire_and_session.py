@@ -48,13 +48,14 @@ def test_output_streamed_in_pieces_equals_encoded_whole(name):
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_input_split_anywhere_equals_decoded_whole(name):
-    """Odd splits included: a pcm16 sample cut in half across two messages."""
+    """Odd splits included: a pcm16 sample cut in half across two messages, and empty ones
+    between (an empty packet must not end a G.711 decoder's stream)."""
     out = OutputAudio(FORMATS[name])
     wire = out.push(speech_24k()) + out.flush()
     whole = np.concatenate(InputAudio(FORMATS[name]).push(wire))
     split = InputAudio(FORMATS[name])
-    frames = [f for piece in chunks(wire, 333) for f in split.push(piece)]
-    np.testing.assert_array_equal(np.concatenate(frames), whole)
+    frames = [f for piece in chunks(wire, 333) for f in split.push(piece) + split.push(b"")]
+    np.testing.assert_array_equal(np.concatenate(frames), whole)  # (empty chunks change nothing)
     assert {len(f) for f in frames} == {320}  # 20 ms at 16 kHz, what webrtcvad takes
 
 

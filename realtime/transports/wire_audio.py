@@ -71,6 +71,8 @@ class InputAudio:
         self._odd = b""  # pcm16: a sample split across two messages
 
     def push(self, payload: bytes) -> list[np.ndarray]:
+        if not payload:  # (an empty packet would tell the codec the stream has ended)
+            return []
         pcm16 = self._decode(payload)
         if pcm16.size == 0:
             return []
