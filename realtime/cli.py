@@ -12,6 +12,7 @@ import re
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_serve(p: argparse.ArgumentParser) -> None:
     _add_model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="beyond localhost needs --token")
-    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    p.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
     p.add_argument("--max-sessions", type=_positive_int, default=4, help="concurrent calls")
     p.add_argument(
         "--step-products",
@@ -152,7 +153,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def _add_call(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
+    p.add_argument("url", type=_http_url, help="the server, e.g. http://127.0.0.1:8080")
     p.add_argument("--wav", type=Path, required=True, help="what to say (any audio file)")
     p.add_argument("--out", type=Path, help="write the spoken reply (24 kHz WAV)")
     p.add_argument("--json", type=Path, help="write every event with its arrival time")
@@ -160,6 +161,20 @@ def _add_call(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-answer-ms", type=_positive_int, default=None)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
     p.set_defaults(handler=_call)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: any free one), got {value}")
+    return value
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected http(s)://host:port, got {text!r}")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -273,6 +288,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Fail at once, not after the model has loaded, where the port is taken or the host is
+    not this machine's."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def _server_options(args: argparse.Namespace):
     """Checked before the model loads, so a wrong flag fails at once."""
     from realtime.server_config import LOCAL_HOSTS, ServerOptions
@@ -292,6 +320,8 @@ def _server_options(args: argparse.Namespace):
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
+    if args.port:
+        _check_listen(args.host, args.port)
     decoding = DecodingOptions(max_new_tokens=args.max_new_tokens)
     call = CallOptions(
         decoding=decoding, max_answer_ms=args.max_answer_ms, transcribe=args.transcribe

@@ -243,7 +243,11 @@ async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str],
     await runner.setup()
     try:
         site = web.TCPSite(runner, options.host, options.port, ssl_context=_tls(options))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # in use, or not this machine's address: the user's to fix
+            where = f"{options.host}:{options.port}"
+            raise ValueError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         ready(_url(options, runner.addresses[0][1]))
         await _until_signalled()
     finally:

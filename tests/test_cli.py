@@ -240,6 +240,32 @@ def test_serve_refuses_unsafe_or_broken_listening_at_once(capsys, args, message)
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_port_in_use_is_one_line_before_the_model_loads(capsys):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--model", "/nonexistent", "--port", port]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1:" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--port", "99999"], "a port is 0 to 65535"),
+        (["serve", "--port", "-5"], "a port is 0 to 65535"),
+        (["call", "127.0.0.1:8080", "--wav", "q.wav"], "expected http(s)://host:port"),
+        (["call", "ftp://127.0.0.1", "--wav", "q.wav"], "expected http(s)://host:port"),
+    ],
+)
+def test_bad_addresses_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == EXIT_BAD_INPUT and message in err
+
+
 def test_threads_option_sets_torch_s_threads(tiny_dir):
     import torch
 
