@@ -12,8 +12,12 @@ import aiohttp
 import numpy as np
 import pytest
 
+from realtime.engine import events
+from realtime.model import tokens
+from realtime.transports.options import CallOptions
 from realtime.transports.twilio.connection import (
     MEDIA_PATH,
+    TwilioCall,
     signature,
     signed_by_twilio,
     stream_url,
@@ -214,3 +218,71 @@ def test_unsigned_requests_are_refused_and_signed_ones_get_twiml(server):
         and ElementTree.fromstring(body).find("Connect/Stream").get("url") == MEDIA_URL
     )
     assert bad_status == 403 and json.loads(bad_body)["error"]["code"] == "bad_signature"
+
+
+class Wire:
+    """The WebSocket a TwilioCall writes to, kept in memory."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+class StubEngine:
+    """The engine session's face to a door: what the call asked of it."""
+
+    id = 0
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def push_audio(self, pcm) -> None:
+        pass
+
+    def end_turn(self, *args) -> None:
+        self.asked.append("end_turn")
+
+    def cancel(self, *args) -> None:
+        self.asked.append("cancel")
+
+    def close(self) -> None:
+        self.asked.append("close")
+
+
+def start_without_a_stream(stream_sid: str | None) -> dict:
+    return {"event": "start", "start": START["start"] | {"streamSid": stream_sid}}
+
+
+def test_the_answer_s_length_limit_stops_the_engine_and_a_second_start_keeps_the_stream():
+    """--max-answer-ms: the engine is cancelled in the chunk that reaches the limit (not when
+    a later one has nothing left), and the end mark follows. A repeated start without a
+    streamSid keeps the call's; a call that never gets one is closed."""
+
+    async def scenario():
+        wire, engine = Wire(), StubEngine()
+        call = TwilioCall(wire, CallOptions(max_answer_ms=100))
+        call.handle = engine
+        call._on_text(json.dumps(START))
+        for unnamed in ("", None):
+            call._on_text(json.dumps(start_without_a_stream(unnamed)))
+        assert call.stream_sid == "MZ0001" and not call.closed
+        payload = base64.b64encode(speech("g711_ulaw")).decode()
+        call._on_text(json.dumps({"event": "media", "media": {"payload": payload}}))
+        assert engine.asked == ["end_turn"]
+        chunk = np.full(tokens.OUTPUT_SAMPLE_RATE_HZ // 25, 0.1, np.float32)  # 40 ms each
+        for _ in range(3):  # the third reaches 100 ms
+            call._on_engine_event(events.AudioChunk(0, 0.0, 1, chunk))
+        await asyncio.sleep(0)  # the outbox writes
+        assert engine.asked == ["end_turn", "cancel"]
+        marks = [m["mark"]["name"] for m in wire.sent if m["event"] == "mark"]
+        assert marks[-1] == "1:end" and all(m["streamSid"] == "MZ0001" for m in wire.sent)
+        assert marks[-2] == f"1:{tokens.OUTPUT_SAMPLE_RATE_HZ // 10}"  # all 100 ms of it
+
+        unnamed = TwilioCall(Wire(), CallOptions())
+        unnamed.handle = StubEngine()
+        unnamed._on_text(json.dumps(start_without_a_stream(None)))
+        assert unnamed.closed
+
+    asyncio.run(scenario())

@@ -102,7 +102,8 @@ class TwilioCall(WebSocketDoor):
         self._engine_turn = 0  # end_turn() calls so far: the number engine events carry
         self._answering = False  # the engine is producing the answer to _engine_turn
         self._output = OutputAudio(FORMATS["g711_ulaw"])
-        self._sent = 0  # samples (24 kHz) of the latest answer sent to Twilio
+        self._made = 0  # samples (24 kHz) of the latest answer taken from the engine
+        self._sent = 0  # of them, sent to Twilio
         self._played = 0  # of them, played: the last mark Twilio echoed
         self._speech_end_t = 0.0  # the caller's last voiced frame of the turn answered
         self._first_audio_logged = False
@@ -152,7 +153,11 @@ class TwilioCall(WebSocketDoor):
         if media_format != MEDIA_FORMAT:
             self.close(f"unexpected media format {media_format}; Twilio sends {MEDIA_FORMAT}")
             return
-        self.stream_sid = start.get("streamSid") or message.get("streamSid")
+        stream_sid = start.get("streamSid") or message.get("streamSid") or self.stream_sid
+        if not isinstance(stream_sid, str) or not stream_sid:
+            self.close("a start message without a streamSid: nothing could be sent back")
+            return
+        self.stream_sid = stream_sid  # (a repeated start without one keeps the first's)
         log.info("session %d: call %s streaming", self.sid, start.get("callSid"))
 
     def _media(self, media: dict) -> None:
@@ -176,7 +181,7 @@ class TwilioCall(WebSocketDoor):
         if turn.kind is TurnEvent.ENDED:
             self.engine.end_turn()
             self._engine_turn += 1
-            self._answering, self._sent, self._played = True, 0, 0
+            self._answering, self._made, self._sent, self._played = True, 0, 0, 0
             self._output = OutputAudio(FORMATS["g711_ulaw"])
             self._speech_end_t, self._first_audio_logged = turn.speech_end_t, False
 
@@ -216,15 +221,20 @@ class TwilioCall(WebSocketDoor):
             self._end(f"failed: {event.message}")
 
     def _audio(self, pcm: np.ndarray) -> None:
+        """Send the answer's audio, up to the server's limit on its length; the engine stops
+        there too (the resampler may hold a few samples back, so the samples made count, not
+        those sent)."""
         limit = self.options.max_answer_ms
-        if limit is not None:
-            pcm = pcm[: max(0, limit * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000 - self._sent)]
-        self._play(self._output.push(pcm), self._sent + pcm.size)
+        room = None if limit is None else limit * tokens.OUTPUT_SAMPLE_RATE_HZ // 1000 - self._made
+        if room is not None:
+            pcm = pcm[: max(0, room)]
+        self._made += pcm.size
+        self._play(self._output.push(pcm), self._made)
         if not self._first_audio_logged and self._sent:
             self._first_audio_logged = True
             delay_ms = (time.monotonic() - self._speech_end_t) * 1000
             log.info("session %d: first audio %.0f ms after the end of speech", self.sid, delay_ms)
-        if limit is not None and pcm.size == 0:
+        if room is not None and pcm.size >= room:
             self.engine.cancel()
             self._end("cut at the answer's length limit")
 
@@ -236,7 +246,7 @@ class TwilioCall(WebSocketDoor):
             self._send({"event": "mark", "mark": {"name": f"{self._engine_turn}:{sent}"}})
 
     def _end(self, how: str) -> None:
-        self._play(self._output.flush(), self._sent)
+        self._play(self._output.flush(), self._made)
         self._answering = False
         if self._sent:
             self._send({"event": "mark", "mark": {"name": f"{self._engine_turn}:end"}})
