@@ -159,7 +159,7 @@ def test_what_the_model_cannot_use_is_kept_and_reported_and_the_rest_applies():
     assert unused_fields({"tools": [{}], "modalities": ["text"]}, "response") == ["response.tools"]
     with pytest.raises(ClientError) as refused:
         apply_update(Settings(), {"instructions": ["be", "brief"]})
-    assert (refused.value.code, refused.value.param) == ("invalid_type", "instructions")
+    assert (refused.value.code, refused.value.param) == ("invalid_type", "session.instructions")
 
 
 @pytest.mark.parametrize("ga", [False, True])

@@ -128,39 +128,46 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[st
     formats = _formats(settings, session, inputs, outputs)
     speak = speaks(session, "session")
     kept = _kept(session)
-    unused = unused_fields(session, "session")
-    transcribe = settings.transcribe
-    key, where = ("transcription", inputs) if ga else ("input_audio_transcription", session)
-    if key in where:  # an object turns it on (what it says is a hint), null off
-        param = "session." + ("audio.input." if ga else "") + key
-        transcribe = where[key] is not None
-        transcription = _object(where[key], param)
-        if transcription.get("prompt"):
-            unused.append(f"{param}.prompt")
-        if str(transcription.get("language") or "en").split("-")[0] != "en":
-            unused.append(f"{param}.language")  # (it transcribes English)
-    turn_detection = settings.turn_detection
-    key, vad = ("audio.input.turn_detection", inputs) if ga else ("turn_detection", session)
-    if "turn_detection" in vad:
-        turn_detection = _vad(vad["turn_detection"], "session." + key)
-        if isinstance(vad["turn_detection"], dict):
-            if vad["turn_detection"].get("type") == "semantic_vad":
-                unused.append(f"session.{key} semantic_vad (server_vad runs)")
-    key, where = ("noise_reduction", inputs) if ga else ("input_audio_noise_reduction", session)
-    if key in where:
-        kept["noise_reduction"] = _object(where[key], f"session.{key}") or None
-        if kept["noise_reduction"] is not None:
-            unused.append(f"session.{key}")
+    heard, unused = _input_settings(session, inputs, ga)
     updated = replace(
         settings,
         input_format=formats["input_format"],
         output_format=formats["output_format"],
-        turn_detection=turn_detection,
         speak=settings.speak if speak is None else speak,
-        transcribe=transcribe,
         **kept,
+        **heard,
     )
-    return updated, unused
+    return updated, unused_fields(session, "session") + unused
+
+
+def _input_settings(session: dict, inputs: dict, ga: bool) -> tuple[dict[str, Any], list[str]]:
+    """Transcription, turn detection and noise reduction after an update (GA's in
+    `audio.input`, beta's flat), checked; and what of them the model does not use."""
+    if ga:
+        where, prefix = inputs, "session.audio.input."
+        transcription, noise = "transcription", "noise_reduction"
+    else:
+        where, prefix = session, "session."
+        transcription, noise = "input_audio_transcription", "input_audio_noise_reduction"
+    heard: dict[str, Any] = {}
+    unused = []
+    if transcription in where:  # an object turns it on (what it says is a hint), null off
+        hint = _object(where[transcription], prefix + transcription)
+        heard["transcribe"] = where[transcription] is not None
+        if hint.get("prompt"):
+            unused.append(f"{prefix}{transcription}.prompt")
+        if str(hint.get("language") or "en").split("-")[0] != "en":
+            unused.append(f"{prefix}{transcription}.language")  # (it transcribes English)
+    if "turn_detection" in where:
+        detection = where["turn_detection"]
+        heard["turn_detection"] = _vad(detection, prefix + "turn_detection")
+        if isinstance(detection, dict) and detection.get("type") == "semantic_vad":
+            unused.append(f"{prefix}turn_detection semantic_vad (server_vad runs)")
+    if noise in where:
+        heard["noise_reduction"] = _object(where[noise], prefix + noise) or None
+        if heard["noise_reduction"] is not None:
+            unused.append(prefix + noise)
+    return heard, unused
 
 
 def _kept(session: dict) -> dict[str, Any]:
@@ -168,12 +175,13 @@ def _kept(session: dict) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     if session.get("instructions") is not None:
         if not isinstance(session["instructions"], str):
-            raise ClientError("invalid_type", "instructions must be a string", "instructions")
+            message = "instructions must be a string"
+            raise ClientError("invalid_type", message, "session.instructions")
         kept["instructions"] = session["instructions"]
     if session.get("tools") is not None:
         tools = session["tools"]
         if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
-            raise ClientError("invalid_type", "tools must be a list of objects", "tools")
+            raise ClientError("invalid_type", "tools must be a list of objects", "session.tools")
         kept["tools"] = tuple(tools)
     if session.get("tool_choice") is not None:
         kept["tool_choice"] = session["tool_choice"]
