@@ -248,10 +248,11 @@ def _object(value: object, param: str) -> dict:
 def _format(value: object, param: str) -> str:
     """`pcm16` / `g711_ulaw` / `g711_alaw`, or GA's {"type": "audio/pcm", "rate": 24000} etc."""
     if isinstance(value, dict):
-        name = GA_FORMATS.get(value.get("type", ""))  # (no type: no format)
+        kind = value.get("type")
+        name = GA_FORMATS.get(kind) if isinstance(kind, str) else None  # (no type: no format)
         if name is not None and value.get("rate", FORMATS[name].rate_hz) == FORMATS[name].rate_hz:
             return name
-    elif value in FORMATS:
+    elif isinstance(value, str) and value in FORMATS:
         return value
     known = ", ".join([*FORMATS, *(f'{{"type": "{t}"}}' for t in GA_FORMATS)])
     raise ClientError("invalid_value", f"unknown audio format {value!r}; known: {known}", param)
