@@ -21,7 +21,6 @@ are.
 """
 
 import base64
-import binascii
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -233,7 +232,7 @@ def decode_base64(value: object, param: str) -> bytes:
         raise ClientError("invalid_value", f"{param} must be a base64 string", param)
     try:
         return base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or (a plain ValueError) a character outside ASCII
         raise ClientError("invalid_value", f"{param} is not valid base64", param) from None
 
 
