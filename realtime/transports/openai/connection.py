@@ -30,6 +30,7 @@ connection.
 import itertools
 import json
 import logging
+import math
 from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
@@ -55,6 +56,20 @@ HEARTBEAT_S = 20.0  # ping a silent client this often: a vanished one frees its 
 
 log = logging.getLogger("realtime.server")
 _unused_logged: set[str] = set()  # the unused fields this server has logged: each once
+
+
+def _not_json(name: str) -> float:
+    """NaN and Infinity, which Python's json takes and browsers' refuse: none may reach the
+    session and be reported back to the client."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A number too large for a float (1e400) would be Infinity: refused the same."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range")
+    return number
 
 
 class RealtimeConnection(WebSocketDoor):
@@ -132,7 +147,7 @@ class RealtimeConnection(WebSocketDoor):
         event_id = None
         try:
             try:
-                event = json.loads(raw)
+                event = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
             except (ValueError, RecursionError):  # (json raises the latter for deep nesting)
                 raise ClientError("invalid_json", "an event must be a JSON object") from None
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
