@@ -67,7 +67,11 @@ def signed_by_twilio(auth_token: str, url: str, params: dict[str, list[str]], gi
     variants = {url}
     for netloc in (host, f"{host}:{port}"):
         variants.add(urlunsplit(parts._replace(netloc=netloc)))
-    return any(hmac.compare_digest(signature(auth_token, v, params), given) for v in variants)
+    given_bytes = given.encode(errors="surrogateescape")  # (a header may hold any bytes)
+    return any(
+        hmac.compare_digest(signature(auth_token, v, params).encode(), given_bytes)
+        for v in variants
+    )
 
 
 def stream_url(public_url: str) -> str:
