@@ -61,17 +61,25 @@ def signature(auth_token: str, url: str, params: dict[str, list[str]]) -> str:
 
 def signed_by_twilio(auth_token: str, url: str, params: dict[str, list[str]], given: str) -> bool:
     """Twilio signs the URL as written, with or without the scheme's default port: try both."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or DEFAULT_PORTS.get(parts.scheme)
-    variants = {url}
-    for netloc in (host, f"{host}:{port}"):
-        variants.add(urlunsplit(parts._replace(netloc=netloc)))
+    variants = _with_and_without_port(url)
     given_bytes = given.encode(errors="surrogateescape")  # (a header may hold any bytes)
     return any(
         hmac.compare_digest(signature(auth_token, v, params).encode(), given_bytes)
         for v in variants
     )
+
+
+def _with_and_without_port(url: str) -> set[str]:
+    variants = {url}
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # no URL (the Host header is the client's): only as written
+        return variants
+    for netloc in (host, f"{host}:{port}"):
+        variants.add(urlunsplit(parts._replace(netloc=netloc)))
+    return variants
 
 
 def stream_url(public_url: str) -> str:
