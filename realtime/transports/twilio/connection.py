@@ -55,7 +55,8 @@ def signature(auth_token: str, url: str, params: dict[str, list[str]]) -> str:
     signed = url + "".join(
         name + value for name in sorted(params) for value in sorted(params[name])
     )
-    digest = hmac.new(auth_token.encode(), signed.encode(), hashlib.sha1).digest()
+    signed_bytes = signed.encode(errors="surrogateescape")  # (aiohttp's text of any bytes)
+    digest = hmac.new(auth_token.encode(), signed_bytes, hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
