@@ -85,7 +85,10 @@ def _with_and_without_port(url: str) -> set[str]:
 
 def stream_url(public_url: str) -> str:
     """The media WebSocket's URL, as the TwiML names it and Twilio signs it."""
-    parts = urlsplit(public_url.rstrip("/"))
+    try:
+        parts = urlsplit(public_url.rstrip("/"))
+    except ValueError:  # a client's Host header that makes no URL: Twilio signed none such
+        return public_url + MEDIA_PATH
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path + MEDIA_PATH, "", ""))
 
