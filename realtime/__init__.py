@@ -19,8 +19,8 @@ One folder per stage, in the order a caller's voice goes through them:
 
 `device/` holds how torch runs on the machine (CPU thread pools, CUDA graph capture); the
 top-level `kernels` package our C and Triton kernels. Imports run one way, from the doors down
-to the model (tests/test_imports.py). `cli.py` is the `realtime` command, `server.py` the web
-server of `realtime serve`.
+to the model (tests/test_imports.py). `cli.py` is the `realtime` command (`cli_args.py` its
+options), `server.py` the web server of `realtime serve`.
 
 The Python API, imported when first used: `Engine`, `EngineOptions`, `SessionOptions` (many
 live sessions on one model), `Runtime`, `Request` (one request end to end), `DecodingOptions`,

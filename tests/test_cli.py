@@ -1,9 +1,12 @@
-"""`realtime generate` and `realtime init-random` as a user runs them, bad input included."""
+"""The `realtime` command as a user runs it: its help, `generate`, `init-random`, and every bad
+argument or environment problem (one line, status 2)."""
 
+import argparse
 import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -143,10 +146,13 @@ def test_bad_input_exits_2_with_one_line(tiny_dir, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and "error" in err, (name, err)
 
 
-def test_offline_hub_name_not_cached(tmp_path):
+@pytest.mark.parametrize(
+    "command", [["generate", "--task", "t2t", "--input-text", "hi"], ["serve", "--port", "0"]]
+)
+def test_offline_hub_name_not_cached(tmp_path, command):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "realtime", "generate", "--task", "t2t", "--input-text", "hi"],
+        [sys.executable, "-m", "realtime", *command],
         capture_output=True,
         text=True,
         env={**_base_env(), **env},
@@ -154,7 +160,46 @@ def test_offline_hub_name_not_cached(tmp_path):
     )
     assert proc.returncode == EXIT_BAD_INPUT
     assert len(proc.stderr.strip().splitlines()) == 1 and "gpt-omni/mini-omni" in proc.stderr
+    assert "realtime init-random DIR --preset tiny" in proc.stderr  # how to get one without it
     assert "Traceback" not in proc.stderr
+
+
+def _without(tiny_dir: Path, tmp_path: Path, *names: str) -> Path:
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_dir, partial)
+    for name in names:
+        path = partial / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return partial
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        (["lit_model.pth"], "lacks lit_model.pth: expected a snapshot of gpt-omni/mini-omni"),
+        (["small.pt"], "whisper small not found and downloads are off"),
+        (["snac"], "SNAC not found: hubertsiuzdak/snac_24khz is not in the Hugging Face cache"),
+    ],
+)
+def test_serve_with_a_model_it_cannot_find_is_one_line(
+    tiny_dir, tmp_path, monkeypatch, capsys, missing, message
+):
+    from huggingface_hub import constants
+
+    from realtime.decoding.runtime import Runtime
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # whisper's cache: empty
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # (read at each call)
+    monkeypatch.setattr(Runtime, "__init__", _model_found)
+    model = _without(tiny_dir, tmp_path, *missing)
+    argv = ["serve", "--model", str(model), "--offline", "--port", "0", "--device", "cpu"]
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _model_found(*args, **kwargs):
+    raise AssertionError("the model was found: serve would run on")
 
 
 def _cache_snapshot(hub: Path, repo: str, files: list[Path]) -> None:
@@ -228,7 +273,7 @@ def _base_env():
     [
         (["--host", "0.0.0.0"], "set --token"),
         (["--tls-cert", "cert.pem"], "go together"),
-        (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "no such file"),
+        (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "No such file"),
         (["--twilio-auth-token", "x"], "needs --public-url"),
         (["--public-url", "voice.example.com"], "expected http(s)://host"),
         (["--public-url", "https://voice.example.com/?x=1"], "no query"),
@@ -238,6 +283,101 @@ def test_serve_refuses_unsafe_or_broken_listening_at_once(capsys, args, message)
     assert main(["serve", "--model", "/nonexistent", *args]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and its key, as PEM files in `directory`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    builder = builder.public_key(key.public_key()).serial_number(1).not_valid_before(now)
+    cert = builder.not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    directory.mkdir()
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, plain))
+    return cert_path, key_path
+
+
+def test_bad_tls_files_are_one_line_before_the_model_loads(tmp_path, capsys):
+    import os
+
+    cert, key = _self_signed(tmp_path / "a")
+    other_cert, other_key = _self_signed(tmp_path / "b")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    cases = {
+        "not PEM": ([text, key], f"--tls-cert {text}: not a PEM certificate"),
+        "key not PEM": ([cert, cert], f"--tls-key {cert}: not a PEM private key"),
+        "a directory": ([tmp_path, key], f"--tls-cert {tmp_path}: Is a directory"),
+        "another's key": ([cert, other_key], f"--tls-key {other_key} is not the key of"),
+        "good": ([cert, key], "model directory /nonexistent does not exist"),  # past TLS
+    }
+    if os.geteuid() != 0:  # (root reads any file)
+        other_key.chmod(0)
+        cases["unreadable"] = ([other_cert, other_key], "Permission denied")
+    for name, ((cert_file, key_file), message) in cases.items():
+        tls = ["--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+        code = main(["serve", "--model", "/nonexistent", "--port", "0", "--device", "cpu", *tls])
+        err = capsys.readouterr().err
+        assert code == EXIT_BAD_INPUT and message in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)
+
+
+def _closing_server(port_holder: list[int], stop) -> None:
+    """Accepts connections and closes them at once: a port that does not speak HTTP."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.1)
+        port_holder.append(listener.getsockname()[1])
+        while not stop.is_set():
+            try:
+                listener.accept()[0].close()
+            except TimeoutError:
+                pass
+
+
+def test_call_without_a_realtime_server_there_is_one_line(capsys):
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:  # a port nobody listens on
+        free = probe.getsockname()[1]
+
+    class Quiet(BaseHTTPRequestHandler):  # answers a POST 501, in HTML
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    closing, stop = [], threading.Event()
+    threading.Thread(target=_closing_server, args=(closing, stop), daemon=True).start()
+    while not closing:
+        stop.wait(0.01)
+    cases = {
+        free: "cannot reach http://127.0.0.1:",
+        other.server_address[1]: "not JSON: is it `realtime serve`?",
+        closing[0]: "cannot reach http://127.0.0.1:",
+    }
+    try:
+        for port, message in cases.items():
+            code = main(["call", f"http://127.0.0.1:{port}", "--wav", str(CLIP)])
+            err = capsys.readouterr().err
+            assert code == EXIT_BAD_INPUT and message in err, (port, err)
+            assert len(err.strip().splitlines()) == 1, err
+    finally:
+        other.shutdown()
+        stop.set()
 
 
 def test_a_port_in_use_is_one_line_before_the_model_loads(capsys):
@@ -278,12 +418,12 @@ def test_threads_option_sets_torch_s_threads(tiny_dir):
 
 
 def test_serve_step_products_and_pdl_reach_the_engine(tiny_dir, monkeypatch):
-    from realtime.cli import _build_parser, _server_options
+    from realtime.cli import _server_options, build_parser
     from realtime.decoding.gpu import decoder as kernel_decoder
     from realtime.decoding.runtime import Runtime
     from realtime.engine.engine import Engine, EngineOptions
 
-    parse = _build_parser().parse_args
+    parse = build_parser().parse_args
     default = _server_options(parse(["serve"]))
     assert default.step_products == "cublas" and not default.pdl
     chosen = _server_options(parse(["serve", "--step-products", "fused", "--pdl"]))
@@ -312,9 +452,9 @@ def test_device_auto_takes_the_gpu_where_there_is_one(monkeypatch):
     clear error (the "no cuda" case above), and cpu stays cpu either way."""
     import torch
 
-    from realtime.cli import _build_parser, _set_up_device
+    from realtime.cli import _set_up_device, build_parser
 
-    parse = _build_parser().parse_args
+    parse = build_parser().parse_args
     for command in (["serve"], ["generate", "--task", "t2t", "--input-text", "hi"]):
         assert parse(command).device == "auto"
     for gpu, device, settled in ((True, "auto", "cuda"), (False, "auto", "cpu"),
@@ -326,3 +466,49 @@ def test_device_auto_takes_the_gpu_where_there_is_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU is available"):
         _set_up_device(parse(["serve", "--device", "cuda"]))
+
+
+def test_help_lists_every_command_version_and_defaults(capsys, monkeypatch):
+    from importlib import metadata
+
+    from realtime import cli_args
+
+    assert main([]) == EXIT_BAD_INPUT  # a bare `realtime`: the usage and what it can do
+    bare = capsys.readouterr().err
+    for command in ("serve", "call", "generate", "init-random"):
+        assert f"\n    {command} " in bare
+    assert "realtime init-random /tmp/tiny --preset tiny" in bare
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0 and _flat(cli_args.DESCRIPTION) in _flat(capsys.readouterr().out)
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    version = pyproject["project"]["version"]
+    assert exited.value.code == 0 and capsys.readouterr().out == f"realtime {version}\n"
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert cli_args.version() == version  # a checkout's, from pyproject.toml
+
+
+def test_every_option_has_help_and_shows_its_default():
+    from realtime.cli import build_parser
+
+    subparsers = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = subparsers[0].choices
+    for name, parser in commands.items():
+        text = _flat(parser.format_help())
+        for action in parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False):
+                shown = f"(default: {action.default})" in text or "default" in action.help
+                assert shown, (name, action.dest)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())

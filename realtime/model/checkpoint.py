@@ -31,6 +31,7 @@ SNAC_DIR = "snac"
 SNAC_FILES = ("config.json", "pytorch_model.bin")
 SNAC_REPO = "hubertsiuzdak/snac_24khz"
 DEFAULT_MODEL = "gpt-omni/mini-omni"
+TRY_A_MODEL = "`realtime init-random DIR --preset tiny` writes a random one to try things with"
 FAMILY = "mini-omni"  # what a local model directory is called to clients
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,22 +71,23 @@ def resolve(spec: str, offline: bool = False) -> ModelFiles:
     if not root.is_dir():
         if spec.startswith((".", "/", "~")) or root.exists() or spec.count("/") != 1:
             raise ModelError(
-                f"model directory {spec} does not exist "
-                "(write one with `realtime init-random DIR` or give a hub name)"
+                f"model directory {spec} does not exist: give one, or a hub name "
+                f"({DEFAULT_MODEL}, downloaded on first use); {TRY_A_MODEL}"
             )
-        root = _hub_snapshot(spec, list(LM_FILES), offline)
+        root = _hub_snapshot(spec, list(LM_FILES), offline, f"pass --model DIR ({TRY_A_MODEL})")
     missing = [name for name in LM_FILES if not (root / name).is_file()]
     if missing:
         raise ModelError(
-            f"model directory {root} lacks {', '.join(missing)} "
-            f"(expected a snapshot of {DEFAULT_MODEL})"
+            f"model directory {root} lacks {', '.join(missing)}: expected a snapshot of "
+            f"{DEFAULT_MODEL}; {TRY_A_MODEL}"
         )
     return ModelFiles(
         root=root, whisper=_find_whisper(root, offline), snac=_find_snac(root, offline)
     )
 
 
-def _hub_snapshot(repo: str, files: list[str], offline: bool) -> Path:
+def _hub_snapshot(repo: str, files: list[str], offline: bool, instead: str) -> Path:
+    """The cached snapshot of `repo`, downloaded if allowed; `instead` says what else to do."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -93,17 +95,16 @@ def _hub_snapshot(repo: str, files: list[str], offline: bool) -> Path:
     except Exception:  # not cached (huggingface_hub raises several types for this)
         if offline:
             raise ModelError(
-                f"{repo} is not in the Hugging Face cache and downloads are off "
-                "(unset HF_HUB_OFFLINE, or pass --model DIR)"
+                f"{repo} is not in the Hugging Face cache and downloads are off (--offline "
+                f"or HF_HUB_OFFLINE): allow them once, or {instead}"
             ) from None
     try:
         print(f"downloading {repo} from the Hugging Face hub", flush=True)
         return Path(snapshot_download(repo, allow_patterns=files))
     except Exception as exc:
         raise ModelError(
-            f"{repo} is not cached and could not be downloaded "
-            f"({_first_line(exc)}); connect to the internet or pass --model DIR "
-            "with the files"
+            f"{repo} is not cached and could not be downloaded ({_first_line(exc)}): "
+            f"connect to the internet, or {instead}"
         ) from None
 
 
@@ -115,7 +116,9 @@ def _find_whisper(root: Path, offline: bool) -> Path:
         return cache / WHISPER_FILE
     hint = f"put openai-whisper's {WHISPER_FILE} in {root} or {cache}"
     if offline:
-        raise ModelError(f"whisper {WHISPER_NAME} not found and downloads are off ({hint})")
+        raise ModelError(
+            f"whisper {WHISPER_NAME} not found and downloads are off: allow them once, or {hint}"
+        )
     import whisper
 
     try:
@@ -132,12 +135,11 @@ def _find_snac(root: Path, offline: bool) -> Path:
     local = root / SNAC_DIR
     if all((local / name).is_file() for name in SNAC_FILES):
         return local
+    instead = f"put {' and '.join(SNAC_FILES)} in {local}"
     try:
-        return _hub_snapshot(SNAC_REPO, list(SNAC_FILES), offline)
+        return _hub_snapshot(SNAC_REPO, list(SNAC_FILES), offline, instead)
     except ModelError as exc:
-        raise ModelError(
-            f"SNAC not found: {exc}; or put {' and '.join(SNAC_FILES)} in {local}"
-        ) from None
+        raise ModelError(f"SNAC not found: {exc}") from None
 
 
 def read_config(path: Path) -> ModelConfig:

@@ -191,7 +191,11 @@ async def post_offer(url: str, sdp: str, token: str | None = None) -> dict:
     async with aiohttp.ClientSession() as http:
         body = {"type": "offer", "sdp": sdp}
         async with http.post(f"{url}/offer", json=body, headers=headers) as response:
-            reply = await response.json(content_type=None)
+            try:
+                reply = await response.json(content_type=None)
+            except ValueError:  # another kind of server, or a proxy's error page
+                message = f"{url} answered {response.reason}, not JSON: is it `realtime serve`?"
+                raise SignalingError(response.status, "not_json", message) from None
     if response.status != 200:
         err = reply.get("error", {}) if isinstance(reply, dict) else {}
         raise SignalingError(response.status, err.get("code", "?"), err.get("message", ""))
