@@ -23,6 +23,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
+from aiohttp.typedefs import Handler
 
 from realtime.decoding.runtime import Runtime
 from realtime.engine.engine import Engine, EngineBusy, EngineOptions
@@ -43,6 +44,21 @@ def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response(protocol.error(code, message), status=status)
 
 
+@web.middleware
+async def json_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404 and 405 (an unknown path, a missing static file, a wrong method), as
+    JSON errors like every other refusal."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return json_error(404, "not_found", f"nothing at {request.path}; the page is at /")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        refusal = json_error(405, "method_not_allowed", f"{request.path} takes {allowed}")
+        refusal.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return refusal
+
+
 class Server:
     """The HTTP side: static files, signaling, and the set of live conversations."""
 
@@ -52,15 +68,17 @@ class Server:
         self.connections: set[WebSocketDoor] = set()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=protocol.MAX_MESSAGE_BYTES)
+        app = web.Application(
+            client_max_size=protocol.MAX_MESSAGE_BYTES, middlewares=[json_refusals]
+        )
         app.router.add_post("/offer", self.offer)
+        app.router.add_route("*", "/offer", self.offer_how)  # (else the static files' 404)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/v1/realtime", self.realtime)
         app.router.add_post(twilio.VOICE_PATH, self.twilio_voice)
         app.router.add_get(twilio.MEDIA_PATH, self.twilio_media)
         app.router.add_get("/", self.index)
-        if self.options.client_dir.is_dir():
-            app.router.add_static("/", self.options.client_dir)
+        app.router.add_get("/{name}", self.client_file)
         app.on_shutdown.append(self._close_all)
         return app
 
@@ -69,6 +87,14 @@ class Server:
         if not page.is_file():
             return json_error(404, "no_client", f"{page} is missing")
         return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    async def client_file(self, request: web.Request) -> web.StreamResponse:
+        """The page's other files (client/ is flat); a missing one is json_refusals' 404."""
+        root = self.options.client_dir.resolve()
+        path = (root / request.match_info["name"]).resolve()
+        if path.parent != root or not path.is_file():  # (names arrive %-decoded: "../x")
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -92,6 +118,13 @@ class Server:
         except protocol.ProtocolError as exc:
             return json_error(413 if exc.code == "too_large" else 400, exc.code, str(exc))
         return await self._start_conversation(sdp)
+
+    async def offer_how(self, request: web.Request) -> web.Response:
+        """Anything but a POST at /offer, such as a browser opening it: say what it takes."""
+        message = 'POST an SDP offer here as JSON {"type": "offer", "sdp": "..."}'
+        refusal = json_error(405, "method_not_allowed", f"{message} (client/PROTOCOL.md)")
+        refusal.headers["Allow"] = "POST"
+        return refusal
 
     async def realtime(self, request: web.Request) -> web.StreamResponse:
         """An OpenAI-Realtime-compatible WebSocket; refusals come before the upgrade, as JSON."""

@@ -165,6 +165,33 @@ def test_bad_offers_get_clear_errors(server, body, status, code):
     assert server.wait_idle() < WAIT_S  # a refused offer holds no slot
 
 
+def test_what_is_not_an_offer_gets_json_and_the_page_its_files(server):
+    async def fetch(method, path):
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, f"{server.url}{path}") as reply:
+                what, message = reply.content_type, ""
+                if what == "application/json":
+                    error = (await reply.json())["error"]
+                    what, message = error["code"], error["message"]
+                return (reply.status, what, reply.headers.get("Allow")), message
+
+    expected = {
+        ("GET", "/offer"): (405, "method_not_allowed", "POST"),  # a browser opening it
+        ("PUT", "/offer"): (405, "method_not_allowed", "POST"),
+        ("POST", "/healthz"): (405, "method_not_allowed", "GET,HEAD"),
+        ("GET", "/nope"): (404, "not_found", None),
+        ("GET", "/..%2Fpyproject.toml"): (404, "not_found", None),  # nothing outside client/
+        ("GET", "/app.js"): (200, "application/javascript", None),
+    }
+
+    async def scenario():
+        return {request: await fetch(*request) for request in expected}
+
+    got = asyncio.run(scenario())
+    assert {request: answer for request, (answer, _) in got.items()} == expected
+    assert "POST an SDP offer" in got["GET", "/offer"][1]
+
+
 def test_offer_without_audio_and_wrong_token_are_refused(server):
     async def scenario():
         pc = RTCPeerConnection()
