@@ -14,7 +14,7 @@ from realtime.audio.io import load_audio
 from realtime.decoding.options import DecodingOptions
 from realtime.decoding.runtime import Request, Result
 from realtime.engine import events
-from realtime.engine.engine import Engine, EngineBusy, EngineOptions
+from realtime.engine.engine import Engine, EngineBusy, EngineDown, EngineOptions
 from realtime.engine.session import SessionError, SessionOptions
 from realtime.model import tokens
 from realtime.model.prompts import Task
@@ -170,6 +170,68 @@ def test_a_failing_session_does_not_disturb_the_others(runtime, engine):
     assert not too_long.of(events.Done)  # the rest of the failed turn was not answered
     done = good.wait_for(events.Done)[0]
     assert done.text_tokens == offline(runtime, Task.A2A, clip("q_capital.wav"), 20).text_tokens
+
+
+class Fault:
+    """An Engine.fault_hook that raises in `stage` whenever its batch holds session `sid`'s
+    answer at `step` or later, while armed; it notes the batch sizes it raised in."""
+
+    def __init__(self, stage: str, sid: int, step: int, raises=RuntimeError) -> None:
+        self.stage, self.sid, self.step, self.raises = stage, sid, step, raises
+        self.armed, self.sizes = True, []
+
+    def __call__(self, stage: str, lanes: list) -> None:
+        hit = [lane for lane in lanes if lane.sid == self.sid and lane.gen is not None]
+        if self.armed and stage == self.stage and hit and hit[0].gen.steps >= self.step:
+            self.sizes.append(len(lanes))
+            raise self.raises(f"injected into session {self.sid}")
+
+
+@pytest.mark.parametrize("stage", ["step", "vocode"])
+def test_a_fault_in_one_session_s_batch_fails_only_its_turn(runtime, engine, stage):
+    """The failed batch is run again for each session alone: the neighbour's answer is its
+    offline twin's, and the faulty session answers its next turn as if nothing had happened."""
+    options = SessionOptions(decoding=DecodingOptions(max_new_tokens=40))
+    good, bad = Recorder(), Recorder()
+    good_handle = engine.open_session(options, good)
+    bad_handle = engine.open_session(options, bad)
+    engine.fault_hook = fault = Fault(stage, bad_handle.id, step=10)
+    capital, weather = clip("q_capital.wav"), clip("q_weather.wav", 1.5)
+    speak(good_handle, capital)
+    speak(bad_handle, weather)
+    assert "injected" in bad.wait_for(events.Error)[0].message
+    done = good.wait_for(events.Done)[0]
+    twin = offline(runtime, Task.A2A, capital, 40)
+    assert done.text_tokens == twin.text_tokens and done.frames == frames_of(twin)
+    assert fault.sizes[0] == 2 and not bad.of(events.Done)  # it failed in a batch, and alone
+    fault.armed = False
+    speak(bad_handle, weather)
+    again = bad.wait_for(events.Done)[0]
+    twin = offline(runtime, Task.A2A, weather, 40)
+    assert again.turn == 2 and again.text_tokens == twin.text_tokens
+    assert again.frames == frames_of(twin)
+
+
+class Killed(BaseException):
+    """What no loop catches: it ends the inference thread."""
+
+
+def test_a_dead_inference_thread_refuses_sessions_and_tells_the_live_ones(runtime):
+    engine = Engine(runtime, EngineOptions(max_sessions=2)).start()
+    try:
+        rec = Recorder()
+        handle = engine.open_session(SessionOptions(), rec)
+        engine.fault_hook = Fault("step", handle.id, step=2, raises=Killed)
+        speak(handle, clip("q_capital.wav", 1.0))
+        assert "Killed: injected" in rec.wait_for(events.Error)[0].message
+        engine._thread.join(TIMEOUT_S)
+        assert engine.down is not None and "Killed: injected" in engine.down
+        with pytest.raises(EngineDown, match="the inference thread died: Killed"):
+            engine.open_session(SessionOptions(), Recorder())
+        handle.push_audio(np.zeros(PUSH, np.float32))  # the handle still only enqueues
+        handle.close()
+    finally:
+        engine.stop()  # (returns at once: the thread is gone)
 
 
 def test_a_speech_session_answers_typed_text_as_its_text_twin(runtime, engine):

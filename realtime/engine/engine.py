@@ -9,6 +9,10 @@ the batch after their prefill and leave when they finish or are cancelled, betwe
     gateway ──push_audio/end_turn──► inputs ─┐
     gateway ──cancel/close─────────► control ┤  inference thread: encode, prefill, step, vocode
     gateway ◄──────────── sink(event) ───────┘  (events: text, audio, timings, errors)
+
+A fault stays with its session: a failed batched step or vocoder call is run again for each
+session alone, and only those that fail alone lose their turn. If the thread itself dies, `down`
+says why, `open_session` raises EngineDown, and every live session gets an Error.
 """
 
 import logging
@@ -74,6 +78,11 @@ class EngineBusy(Exception):
     """Every session slot is taken."""
 
 
+class EngineDown(EngineBusy):
+    """The inference thread has died: no session can be served until the server restarts (a
+    refusal like EngineBusy's, but for good)."""
+
+
 class SessionHandle:
     """The network side's grip on one session: every method is thread-safe and non-blocking."""
 
@@ -124,7 +133,12 @@ class Engine:
         self._control: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self.down: str | None = None  # why the inference thread died, once it has
+        # Tests only: called as fault_hook(stage, lanes) before each batched decode step
+        # (stage "step") and vocoder call ("vocode"), and again for each lane alone when that
+        # batch fails; what it raises is what a fault of those lanes would raise there.
+        self.fault_hook: Callable[[str, list], None] | None = None
+        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.steps = 0  # batched decode steps run
         self.step_log: deque[tuple[int, float]] = deque(maxlen=STEP_LOG)  # (rows, ms) per step
         # s from one step's start to the next's (one that spans an idle spell is an outlier
@@ -186,11 +200,14 @@ class Engine:
     def open_session(
         self, options: SessionOptions, sink: Callable[[events.Event], None]
     ) -> SessionHandle:
-        """A new conversation; raises EngineBusy when every slot is taken, SessionError when
-        the options are unusable. Cheap: the session itself is built on the inference thread."""
+        """A new conversation; raises EngineBusy when every slot is taken, EngineDown when the
+        inference thread has died, SessionError when the options are unusable. Cheap: the
+        session itself is built on the inference thread."""
         check_options(options)
         rows = cache_rows(options)
         with self._lock:
+            if self.down is not None:
+                raise EngineDown(self.down)
             if len(self._free_slots) < rows or len(self._open) >= self.options.max_sessions:
                 raise EngineBusy(f"all {self.options.max_sessions} sessions are in use")
             slots = [self._free_slots.pop() for _ in range(rows)]
@@ -235,19 +252,51 @@ class Engine:
 
     # --- the inference thread -----------------------------------------------------------------
 
+    def _serve(self) -> None:
+        """The thread's body: the loop, and should anything escape it, the engine goes down."""
+        with torch.inference_mode():  # (failing a session resets its inference tensors)
+            try:
+                self._loop()
+            except BaseException as exc:  # whatever it was, nobody must wait on a dead thread
+                log.critical("the inference thread died", exc_info=exc)
+                self._go_down(f"the inference thread died: {type(exc).__name__}: {exc}")
+
+    def _go_down(self, reason: str) -> None:
+        """Refuse new sessions from now on, then tell every session, built or still queued."""
+        with self._lock:  # (an open_session that got in before queued its "open" already)
+            self.down = reason
+        for session in list(self._sessions.values()):
+            try:
+                session.fail(reason)
+            except Exception:  # (its Error went out first, or its sink is broken)
+                log.exception("session %d did not fail cleanly", session.sid)
+        while True:
+            try:
+                sid, kind, payload = self._control.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "open":
+                self._refuse(payload[2], sid, reason)
+
+    def _refuse(self, sink, sid: int, reason: str) -> None:
+        """Tell an owner whose session was queued to open that it never will."""
+        try:
+            sink(events.Error(sid, time.monotonic(), 0, f"cannot open the session: {reason}"))
+        except Exception:  # its owner's bug: the others are still to be told
+            log.exception("session %d's sink failed", sid)
+
     def _loop(self) -> None:
-        with torch.inference_mode():
-            while not self._stopping:
-                self._wake.clear()
-                worked = self._drain(self._control, self._on_control)
-                worked |= self._drain(self._inputs, self._on_input)
-                answering = [
-                    lane for s in self._sessions.values() for lane in s.lanes() if lane.generating
-                ]
-                if answering:
-                    self._step(answering)
-                elif not worked:
-                    self._wake.wait(IDLE_WAIT_S)
+        while not self._stopping:
+            self._wake.clear()
+            worked = self._drain(self._control, self._on_control)
+            worked |= self._drain(self._inputs, self._on_input)
+            answering = [
+                lane for s in self._sessions.values() for lane in s.lanes() if lane.generating
+            ]
+            if answering:
+                self._step(answering)
+            elif not worked:
+                self._wake.wait(IDLE_WAIT_S)
 
     def _drain(self, q: queue.SimpleQueue, handle) -> bool:
         worked = False
@@ -316,18 +365,40 @@ class Engine:
             self._periods.append(began - self._last_step)
         self._last_step = began
         try:
-            if self.decoder is not None:
-                rows = self._kernel_step(self.decoder, answering)
-            else:
-                rows = self._torch_step(answering)
+            rows = self._decode(answering)
         except Exception as exc:
-            for s in answering:
-                s.fail(f"decode step failed: {type(exc).__name__}: {exc}")
-            return
+            rows = self._decode_each(answering, exc)
         self.steps += 1
         self._vocode(answering)
         self._finish_if_done(answering)
         self.step_log.append((rows, (time.perf_counter() - began) * 1000))
+
+    def _decode(self, lanes: list) -> int:
+        """One decode step of `lanes`; the rows it ran."""
+        if self.fault_hook is not None:
+            self.fault_hook("step", lanes)
+        if self.decoder is not None:
+            return self._kernel_step(self.decoder, lanes)
+        return self._torch_step(lanes)
+
+    def _decode_each(self, answering: list, exc: Exception) -> int:
+        """The batched step failed: step each lane alone, so that only those whose own step
+        fails lose their turn. A retry is exact: a lane's position moves only when it accepts
+        its ids, which no lane of a failed step did (the steps accept last, each lane guarded),
+        and a retry writes its rows' KV at that position from the same inputs as the failed
+        step did. (On the kernels, the failed step left no claim on what the device holds or
+        a lone lane does not continue it: each retry loads its lane's state.)"""
+        if len(answering) == 1:  # (alone it would fail the same way)
+            answering[0].fail(f"decode step failed: {type(exc).__name__}: {exc}")
+            return 0
+        log.warning("a step of %d lanes failed (%r): stepping each alone", len(answering), exc)
+        rows = 0
+        for lane in answering:
+            try:
+                rows += self._decode([lane])
+            except Exception as alone:
+                lane.fail(f"decode step failed: {type(alone).__name__}: {alone}")
+        return rows
 
     def _torch_step(self, answering: list[Session]) -> int:
         rows = [s.generation.next_input() for s in answering]  # (rows_i, 8) each
@@ -379,22 +450,55 @@ class Engine:
         speaking = [s for s in sessions if s.gen is not None and s.gen.spec.audio_out]
         if not speaking:
             return
-        streams = [s.vocoder for s in speaking]
         # (statistics, not numpy: 0.2 us, where np.median takes 9, every step)
         lead_s = statistics.median(self._periods) * FIRST_AUDIO_PERIODS if self._periods else 0.0
-        for s, pcm in zip(speaking, self.runtime.vocoder.step(streams), strict=True):
-            s.emit_audio(pcm, lead_s)
+        try:
+            chunks = self._render(self.runtime.vocoder.step, speaking)
+        except Exception as exc:
+            chunks = self._render_each(self.runtime.vocoder.step, speaking, exc)
+        for s, pcm in zip(speaking, chunks, strict=True):
+            if pcm is not None:  # (None: it failed)
+                s.emit_audio(pcm, lead_s)
+
+    def _render(self, render, sessions: list[Session]) -> list:
+        """Their vocoder streams through `render` (Vocoder.step or flush)."""
+        if self.fault_hook is not None:
+            self.fault_hook("vocode", sessions)
+        return render([s.vocoder for s in sessions])
+
+    def _render_each(self, render, sessions: list[Session], exc: Exception) -> list:
+        """The batched vocoder call failed: call it for each session alone; those that fail
+        alone lose their turn (None). A stream keeps its state and pending frames until its
+        group's decode has run (Vocoder._decode), so a retry of the failed group is exact; a
+        group decoded before the failure lost that chunk (streams wait in groups of as many
+        pending frames, rarely more than one: only at an answer's first audio)."""
+        if len(sessions) == 1:  # (alone it would fail the same way)
+            sessions[0].fail(f"vocoder failed: {type(exc).__name__}: {exc}")
+            return [None]
+        log.warning("a vocoder call of %d failed (%r): calling each alone", len(sessions), exc)
+        chunks: list = []
+        for s in sessions:
+            try:
+                chunks += self._render(render, [s])
+            except Exception as alone:
+                s.fail(f"vocoder failed: {type(alone).__name__}: {alone}")
+                chunks.append(None)
+        return chunks
 
     def _finish_if_done(self, sessions: list[Session]) -> None:
         done = [s for s in sessions if s.gen is not None and s.gen.done]
         if not done:
             return
         speaking = [s for s in done if s.generation.spec.audio_out]
-        tails = dict(
-            zip(speaking, self.runtime.vocoder.flush([s.vocoder for s in speaking]), strict=True)
-        )
+        flush = self.runtime.vocoder.flush
+        try:
+            tails = self._render(flush, speaking) if speaking else []
+        except Exception as exc:
+            tails = self._render_each(flush, speaking, exc)
+        ended = dict(zip(speaking, tails, strict=True))
         for s in done:
-            self._guarded(s, s.finish, tails.get(s, np.zeros(0, np.float32)))
+            if s.gen is not None:  # (not failed in the flush)
+                self._guarded(s, s.finish, ended.get(s, np.zeros(0, np.float32)))
 
 
 def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]], stream: int) -> list:
