@@ -7,7 +7,7 @@
             base64 audio both ways, on one engine session
     Twilio ── POST /twilio/voice ─► TwiML; ══ GET /twilio/media (WebSocket) ═► transports/twilio/:
             a phone call's mu-law audio both ways, on one engine session
-    GET /healthz ──► {"ok", "sessions", "max_sessions"}
+    GET /healthz ──► {"ok", "sessions", "max_sessions"} (503 with "error" once the engine is down)
 
 The event loop only moves bytes and JSON; the engine's thread runs the model. Each client's bad
 input is answered with a JSON error and costs nobody else anything.
@@ -26,7 +26,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 
 from realtime.decoding.runtime import Runtime
-from realtime.engine.engine import Engine, EngineBusy, EngineOptions
+from realtime.engine.engine import Engine, EngineBusy, EngineDown, EngineOptions
 from realtime.engine.session import SessionOptions
 from realtime.model.prompts import Task
 from realtime.server_config import LOCAL_HOSTS, ServerOptions
@@ -42,6 +42,13 @@ API_KEY_PROTOCOL = "openai-insecure-api-key."
 
 def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response(protocol.error(code, message), status=status)
+
+
+def refusal(exc: EngineBusy) -> web.Response:
+    """No session to be had: for now (busy), or until the server restarts (engine_down)."""
+    if isinstance(exc, EngineDown):
+        return json_error(503, "engine_down", f"the server cannot answer calls: {exc}")
+    return json_error(503, "busy", f"the server is busy: {exc}; try again later")
 
 
 @web.middleware
@@ -97,14 +104,18 @@ class Server:
         return web.FileResponse(path)
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "ok": True,
-                "sessions": len(self.conversations) + len(self.connections),
-                "engine_sessions": self.engine.active_sessions,
-                "max_sessions": self.options.max_sessions,
-            }
-        )
+        """200 while the engine serves; 503 with the reason once its thread has died, so that a
+        load balancer sends callers elsewhere."""
+        down = self.engine.down
+        health: dict[str, bool | int | str] = {
+            "ok": down is None,
+            "sessions": len(self.conversations) + len(self.connections),
+            "engine_sessions": self.engine.active_sessions,
+            "max_sessions": self.options.max_sessions,
+        }
+        if down is not None:
+            health["error"] = down
+        return web.json_response(health, status=200 if down is None else 503)
 
     async def offer(self, request: web.Request) -> web.Response:
         """SDP offer in, SDP answer out; every refusal is a JSON error with a clear code."""
@@ -156,9 +167,9 @@ class Server:
             options = self._session_options(transcribe)
             door.handle = self.engine.open_session(options, door.sink)
         except EngineBusy as exc:
-            door.close("the server is busy")
+            door.close("the engine is down" if isinstance(exc, EngineDown) else "busy")
             log.info("%s refused: %s", request.path, exc)
-            return json_error(503, "busy", f"the server is busy: {exc}; try again later")
+            return refusal(exc)
         self.connections.add(door)
         log.info("session %d opened (%s)", door.sid, request.path)
         try:
@@ -223,9 +234,9 @@ class Server:
                 self._session_options(self.options.call.transcribe), conversation.sink
             )
         except EngineBusy as exc:
-            await conversation.close("busy")
+            await conversation.close("engine down" if isinstance(exc, EngineDown) else "busy")
             log.info("offer refused: %s", exc)
-            return json_error(503, "busy", f"the server is busy: {exc}; try again later")
+            return refusal(exc)
         self.conversations.add(conversation)
         try:
             answer = await conversation.answer(sdp)

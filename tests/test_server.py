@@ -11,9 +11,14 @@ import json
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection
 
 from realtime.audio.io import load_audio
+from realtime.engine.engine import Engine, EngineOptions
+from realtime.engine.session import SessionOptions
+from realtime.server import Server
+from realtime.server_config import ServerOptions
 from realtime.transports.webrtc.caller import LoopbackClient, SignalingError, call, post_offer
 from realtime.transports.webrtc.protocol import MAX_MESSAGE_BYTES
 
@@ -266,3 +271,56 @@ def test_a_client_that_vanishes_mid_answer_frees_its_slot(server):
         within(WAIT_S, call(server.url, clip("q_capital.wav"), TOKEN, {"max_answer_ms": 500}))
     )
     assert "response.done" in types(client)
+
+
+# The least an offer may be to reach the engine (parse_offer's checks): one sending audio line.
+AUDIO_OFFER = "\r\n".join(
+    ["v=0", "o=- 0 0 IN IP4 127.0.0.1", "s=-", "t=0 0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", ""]
+)
+
+
+class Killed(BaseException):
+    """What no loop catches: it ends the inference thread."""
+
+
+def kill(stage: str, lanes: list) -> None:
+    raise Killed("the test killed it")
+
+
+async def _refusals(client: TestClient) -> list[tuple[int, dict | None]]:
+    """/healthz, then a caller at each door: (status, JSON body) each (None for WebSockets)."""
+    health = await client.get("/healthz")
+    offer = await client.post("/offer", json={"type": "offer", "sdp": AUDIO_OFFER})
+    got = [(health.status, await health.json()), (offer.status, await offer.json())]
+    for path in ("/v1/realtime", "/twilio/media"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(path)
+        got.append((refused.value.status, None))
+    return got
+
+
+def test_a_dead_engine_fails_healthz_and_every_door_refuses(runtime):
+    """Once the inference thread has died, /healthz is 503 with the reason and each door
+    refuses a caller at once with engine_down, where a full server would say busy."""
+    engine = Engine(runtime, EngineOptions(max_sessions=1)).start()
+    engine.fault_hook = kill
+    engine.open_session(SessionOptions(), lambda event: None).submit_text("hello")
+    engine._thread.join(WAIT_S)
+    assert engine.down is not None
+
+    async def scenario():
+        client = TestClient(TestServer(Server(engine, ServerOptions(max_sessions=1)).app()))
+        await client.start_server()
+        try:
+            return await _refusals(client)
+        finally:
+            await client.close()
+
+    try:
+        (health, offer, *sockets) = asyncio.run(within(WAIT_S, scenario()))
+    finally:
+        engine.stop()
+    assert health[0] == 503 and health[1]["ok"] is False
+    assert "Killed: the test killed it" in health[1]["error"]
+    assert (offer[0], offer[1]["error"]["code"]) == (503, "engine_down")
+    assert "Killed" in offer[1]["error"]["message"] and sockets == [(503, None), (503, None)]
