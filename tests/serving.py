@@ -22,6 +22,20 @@ DATA = Path(__file__).parent / "data"
 TOKEN = "test-token"
 TWILIO_TOKEN = "twilio-test-auth-token"
 PUBLIC_URL = "https://voice.example.com"  # what Twilio would be told; it signs URLs on it
+# Twilio's start message of a call's media stream (spec/protocols.md)
+TWILIO_START = {
+    "event": "start",
+    "sequenceNumber": "1",
+    "streamSid": "MZ0001",
+    "start": {
+        "streamSid": "MZ0001",
+        "accountSid": "AC0001",
+        "callSid": "CA0001",
+        "tracks": ["inbound"],
+        "customParameters": {},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    },
+}
 MAX_SESSIONS = 2
 START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core machine
 WAIT_S = 60.0  # generous bound for anything the spec does not time

@@ -30,7 +30,7 @@ from realtime.transports.twilio.connection import TwilioCall, signed_by_twilio, 
 from realtime.transports.webrtc.protocol import ProtocolError, parse_client_message, parse_offer
 from realtime.transports.wire_audio import FORMATS, InputAudio
 
-from .serving import speech
+from .serving import TWILIO_START, speech
 
 settings.register_profile(
     "fuzz", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -363,19 +363,6 @@ def test_every_openai_event_is_answered_and_the_session_keeps_serving(steps, ga)
 
 # --- the Twilio door: Media Streams messages and the webhook's signature -------------------
 
-TWILIO_START = {
-    "event": "start",
-    "sequenceNumber": "1",
-    "streamSid": "MZ0001",
-    "start": {
-        "streamSid": "MZ0001",
-        "accountSid": "AC0001",
-        "callSid": "CA0001",
-        "tracks": ["inbound"],
-        "customParameters": {},
-        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-    },
-}
 ULAW = _chunks(speech("g711_ulaw"), 1_600)  # 200 ms each
 TWILIO = [
     {"event": "connected", "protocol": "Call", "version": "1.0.0"},

@@ -25,7 +25,7 @@ from realtime.transports.twilio.connection import (
 )
 from realtime.transports.wire_audio import FORMATS, InputAudio
 
-from .serving import PUBLIC_URL, TWILIO_TOKEN, WAIT_S, speech, within
+from .serving import PUBLIC_URL, TWILIO_START, TWILIO_TOKEN, WAIT_S, speech, within
 
 # Twilio's published example (twilio-python's tests/unit/test_request_validator.py)
 VECTOR_TOKEN = "12345"
@@ -38,19 +38,6 @@ VECTOR_PARAMS = {
     "Caller": ["+14158675309"],
 }
 MEDIA_URL = PUBLIC_URL.replace("https", "wss") + MEDIA_PATH
-START = {
-    "event": "start",
-    "sequenceNumber": "1",
-    "streamSid": "MZ0001",
-    "start": {
-        "streamSid": "MZ0001",
-        "accountSid": "AC0001",
-        "callSid": "CA0001",
-        "tracks": ["inbound"],
-        "customParameters": {},
-        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-    },
-}
 
 
 def test_signature_is_twilios():
@@ -94,7 +81,7 @@ class FakeTwilio:
             await self.http.close()
             raise
         await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await self.send(START)
+        await self.send(TWILIO_START)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -252,7 +239,7 @@ class StubEngine:
 
 
 def start_without_a_stream(stream_sid: str | None) -> dict:
-    return {"event": "start", "start": START["start"] | {"streamSid": stream_sid}}
+    return {"event": "start", "start": TWILIO_START["start"] | {"streamSid": stream_sid}}
 
 
 def test_the_answer_s_length_limit_stops_the_engine_and_a_second_start_keeps_the_stream():
@@ -264,7 +251,7 @@ def test_the_answer_s_length_limit_stops_the_engine_and_a_second_start_keeps_the
         wire, engine = Wire(), StubEngine()
         call = TwilioCall(wire, CallOptions(max_answer_ms=100))
         call.handle = engine
-        call._on_text(json.dumps(START))
+        call._on_text(json.dumps(TWILIO_START))
         for unnamed in ("", None):
             call._on_text(json.dumps(start_without_a_stream(unnamed)))
         assert call.stream_sid == "MZ0001" and not call.closed
