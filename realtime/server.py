@@ -60,10 +60,10 @@ async def json_refusals(request: web.Request, handler: Handler) -> web.StreamRes
     except web.HTTPNotFound:
         return json_error(404, "not_found", f"nothing at {request.path}; the page is at /")
     except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        refusal = json_error(405, "method_not_allowed", f"{request.path} takes {allowed}")
-        refusal.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
-        return refusal
+        allowed = sorted(exc.allowed_methods)
+        answer = json_error(405, "method_not_allowed", f"{request.path} takes {', '.join(allowed)}")
+        answer.headers["Allow"] = ",".join(allowed)
+        return answer
 
 
 class Server:
@@ -133,9 +133,9 @@ class Server:
     async def offer_how(self, request: web.Request) -> web.Response:
         """Anything but a POST at /offer, such as a browser opening it: say what it takes."""
         message = 'POST an SDP offer here as JSON {"type": "offer", "sdp": "..."}'
-        refusal = json_error(405, "method_not_allowed", f"{message} (client/PROTOCOL.md)")
-        refusal.headers["Allow"] = "POST"
-        return refusal
+        answer = json_error(405, "method_not_allowed", f"{message} (client/PROTOCOL.md)")
+        answer.headers["Allow"] = "POST"
+        return answer
 
     async def realtime(self, request: web.Request) -> web.StreamResponse:
         """An OpenAI-Realtime-compatible WebSocket; refusals come before the upgrade, as JSON."""
