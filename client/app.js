@@ -40,6 +40,8 @@ async function connect() {
   };
   channel = pc.createDataChannel("events");
   channel.onmessage = (e) => onEvent(JSON.parse(e.data));
+  const events = channel;
+  channel.onclose = () => { if (channel === events) hangUp("the server hung up"); };
   await pc.setLocalDescription(await pc.createOffer());
   await gatheringComplete(pc);
   const answer = await postOffer(pc.localDescription.sdp);
@@ -124,6 +126,8 @@ const handlers = {
     $("lat-audio").textContent = ms(e.first_audio_ms);
   },
   "settings.updated": () => {},
+  // The server ends the call (shutting down, idle or too long, or its engine is down).
+  "session.closing": (e) => hangUp(`the server ended the call: ${e.message}`),
   "error": (e) => showError(e.error.message),
 };
 

@@ -203,13 +203,19 @@ def _server_options(args: argparse.Namespace):
         _check_listen(args.host, args.port)
     decoding = DecodingOptions(max_new_tokens=args.max_new_tokens)
     call = CallOptions(
-        decoding=decoding, max_answer_ms=args.max_answer_ms, transcribe=args.transcribe
+        decoding=decoding,
+        max_answer_ms=args.max_answer_ms,
+        transcribe=args.transcribe,
+        idle_timeout_s=args.idle_timeout_s or None,
+        max_session_s=args.max_session_s or None,
     )
     return ServerOptions(
         host=args.host,
         port=args.port,
         token=args.token,
         max_sessions=args.max_sessions,
+        max_sessions_per_client=args.max_sessions_per_client,
+        shutdown_grace_s=args.shutdown_grace_s,
         step_products=args.step_products,
         pdl=args.pdl,
         tls_cert=args.tls_cert,

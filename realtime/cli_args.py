@@ -207,6 +207,35 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="concurrent calls; one more is refused as busy",
     )
+    limits = p.add_argument_group("limits on each call (0: none)")
+    limits.add_argument(
+        "--idle-timeout-s",
+        type=_seconds,
+        default=300,
+        metavar="S",
+        help="end a call in which nothing is said, sent or answered this long",
+    )
+    limits.add_argument(
+        "--max-session-s",
+        type=_seconds,
+        default=3600,
+        metavar="S",
+        help="end any call this long",
+    )
+    limits.add_argument(
+        "--max-sessions-per-client",
+        type=_count,
+        metavar="N",
+        help="calls one client address may hold (default: no cap with --token or for "
+        "this machine; else half of --max-sessions, for clients through a proxy here)",
+    )
+    limits.add_argument(
+        "--shutdown-grace-s",
+        type=_seconds,
+        default=10,
+        metavar="S",
+        help="on SIGTERM, how long answers in progress may go on before every call closes",
+    )
     answers = p.add_argument_group("answers")
     answers.add_argument(
         "--max-new-tokens",
@@ -296,4 +325,18 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1e9:  # (NaN fails too)
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text}")
     return value

@@ -7,19 +7,27 @@
             base64 audio both ways, on one engine session
     Twilio ── POST /twilio/voice ─► TwiML; ══ GET /twilio/media (WebSocket) ═► transports/twilio/:
             a phone call's mu-law audio both ways, on one engine session
-    GET /healthz ──► {"ok", "sessions", "max_sessions"} (503 with "error" once the engine is down)
+    GET /healthz ──► {"ok", "sessions", "max_sessions"} (503 with "error" once the engine is
+            down, or while the server shuts down)
 
 The event loop only moves bytes and JSON; the engine's thread runs the model. Each client's bad
-input is answered with a JSON error and costs nobody else anything.
+input is answered with a JSON error and costs nobody else anything. Every call, whichever door
+it came by, is held to the same limits (transports/lifetime.py): the server sweeps them once a
+second and ends those idle or too long, or all of them once the engine is down; one client
+address may hold only so many; on SIGTERM new callers are refused, answers in progress may
+finish for a grace period, and every caller is told before its call closes.
 """
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
@@ -30,6 +38,8 @@ from realtime.engine.engine import Engine, EngineBusy, EngineDown, EngineOptions
 from realtime.engine.session import SessionOptions
 from realtime.model.prompts import Task
 from realtime.server_config import LOCAL_HOSTS, ServerOptions
+from realtime.transports import lifetime
+from realtime.transports.lifetime import Clock, Closing
 from realtime.transports.openai.connection import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
 from realtime.transports.twilio import connection as twilio
 from realtime.transports.webrtc import protocol
@@ -38,6 +48,22 @@ from realtime.transports.websocket import WebSocketDoor
 
 log = logging.getLogger("realtime.server")
 API_KEY_PROTOCOL = "openai-insecure-api-key."
+SWEEP_S = 1.0  # how often the calls are checked against the limits
+HANG_UP_S = 5.0  # the longest a call may take to close once the server has ended it
+
+
+class Call(Protocol):
+    """A call as the server's limits see it, whichever door it came by."""
+
+    clock: Clock
+    closed: bool
+    closing: Closing | None
+    address: str  # the client's (client_address)
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def hang_up(self, closing: Closing) -> None: ...
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -73,6 +99,8 @@ class Server:
         self.engine, self.options = engine, options
         self.conversations: set[Conversation] = set()
         self.connections: set[WebSocketDoor] = set()
+        self.shutting_down = False  # SIGTERM: no new calls
+        self._tasks: set[asyncio.Task] = set()
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -86,8 +114,88 @@ class Server:
         app.router.add_get(twilio.MEDIA_PATH, self.twilio_media)
         app.router.add_get("/", self.index)
         app.router.add_get("/{name}", self.client_file)
+        app.on_startup.append(self._start_sweeping)
         app.on_shutdown.append(self._close_all)
         return app
+
+    def calls(self) -> Iterator[Call]:
+        """Every live call, WebRTC and WebSocket."""
+        yield from list(self.conversations)
+        yield from list(self.connections)
+
+    # --- limits and shutdown ----------------------------------------------------------------
+
+    async def _start_sweeping(self, app: web.Application) -> None:
+        self._spawn(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        """End the calls past a limit, or every call once the engine is down."""
+        call_options, down = self.options.call, self.engine.down
+        for call in self.calls():
+            if call.closed or call.closing is not None:
+                continue
+            if down is not None:
+                closing: Closing | None = Closing(
+                    lifetime.ENGINE_DOWN, f"the server cannot answer calls: {down}"
+                )
+            else:
+                idle_s, max_s = call_options.idle_timeout_s, call_options.max_session_s
+                closing = call.clock.overdue(idle_s, max_s, call.busy, now)
+            if closing is not None:
+                self._spawn(call.hang_up(closing))
+
+    async def shut_down(self, grace_s: float, hurry: asyncio.Event) -> None:
+        """Refuse new calls; end each call once its answer in progress is over, and all of them
+        after `grace_s` (or at once when `hurry` is set: a second signal)."""
+        self.shutting_down = True
+        live = sum(1 for _ in self.calls())
+        log.info("shutting down: %d calls; answers in progress may end within %g s", live, grace_s)
+        closing = Closing(lifetime.SHUTDOWN, "the server is shutting down")
+        deadline = time.monotonic() + grace_s
+        while open_calls := [c for c in self.calls() if not c.closed and c.closing is None]:
+            late = hurry.is_set() or time.monotonic() >= deadline
+            for call in open_calls:
+                if late or not call.busy:
+                    self._spawn(call.hang_up(closing))
+            await asyncio.sleep(0.05)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=HANG_UP_S)
+
+    def _spawn(self, coro: Coroutine) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refused(self, request: web.Request, address: str) -> web.Response | None:
+        """A new call refused before it takes a slot: the server is shutting down, or this
+        client address holds its share of the sessions already."""
+        if self.shutting_down:
+            return json_error(503, "shutting_down", "the server is shutting down; try again later")
+        cap = self._cap_for(address)
+        if cap is not None and sum(1 for c in self.calls() if c.address == address) >= cap:
+            log.info("%s refused: %s holds %d sessions already", request.path, address, cap)
+            message = (
+                f"{address} holds {cap} sessions already, this server's most for one client"
+                " (--max-sessions-per-client)"
+            )
+            return json_error(429, "too_many_sessions", message)
+        return None
+
+    def _cap_for(self, address: str) -> int | None:
+        """Sessions one client address may hold: --max-sessions-per-client (0: no cap); by
+        default, on a server without a token, half the slots for a client beyond this machine
+        (through a proxy here, such as a tunnel), and no cap for programs on this machine."""
+        cap = self.options.max_sessions_per_client
+        if cap is not None:
+            return cap or None
+        if self.options.token is not None or _loopback(address):
+            return None
+        return max(1, self.options.max_sessions // 2)
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         page = self.options.client_dir / "index.html"
@@ -104,23 +212,29 @@ class Server:
         return web.FileResponse(path)
 
     async def health(self, request: web.Request) -> web.Response:
-        """200 while the engine serves; 503 with the reason once its thread has died, so that a
-        load balancer sends callers elsewhere."""
+        """200 while the engine serves; 503 with the reason once its thread has died or the
+        server is shutting down, so that a load balancer sends callers elsewhere."""
         down = self.engine.down
         health: dict[str, bool | int | str] = {
-            "ok": down is None,
+            "ok": down is None and not self.shutting_down,
             "sessions": len(self.conversations) + len(self.connections),
             "engine_sessions": self.engine.active_sessions,
             "max_sessions": self.options.max_sessions,
         }
         if down is not None:
             health["error"] = down
-        return web.json_response(health, status=200 if down is None else 503)
+        elif self.shutting_down:
+            health["error"] = "shutting down"
+        return web.json_response(health, status=200 if health["ok"] else 503)
 
     async def offer(self, request: web.Request) -> web.Response:
         """SDP offer in, SDP answer out; every refusal is a JSON error with a clear code."""
         if not self._authorized(request):
             return json_error(401, "unauthorized", "missing or wrong token (Authorization: Bearer)")
+        address = client_address(request)
+        refused = self._refused(request, address)
+        if refused is not None:
+            return refused
         try:
             sdp = protocol.parse_offer(await request.read())
         except web.HTTPRequestEntityTooLarge:
@@ -128,7 +242,7 @@ class Server:
             return json_error(413, "too_large", f"offers are at most {limit} bytes")
         except protocol.ProtocolError as exc:
             return json_error(413 if exc.code == "too_large" else 400, exc.code, str(exc))
-        return await self._start_conversation(sdp)
+        return await self._start_conversation(sdp, address)
 
     async def offer_how(self, request: web.Request) -> web.Response:
         """Anything but a POST at /offer, such as a browser opening it: say what it takes."""
@@ -163,6 +277,11 @@ class Server:
     ) -> web.StreamResponse:
         """Open the door's engine session (a full server refuses before the upgrade), then serve
         the WebSocket until it ends; the slot is free again when this returns."""
+        door.address = client_address(request)
+        refused = self._refused(request, door.address)
+        if refused is not None:
+            door.close("refused")
+            return refused
         try:
             options = self._session_options(transcribe)
             door.handle = self.engine.open_session(options, door.sink)
@@ -227,8 +346,9 @@ class Server:
         decoding = self.options.call.decoding
         return SessionOptions(Task.A2A, "chunked", decoding=decoding, transcribe=transcribe)
 
-    async def _start_conversation(self, sdp: str) -> web.Response:
+    async def _start_conversation(self, sdp: str, address: str) -> web.Response:
         conversation = Conversation(self.options.call, self.conversations.discard)
+        conversation.address = address
         try:
             conversation.handle = self.engine.open_session(
                 self._session_options(self.options.call.transcribe), conversation.sink
@@ -266,6 +386,22 @@ class Server:
         )
 
 
+def client_address(request: web.Request) -> str:
+    """Who is calling: the peer's address, or where the peer is a proxy on this machine (a
+    tunnel such as ngrok, a local nginx), the address that proxy names last in X-Forwarded-For
+    (the one it saw; earlier ones are the client's to write)."""
+    peer = request.remote or ""
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+    return forwarded if forwarded and _loopback(peer) else peer
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def cross_site(origin: str | None, host: str) -> bool:
     """A browser page from elsewhere than this server or this machine (programs send no Origin)."""
     if origin is None:
@@ -283,7 +419,8 @@ async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str],
     )
     engine = (await asyncio.to_thread(Engine, runtime, engine_options)).start()
     log.info("decode step: %s", engine.decode_path)
-    runner = web.AppRunner(Server(engine, options).app(), access_log=None)
+    server = Server(engine, options)
+    runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, options.host, options.port, ssl_context=_tls(options))
@@ -293,18 +430,21 @@ async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str],
             where = f"{options.host}:{options.port}"
             raise ValueError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         ready(_url(options, runner.addresses[0][1]))
-        await _until_signalled()
+        hurry = await _until_signalled()
+        await server.shut_down(options.shutdown_grace_s, hurry)
     finally:
         await runner.cleanup()
         await asyncio.to_thread(engine.stop)
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
+async def _until_signalled() -> asyncio.Event:
+    """Wait for SIGINT or SIGTERM; the event returned is set by a second one (stop now)."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: (hurry if stop.is_set() else stop).set())
     await stop.wait()
+    return hurry
 
 
 def _tls(options: ServerOptions) -> ssl.SSLContext | None:

@@ -24,6 +24,10 @@ class ServerOptions:
     port: int = 8080
     token: str | None = None  # required on offers; mandatory beyond localhost
     max_sessions: int = 4
+    # sessions one client address may hold (0: no cap); None: server.py's default (half the
+    # slots for a client beyond this machine, on a server without a token)
+    max_sessions_per_client: int | None = None
+    shutdown_grace_s: float = 10.0  # SIGTERM: how long answers in progress may go on
     step_products: str = "cublas"  # EngineOptions.step_products
     pdl: bool = False  # EngineOptions.pdl
     tls_cert: Path | None = None

@@ -15,4 +15,10 @@ class CallOptions:
     max_answer_ms: int | None = None  # clients may lower it per call; None: the model decides
     transcribe: bool = False  # the browser's caller sees their own words (the model's asr task)
     input_timeout_s: float = 2.0  # no inbound audio for this long: the client is gone
-    setup_timeout_s: float = 30.0  # no inbound audio this long after the answer: never came
+    # an offer answered but no audio this long after: the caller never came (ICE through a
+    # TURN server takes a few seconds at worst)
+    setup_timeout_s: float = 10.0
+    # transports/lifetime.py: a session with nothing said, sent or answered this long is ended;
+    # so is any session this old (OpenAI's service caps its sessions too). None: no limit.
+    idle_timeout_s: float | None = 300.0
+    max_session_s: float | None = 3600.0

@@ -3,17 +3,29 @@ grip on their engine session.
 
 A door's handlers run on the event loop and must not await, so what they send is queued; one
 task writes it, in order. Engine events arrive on the inference thread and are handed to the
-loop, nothing else done there.
+loop, nothing else done there. When the server ends a call (transports/lifetime.py), the door
+says why in its protocol, what is queued is written, and the WebSocket closes with a code.
 """
 
 import asyncio
 import logging
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from realtime.engine import events
 from realtime.engine.engine import SessionHandle
+from realtime.transports import lifetime
+from realtime.transports.lifetime import Clock, Closing
 from realtime.transports.loop import loop_sink
+
+DRAIN_S = 1.0  # how long a closing call's last events may take to go out
+# The WebSocket close code for each reason the server ends a call (RFC 6455 section 7.4.1)
+CLOSE_CODES = {
+    lifetime.SHUTDOWN: WSCloseCode.GOING_AWAY,
+    lifetime.ENGINE_DOWN: WSCloseCode.INTERNAL_ERROR,
+    lifetime.IDLE: WSCloseCode.OK,
+    lifetime.MAX_DURATION: WSCloseCode.OK,
+}
 
 log = logging.getLogger("realtime.server")
 
@@ -31,6 +43,16 @@ class Outbox:
     def close(self) -> None:
         self._task.cancel()
 
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until everything put so far is written (or the writer has stopped)."""
+        written = asyncio.ensure_future(self._queue.join())
+        try:
+            await asyncio.wait(
+                [written, self._task], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            written.cancel()
+
     async def _write(self, ws: web.WebSocketResponse) -> None:
         while True:
             text = await self._queue.get()
@@ -38,6 +60,8 @@ class Outbox:
                 await ws.send_str(text)
             except (ConnectionError, RuntimeError):  # gone: the reader sees the close too
                 return
+            finally:
+                self._queue.task_done()
 
 
 class WebSocketDoor:
@@ -50,6 +74,9 @@ class WebSocketDoor:
         self.ws = ws
         self.handle: SessionHandle | None = None
         self.closed = False
+        self.clock = Clock()
+        self.closing: Closing | None = None  # the server is ending the call, and why
+        self.address = ""  # the client's, as the server sees it (server.client_address)
         self.sink = loop_sink(self._on_engine_event)  # the engine's, for open_session
         self._out = Outbox(ws)
 
@@ -67,6 +94,28 @@ class WebSocketDoor:
     async def run(self) -> None:
         """Serve the connection until it ends."""
         raise NotImplementedError
+
+    @property
+    def busy(self) -> bool:
+        """An answer is being made or played: the call is not idle, and a shutdown lets it end."""
+        return False
+
+    async def hang_up(self, closing: Closing) -> None:
+        """The server ends the call: say why (`say_closing`), let that go out, close."""
+        if self.closed or self.closing is not None:
+            return
+        self.closing = closing
+        log.info("session %d: ending the call (%s): %s", self.sid, closing.reason, closing.message)
+        self.say_closing(closing)
+        await self._out.drain(DRAIN_S)
+        self.close(closing.message)
+        # (a close reason is at most 123 bytes)
+        reason = closing.message.encode()[:123].decode(errors="ignore").encode()
+        await self.ws.close(code=CLOSE_CODES[closing.reason], message=reason)
+
+    def say_closing(self, closing: Closing) -> None:
+        """Tell the client why the call ends, in the door's protocol (the close code may be all
+        it has)."""
 
     def close(self, reason: str) -> None:
         """Free the engine slot and stop writing (cheap, idempotent)."""

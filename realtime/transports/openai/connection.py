@@ -31,11 +31,14 @@ import itertools
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
 from realtime.engine import events
+from realtime.transports import lifetime
+from realtime.transports.lifetime import Closing
 from realtime.transports.openai.conversation import Conversation, user_message
 from realtime.transports.openai.input import InputBuffer
 from realtime.transports.openai.responses import Responses
@@ -53,6 +56,15 @@ from realtime.transports.websocket import WebSocketDoor
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # an append of about a minute of pcm16 audio, base64
 HEARTBEAT_S = 20.0  # ping a silent client this often: a vanished one frees its slot
+
+# The error event before the server closes the connection: (type, code) for each reason;
+# session_expired is OpenAI's own, for its sessions' maximum length.
+CLOSING_ERRORS = {
+    lifetime.MAX_DURATION: ("invalid_request_error", "session_expired"),
+    lifetime.IDLE: ("invalid_request_error", "session_idle"),
+    lifetime.SHUTDOWN: ("server_error", "server_shutting_down"),
+    lifetime.ENGINE_DOWN: ("server_error", "engine_down"),
+}
 
 log = logging.getLogger("realtime.server")
 _unused_logged: set[str] = set()  # the unused fields this server has logged: each once
@@ -82,6 +94,8 @@ class RealtimeConnection(WebSocketDoor):
         self.options, self.model, self.ga = options, model, ga
         self.names = GA_NAMES if ga else BETA_NAMES
         self.settings = Settings()
+        limit = options.max_session_s  # (the session object's expires_at, in Unix seconds)
+        self.expires_at = 0 if limit is None else int(time.time() + limit)
         self._counter = itertools.count(1)  # event and item ids: one sequence
         self._conversation = Conversation(self)
         self._responses = Responses(self, self._conversation)
@@ -115,6 +129,15 @@ class RealtimeConnection(WebSocketDoor):
                     log.info("session %d: %s", self.sid, self.ws.exception())
         finally:
             self.close("the client left")
+
+    @property
+    def busy(self) -> bool:
+        return self._responses.active
+
+    def say_closing(self, closing: Closing) -> None:
+        kind, code = CLOSING_ERRORS[closing.reason]
+        message = f"{closing.message}; the server closes the connection"
+        self.error(ClientError(code, message), None, kind)
 
     def send(self, kind: str, /, **fields: object) -> None:
         """Queue one event for the client (nothing once the connection is closed)."""
@@ -153,6 +176,8 @@ class RealtimeConnection(WebSocketDoor):
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise ClientError("invalid_event", 'an event is a JSON object with a "type"')
             event_id = event.get("event_id")
+            if event["type"] != "input_audio_buffer.append":  # (silence streamed in is no sign)
+                self.clock.touch()
             handler = self._handlers.get(event["type"])
             if handler is None:
                 raise ClientError("unknown_event", f"unknown event type {event['type']!r}", "type")
@@ -175,7 +200,8 @@ class RealtimeConnection(WebSocketDoor):
 
     def _describe(self) -> dict:
         max_steps = self.options.decoding.max_new_tokens
-        return describe(self.settings, f"sess_{self.sid}", self.model, self.ga, max_steps)
+        session = describe(self.settings, f"sess_{self.sid}", self.model, self.ga, max_steps)
+        return session | {"expires_at": self.expires_at}
 
     def _item_create(self, event: dict) -> None:
         """A user message: recorded speech, as if appended and committed (input.py), or typed

@@ -145,6 +145,7 @@ class InputBuffer:
     def _speech_started(self, vad: ServerVad, preroll_samples: int) -> None:
         start_ms = self._heard_ms - _ms(preroll_samples, tokens.INPUT_SAMPLE_RATE_HZ)
         self._speech_item = self._link.new_id("item")
+        self._link.clock.touch()  # the caller speaks: not idle
         self._link.send(
             "input_audio_buffer.speech_started",
             audio_start_ms=max(0, start_ms),

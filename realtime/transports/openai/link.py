@@ -8,6 +8,7 @@ connection as this narrow face, not as the class.
 from typing import Protocol
 
 from realtime.engine.engine import SessionHandle
+from realtime.transports.lifetime import Clock
 from realtime.transports.openai.session import ClientError, EventNames, Settings
 from realtime.transports.options import CallOptions
 
@@ -19,6 +20,7 @@ class Link(Protocol):
     ga: bool  # the GA generation of the protocol (else beta)
     names: EventNames  # the events named as this connection's generation names them
     settings: Settings  # the session's, replaced by each session.update
+    clock: Clock  # the caller's activity, against the server's idle limit
 
     @property
     def engine(self) -> SessionHandle:

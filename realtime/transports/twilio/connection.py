@@ -160,7 +160,9 @@ class TwilioCall(WebSocketDoor):
             self._mark((message.get("mark") or {}).get("name", ""))
         elif kind == "stop":
             self.close("the call ended")
-        elif kind not in ("connected", "dtmf"):
+        elif kind == "dtmf":
+            self.clock.touch()  # a key pressed: someone is there
+        elif kind != "connected":
             log.info("session %d: ignored Twilio's %r", self.sid, kind)
 
     def _start(self, message: dict) -> None:
@@ -189,9 +191,15 @@ class TwilioCall(WebSocketDoor):
             for turn in self._turns.push(frame, t):
                 self._on_turn(turn)
 
+    @property
+    def busy(self) -> bool:
+        return self._answering or self._sent > self._played
+
     def _on_turn(self, turn) -> None:
-        if turn.kind is TurnEvent.STARTED and (self._answering or self._sent > self._played):
-            self._barge_in()
+        if turn.kind is TurnEvent.STARTED:
+            self.clock.touch()
+            if self.busy:
+                self._barge_in()
         if turn.audio is not None:
             self.engine.push_audio(from_pcm16(turn.audio))
         if turn.kind is TurnEvent.ENDED:

@@ -12,6 +12,7 @@ that were already on their way are dropped (every engine event names its answer'
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from realtime.audio.io import from_pcm16
 from realtime.engine import events
 from realtime.engine.engine import SessionHandle
 from realtime.model import tokens
+from realtime.transports.lifetime import Clock, Closing
 from realtime.transports.loop import loop_sink
 from realtime.transports.options import CallOptions
 from realtime.transports.webrtc import protocol
@@ -35,6 +37,7 @@ from realtime.transports.webrtc.playout import AgentAudioTrack, OutputBuffer
 from realtime.turns.detector import Framer, Turn, TurnDetector, TurnEvent
 
 log = logging.getLogger("realtime.server")
+DRAIN_S = 1.0  # how long a closing call's last events may take to go out
 
 
 @dataclass
@@ -88,6 +91,9 @@ class Conversation:
         self.turns = TurnDetector(options.turns)
         self.max_answer_ms = options.max_answer_ms
         self.closed = False
+        self.clock = Clock()
+        self.closing: Closing | None = None  # the server is ending the call, and why
+        self.address = ""  # the client's, as the server sees it (server.client_address)
         self.sink = loop_sink(self._on_engine_event)  # the engine's, for open_session
         self._channel = None
         self._outbox: list[dict] = []  # messages produced before the data channel opened
@@ -124,6 +130,33 @@ class Conversation:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
+
+    @property
+    def busy(self) -> bool:
+        """An answer is being made or played: the call is not idle, and a shutdown lets it end."""
+        playing = self._playing is not None or self.buffer.pending_samples > 0
+        return self._answer is not None or playing
+
+    async def hang_up(self, closing: Closing) -> None:
+        """The server ends the call: session.closing on the data channel, then the close."""
+        if self.closed or self.closing is not None:
+            return
+        self.closing = closing
+        log.info("session %d: ending the call (%s): %s", self.sid, closing.reason, closing.message)
+        closing_event = {"reason": closing.reason, "message": closing.message}
+        self.send(protocol.message("session.closing", **closing_event))
+        await self._flush_channel()
+        await self.close(closing.message)
+
+    async def _flush_channel(self) -> None:
+        """Wait (briefly) until the data channel has handed what was sent to the transport."""
+        channel = self._channel
+        if channel is None or channel.readyState != "open" or not channel.bufferedAmount:
+            return
+        flushed = asyncio.Event()
+        channel.once("bufferedamountlow", flushed.set)  # (its threshold: 0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(flushed.wait(), DRAIN_S)
 
     async def close(self, reason: str) -> None:
         """Free the engine slot first (cheap, idempotent), then tear the connection down."""
@@ -167,7 +200,11 @@ class Conversation:
                 "session.ready",
                 session=self.sid,
                 settings=self._settings(),
-                limits={"max_message_bytes": protocol.MAX_MESSAGE_BYTES},
+                limits={
+                    "max_message_bytes": protocol.MAX_MESSAGE_BYTES,
+                    "idle_timeout_s": self.options.idle_timeout_s,
+                    "max_session_s": self.options.max_session_s,
+                },
                 transcripts=self.options.transcribe,
             )
         )
@@ -182,6 +219,7 @@ class Conversation:
             self._channel.send(json.dumps(message))
 
     def _on_message(self, raw: str | bytes) -> None:
+        self.clock.touch()
         try:
             message = protocol.parse_client_message(raw)
         except protocol.ProtocolError as exc:
@@ -230,6 +268,7 @@ class Conversation:
 
     def _on_turn(self, turn: Turn) -> None:
         if turn.kind is TurnEvent.STARTED:
+            self.clock.touch()
             self._turn += 1
             if self.interrupt("speech", turn.t):
                 log.info("session %d: barge-in", self.sid)
