@@ -395,6 +395,9 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(capsys):
     [
         (["serve", "--port", "99999"], "a port is 0 to 65535"),
         (["serve", "--port", "-5"], "a port is 0 to 65535"),
+        (["serve", "--idle-timeout-s", "-1"], "expected seconds, 0 or more"),
+        (["serve", "--max-session-s", "nan"], "expected seconds, 0 or more"),
+        (["serve", "--max-sessions-per-client", "-2"], "expected 0 or more"),
         (["call", "127.0.0.1:8080", "--wav", "q.wav"], "expected http(s)://host:port"),
         (["call", "ftp://127.0.0.1", "--wav", "q.wav"], "expected http(s)://host:port"),
     ],
