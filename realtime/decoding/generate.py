@@ -100,15 +100,29 @@ class Generation:
             if self.first_input is None:
                 raise ValueError("step 0 is sampled from the prompt's forward pass")
             return self.first_input
+        return self._input_of(self.steps - 1)
+
+    def fed(self, count: int) -> torch.Tensor:
+        """(rows, count, 8): the ids fed back at the `count` positions after the prompt (steps
+        0 .. count-1's tokens; the last step's are never fed), as a conversation's memory
+        keeps the answer."""
+        if not 0 <= count <= max(self.steps - 1, 0):
+            raise ValueError(f"{count} positions asked of an answer that fed {self.steps - 1}")
+        inputs = [self._input_of(step) for step in range(count)]
+        if not inputs:
+            return torch.zeros(self.spec.rows, 0, tokens.STREAMS, dtype=torch.long)
+        return torch.stack(inputs, dim=1)
+
+    def _input_of(self, step: int) -> torch.Tensor:
         pad = [tokens.layer_shift(tokens.PAD_A, i) for i in range(tokens.AUDIO_LAYERS)]
         spoken = pad
         if self.spec.audio_out:
-            spoken = [tokens.layer_shift(a, i) for i, a in enumerate(self.audio[-1])]
+            spoken = [tokens.layer_shift(a, i) for i, a in enumerate(self.audio[step])]
         rows = [
             spoken if r == self.spec.audio_row and self.spec.audio_out else pad
             for r in range(self.spec.rows)
         ]
-        return torch.tensor([row + [self.text[-1]] for row in rows], dtype=torch.long)
+        return torch.tensor([row + [self.text[step]] for row in rows], dtype=torch.long)
 
     def text_tokens(self) -> list[int]:
         """The answer's text ids: speech tasks cut at the first _eot (as the reference does);

@@ -72,6 +72,9 @@ class EngineOptions:
     # realtime/decoding/gpu/decoder.py's KernelDecoder); None: wherever that overlaps anything
     # (CUDA)
     run_ahead: bool | None = None
+    # Positions each session's context holds (None: the model's block size): fewer keep less
+    # KV memory per session, and a conversation's earlier turns leave sooner.
+    max_seq: int | None = None
 
 
 class EngineBusy(Exception):
@@ -110,6 +113,20 @@ class SessionHandle:
     def cancel(self, played_frames: int | None = None) -> None:
         """Barge-in: stop the answer before the next step; `played_frames` of it were heard."""
         self._engine._put_control(self.id, "cancel", played_frames)
+
+    def set_history(self, keep: bool) -> None:
+        """Keep the earlier turns in context from now on (realtime.engine.context), or forget
+        them all."""
+        self._engine._put_input(self.id, "history", keep)
+
+    def forget(self, turn: int) -> None:
+        """The answered turn `turn` (the number its events carry) leaves the context."""
+        self._engine._put_input(self.id, "forget", turn)
+
+    def truncate(self, turn: int, played_frames: int) -> None:
+        """Only `played_frames` frames of turn `turn`'s answer were heard: the context keeps
+        that much of it."""
+        self._engine._put_input(self.id, "truncate", (turn, played_frames))
 
     def close(self) -> None:
         """End the conversation; its slot is free for a new caller as soon as this returns."""
@@ -151,7 +168,10 @@ class Engine:
         runtime, options = self.runtime, self.options
         use_kernels = runtime.kernels if options.kernels is None else options.kernels
         # The kernel step's padding rows write to one extra slot that no session owns.
-        self.cache = runtime.lm.new_cache(rows + use_kernels)
+        block = runtime.lm.cfg.block_size
+        if options.max_seq is not None and not 0 < options.max_seq <= block:
+            raise ValueError(f"max_seq {options.max_seq}: the model holds 1 to {block} positions")
+        self.cache = runtime.lm.new_cache(rows + use_kernels, options.max_seq)
         self.decoder = None
         if use_kernels:
             # what the caller chose must build; the default step may leave it to torch
@@ -355,6 +375,12 @@ class Engine:
             session.start_text(*payload)
         elif kind == "clear":
             session.clear_input()
+        elif kind == "history":
+            session.set_history(payload)
+        elif kind == "forget":
+            session.forget(payload)
+        elif kind == "truncate":
+            session.truncate(*payload)
         self._finish_if_done(session.lanes())
 
     def _step(self, answering: list) -> None:

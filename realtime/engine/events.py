@@ -86,6 +86,15 @@ class TranscriptFailed(Event):
 
 
 @dataclass(frozen=True)
+class Forgotten(Event):
+    """Earlier turns left the session's memory to make room (the oldest first): `turns` are
+    their numbers; what remains takes `positions` of the context."""
+
+    turns: tuple[int, ...]
+    positions: int
+
+
+@dataclass(frozen=True)
 class Error(Event):
     message: str
 

@@ -20,6 +20,7 @@ from realtime.decoding.generate import Generation, StepOutput, sample_step
 from realtime.decoding.options import ENCODER_MODES, DecodingOptions
 from realtime.decoding.sampling import check_decoding
 from realtime.engine import events
+from realtime.engine.context import Context, ContextTurn
 from realtime.engine.transcript import Transcript, max_tokens
 from realtime.model import tokens
 from realtime.model.lm import KVCache, OmniLM
@@ -33,7 +34,10 @@ class SessionOptions:
 
     task: Task = Task.A2A
     encoder: str = "chunked"  # "exact" waits for the end of the turn, as the reference does
-    keep_history: bool = False  # earlier turns stay in context while they fit
+    # Earlier turns stay in context (realtime.engine.context): the oldest leave first when a
+    # new turn and its answer would not fit, or when they take more than `history_positions`.
+    keep_history: bool = False
+    history_positions: int | None = None
     # Transcribe spoken turns (realtime.engine.transcript) on a cache row of the session's own; a
     # turn may also ask for it or not (end_turn's `transcribe`) when this is set.
     transcribe: bool = False
@@ -114,7 +118,10 @@ class Session:
         self.transcripts_waiting: list[tuple[int, int, int]] = []
         self.encoder = ChunkedEncoder(whisper) if options.encoder == "chunked" else None
         self.vocoder = VocoderStream(device=cache.k.device)
-        self.history = 0  # KV positions kept from earlier turns
+        self.keep_history = options.keep_history  # (a door may switch it: set_history)
+        self.context = Context()  # the earlier turns the answer rows hold (keep_history)
+        # This turn's prompt ids (rows, n, 8) and audio features, for its place in the context
+        self._prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.discarding = False  # a turn failed midway: drop its audio until its end
         self._reset_input()
         self._reset_answer()
@@ -230,7 +237,9 @@ class Session:
         try:
             self._prefill_features()
             prompt = build_prompt(task, audio_frames=self.frames).ids
+            features = torch.cat(self.features)
             self._finish_prompt(prompt[:, self.prefilled :], task)
+            self._prompt = (prompt, features)
             if transcribe:
                 self._transcribe()
         finally:
@@ -253,6 +262,7 @@ class Session:
         self._begin_prefill()
         self._ensure_room(prompt.length)
         self._finish_prompt(prompt.ids, task)
+        self._prompt = (prompt.ids, None)
         self._reset_input()
 
     def _transcribe(self) -> None:
@@ -320,7 +330,12 @@ class Session:
 
     def _forward(self, ids, audio, mask) -> torch.Tensor:
         """Run prompt positions ids (rows, n, 8) of this turn through the model."""
-        start = self.base + self.prefilled
+        hidden = self._forward_at(self.base + self.prefilled, ids, audio, mask)
+        self.prefilled += ids.shape[1]
+        return hidden
+
+    def _forward_at(self, start: int, ids, audio, mask) -> torch.Tensor:
+        """Run ids (rows, n, 8) at positions start.. through the model, into the answer rows."""
         if self.transcripts_waiting:
             self._drop_overwritten_transcripts(start)
         ids = ids.to(self.slots.device)
@@ -328,27 +343,79 @@ class Session:
         x = self.lm.embed(ids, audio, None if mask is None else mask.expand(ids.shape[0], -1))
         positions = positions.expand(ids.shape[0], -1)
         if self.prompts is not None:
-            hidden = self.prompts.forward(x, positions, self.slots, start)
-        else:
-            hidden = self.lm(x, positions, self.slots, self.cache)
-        self.prefilled += ids.shape[1]
-        return hidden
+            return self.prompts.forward(x, positions, self.slots, start)
+        return self.lm(x, positions, self.slots, self.cache)
 
     def _begin_prefill(self) -> None:
-        if self.prefilled == 0:  # earlier turns are settled by now: place this one after them
-            self.base = self.history if self.options.keep_history else 0
+        """Place a new turn: after the earlier turns, once they are all in the cache where they
+        belong (those that moved are prefilled again), or at 0 without them."""
+        if self.prefilled == 0:  # earlier turns are settled by now
+            self._refill_context()
+            self.base = self.context.positions
+
+    def _refill_context(self) -> None:
+        context = self.context
+        start = context.start_of(context.valid)
+        for turn in context.turns[context.valid :]:
+            mask = turn.audio_mask()
+            audio = None
+            if turn.audio is not None and mask is not None:
+                audio = turn.audio.new_zeros(turn.length, turn.audio.shape[1])
+                audio[mask] = turn.audio
+                audio = audio[None].expand(self.spec.rows, -1, -1)
+                mask = mask.to(turn.audio.device)
+            self._forward_at(start, turn.ids, audio, mask)
+            start += turn.length
+        context.valid = len(context.turns)
 
     def _ensure_room(self, turn_positions: int) -> None:
-        """Leave room for at least one answer token; earlier turns give way if they must."""
-        if self.base + turn_positions < self.cache.max_seq:
-            return
-        if self.base == 0:
+        """Leave room for the turn and its answer: earlier turns give way, the oldest first,
+        where they must; a turn alone too long for the model fails."""
+        limit = self.cache.max_seq
+        if self.context.turns:
+            answer = self.options.decoding.max_new_tokens or limit // 4
+            gone = self.context.make_room(turn_positions + answer, limit)
+            if gone:
+                self._emit(events.Forgotten, turns=tuple(gone), positions=self.context.positions)
+                self.prefilled = 0  # this turn moves too: prefilled again after the kept ones
+                self._begin_prefill()
+        if self.base + turn_positions >= limit:
             raise SessionError(
-                f"the turn needs {turn_positions} positions; the model's context "
-                f"holds {self.cache.max_seq}"
+                f"the turn needs {turn_positions} positions; the model's context holds {limit}"
             )
-        self.history = self.base = 0  # start this turn over at position 0
-        self.prefilled = 0
+
+    def _remember(self, answer_positions: int) -> None:
+        """Keep the turn just answered (its first `answer_positions` fed back) in the context."""
+        prompt, self._prompt = self._prompt, None
+        if not self.keep_history or prompt is None or self.gen is None:
+            return
+        ids, audio = prompt
+        answer = self.gen.fed(answer_positions).to(ids.device)
+        turn = ContextTurn(self.turn, torch.cat([ids, answer], dim=1), audio, ids.shape[1])
+        # computed in place if its prompt went in right after every kept turn
+        start = self.gen.prompt_length - ids.shape[1]
+        self.context.add(turn, in_place=start == self.context.positions)
+        limit = self.options.history_positions
+        if limit is not None:
+            gone = self.context.make_room(0, limit)
+            if gone:
+                self._emit(events.Forgotten, turns=tuple(gone), positions=self.context.positions)
+
+    # --- the conversation's memory (a door's edits) ---------------------------------------
+
+    def set_history(self, keep: bool) -> None:
+        """Keep earlier turns from now on, or forget them all."""
+        self.keep_history = keep
+        if not keep:
+            self.context.clear()
+
+    def forget(self, turn: int) -> None:
+        """Turn `turn` leaves the context (nothing if it is not there)."""
+        self.context.delete(turn)
+
+    def truncate(self, turn: int, played_frames: int) -> None:
+        """Turn `turn`'s answer was heard only for `played_frames` frames: the rest leaves."""
+        self.context.truncate(turn, played_frames + tokens.MAX_AUDIO_DELAY)
 
     # --- decoding -----------------------------------------------------------------------------
 
@@ -391,18 +458,18 @@ class Session:
             text_tokens=text_ids,
             frames=gen.frames(),
         )
-        self.history = gen.next_position  # the prompt and every token fed back
+        self._remember(gen.steps - 1)  # the prompt and every token fed back
         self._reset_answer()
         self._prefill_features()  # a next turn heard meanwhile can go in now
 
     def cancel(self, played_frames: int | None = None) -> None:
         """Barge-in: drop the answer at once; conversation memory keeps what was played."""
         steps = self.gen.steps if self.gen is not None else 0
-        if self.gen is not None and self.options.keep_history:
+        if self.gen is not None:
             # Tokens of steps 0 .. steps-2 were fed back; frame f needs steps up to f + 7.
             fed = max(steps - 1, 0)
             heard = fed if played_frames is None else played_frames + tokens.MAX_AUDIO_DELAY
-            self.history = self.gen.prompt_length + min(fed, heard)
+            self._remember(min(fed, heard))
         self._emit(events.Cancelled, steps=steps)
         self._reset_answer()
         self._prefill_features()
@@ -410,7 +477,8 @@ class Session:
     def fail(self, message: str) -> None:
         """End the turn with an Error; the rest of a half-heard turn is ignored until its end."""
         self._emit(events.Error, message=message)
-        self.history = 0  # the cache rows may hold a half-written turn
+        self.context.valid = 0  # the cache rows may hold a half-written turn: prefill again
+        self._prompt = None
         self.discarding = self.samples > 0
         self._reset_answer()
         self._reset_input()
