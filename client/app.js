@@ -19,6 +19,7 @@ window.realtime = { events: [], peer: () => pc };
 $("connect").onclick = () => (pc ? hangUp() : connect().catch(fail));
 $("interrupt").onclick = () => send({ type: "interrupt" });
 $("vad").onchange = () => send({ type: "settings", vad_aggressiveness: Number($("vad").value) });
+$("history").onchange = () => send({ type: "settings", history: $("history").checked });
 $("max-answer").onchange = () => {
   const seconds = Number($("max-answer").value);
   if (seconds > 0) send({ type: "settings", max_answer_ms: Math.round(seconds * 1000) });
@@ -85,6 +86,7 @@ const handlers = {
   "session.ready": (e) => {
     setState("listening", "listening");
     $("vad").value = String(e.settings.vad_aggressiveness);
+    $("history").checked = e.settings.history;
     note("connected: speak whenever you like");
   },
   "speech.started": (e) => {

@@ -206,6 +206,8 @@ def _server_options(args: argparse.Namespace):
         decoding=decoding,
         max_answer_ms=args.max_answer_ms,
         transcribe=args.transcribe,
+        history=args.history,
+        history_positions=args.history_positions,
         idle_timeout_s=args.idle_timeout_s or None,
         max_session_s=args.max_session_s or None,
     )

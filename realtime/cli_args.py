@@ -255,6 +255,20 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
         help="show browser callers their own words (the model's asr, one more "
         "row in the decode step while it runs)",
     )
+    answers.add_argument(
+        "--history",
+        action="store_true",
+        help="remember the conversation: earlier turns stay in the model's context (callers "
+        "may switch it; the model was trained on single turns)",
+    )
+    answers.add_argument(
+        "--history-positions",
+        type=_positive_int,
+        metavar="N",
+        help="the most context earlier turns may take, the oldest leaving first (50 positions "
+        "a second of the caller's speech, about 12 of an answer's; default: all that leave "
+        "room for the next turn)",
+    )
     gpu = p.add_argument_group("the GPU decode step (docs/kernels.md)")
     gpu.add_argument(
         "--step-products",

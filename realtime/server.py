@@ -343,8 +343,15 @@ class Server:
         return f"{scheme}://{request.host}"
 
     def _session_options(self, transcribe: bool) -> SessionOptions:
-        decoding = self.options.call.decoding
-        return SessionOptions(Task.A2A, "chunked", decoding=decoding, transcribe=transcribe)
+        call = self.options.call
+        return SessionOptions(
+            Task.A2A,
+            "chunked",
+            keep_history=call.history,
+            history_positions=call.history_positions,
+            transcribe=transcribe,
+            decoding=call.decoding,
+        )
 
     async def _start_conversation(self, sdp: str, address: str) -> web.Response:
         conversation = Conversation(self.options.call, self.conversations.discard)

@@ -22,7 +22,7 @@ from realtime.engine.context import Context, ContextTurn
 from realtime.engine.engine import Engine, EngineOptions
 from realtime.engine.session import SessionOptions
 from realtime.model import tokens
-from realtime.model.prompts import Task
+from realtime.model.prompts import Task, build_prompt
 
 from .test_engine import PUSH, Recorder, clip
 
@@ -257,3 +257,43 @@ def test_a_conversation_without_history_starts_each_turn_at_zero(engine):
         rec.wait_for(events.Done, turn)
     third, fourth = [e.positions for e in rec.of(events.PrefillDone)][2:]
     assert third == first and fourth > third
+
+
+def test_turns_an_owner_gives_and_half_turns_it_deletes_are_the_twin_s_context(runtime, engine):
+    """A typed exchange put in unanswered (an OpenAI client's earlier items), then a spoken
+    turn whose prompt is deleted (the caller's item) but whose answer stays: the next answer
+    is the twin's over [typed prompt][given answer][answer 2][prompt 3]."""
+    handle, rec = open_session(engine)
+    tokenizer = runtime.tokenizer
+    handle.remember("Paris.", text="What is the capital of France?")
+    twin = Twin(runtime)
+    typed = build_prompt(Task.T2A, text_ids=tokenizer.encode("What is the capital of France?").ids)
+    pad = [tokens.layer_shift(tokens.PAD_A, i) for i in range(tokens.AUDIO_LAYERS)]
+    given = [pad + [t] for t in [*tokenizer.encode("Paris.").ids, tokens.EOT]]
+    ids = torch.cat([typed.ids, torch.tensor([given], dtype=torch.long)], dim=1)
+    channels = runtime.lm.cfg.n_embd
+    twin.kept.append(
+        Kept(
+            1,
+            ids,
+            torch.zeros(1, ids.shape[1], channels),
+            torch.zeros(1, ids.shape[1], dtype=torch.bool),
+        )
+    )
+
+    pcm = [clip(name, 1.5) for name in QUESTIONS[:2]]
+    say(handle, pcm[0])
+    done2 = rec.wait_for(events.Done)[0]
+    assert done2.turn == 2
+    gen2 = twin.answer(2, pcm[0])
+    assert same(done2, gen2)
+    twin.keep(gen2, gen2.steps - 1)
+    handle.forget(2, prompt=True, answer=False)
+    answer_only = twin.kept[-1]
+    start = answer_only.ids.shape[1] - (gen2.steps - 1)
+    twin.kept[-1] = Kept(
+        2, answer_only.ids[:, start:], answer_only.audio[:, start:], answer_only.mask[:, start:]
+    )
+
+    say(handle, pcm[1])
+    assert same(rec.wait_for(events.Done, 2)[-1], twin.answer(3, pcm[1]))

@@ -82,7 +82,7 @@ class Context:
 
     def truncate(self, turn: int, answer_positions: int) -> bool:
         """Keep only the first `answer_positions` of the turn's answer (what was heard); those
-        after it move up. Its own kept positions stay where they are."""
+        after it move up. Its own kept positions stay where they are; a turn left empty goes."""
         i = self.index(turn)
         if i is None:
             return False
@@ -91,6 +91,23 @@ class Context:
         if end < kept.length:
             kept.ids = kept.ids[:, :end]
             self.valid = min(self.valid, i + 1)
+        if kept.length == 0:
+            self.delete(turn)
+        return True
+
+    def drop_prompt(self, turn: int) -> bool:
+        """The turn's prompt leaves and its answer stays (a door deleted the caller's part);
+        it and those after it move up; a turn left empty goes."""
+        i = self.index(turn)
+        if i is None:
+            return False
+        kept = self.turns[i]
+        if kept.prompt_length:
+            kept.ids, kept.audio = kept.ids[:, kept.prompt_length :], None
+            kept.prompt_length = 0
+            self.valid = min(self.valid, i)
+        if kept.length == 0:
+            self.delete(turn)
         return True
 
     def make_room(self, needed: int, limit: int) -> list[int]:

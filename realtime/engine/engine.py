@@ -119,9 +119,15 @@ class SessionHandle:
         them all."""
         self._engine._put_input(self.id, "history", keep)
 
-    def forget(self, turn: int) -> None:
-        """The answered turn `turn` (the number its events carry) leaves the context."""
-        self._engine._put_input(self.id, "forget", turn)
+    def forget(self, turn: int, prompt: bool = True, answer: bool = True) -> None:
+        """Turn `turn` (the number its events carry) leaves the context: the caller's part
+        (`prompt`), the answer, or both."""
+        self._engine._put_input(self.id, "forget", (turn, prompt, answer))
+
+    def remember(self, answer: str | None, text: str | None = None) -> None:
+        """A turn enters the context unanswered: typed `text` (else what was heard since the
+        last turn, if anything) and the given `answer` text. It takes the next turn number."""
+        self._engine._put_input(self.id, "remember", (answer, text))
 
     def truncate(self, turn: int, played_frames: int) -> None:
         """Only `played_frames` frames of turn `turn`'s answer were heard: the context keeps
@@ -378,7 +384,9 @@ class Engine:
         elif kind == "history":
             session.set_history(payload)
         elif kind == "forget":
-            session.forget(payload)
+            session.forget(*payload)
+        elif kind == "remember":
+            session.remember(*payload)
         elif kind == "truncate":
             session.truncate(*payload)
         self._finish_if_done(session.lanes())

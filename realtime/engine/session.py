@@ -409,9 +409,54 @@ class Session:
         if not keep:
             self.context.clear()
 
-    def forget(self, turn: int) -> None:
-        """Turn `turn` leaves the context (nothing if it is not there)."""
-        self.context.delete(turn)
+    def forget(self, turn: int, prompt: bool = True, answer: bool = True) -> None:
+        """Turn `turn`'s prompt, answer or both leave the context (nothing if it is not
+        there)."""
+        if prompt and answer:
+            self.context.delete(turn)
+        elif answer:
+            self.context.truncate(turn, 0)
+        elif prompt:
+            self.context.drop_prompt(turn)
+
+    def remember(self, answer: str | None, text: str | None = None) -> None:
+        """Put a turn into the context without answering it: the caller's part (typed `text`,
+        else what was heard since the last turn, if anything) and an answer the owner gives
+        (text: fed back as a text-only answer is, its text and _eot with the audio streams
+        padded). It takes the next turn number, as an answer would."""
+        if self.generating:
+            raise SessionError("a turn can be remembered only between answers")
+        self.turn += 1
+        if not self.keep_history:
+            self._reset_input()
+            return
+        prompt_ids, audio = self._heard_prompt(text)
+        answer_ids = torch.zeros(self.spec.rows, 0, tokens.STREAMS, dtype=torch.long)
+        if answer is not None:
+            steps = [*self.tokenizer.encode(answer).ids, tokens.EOT]
+            pad = [tokens.layer_shift(tokens.PAD_A, i) for i in range(tokens.AUDIO_LAYERS)]
+            fed = torch.tensor([pad + [t] for t in steps], dtype=torch.long)
+            answer_ids = fed[None].expand(self.spec.rows, -1, -1)
+        ids = torch.cat([prompt_ids, answer_ids], dim=1)
+        if ids.shape[1]:
+            turn = ContextTurn(self.turn, ids, audio, prompt_ids.shape[1])
+            self.context.add(turn, in_place=False)  # prefilled with the next turn's
+        self._reset_input()
+
+    def _heard_prompt(self, text: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt of a remembered turn: typed, spoken (the audio heard so far), or none."""
+        task = TEXT_TWINS.get(self.options.task, self.options.task)
+        if text is not None:
+            return build_prompt(task, text_ids=self.tokenizer.encode(text).ids).ids, None
+        if self.samples == 0:
+            return torch.zeros(self.spec.rows, 0, tokens.STREAMS, dtype=torch.long), None
+        if self.encoder is not None:
+            self._add_features(self.encoder.flush())
+        else:
+            audio = np.concatenate(self.audio or [np.zeros(0)])
+            self._add_features(encode_exact(self.whisper, audio))
+        features = torch.cat(self.features)
+        return build_prompt(self.options.task, audio_frames=self.frames).ids, features
 
     def truncate(self, turn: int, played_frames: int) -> None:
         """Turn `turn`'s answer was heard only for `played_frames` frames: the rest leaves."""

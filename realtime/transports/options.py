@@ -14,6 +14,11 @@ class CallOptions:
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     max_answer_ms: int | None = None  # clients may lower it per call; None: the model decides
     transcribe: bool = False  # the browser's caller sees their own words (the model's asr task)
+    # Earlier turns stay in each new session's context (the model was trained on single turns:
+    # off unless asked); clients may switch it. history_positions: the most they may take
+    # (None: all that leave room for the next turn and its answer).
+    history: bool = False
+    history_positions: int | None = None
     input_timeout_s: float = 2.0  # no inbound audio for this long: the client is gone
     # an offer answered but no audio this long after: the caller never came (ICE through a
     # TURN server takes a few seconds at worst)

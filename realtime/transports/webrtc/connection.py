@@ -90,6 +90,7 @@ class Conversation:
         self.track = AgentAudioTrack(self.buffer, self._on_sent)
         self.turns = TurnDetector(options.turns)
         self.max_answer_ms = options.max_answer_ms
+        self.history = options.history  # the engine session's keep_history, as set
         self.closed = False
         self.clock = Clock()
         self.closing: Closing | None = None  # the server is ending the call, and why
@@ -236,12 +237,16 @@ class Conversation:
             self.turns.set_aggressiveness(settings.vad_aggressiveness)
         if settings.max_answer_ms is not None:
             self.max_answer_ms = settings.max_answer_ms
+        if settings.history is not None and settings.history != self.history:
+            self.history = settings.history
+            self.engine.set_history(settings.history)
         self.send(protocol.message("settings.updated", settings=self._settings()))
 
     def _settings(self) -> dict:
         return {
             "vad_aggressiveness": self.turns.aggressiveness,
             "max_answer_ms": self.max_answer_ms,
+            "history": self.history,
         }
 
     # --- the caller's speech ----------------------------------------------------------------

@@ -85,6 +85,7 @@ class Settings:
 
     vad_aggressiveness: int | None = None
     max_answer_ms: int | None = None
+    history: bool | None = None  # the conversation's earlier turns stay in context
 
 
 ClientMessage = Interrupt | Settings
@@ -107,7 +108,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
 
 
 def _settings(message: dict) -> Settings:
-    _no_extra_fields("settings", message, {"vad_aggressiveness", "max_answer_ms"})
+    _no_extra_fields("settings", message, {"vad_aggressiveness", "max_answer_ms", "history"})
     vad = message.get("vad_aggressiveness")
     if vad is not None and (not _is_int(vad) or vad not in AGGRESSIVENESS_LEVELS):
         raise ProtocolError("bad_value", f"vad_aggressiveness must be 0..3, got {vad!r}")
@@ -116,7 +117,10 @@ def _settings(message: dict) -> Settings:
         raise ProtocolError(
             "bad_value", f"max_answer_ms must be {MIN_ANSWER_MS}..{MAX_ANSWER_MS}, got {limit!r}"
         )
-    return Settings(vad_aggressiveness=vad, max_answer_ms=limit)
+    history = message.get("history")
+    if history is not None and not isinstance(history, bool):
+        raise ProtocolError("bad_value", f"history must be true or false, got {history!r}")
+    return Settings(vad_aggressiveness=vad, max_answer_ms=limit, history=history)
 
 
 def _no_extra_fields(kind: str, message: dict, allowed: set[str]) -> None:
