@@ -4,6 +4,8 @@ script, `init-random` a test model directory; their options are in cli_args.py.
 Bad input (a missing or unreadable file, an unknown task, a corrupt checkpoint, speech longer
 than the model hears, a bad certificate, no server at a URL) exits with status 2 and one line
 on stderr, never a traceback; the model's absence is found before anything loads.
+A `call` that the server ends (or that hears no audio from it for 2 s) stops at once with
+status 1, one line saying why, and what came of the call so far.
 """
 
 import argparse
@@ -235,7 +237,13 @@ def _call(args: argparse.Namespace) -> int:
     import aiohttp
 
     from realtime.audio.io import load_audio, write_wav
-    from realtime.transports.webrtc.caller import ENDINGS, LoopbackClient, SignalingError, call
+    from realtime.transports.webrtc.caller import (
+        ENDINGS,
+        LoopbackClient,
+        ServerHungUp,
+        SignalingError,
+        call,
+    )
 
     speech = load_audio(args.wav)
     settings = {"max_answer_ms": args.max_answer_ms} if args.max_answer_ms else None
@@ -251,6 +259,9 @@ def _call(args: argparse.Namespace) -> int:
         asyncio.run(bounded())
     except SignalingError as exc:
         raise ValueError(str(exc)) from None
+    except ServerHungUp as exc:  # at once, not at --timeout: what came before it follows
+        print(f"realtime: {exc}; what came of the call follows", file=sys.stderr)
+        status = 1
     except TimeoutError:
         if not clients[0].of_type("response.started"):
             raise ValueError(f"no reply within {args.timeout:.0f} s") from None
@@ -280,7 +291,7 @@ def _call(args: argparse.Namespace) -> int:
         ):
             print(json.dumps({k: v for k, v in event.items() if k != "_t"}))
     if args.out:
-        write_wav(args.out, client.recording.audio(since=client.spoken))
+        write_wav(args.out, client.recording.audio(since=client.spoken or 0.0))
     if args.json:
         args.json.write_text(json.dumps(client.events, indent=1) + "\n")
     return status

@@ -4,6 +4,11 @@ tests and benchmarks drive `LoopbackClient` directly.
 
     WAV ─► SpeechTrack (16 kHz, 20 ms frames, paced; silence between clips so VAD ends turns)
         ─RTP─► server ─RTP─► recorder (24 kHz float, timestamped)    data channel ─► events
+
+The server sends audio for the whole call, silence between answers, so a client that hears
+nothing for SERVER_SILENCE_S knows the server is gone even where it died without a word; a
+server that closes on purpose says `session.closing` first. Either way `hung_up` is set and
+`wait_for` raises ServerHungUp instead of waiting on.
 """
 
 import asyncio
@@ -27,6 +32,7 @@ from realtime.transports.webrtc.protocol import DATA_CHANNEL_LABEL
 SPEECH_FRAME_MS = 20
 SPEECH_FRAME_SAMPLES = tokens.INPUT_SAMPLE_RATE_HZ * SPEECH_FRAME_MS // 1000  # 320
 CONNECT_TIMEOUT_S = 30.0  # offer to session.ready; generous for a loaded machine
+SERVER_SILENCE_S = 2.0  # no audio from the server this long: it is gone (PROTOCOL.md "Media")
 
 
 class SignalingError(RuntimeError):
@@ -35,6 +41,10 @@ class SignalingError(RuntimeError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status, self.code = status, code
+
+
+class ServerHungUp(RuntimeError):
+    """The server ended the call (`session.closing`, the connection closed) or went silent."""
 
 
 class SpeechTrack(MediaStreamTrack):
@@ -107,10 +117,15 @@ class LoopbackClient:
         self.channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL)
         self.session: int | None = None
         self.spoken: float | None = None  # when the last thing we said ended (monotonic)
+        self.hung_up = asyncio.Event()  # the server ended the call; `hangup` says how
+        self.hangup: str | None = None
+        self._closing = False  # we hang up ourselves: the connection's end is no news
         self._arrived = asyncio.Condition()
         self._tasks: set[asyncio.Task] = set()
         self.channel.on("message", self._on_message)
+        self.channel.on("close", lambda: self._hang_up("the server closed the data channel"))
         self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
 
     async def connect(self) -> dict:
         """Offer, answer, and wait for `session.ready`; raises SignalingError if refused."""
@@ -131,7 +146,8 @@ class LoopbackClient:
         self.channel.send(message if isinstance(message, str) else json.dumps(message))
 
     async def wait_for(self, kind: str | tuple[str, ...], after: float = 0.0) -> dict:
-        """The first event of type `kind` (or one of several) that arrived at or after `after`.
+        """The first event of type `kind` (or one of several) that arrived at or after `after`;
+        raises ServerHungUp once the server has ended the call without sending one.
 
         Waits as long as it takes: callers bound it with `asyncio.timeout`.
         """
@@ -141,13 +157,17 @@ class LoopbackClient:
             return next((e for e in self.events if e["type"] in kinds and e["_t"] >= after), None)
 
         async with self._arrived:
-            # typeshed types the result as found's (dict | None); it returns only a truthy one
-            return cast(dict, await self._arrived.wait_for(found))
+            await self._arrived.wait_for(lambda: found() or self.hung_up.is_set())
+        event = found()
+        if event is None:
+            raise ServerHungUp(self.hangup)
+        return event
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await self.pc.close()
@@ -156,6 +176,21 @@ class LoopbackClient:
         event = json.loads(raw)
         event["_t"] = time.monotonic()
         self.events.append(event)
+        if event.get("type") == "session.closing":
+            reason, message = event.get("reason", "?"), event.get("message", "")
+            self._hang_up(f"the server closed the call ({reason}): {message}")
+        self._spawn(self._notify())
+
+    def _on_connection_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self._hang_up(f"the connection to the server {self.pc.connectionState}")
+
+    def _hang_up(self, reason: str) -> None:
+        """The server has ended the call: the first reason stands; waiters wake up."""
+        if self._closing or self.hung_up.is_set():
+            return
+        self.hangup = reason
+        self.hung_up.set()
         self._spawn(self._notify())
 
     async def _notify(self) -> None:
@@ -169,15 +204,18 @@ class LoopbackClient:
     async def _record(self, track: MediaStreamTrack) -> None:
         rate = tokens.OUTPUT_SAMPLE_RATE_HZ
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        timeout: float | None = None  # until the first frame: connecting has its own bound
         try:
             while True:
                 # aiortc types recv() as Frame | Packet: an audio track's are AudioFrames
-                frame = cast(av.AudioFrame, await track.recv())
-                t = time.monotonic()
+                frame = cast(av.AudioFrame, await asyncio.wait_for(track.recv(), timeout))
+                t, timeout = time.monotonic(), SERVER_SILENCE_S
                 for out in resampler.resample(frame):
                     self.recording.chunks.append((t, out.to_ndarray().reshape(-1).copy()))
+        except TimeoutError:
+            self._hang_up(f"no audio from the server for {SERVER_SILENCE_S:.0f} s: it is gone")
         except MediaStreamError:
-            return
+            self._hang_up("the server's audio ended")
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -213,7 +251,8 @@ async def call(
     the caller's words have come where the server sends them.
 
     Returns the (closed) client, with its events and recording, and when our speech ended.
-    Bound it with `asyncio.timeout`; pass a `client` (for `url`) to keep what it got then.
+    Raises ServerHungUp if the server ends the call or vanishes first. Bound it with
+    `asyncio.timeout`; pass a `client` (for `url`) to keep what it got then.
     """
     client = client or LoopbackClient(url, token)
     try:
