@@ -154,6 +154,22 @@ def kill_mid_answer(server: ServerProcess, *door: str) -> float:
         caller.kill()
 
 
+def browser_offer() -> str:
+    """An SDP offer as a browser makes it: a sendrecv microphone and the `events` data channel,
+    ICE candidates gathered (for ports closed again: nobody answers on them)."""
+    from aiortc import RTCPeerConnection
+
+    async def make() -> str:
+        pc = RTCPeerConnection()
+        pc.createDataChannel("events")
+        pc.addTransceiver("audio", "sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        await pc.close()
+        return pc.localDescription.sdp
+
+    return asyncio.run(make())
+
+
 async def within(seconds: float, awaitable):
     async with asyncio.timeout(seconds):
         return await awaitable

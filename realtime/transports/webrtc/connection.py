@@ -174,6 +174,8 @@ class Conversation:
                 task.cancel()
         try:
             await self.pc.close()
+        except Exception as exc:  # aiortc fails closing a peer whose negotiation broke off halfway
+            log.warning("session %d: closing its peer connection failed: %r", self.sid, exc)
         finally:
             self._on_closed(self)
 
