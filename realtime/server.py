@@ -31,6 +31,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
 
 from realtime.decoding.runtime import Runtime
@@ -301,7 +302,11 @@ class Server:
 
     async def twilio_voice(self, request: web.Request) -> web.Response:
         """The phone number's voice webhook: connect the call to our media stream."""
-        form = await request.post()
+        try:  # (a multipart part without a name or with a broken header, a charset=bogus)
+            form = await request.post()
+        except (ValueError, LookupError, BadHttpMessage) as exc:
+            message = " ".join(str(exc).split())  # (some of aiohttp's span lines)
+            return json_error(400, "bad_form", f"the body is not a form: {message}")
         params = {name: form.getall(name) for name in form}
         refusal = self._twilio_refusal(request, self._public(request) + request.path_qs, params)
         if refusal is not None:

@@ -2,6 +2,7 @@
 that showed it."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -27,3 +28,48 @@ def test_an_offer_aiortc_gives_up_on_halfway_still_closes():
         return closed
 
     assert len(asyncio.run(scenario())) == 1
+
+
+def test_a_webhook_body_aiohttp_cannot_read_as_a_form_is_a_400():
+    """A multipart part without a field name or with a control character in its header, or a
+    form in an unknown charset, made aiohttp's form reader raise (ValueError, BadHttpMessage,
+    LookupError), which the server answered 500; Twilio sends none of them, but nothing a
+    client sends may be a 5xx. The refusal is one line."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from realtime.server import Server
+    from realtime.server_config import ServerOptions
+
+    MULTIPART = "multipart/form-data; boundary=x"
+    cases = [
+        (b"--x\r\n\r\n", MULTIPART, 400),
+        (b"=", "application/x-www-form-urlencoded; charset=bogus", 400),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="\x0e"\r\n\r\n1\r\n--x--\r\n',
+            MULTIPART,
+            400,
+        ),
+        (b"CallSid=CA1", "application/x-www-form-urlencoded", 200),
+    ]
+
+    async def scenario() -> list[tuple[int, str]]:
+        server = Server(engine=None, options=ServerOptions())  # (the webhook uses no engine)
+        client = TestClient(TestServer(server.app()))
+        await client.start_server()
+        try:
+            got = []
+            for body, content_type, _ in cases:
+                headers = {"Content-Type": content_type}
+                reply = await client.post("/twilio/voice", data=body, headers=headers)
+                got.append((reply.status, await reply.text()))
+            return got
+        finally:
+            await client.close()
+
+    for (status, text), (body, _, expected) in zip(asyncio.run(scenario()), cases, strict=True):
+        assert status == expected, (body, text)
+        if expected == 400:
+            error = json.loads(text)["error"]
+            assert error["code"] == "bad_form" and "\n" not in error["message"], error
+        else:
+            assert "<Stream" in text
