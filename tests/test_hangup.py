@@ -56,7 +56,7 @@ def test_the_data_channel_closing_is_a_hang_up_but_our_own_close_is_not():
         ours = LoopbackClient("http://127.0.0.1:9")
         await ours.close()
         ours.channel.emit("close")
-        assert not ours.hung_up.is_set() and ours.hangup is None
+        assert not ours.hung_up.is_set() and ours.hangup_reason is None
 
     asyncio.run(scenario())
 

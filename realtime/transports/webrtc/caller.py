@@ -117,8 +117,8 @@ class LoopbackClient:
         self.channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL)
         self.session: int | None = None
         self.spoken: float | None = None  # when the last thing we said ended (monotonic)
-        self.hung_up = asyncio.Event()  # the server ended the call; `hangup` says how
-        self.hangup: str | None = None
+        self.hung_up = asyncio.Event()  # the server ended the call; `hangup_reason` says how
+        self.hangup_reason: str | None = None
         self._closing = False  # we hang up ourselves: the connection's end is no news
         self._arrived = asyncio.Condition()
         self._tasks: set[asyncio.Task] = set()
@@ -160,7 +160,7 @@ class LoopbackClient:
             await self._arrived.wait_for(lambda: found() or self.hung_up.is_set())
         event = found()
         if event is None:
-            raise ServerHungUp(self.hangup)
+            raise ServerHungUp(self.hangup_reason)
         return event
 
     def of_type(self, kind: str) -> list[dict]:
@@ -189,7 +189,7 @@ class LoopbackClient:
         """The server has ended the call: the first reason stands; waiters wake up."""
         if self._closing or self.hung_up.is_set():
             return
-        self.hangup = reason
+        self.hangup_reason = reason
         self.hung_up.set()
         self._spawn(self._notify())
 
