@@ -254,14 +254,16 @@ async def _until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> list[dict]:
     raise AssertionError(f"closed ({ws.close_code}) before {kind}: {seen[-3:]}")
 
 
-@given(OPENAI_STEPS)
+@given(OPENAI_STEPS, st.booleans())
 @CHEAP
-@example([DEEP, HUGE, b"\x00"])
-def test_an_openai_socket_answers_errors_and_keeps_serving(open_server, steps):
+@example([DEEP, HUGE, b"\x00"], True)
+def test_an_openai_socket_answers_errors_and_keeps_serving(open_server, steps, beta):
+    headers = {"OpenAI-Beta": "realtime=v1"} if beta else {}
+
     async def scenario() -> None:
         url = f"{open_server.url}/v1/realtime"
         async with aiohttp.ClientSession() as http, asyncio.timeout(REQUEST_S):
-            async with http.ws_connect(url, protocols=("realtime",)) as ws:
+            async with http.ws_connect(url, protocols=("realtime",), headers=headers) as ws:
                 await _until(ws, "session.created")
                 await _send(ws, steps)
                 await ws.send_str(json.dumps({"type": "session.update", "session": {}}))
