@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +65,16 @@ class ServerProcess:
 
     @classmethod
     def start(
-        cls, model: Path, workdir: Path, token: str | None = TOKEN, max_sessions: int = MAX_SESSIONS
+        cls,
+        model: Path,
+        workdir: Path,
+        token: str | None = TOKEN,
+        max_sessions: int = MAX_SESSIONS,
+        extra: Sequence[str] = (),
     ) -> "ServerProcess":
         """With `token`, Twilio's requests are signed too; without, the server is open to this
-        machine: no token, no signatures."""
+        machine: no token, no signatures. `extra` goes after the options below, so where it
+        repeats one its value wins."""
         log = workdir / "serve.log"
         command = [
             sys.executable,
@@ -90,6 +97,7 @@ class ServerProcess:
         if token is not None:
             command += ["--token", token, "--twilio-auth-token", TWILIO_TOKEN]
             command += ["--public-url", PUBLIC_URL]
+        command += extra
         with log.open("w") as err:
             process = subprocess.Popen(
                 command,

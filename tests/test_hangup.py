@@ -17,6 +17,7 @@ from realtime.transports.webrtc.caller import SERVER_SILENCE_S, LoopbackClient, 
 from .serving import DATA, TOKEN, WAIT_S, ServerProcess, clip
 
 EXIT_S = 5.0  # SIGKILL to `realtime call` gone: the 2 s of silence, then closing down
+GRACE_S = 1.0  # the server's --shutdown-grace-s: how long the answer plays on after SIGTERM
 
 
 def _events(client: LoopbackClient, *events: dict) -> None:
@@ -66,9 +67,9 @@ def test_the_data_channel_closing_is_a_hang_up_but_our_own_close_is_not():
 def test_realtime_call_ends_at_once_when_the_server_goes(tiny_dir, tmp_path, how):
     """Stop the server mid-answer: `realtime call`, with 120 s left of its --timeout and a
     minute-long answer asked for, exits 1 within EXIT_S with one line, and prints the events
-    that came. SIGKILL is heard as silence (SERVER_SILENCE_S); on SIGTERM the server closes
-    the call, which the client hears sooner."""
-    server = ServerProcess.start(tiny_dir, tmp_path)
+    that came. SIGKILL is heard as silence (SERVER_SILENCE_S); on SIGTERM the server lets the
+    answer go on for its grace period, then says why it closes the call (session.closing)."""
+    server = ServerProcess.start(tiny_dir, tmp_path, extra=["--shutdown-grace-s", str(GRACE_S)])
     wav = DATA / "q_capital.wav"
     argv = ["call", server.url, "--wav", str(wav), "--token", TOKEN, "--timeout", "120"]
     caller = subprocess.Popen(
@@ -98,5 +99,7 @@ def test_realtime_call_ends_at_once_when_the_server_goes(tiny_dir, tmp_path, how
     if how == "SIGKILL":
         assert SERVER_SILENCE_S <= took < EXIT_S and "no audio from the server" in err, (took, err)
     else:
-        assert took < SERVER_SILENCE_S and "the server closed" in err, (took, err)
+        # the answer in progress plays on for the grace period, then the call is closed
+        assert GRACE_S <= took < GRACE_S + SERVER_SILENCE_S, (took, err)
+        assert "the server closed the call (shutdown)" in err, err
     assert all(json.loads(line)["type"] for line in out.splitlines())
