@@ -62,6 +62,12 @@ def turn_task(task: Task, speak: bool | None) -> Task:
     return twins[task]
 
 
+def heard(played_frames: int) -> int:
+    """The answer positions a caller who heard `played_frames` frames heard: frame f takes
+    the tokens of steps f .. f + 7 (the audio layers' delays); none for nothing heard."""
+    return played_frames + tokens.MAX_AUDIO_DELAY if played_frames > 0 else 0
+
+
 class SessionError(ValueError):
     """Something this session asked for cannot be done; it ends the turn, not the engine."""
 
@@ -460,7 +466,7 @@ class Session:
 
     def truncate(self, turn: int, played_frames: int) -> None:
         """Turn `turn`'s answer was heard only for `played_frames` frames: the rest leaves."""
-        self.context.truncate(turn, played_frames + tokens.MAX_AUDIO_DELAY)
+        self.context.truncate(turn, heard(played_frames))
 
     # --- decoding -----------------------------------------------------------------------------
 
@@ -513,8 +519,7 @@ class Session:
         if self.gen is not None:
             # Tokens of steps 0 .. steps-2 were fed back; frame f needs steps up to f + 7.
             fed = max(steps - 1, 0)
-            heard = fed if played_frames is None else played_frames + tokens.MAX_AUDIO_DELAY
-            self._remember(min(fed, heard))
+            self._remember(fed if played_frames is None else min(fed, heard(played_frames)))
         self._emit(events.Cancelled, steps=steps)
         self._reset_answer()
         self._prefill_features()

@@ -33,14 +33,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import WSMsgType, web
 
 from realtime.engine import events
 from realtime.transports import lifetime
 from realtime.transports.lifetime import Closing
-from realtime.transports.openai.conversation import Conversation, user_message
+from realtime.transports.openai.conversation import Conversation, message_item
 from realtime.transports.openai.input import InputBuffer
+from realtime.transports.openai.items import Item
 from realtime.transports.openai.responses import Responses
 from realtime.transports.openai.session import (
     BETA_NAMES,
@@ -93,7 +95,7 @@ class RealtimeConnection(WebSocketDoor):
         super().__init__(ws)
         self.options, self.model, self.ga = options, model, ga
         self.names = GA_NAMES if ga else BETA_NAMES
-        self.settings = Settings()
+        self.settings = Settings(history=options.history)
         limit = options.max_session_s  # (the session object's expires_at, in Unix seconds)
         self.expires_at = 0 if limit is None else int(time.time() + limit)
         self._counter = itertools.count(1)  # event and item ids: one sequence
@@ -196,7 +198,16 @@ class RealtimeConnection(WebSocketDoor):
         self.note_unused(unused)
         old, self.settings = self.settings, settings
         self._input.settings_changed(old)
+        if settings.history != old.history:
+            self._history(settings.history)
         self.send("session.updated", session=self._describe())
+
+    def _history(self, on: bool) -> None:
+        """Switch the model's memory of the conversation: from now on the items are its
+        context, or no item is."""
+        self.engine.set_history(on)
+        if not on:
+            self._conversation.detach()
 
     def _describe(self) -> dict:
         max_steps = self.options.decoding.max_new_tokens
@@ -205,15 +216,41 @@ class RealtimeConnection(WebSocketDoor):
 
     def _item_create(self, event: dict) -> None:
         """A user message: recorded speech, as if appended and committed (input.py), or typed
-        text (conversation.py)."""
-        part, item_id = user_message(event.get("item"))
-        if self._input.buffered_ms or self._conversation.text_waits:
-            message = "commit or clear the input audio buffer (or answer the typed message) first"
+        text (conversation.py). An assistant message: an earlier answer, for the model's
+        context, which it turns on (the client sends its history)."""
+        role, part, item_id = message_item(event.get("item"))
+        if self._input.buffered_ms:
+            message = "commit or clear the input audio buffer first"
             raise ClientError("input_audio_buffer_not_empty", message)
+        if role == "assistant":
+            self._answer_given(part, item_id)
+            return
+        if self._conversation.text_waits and not self.settings.history:
+            message = "answer the typed message first (response.create)"
+            raise ClientError("input_audio_buffer_not_empty", message)
+        if self.settings.history and self._conversation.waiting:
+            self._responses.remember()  # the turn that waits goes into the context unanswered
         if part["type"] == "input_text":
             self._conversation.type(part.get("text"), item_id)
         else:
             self._input.record(decode_base64(part.get("audio"), "item.content.audio"), item_id)
+
+    def _answer_given(self, part: dict, item_id: str | None) -> None:
+        """An assistant message the client created: it answers the turn that waits (or none)
+        in the model's context."""
+        if self._responses.active:
+            message = "a response is in progress: add earlier answers between responses"
+            raise ClientError("conversation_already_has_active_response", message)
+        if not self.settings.history:
+            log.info("session %d: the client sends its history: items are context", self.sid)
+            self.settings = replace(self.settings, history=True)
+            self._history(True)
+        spoken = part["type"] in ("audio", "output_audio")
+        words = part["transcript"] if spoken else part["text"]
+        item = Item(item_id or self.new_id("item"), "assistant", spoken=spoken, texts=[(0, words)])
+        self._responses.remember(answer=item)
+        previous = self._conversation.add(item)
+        self._conversation.turn_added(item, previous)
 
     def _truncate(self, event: dict) -> None:
         """The client played an answer only so far: it is cut there, and no longer made."""
@@ -236,5 +273,7 @@ class RealtimeConnection(WebSocketDoor):
             return
         if isinstance(event, events.TRANSCRIPT):  # on its own clock: routed by its turn
             self._conversation.on_transcript(event)
+        elif isinstance(event, events.Forgotten):
+            self._conversation.forgotten(event.turns)
         else:
             self._responses.on_engine_event(event)

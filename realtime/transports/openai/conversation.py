@@ -10,6 +10,7 @@ engine turn that transcribes them, not by the answer in progress.
 """
 
 from realtime.engine import events
+from realtime.model import tokens
 from realtime.transports.openai.items import Item, transcription_usage
 from realtime.transports.openai.link import Link
 from realtime.transports.openai.session import ClientError
@@ -105,8 +106,10 @@ class Conversation:
         return item, end_ms
 
     def truncate(self, item: Item, end_ms: int) -> None:
-        """Keep the answer only as far as the client played it."""
+        """Keep the answer only as far as the client played it (in the model's context too)."""
         item.truncate(end_ms)
+        if item.turn is not None:
+            self._link.engine.truncate(item.turn, item.samples // tokens.FRAME_SAMPLES)
         self._link.send(
             "conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end_ms
         )
@@ -118,7 +121,24 @@ class Conversation:
             message = "cancel the response before deleting its item"
             raise ClientError("invalid_value", message, "item_id")
         del self._items[item.id]
+        if item.turn is not None:  # its part of the turn leaves the model's context
+            user = item.role == "user"
+            self._link.engine.forget(item.turn, prompt=user, answer=not user)
         self._link.send("conversation.item.deleted", item_id=item.id)
+
+    def forgotten(self, turns: tuple[int, ...]) -> None:
+        """The engine let these turns go to make room: their items go too, so that the items
+        and the model's context stay the same."""
+        for item in [i for i in self._items.values() if i.turn in turns]:
+            del self._items[item.id]
+            self._link.send("conversation.item.deleted", item_id=item.id)
+
+    def detach(self, turn: int | None = None) -> None:
+        """The items of `turn` (None: every item) are no longer in the model's context (the
+        turn failed, or history was switched off); they stay in the conversation."""
+        for item in self._items.values():
+            if turn is None or item.turn == turn:
+                item.turn = None
 
     def retrieve(self, event: dict) -> None:
         """conversation.item.retrieve."""
@@ -175,18 +195,30 @@ class Conversation:
         )
 
 
-def user_message(item: object) -> tuple[dict, str | None]:
-    """The one content part of the user message a conversation.item.create holds, and the id
-    the client gives it (None: ours)."""
+def message_item(item: object) -> tuple[str, dict, str | None]:
+    """The role and the one content part of the message a conversation.item.create holds, and
+    the id the client gives it (None: ours). A user message holds input_audio or input_text;
+    an assistant message (an earlier answer, for the model's context) its text, or audio with
+    its transcript."""
     if not isinstance(item, dict) or item.get("type", "message") != "message":
         raise ClientError("unsupported", "only message items can be created", "item.type")
-    content = item.get("content")
-    if item.get("role") != "user" or not isinstance(content, list) or len(content) != 1:
-        message = "an item is a user message with one input_audio or input_text part"
+    content, role = item.get("content"), item.get("role")
+    if role not in ("user", "assistant") or not isinstance(content, list) or len(content) != 1:
+        message = "an item is a user or assistant message with one content part"
         raise ClientError("unsupported", message, "item.content")
     part = content[0] if isinstance(content[0], dict) else {}
-    if part.get("type") not in ("input_audio", "input_text"):
-        message = "a user message holds input_audio or input_text"
+    kinds = USER_PARTS if role == "user" else ASSISTANT_PARTS
+    if part.get("type") not in kinds:
+        message = f"a {role} message holds one of {', '.join(kinds)}"
         raise ClientError("unsupported", message, "item.content")
+    if role == "assistant":
+        words = part.get("text" if part["type"] in ("text", "output_text") else "transcript")
+        if not isinstance(words, str) or not words.strip():
+            message = "an assistant message's text (or its audio's transcript) must be given"
+            raise ClientError("invalid_value", message, "item.content")
     item_id = item.get("id")
-    return part, item_id if isinstance(item_id, str) and item_id else None
+    return role, part, item_id if isinstance(item_id, str) and item_id else None
+
+
+USER_PARTS = ("input_audio", "input_text")
+ASSISTANT_PARTS = ("text", "output_text", "audio", "output_audio")  # (beta's names, GA's)

@@ -73,7 +73,8 @@ class InputBuffer:
     def commit(self, item_id: str | None = None) -> None:
         """input_audio_buffer.commit, or the end of the VAD's speech: the buffer becomes the
         caller's turn, a user item that waits for its answer."""
-        if self._conversation.text_waits:
+        history = self._link.settings.history
+        if self._conversation.text_waits and not history:
             message = "a typed message waits for its response: send response.create first"
             raise ClientError("conversation_has_pending_text", message)
         if self._detector is not None and self._detector.in_turn:  # the client commits mid-speech
@@ -85,6 +86,10 @@ class InputBuffer:
                 f"{MIN_COMMIT_MS}ms of audio, but buffer only has {self._buffer_ms:.2f}ms of audio."
             )
             raise ClientError("input_audio_buffer_commit_empty", message)
+        if history and self._conversation.waiting:
+            # the turn that waits goes into the context unanswered, so that each user item is
+            # a turn of its own there (without history, two commits make one turn)
+            self._responses.remember()
         self.release_held()
         self._buffer_ms = 0
         self._add_turn(item_id or self._link.new_id("item"))

@@ -23,6 +23,8 @@ class Item:
     heard: str | None = None  # user: a spoken turn's transcript, once it is done
     spoken: bool = True  # assistant: speech with its transcript (else text only)
     texts: list[tuple[int, str]] = field(default_factory=list)  # (samples sent before it, text)
+    # The engine turn whose part this item is in the model's context (history on), else None
+    turn: int | None = None
 
     @property
     def audio_ms(self) -> int:
@@ -66,6 +68,7 @@ class Response:
     id: str
     item: Item
     output: OutputAudio
+    outside: bool = False  # it answers the response's instructions, not the conversation
     input_tokens: int = 0
 
     def describe(

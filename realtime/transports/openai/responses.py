@@ -91,14 +91,29 @@ class Responses:
         only as `speak` says (None: as the session does)."""
         speak = self._link.settings.speak if speak is None else speak
         self._engine_turn += 1
+        turn = self._engine_turn if self._link.settings.history else None
         if text is None:
-            self._ask(self._conversation.take_turn(), speak)
+            asked = self._conversation.take_turn()
+            asked.turn = turn
+            self._ask(asked, speak)
         else:
             self._link.engine.submit_text(text, speak)
         item = Item(self._link.new_id("item"), "assistant", status="in_progress", spoken=speak)
+        item.turn = turn
         output = OutputAudio(FORMATS[self._link.settings.output_format])
-        self._response = Response(self._link.new_id("resp"), item, output)
+        self._response = Response(self._link.new_id("resp"), item, output, outside=text is not None)
         self._announce(self._response)
+
+    def remember(self, answer: Item | None = None) -> None:
+        """Put the turn that waits (if any) into the model's context unanswered, or answered
+        by `answer`, an assistant message the client created (history on)."""
+        waiting = self._conversation.take_turn() if self._conversation.waiting else None
+        self._engine_turn += 1
+        text = None if answer is None else answer.transcript
+        self._link.engine.remember(text, None if waiting is None else waiting.text)
+        for item in (waiting, answer):
+            if item is not None:
+                item.turn = self._engine_turn
 
     def _answer_nothing(self, speak: bool | None) -> None:
         """A response with nothing to answer: created and completed, with no output."""
@@ -214,6 +229,11 @@ class Responses:
     ) -> None:
         """The response's closing events, in the order OpenAI's server sends them."""
         self._response = None
+        if status == "failed" and response.item.turn is not None:
+            self._conversation.detach(response.item.turn)  # the engine kept nothing of it
+        elif response.outside and response.item.turn is not None:
+            # the instructions it answered are no item: only the answer stays in the context
+            self._link.engine.forget(response.item.turn, prompt=True, answer=False)
         if status in ("completed", "incomplete"):  # (a cut answer's last few ms stay unsent)
             self._audio_delta(response, response.output.flush())
         response.item.status = "completed" if status == "completed" else "incomplete"

@@ -107,6 +107,9 @@ class Settings:
     turn_detection: ServerVad | None = ServerVad()
     speak: bool = True  # answers are speech with its transcript; False: text only
     transcribe: bool = False  # the caller's spoken turns are transcribed (the model's asr task)
+    # Ours, not OpenAI's: the conversation's items are the model's context (else each turn is
+    # answered alone, as the model was trained)
+    history: bool = False
     # Kept and reported as the client set them; the model uses none of them.
     instructions: str = ""
     tools: tuple = ()
@@ -127,6 +130,11 @@ def apply_update(settings: Settings, session: object) -> tuple[Settings, list[st
     formats = _formats(settings, session, inputs, outputs)
     speak = speaks(session, "session")
     kept = _kept(session)
+    history = session.get("history")
+    if history is not None and not isinstance(history, bool):
+        raise ClientError("invalid_type", "history must be true or false", "session.history")
+    if history is not None:
+        kept["history"] = history
     heard, unused = _input_settings(session, inputs, ga)
     updated = replace(
         settings,
@@ -310,6 +318,8 @@ def describe(
         "tool_choice": settings.tool_choice,
         "max_output_tokens": limit,
     }
+    if settings.history:  # (ours: reported while it is on, beside OpenAI's fields)
+        common["history"] = True
     transcription = {"model": model} if settings.transcribe else None  # (its asr task)
     if not ga:
         common["max_response_output_tokens"] = common.pop("max_output_tokens")
