@@ -1,5 +1,6 @@
 """What the benchmarks' results files say about the machine they ran on."""
 
+import os
 import platform
 
 
@@ -11,3 +12,8 @@ def cpu_name() -> str:
     except OSError:
         names = []
     return names[0] if names else platform.processor() or platform.machine()
+
+
+def machine_tag() -> str:
+    """A short name for this machine in a results file's name, e.g. x86_64-2cpu."""
+    return f"{platform.machine()}-{os.cpu_count()}cpu"
