@@ -5,7 +5,8 @@ Each caller asks a question (a clip of tests/data, in real time), listens, and n
 talks over the answer after 1 s with another clip (barge-in), then pauses 0.3 to 1.5 s and asks
 again; WebRTC callers ask for answers of at most 3 s, and a spawned server is given that limit
 for its OpenAI door too, so turns cycle. A caller whose turn fails (no answer within 45 s, an
-`error` or `session.closing` event, the connection closing) counts it and calls again.
+`error` or `session.closing` event, the connection closing) counts it and calls again. Turns
+still under way 15 s after the set time are cut and counted as unfinished.
 
 Underruns are counted at the caller, for each answer from its first audio to its end, against a
 listener that holds JITTER_MS (100 ms) of audio before playing and then plays in real time:
@@ -50,8 +51,6 @@ from benchmarks.machine import cpu_name, machine_tag
 from benchmarks.server_health import HealthSeries, listening_pid
 from benchmarks.soak_callers import (
     MAX_ANSWER_MS,
-    TURN_TIMEOUT_S,
-    CallerFailure,
     Soak,
     Tally,
     caller,
@@ -61,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 EXIT_BAD_INPUT = 2
 SPAWNED_SESSIONS = 4  # `realtime serve`'s default --max-sessions
 PROGRESS_S = 30.0
-GRACE_S = 2 * TURN_TIMEOUT_S + 10  # for the turns under way at the deadline to end
+FINISH_S = 15.0  # for the turns under way at the deadline to end; then they are cut
 MAX_GROWTH_PCT_PER_H = 1.0
 
 
@@ -144,11 +143,10 @@ async def soak(
         asyncio.ensure_future(progress(state, health)),
     ]
     try:
-        async with asyncio.timeout(run_s + GRACE_S):
+        async with asyncio.timeout(run_s + FINISH_S):
             await asyncio.gather(*callers)
     except TimeoutError:
-        late = CallerFailure("unfinished", f"callers still busy {GRACE_S:.0f} s after the end")
-        state.errors.add("soak", late)
+        pass  # the turns still under way are counted as unfinished
     finally:
         for task in watchers:
             task.cancel()
@@ -217,6 +215,7 @@ def door_report(tally: Tally) -> dict:
         "interrupted": tally.interrupted,
         "failed": tally.failed,
         "silent": tally.silent,
+        "unfinished": tally.unfinished,
         "underruns": tally.underruns,
         "worst_gap_ms": round(tally.worst_gap_ms, 1),
         "first_audio_ms": percentiles(tally.first_audio_ms),

@@ -81,6 +81,7 @@ class Tally:
     interrupted: int = 0  # cut short by the caller's barge-in
     failed: int = 0
     silent: int = 0  # answered, but without any audio
+    unfinished: int = 0  # still under way when the soak ended
     underruns: int = 0
     worst_gap_ms: float = 0.0
     first_audio_ms: list[float] = field(default_factory=list)
@@ -138,6 +139,9 @@ async def caller(soak: Soak, door: str, rng: random.Random) -> None:
             soak.errors.add(door, failure)
             soak.tallies[door].failed += in_turn
             await asyncio.sleep(BUSY_RETRY_S)
+        except asyncio.CancelledError:  # the soak is over
+            soak.tallies[door].unfinished += in_turn
+            raise
 
 
 async def _within(seconds: float, awaitable, what: str, lost: asyncio.Future | None = None):

@@ -25,7 +25,7 @@ def test_one_minute_soak(tiny_dir, tmp_path):
     for door in ("webrtc", "openai"):
         tally = result["doors"][door]
         assert tally["answered"] > 0 and tally["failed"] == 0, tally
-        assert {"interrupted", "silent", "underruns", "worst_gap_ms"} <= tally.keys()
+        assert {"interrupted", "silent", "unfinished", "underruns", "worst_gap_ms"} <= tally.keys()
     assert {"count", "worst_gap_ms"} <= result["underruns"].keys()
     assert result["first_audio_ms"]["p50"] <= result["first_audio_ms"]["p90"]
     health = result["health"]
