@@ -20,7 +20,9 @@ audio that arrives after everything before it has played is a dropout, as long a
   - OpenAI door: the audio deltas come as fast as they are made; each feeds the playout with
     its duration when it arrives, until response.done, or the caller's barge-in.
 First audio is timed from the end of the caller's question (its last 20 ms sent) to the
-answer's first audio arriving; it includes the server VAD's 500 ms hangover.
+answer's first audio arriving; it includes the server VAD's 500 ms hangover. For WebRTC the
+server's own figure (turn.latency's first_audio_ms, from the last voiced frame it decoded)
+comes beside it: the difference is time spent in transit, jitter buffers and decoders.
 
 The server's resident memory (VmRSS), threads and open file descriptors are read from /proc
 every 10 s. Its memory growth is the slope of a straight line fitted to RSS after the warm-up
@@ -219,13 +221,14 @@ def door_report(tally: Tally) -> dict:
         "underruns": tally.underruns,
         "worst_gap_ms": round(tally.worst_gap_ms, 1),
         "first_audio_ms": percentiles(tally.first_audio_ms),
+        "server_first_audio_ms": percentiles(tally.server_first_audio_ms),
     }
 
 
 def percentiles(values: list[float]) -> dict | None:
-    if len(values) < 2:
+    if not values:
         return None
-    deciles = statistics.quantiles(values, n=10)
+    deciles = statistics.quantiles(values, n=10) if len(values) > 1 else values * 9
     return {
         "p50": round(statistics.median(values), 1),
         "p90": round(deciles[8], 1),

@@ -85,6 +85,7 @@ class Tally:
     underruns: int = 0
     worst_gap_ms: float = 0.0
     first_audio_ms: list[float] = field(default_factory=list)
+    server_first_audio_ms: list[float] = field(default_factory=list)  # WebRTC's turn.latency
 
     def heard(self, playout: Playout, starved_ms: float = 0.0) -> None:
         gaps = [g * 1000 for g in playout.gaps_s] + ([starved_ms] if starved_ms > JITTER_MS else [])
@@ -235,6 +236,10 @@ class WebRtcCall:
             return start
         end = await self._expect(WEBRTC_ENDS, start["_t"])
         tally.first_audio_ms.append((start["_t"] - spoken) * 1000)
+        answer = start["response"]
+        latency = [e for e in self.client.of_type("turn.latency") if e["response"] == answer]
+        if latency:  # the server's own count, from the caller's last voiced frame it decoded
+            tally.server_first_audio_ms.append(latency[0]["first_audio_ms"])
         if end["type"] == "response.interrupted":
             tally.interrupted += 1
         else:
