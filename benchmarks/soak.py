@@ -41,6 +41,7 @@ import asyncio
 import json
 import random
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -110,6 +111,8 @@ def spawned(args: argparse.Namespace) -> dict:
     from realtime.model.init_random import write_random_model
     from tests.serving import TOKEN, ServerProcess
 
+    # a soak stopped with SIGTERM unwinds as from Ctrl-C, through the server.stop() below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     sessions = args.sessions or SPAWNED_SESSIONS
     extra = ["--max-sessions", str(sessions), "--max-answer-ms", str(MAX_ANSWER_MS)]
     extra += shlex.split(args.serve_args)

@@ -53,18 +53,24 @@ class Playout:
     arrives and then plays in real time. Audio that arrives after everything before it has
     played is an underrun (the listener hears a dropout), as long as that wait."""
 
+    first: float | None = None  # when its first audio arrived (monotonic)
     start: float | None = None
-    end: float = 0.0  # when what has arrived so far has played (monotonic)
+    end: float = 0.0  # when what has arrived so far has played
     received_s: float = 0.0
-    gaps_s: list[float] = field(default_factory=list)
+    gaps: list[tuple[float, float]] = field(default_factory=list)  # (arrival, seconds dry)
 
     def push(self, t: float, seconds: float) -> None:
         if self.start is None:
-            self.start = self.end = t + JITTER_MS / 1000
+            self.first, self.start = t, t + JITTER_MS / 1000
+            self.end = self.start
         elif t > self.end:
-            self.gaps_s.append(t - self.end)
+            self.gaps.append((t, t - self.end))
         self.end = max(self.end, t) + seconds
         self.received_s += seconds
+
+    def gaps_ms(self, until: float = float("inf")) -> list[float]:
+        """The dropouts heard by a listener who stopped at `until` (a barge-in)."""
+        return [dry * 1000 for t, dry in self.gaps if t <= until]
 
     def played_ms(self, at: float) -> int:
         """How much of it has played by `at` (a truncate's audio_end_ms)."""
@@ -87,8 +93,8 @@ class Tally:
     first_audio_ms: list[float] = field(default_factory=list)
     server_first_audio_ms: list[float] = field(default_factory=list)  # WebRTC's turn.latency
 
-    def heard(self, playout: Playout, starved_ms: float = 0.0) -> None:
-        gaps = [g * 1000 for g in playout.gaps_s] + ([starved_ms] if starved_ms > JITTER_MS else [])
+    def heard(self, gaps: list[float]) -> None:
+        """Count an answer's dropouts (ms)."""
         self.underruns += len(gaps)
         self.worst_gap_ms = max([self.worst_gap_ms, *gaps])
 
@@ -249,7 +255,7 @@ class WebRtcCall:
             if start["_t"] <= t <= end["_t"]:
                 playout.push(t, pcm.size / tokens.OUTPUT_SAMPLE_RATE_HZ)
         starved_ms = (end["_t"] - start["_t"]) * 1000 - end["played_ms"]
-        tally.heard(playout, starved_ms)
+        tally.heard(playout.gaps_ms() + ([starved_ms] if starved_ms > JITTER_MS else []))
         self._forget(end["_t"])
         return end
 
@@ -352,12 +358,11 @@ class OpenAiCall:
         if response["id"] != rid or response["status"] == "failed":
             raise CallerFailure("response failed", json.dumps(response)[:300])
         playout = self.playouts.pop(rid, Playout())
-        if playout.start is None:
+        if playout.first is None:
             tally.answered += 1
             tally.silent += 1
             return
-        first = next(e for e in self.events if e.get("response_id") == rid)
-        tally.first_audio_ms.append((first["_t"] - spoken) * 1000)
+        tally.first_audio_ms.append((playout.first - spoken) * 1000)
         if cut and (response["status"] == "cancelled" or playout.end > cut):
             tally.interrupted += 1
             if response["status"] != "cancelled":  # made in full, but not all of it heard
@@ -368,7 +373,7 @@ class OpenAiCall:
         else:
             tally.answered += 1
             await asyncio.sleep(max(0.0, playout.end - time.monotonic()))  # listen to it all
-        tally.heard(playout)
+        tally.heard(playout.gaps_ms(until=cut or float("inf")))
         self.events[:] = [e for e in self.events if e["_t"] >= done["_t"]]
 
     async def say(self, pcm16: bytes) -> float:
