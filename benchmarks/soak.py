@@ -120,7 +120,7 @@ def spawned(args: argparse.Namespace) -> dict:
         model = args.model or Path(tmp) / "tiny"
         if not args.model:
             write_random_model(model, PRESETS["tiny"], seed=0, log=lambda _: None)
-        server = ServerProcess.start(model, Path(tmp), extra)
+        server = ServerProcess.start(model, Path(tmp), extra=extra)
         try:
             record = asyncio.run(soak(args, server.url, TOKEN, server.process.pid, sessions))
             if server.process.poll() is not None:  # it died under the soak
