@@ -7,12 +7,14 @@
 # brought up to date after each part.
 #
 #     bash benchmarks/gpu_checklist.sh [tests] [decode] [compile] [profile] [profile-pdl]
-#         [vocoder] [kernels] [engine] [sweep] [sweep-batched] [attention-sweep] [NAME...]
+#         [vocoder] [kernels] [engine] [history] [sweep] [sweep-batched] [attention-sweep] [NAME...]
 #
 # `engine` is the serving loop itself (benchmarks/engine_speed.py on random released-shape
 # weights): 1, 2, 4, ... ENGINE_SESSIONS (64) callers speaking at once until one round is no
 # longer real time, each round with an engine of its own (its kernel step built and captured).
-# With no parts named, all but engine, the sweeps and profile-pdl run (the step's kernels
+# `history` is what a conversation's memory costs (benchmarks/history_cost.py): prompt, step and
+# refill times as the context grows, and a session that remembers until its context is full.
+# With no parts named, all but engine, history, the sweeps and profile-pdl run (the step's kernels
 # launched as programmatic dependents are timed by decode; profile-pdl lists them kernel by
 # kernel). `decode`
 # skips torch.compile (minutes of compiling); `compile` is the same benchmark with it. `sweep`
@@ -88,6 +90,7 @@ for part in "${parts[@]}"; do
         attention-sweep) run 300 python3 -m benchmarks.kernels.decode_attention --sweep --batches 1,8,32,64 ;;
         vocoder) run 120 python3 -m benchmarks.vocoder_speed --device cuda ;;
         engine) run 540 python3 -m benchmarks.engine_speed --device cuda --max-sessions "${ENGINE_SESSIONS:-64}" ;;
+        history) run 300 python3 -m benchmarks.history_cost --device cuda ;;
         kernels)
             for bench in embed_mean add_rmsnorm qkv_rope_cache decode_attention swiglu \
                 gemv head_argmax head_sample feedback; do

@@ -128,6 +128,7 @@ const handlers = {
     $("lat-audio").textContent = ms(e.first_audio_ms);
   },
   "settings.updated": () => {},
+  "history.forgotten": (e) => note(`the agent's memory was full: it forgot turn${e.turns.length > 1 ? "s" : ""} ${e.turns.join(", ")}`),
   // The server ends the call (shutting down, idle or too long, or its engine is down).
   "session.closing": (e) => hangUp(`the server ended the call: ${e.message}`),
   "error": (e) => showError(e.error.message),

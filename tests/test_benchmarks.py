@@ -50,3 +50,21 @@ def test_engine_speed_runs_on_random_weights(tmp_path):
     assert first["sessions"] == 1 and first["answers_with_audio"] == 1 and not first["errors"]
     assert result["transcribe"] and first["transcripts"] == 1
     assert result["cancel"] and result["cancel"][0]["audio_chunks_after_cancel"] == 0
+
+
+def test_history_cost_runs_on_random_weights(tmp_path):
+    """The cost of a conversation's memory, at the tiny preset: model costs per context length,
+    a conversation of a few turns, and the KV arithmetic."""
+    import json
+
+    out = tmp_path / "history.json"
+    command = [sys.executable, "-m", "benchmarks.history_cost", "--preset", "tiny"]
+    command += ["--turns", "3", "--lengths", "0,256", "--steps", "12", "--dtype", "float32"]
+    command += ["--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [row["context"] for row in result["model_costs"]] == [0, 256]
+    turns = result["conversation"]
+    assert len(turns) == 3 and turns[0]["positions"] < turns[1]["positions"] < turns[2]["positions"]
+    assert result["kv_bytes_per_position"] > 0 and all(t["first_audio_ms"] for t in turns)

@@ -18,7 +18,7 @@ from realtime.server_config import ServerOptions
 from realtime.transports.options import CallOptions
 from realtime.transports.webrtc.caller import LoopbackClient
 
-from .serving import WAIT_S, speech, within
+from .serving import WAIT_S, clip, speech, within
 
 pytestmark = pytest.mark.slow
 
@@ -204,3 +204,26 @@ def test_the_browser_switches_memory_in_its_settings(engine):
     ready, updated, refused = asyncio.run(within(WAIT_S, scenario()))
     assert ready["settings"]["history"] is False and updated["settings"]["history"] is True
     assert refused["error"]["code"] == "bad_value"
+
+
+def test_a_browser_caller_hears_which_turns_were_forgotten(engine):
+    """history.forgotten names the caller's turns that left a full context."""
+
+    async def scenario():
+        _, client = serving(engine, history=True, history_positions=200)
+        await client.start_server()
+        try:
+            caller = LoopbackClient(str(client.make_url("")).rstrip("/"))
+            ready = await caller.connect()
+            for _ in range(3):  # ~3 s of speech, 150 positions, each
+                spoken = await caller.say(clip("q_capital.wav"))
+                await caller.wait_for(("response.done", "response.interrupted"), after=spoken)
+            forgotten = await caller.wait_for("history.forgotten")
+            await caller.close()
+            return ready, forgotten
+        finally:
+            await client.close()
+
+    ready, forgotten = asyncio.run(within(WAIT_S, scenario()))
+    assert ready["settings"]["history"] is True
+    assert forgotten["turns"] and forgotten["turns"][0] == 1 and forgotten["positions"] <= 200

@@ -106,6 +106,7 @@ class Conversation:
         self._played = 0  # its samples sent so far
         self._engine_turn = 0  # end_turn() calls so far: the number engine events carry
         self._heard: dict[int, int] = {}  # engine turn -> the caller's turn it transcribes
+        self._remembered: dict[int, int] = {}  # engine turn -> caller's turn, with history on
         self._stopping: tuple[float, dict] | None = None  # interrupt waiting for silence
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
@@ -207,6 +208,7 @@ class Conversation:
                     "max_message_bytes": protocol.MAX_MESSAGE_BYTES,
                     "idle_timeout_s": self.options.idle_timeout_s,
                     "max_session_s": self.options.max_session_s,
+                    "history_positions": self.options.history_positions,
                 },
                 transcripts=self.options.transcribe,
             )
@@ -242,6 +244,7 @@ class Conversation:
         if settings.history is not None and settings.history != self.history:
             self.history = settings.history
             self.engine.set_history(settings.history)
+            self._remembered.clear()
         self.send(protocol.message("settings.updated", settings=self._settings()))
 
     def _settings(self) -> dict:
@@ -287,6 +290,8 @@ class Conversation:
             self._engine_turn += 1
             if self.options.transcribe:
                 self._heard[self._engine_turn] = self._turn
+            if self.history:
+                self._remembered[self._engine_turn] = self._turn
             self._response = self._turn
             assert turn.speech_end_t is not None  # an ENDED turn carries it
             self._answer = _Answer(self._turn, turn.speech_end_t, turn.t)
@@ -320,6 +325,10 @@ class Conversation:
     def _on_engine_event(self, event: events.Event) -> None:
         if isinstance(event, events.TRANSCRIPT):
             self._on_transcript(event)
+            return
+        if isinstance(event, events.Forgotten):  # the context was full: the oldest turns left
+            turns = [self._remembered.pop(t) for t in event.turns if t in self._remembered]
+            self.send(protocol.message("history.forgotten", turns=turns, positions=event.positions))
             return
         if self.closed or event.turn != self._engine_turn:
             return  # a closed call, or an answer a newer turn superseded
