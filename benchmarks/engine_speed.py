@@ -20,16 +20,14 @@ round (a run cut short keeps the rounds it finished).
 
 import argparse
 import json
-import platform
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.machine import cpu_name
+from benchmarks.machine import describe
 from benchmarks.random_model import temporary_model
 from realtime.audio.io import load_audio
 from realtime.decoding.options import DecodingOptions
@@ -216,12 +214,7 @@ def most_real_time(rounds: list[dict]) -> int:
 
 def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) -> None:
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "device": _device_name(args.device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": describe(args.device),
         "model": model if args.model else f"random {args.preset} (seed 0)",
         "dtype": args.dtype,
         "clip": CLIP.name,
@@ -233,12 +226,6 @@ def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) 
     }
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Writes benchmarks/results/history_cost-<model or preset>-<device>.json.
 
 import argparse
 import json
-import platform
 import statistics
 import threading
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.engine_speed import CLIP, PIECE, _device_name
+from benchmarks.engine_speed import CLIP, PIECE
+from benchmarks.machine import describe
 from benchmarks.random_model import temporary_model
 from realtime.audio.io import load_audio
 from realtime.decoding.generate import decode_step
@@ -177,12 +177,7 @@ def main() -> None:
     row_mib = per_position * block / 2**20
     print(f"KV cache: {per_position} bytes a position, {row_mib:.1f} MiB a row at {block}")
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "device": _device_name(args.device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": describe(args.device),
         "model": model if args.model else f"random {args.preset} (seed 0)",
         "dtype": args.dtype,
         "block_size": block,

@@ -189,7 +189,7 @@ def report(state: Soak, health: HealthSeries, sessions: int, minutes: float, pid
         "model": None,  # (the spawned one's is filled in)
         "sessions": sessions,
         "minutes": minutes,
-        "doors": {door: door_report(t) for door, t in tallies.items()},
+        "doors": {door: door_report(t, state.began) for door, t in tallies.items()},
         "errors": {
             "count": sum(state.errors.counts.values()),
             "by_kind": dict(state.errors.counts),
@@ -214,7 +214,7 @@ def report(state: Soak, health: HealthSeries, sessions: int, minutes: float, pid
     }
 
 
-def door_report(tally: Tally) -> dict:
+def door_report(tally: Tally, began: float) -> dict:
     return {
         "answered": tally.answered,
         "interrupted": tally.interrupted,
@@ -225,6 +225,8 @@ def door_report(tally: Tally) -> dict:
         "worst_gap_ms": round(tally.worst_gap_ms, 1),
         "first_audio_ms": percentiles(tally.first_audio_ms),
         "server_first_audio_ms": percentiles(tally.server_first_audio_ms),
+        # [s into the soak, ms] of each underrun, as its answer ended
+        "underrun_log": [[round(t - began, 1), round(ms, 1)] for t, ms in tally.underrun_log],
     }
 
 

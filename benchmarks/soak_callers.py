@@ -90,13 +90,16 @@ class Tally:
     unfinished: int = 0  # still under way when the soak ended
     underruns: int = 0
     worst_gap_ms: float = 0.0
+    underrun_log: list[tuple[float, float]] = field(default_factory=list)  # (monotonic s, ms)
     first_audio_ms: list[float] = field(default_factory=list)
     server_first_audio_ms: list[float] = field(default_factory=list)  # WebRTC's turn.latency
 
     def heard(self, gaps: list[float]) -> None:
-        """Count an answer's dropouts (ms)."""
+        """Count an answer's dropouts (ms), noting when they were heard (to set them beside
+        whatever else the machine was doing then)."""
         self.underruns += len(gaps)
         self.worst_gap_ms = max([self.worst_gap_ms, *gaps])
+        self.underrun_log += [(time.monotonic(), ms) for ms in gaps]
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Soak:
         default_factory=lambda: {"webrtc": Tally(), "openai": Tally()}
     )
     errors: Errors = field(default_factory=Errors)
+    began: float = field(default_factory=time.monotonic)
 
     def running(self) -> bool:
         return time.monotonic() < self.deadline

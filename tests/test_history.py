@@ -179,6 +179,20 @@ def test_a_barge_in_keeps_what_was_heard_and_a_door_s_edits_take_effect(runtime,
     assert same(done4, twin.answer(4, pcm[3]))
 
 
+def talk_with_twin(runtime, handle, rec: Recorder, turns: int, seconds: float) -> None:
+    """Ask the questions in turn (`seconds` of each), whole answers heard; each answer must be
+    the twin's over the turns kept when its prompt went in."""
+    twin = Twin(runtime)
+    for turn in range(1, turns + 1):
+        pcm = clip(QUESTIONS[(turn - 1) % len(QUESTIONS)], seconds)
+        say(handle, pcm)
+        done = rec.wait_for(events.Done, turn)[-1]
+        twin.forget(forgotten_before(rec, turn))
+        gen = twin.answer(turn, pcm)
+        assert same(done, gen), f"turn {turn}"
+        twin.keep(gen, gen.steps - 1)
+
+
 def test_the_oldest_turns_leave_first_and_the_session_talks_on(runtime, engine):
     """With room for about two earlier turns, each new one pushes the oldest out (Forgotten
     says which); the answers stay equal to the twin's over what is kept, and none fails."""
@@ -187,15 +201,7 @@ def test_the_oldest_turns_leave_first_and_the_session_talks_on(runtime, engine):
     )
     turn_length = first.prompt.length + STEPS - 1
     handle, rec = open_session(engine, history_positions=2 * turn_length + turn_length // 2)
-    twin = Twin(runtime)
-    for turn in range(1, 6):
-        pcm = clip(QUESTIONS[(turn - 1) % len(QUESTIONS)], 1.0)
-        say(handle, pcm)
-        done = rec.wait_for(events.Done, turn)[-1]
-        twin.forget(forgotten_before(rec, turn))
-        gen = twin.answer(turn, pcm)
-        assert same(done, gen), f"turn {turn}"
-        twin.keep(gen, gen.steps - 1)
+    talk_with_twin(runtime, handle, rec, turns=5, seconds=1.0)
     forgotten = [t for e in rec.of(events.Forgotten) for t in e.turns]
     assert forgotten[:2] == [1, 2] and not rec.of(events.Error)
 
@@ -206,15 +212,7 @@ def test_a_full_context_makes_room_for_the_next_turn_instead_of_failing(runtime,
     small = Engine(runtime, EngineOptions(max_sessions=1, max_seq=600)).start()
     try:
         handle, rec = open_session(small)
-        twin = Twin(runtime)
-        for turn in range(1, 7):
-            pcm = clip(QUESTIONS[(turn - 1) % len(QUESTIONS)], 2.0)
-            say(handle, pcm)
-            done = rec.wait_for(events.Done, turn)[-1]
-            twin.forget(forgotten_before(rec, turn))
-            gen = twin.answer(turn, pcm)
-            assert same(done, gen), f"turn {turn}"
-            twin.keep(gen, gen.steps - 1)
+        talk_with_twin(runtime, handle, rec, turns=6, seconds=2.0)
         assert rec.of(events.Forgotten) and not rec.of(events.Error)
     finally:
         small.stop()
@@ -297,3 +295,23 @@ def test_turns_an_owner_gives_and_half_turns_it_deletes_are_the_twin_s_context(r
 
     say(handle, pcm[1])
     assert same(rec.wait_for(events.Done, 2)[-1], twin.answer(3, pcm[1]))
+
+
+def test_an_edit_while_the_caller_talks_takes_effect_in_that_turn(runtime, engine):
+    """Turn 1 is deleted after a 2 s block of turn 2 went in after it: turn 2 goes in again
+    at the end of the turn, and its answer is the twin's without turn 1."""
+    handle, rec = open_session(engine)
+    twin = Twin(runtime)
+    first = clip(QUESTIONS[0], 1.0)
+    say(handle, first)
+    gen1 = twin.answer(1, first)
+    assert same(rec.wait_for(events.Done)[0], gen1)
+    second = clip(QUESTIONS[1], 3.0)
+    half = 2 * 16000 + PUSH  # past the first 2 s block: it is prefilled after turn 1
+    for start in range(0, half, PUSH):
+        handle.push_audio(second[start : start + PUSH])
+    handle.forget(1)
+    for start in range(half, len(second), PUSH):
+        handle.push_audio(second[start : start + PUSH])
+    handle.end_turn()
+    assert same(rec.wait_for(events.Done, 2)[-1], twin.answer(2, second))

@@ -240,6 +240,10 @@ class Session:
         else:
             audio = np.concatenate(self.audio or [np.zeros(0)])  # the whole utterance
             self._add_features(encode_exact(self.whisper, audio))
+        context = self.context
+        moved = context.valid < len(context.turns) or self.base != context.positions
+        if self.prefilled and moved:
+            self.prefilled = 0  # the context changed under this turn: both go in again
         try:
             self._prefill_features()
             prompt = build_prompt(task, audio_frames=self.frames).ids
