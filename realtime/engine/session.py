@@ -62,6 +62,12 @@ def turn_task(task: Task, speak: bool | None) -> Task:
     return twins[task]
 
 
+# When earlier turns must leave, a quarter of the context more than needed is freed: every
+# kept turn then moves and is prefilled again (seconds for a full context on a CPU), so this
+# happens once in several turns, not at every turn once the context is full.
+ROOM_TO_SPARE = 4
+
+
 def heard(played_frames: int) -> int:
     """The answer positions a caller who heard `played_frames` frames heard: frame f takes
     the tokens of steps f .. f + 7 (the audio layers' delays); none for nothing heard."""
@@ -380,11 +386,12 @@ class Session:
 
     def _ensure_room(self, turn_positions: int) -> None:
         """Leave room for the turn and its answer: earlier turns give way, the oldest first,
-        where they must; a turn alone too long for the model fails."""
+        where they must (and a quarter of the context more); a turn alone too long for the
+        model fails."""
         limit = self.cache.max_seq
-        if self.context.turns:
-            answer = self.options.decoding.max_new_tokens or limit // 4
-            gone = self.context.make_room(turn_positions + answer, limit)
+        needed = turn_positions + (self.options.decoding.max_new_tokens or limit // 4)
+        if self.context.turns and self.context.positions + needed > limit:
+            gone = self.context.make_room(needed + limit // ROOM_TO_SPARE, limit)
             if gone:
                 self._emit(events.Forgotten, turns=tuple(gone), positions=self.context.positions)
                 self.prefilled = 0  # this turn moves too: prefilled again after the kept ones
@@ -406,8 +413,8 @@ class Session:
         start = self.gen.prompt_length - ids.shape[1]
         self.context.add(turn, in_place=start == self.context.positions)
         limit = self.options.history_positions
-        if limit is not None:
-            gone = self.context.make_room(0, limit)
+        if limit is not None and self.context.positions > limit:
+            gone = self.context.make_room(limit // ROOM_TO_SPARE, limit)
             if gone:
                 self._emit(events.Forgotten, turns=tuple(gone), positions=self.context.positions)
 
