@@ -6,8 +6,8 @@ with the context the earlier turns fill; its memory does not.
   (what a session pays, at its next turn, when the oldest turns leave and the rest move);
 - conversation: one engine session with history, the same 2 s question spoken in real time
   turn after turn (answers of --steps steps) until the context is full and the oldest turns
-  leave: per turn, the positions its answer starts from (its own prompt included), end of
-  turn -> first audio, the median decode step;
+  leave: per turn, the positions its answer starts from (its own prompt included), the end of
+  the caller's speech -> first audio (a refill the turn waits for included), the median step;
 - memory: the KV cache of one row at the model's block size. The engine allocates every
   session's rows at full length when it starts, so history costs no memory, only time.
 
@@ -127,12 +127,12 @@ def conversation(runtime: Runtime, steps: int, turns: int) -> list[dict]:
                 handle.push_audio(pcm[start : start + PIECE])
                 time.sleep(max(0.0, began + (start + PIECE) / 16000 - time.perf_counter()))
             steps_before = engine.steps
+            spoken = time.monotonic()  # (events carry monotonic times)
             handle.end_turn()
             if not record.answered.wait(TIMEOUT_S):
                 raise TimeoutError(f"turn {turn} was not answered within {TIMEOUT_S} s")
             if errors := record.of_turn(events.Error, turn):
                 raise RuntimeError(errors[0].message)
-            ended = record.of_turn(events.TurnEnded, turn)[0].t
             first = record.of_turn(events.FirstAudio, turn)
             prefill = record.of_turn(events.PrefillDone, turn)[0]
             taken = engine.steps - steps_before  # (the log keeps the latest steps only)
@@ -141,7 +141,8 @@ def conversation(runtime: Runtime, steps: int, turns: int) -> list[dict]:
             row = {
                 "turn": turn,
                 "positions": prefill.positions,  # the context the answer starts from
-                "first_audio_ms": round((first[0].t - ended) * 1000, 1) if first else None,
+                # from the end of the caller's speech: a refill before it is heard here
+                "first_audio_ms": round((first[0].t - spoken) * 1000, 1) if first else None,
                 "step_ms": round(statistics.median(step_ms), 2) if step_ms else None,
                 "turns_forgotten_so_far": sum(len(e.turns) for e in forgotten),
             }
