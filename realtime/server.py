@@ -101,7 +101,8 @@ class Server:
         self.conversations: set[Conversation] = set()
         self.connections: set[WebSocketDoor] = set()
         self.shutting_down = False  # SIGTERM: no new calls
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # calls being hung up
+        self._sweeper: asyncio.Task | None = None
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -117,6 +118,7 @@ class Server:
         app.router.add_get("/{name}", self.client_file)
         app.on_startup.append(self._start_sweeping)
         app.on_shutdown.append(self._close_all)
+        app.on_cleanup.append(self._stop_sweeping)
         return app
 
     def calls(self) -> Iterator[Call]:
@@ -127,7 +129,11 @@ class Server:
     # --- limits and shutdown ----------------------------------------------------------------
 
     async def _start_sweeping(self, app: web.Application) -> None:
-        self._spawn(self._sweep_forever())
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def _stop_sweeping(self, app: web.Application) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -164,7 +170,7 @@ class Server:
                 if late or not call.busy:
                     self._spawn(call.hang_up(closing))
             await asyncio.sleep(0.05)
-        if self._tasks:
+        if self._tasks:  # (the calls hung up: their closing events out, their connections shut)
             await asyncio.wait(list(self._tasks), timeout=HANG_UP_S)
 
     def _spawn(self, coro: Coroutine) -> None:
