@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import describe
-from benchmarks.random_model import temporary_model
+from benchmarks.random_model import add_model_arguments, load_runtime
 from realtime.audio.io import load_audio
 from realtime.decoding.options import DecodingOptions
 from realtime.decoding.runtime import Runtime
 from realtime.engine import events
 from realtime.engine.engine import Engine, EngineOptions
 from realtime.engine.session import SessionOptions
-from realtime.model import checkpoint, tokens
+from realtime.model import tokens
 
 HERE = Path(__file__).resolve().parent
 CLIP = HERE.parent / "tests" / "data" / "q_capital.wav"
@@ -177,22 +177,14 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a model directory (default: random weights)")
-    parser.add_argument("--preset", default="mini-omni", help="the random model's shapes")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(checkpoint.DTYPES))
-    parser.add_argument("--steps", type=int, default=48, help="decode steps per answer")
+    add_model_arguments(parser, steps=48)
     parser.add_argument("--max-sessions", type=int, default=256)
     parser.add_argument("--transcribe", action="store_true", help="transcribe every turn too")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    model = str(args.model) if args.model else temporary_model(args.preset)
-    name = args.model.name if args.model else args.preset
+    runtime, name, model = load_runtime(args)
     suffix = "-transcribe" if args.transcribe else ""
     out = args.out or HERE / "results" / f"engine_speed-{name}-{args.device}{suffix}.json"
-    runtime = Runtime(
-        checkpoint.resolve(model, offline=True), args.device, checkpoint.DTYPES[args.dtype]
-    )
     pcm = load_audio(CLIP)
     rounds, sessions, cancels = [], 1, []
     while sessions <= args.max_sessions:
@@ -215,7 +207,7 @@ def most_real_time(rounds: list[dict]) -> int:
 def write(out: Path, args, model: str, rounds: list[dict], cancels: list[dict]) -> None:
     result = {
         "machine": describe(args.device),
-        "model": model if args.model else f"random {args.preset} (seed 0)",
+        "model": model,
         "dtype": args.dtype,
         "clip": CLIP.name,
         "steps": args.steps,

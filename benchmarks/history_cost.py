@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.engine_speed import CLIP, PIECE
 from benchmarks.machine import describe
-from benchmarks.random_model import temporary_model
+from benchmarks.random_model import add_model_arguments, load_runtime
 from realtime.audio.io import load_audio
 from realtime.decoding.generate import decode_step
 from realtime.decoding.options import DecodingOptions
@@ -35,7 +35,7 @@ from realtime.decoding.runtime import Runtime
 from realtime.engine import events
 from realtime.engine.engine import Engine, EngineOptions
 from realtime.engine.session import SessionOptions
-from realtime.model import checkpoint, tokens
+from realtime.model import tokens
 
 HERE = Path(__file__).resolve().parent
 TURN_POSITIONS = 100  # 2 s of the caller's speech
@@ -155,21 +155,13 @@ def conversation(runtime: Runtime, steps: int, turns: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a model directory (default: random weights)")
-    parser.add_argument("--preset", default="mini-omni", help="the random model's shapes")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(checkpoint.DTYPES))
-    parser.add_argument("--steps", type=int, default=24, help="decode steps per answer")
+    add_model_arguments(parser, steps=24)
     parser.add_argument("--turns", type=int, default=20, help="turns of the conversation")
     parser.add_argument("--lengths", default="0,512,1024,1536,1920", help="context lengths")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    model = str(args.model) if args.model else temporary_model(args.preset)
-    name = args.model.name if args.model else args.preset
+    runtime, name, model = load_runtime(args)
     out = args.out or HERE / "results" / f"history_cost-{name}-{args.device}.json"
-    runtime = Runtime(
-        checkpoint.resolve(model, offline=True), args.device, checkpoint.DTYPES[args.dtype]
-    )
     block = runtime.lm.cfg.block_size
     per_position = kv_bytes_per_position(runtime)
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -179,7 +171,7 @@ def main() -> None:
     print(f"KV cache: {per_position} bytes a position, {row_mib:.1f} MiB a row at {block}")
     result = {
         "machine": describe(args.device),
-        "model": model if args.model else f"random {args.preset} (seed 0)",
+        "model": model,
         "dtype": args.dtype,
         "block_size": block,
         "kv_bytes_per_position": per_position,
