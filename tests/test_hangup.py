@@ -90,6 +90,7 @@ def test_realtime_call_ends_at_once_when_the_server_goes(tiny_dir, tmp_path, how
         killed = time.monotonic()
         out, err = caller.communicate(timeout=WAIT_S)
         took = time.monotonic() - killed
+        status = server.process.wait(timeout=WAIT_S) if how == "SIGTERM" else 0
     finally:
         caller.kill()
         server.process.kill()
@@ -102,4 +103,5 @@ def test_realtime_call_ends_at_once_when_the_server_goes(tiny_dir, tmp_path, how
         # the answer in progress plays on for the grace period, then the call is closed
         assert GRACE_S <= took < GRACE_S + SERVER_SILENCE_S, (took, err)
         assert "the server closed the call (shutdown)" in err, err
+        assert status == 0  # (a drained shutdown exits 0)
     assert all(json.loads(line)["type"] for line in out.splitlines())

@@ -9,7 +9,6 @@ In-process servers (aiohttp's TestServer) on the tiny model's engine, with limit
 import asyncio
 import contextlib
 import json
-import signal
 import time
 
 import aiohttp
@@ -26,7 +25,7 @@ from realtime.transports.lifetime import Clock
 from realtime.transports.options import CallOptions
 from realtime.transports.webrtc.caller import LoopbackClient, SignalingError
 
-from .serving import TOKEN, TWILIO_START, WAIT_S, ServerProcess, within
+from .serving import TWILIO_START, WAIT_S, within
 
 SILENCE = "A" * 1280  # 40 ms of pcm16 silence at 24 kHz, base64
 
@@ -316,26 +315,3 @@ class _Killed(BaseException):
 
 def _kill(stage: str, lanes: list) -> None:
     raise _Killed("the test killed it")
-
-
-@pytest.mark.slow
-def test_sigterm_tells_the_caller_and_exits_0(tiny_dir, tmp_path):
-    """`realtime serve` itself: SIGTERM closes a caller's WebSocket with server_shutting_down
-    and 1001, and the process exits 0."""
-    server = ServerProcess.start(tiny_dir, tmp_path)
-    try:
-
-        async def scenario():
-            async with aiohttp.ClientSession() as http:
-                headers = {"Authorization": f"Bearer {TOKEN}"}
-                ws = await http.ws_connect(f"{server.url}/v1/realtime", headers=headers)
-                await ws.receive()  # session.created
-                server.process.send_signal(signal.SIGTERM)
-                return await events_until_closed(ws)
-
-        got, code = asyncio.run(within(WAIT_S, scenario()))
-        status = server.process.wait(timeout=WAIT_S)
-    finally:
-        server.process.kill()
-    assert got[-1]["error"]["code"] == "server_shutting_down" and code == WSCloseCode.GOING_AWAY
-    assert status == 0

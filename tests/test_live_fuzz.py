@@ -26,8 +26,8 @@ from .test_fuzz import DEEP, HUGE, TWILIO, mutated, openai_events, raw_texts, st
 
 pytestmark = pytest.mark.slow
 
-LIVE = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-CHEAP = settings(LIVE, max_examples=60)  # requests that open no peer connection
+LIVE = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+CHEAP = settings(LIVE, max_examples=40)  # requests that open no peer connection
 REQUEST_S = 20.0  # any one request's answer; a hang fails
 ABANDONED_S = 40.0  # an answered offer nobody connects to holds its slot about this long at most
 MAX_SESSIONS = 64  # room for every answered offer of one test while they wait to be freed
