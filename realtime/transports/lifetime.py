@@ -17,6 +17,7 @@ SHUTDOWN = "shutdown"
 IDLE = "idle"
 MAX_DURATION = "max_duration"
 ENGINE_DOWN = "engine_down"
+DRAIN_S = 1.0  # how long a closing call's last events may take to go out, at every door
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ from aiohttp import WSCloseCode, web
 from realtime.engine import events
 from realtime.engine.engine import SessionHandle
 from realtime.transports import lifetime
-from realtime.transports.lifetime import Clock, Closing
+from realtime.transports.lifetime import DRAIN_S, Clock, Closing
 from realtime.transports.loop import loop_sink
 
-DRAIN_S = 1.0  # how long a closing call's last events may take to go out
 # The WebSocket close code for each reason the server ends a call (RFC 6455 section 7.4.1)
 CLOSE_CODES = {
     lifetime.SHUTDOWN: WSCloseCode.GOING_AWAY,

@@ -29,7 +29,7 @@ from realtime.audio.io import from_pcm16
 from realtime.engine import events
 from realtime.engine.engine import SessionHandle
 from realtime.model import tokens
-from realtime.transports.lifetime import Clock, Closing
+from realtime.transports.lifetime import DRAIN_S, Clock, Closing
 from realtime.transports.loop import loop_sink
 from realtime.transports.options import CallOptions
 from realtime.transports.webrtc import protocol
@@ -37,7 +37,6 @@ from realtime.transports.webrtc.playout import AgentAudioTrack, OutputBuffer
 from realtime.turns.detector import Framer, Turn, TurnDetector, TurnEvent
 
 log = logging.getLogger("realtime.server")
-DRAIN_S = 1.0  # how long a closing call's last events may take to go out
 
 
 @dataclass
