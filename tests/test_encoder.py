@@ -252,6 +252,23 @@ def test_single_block_is_close_to_exact(encoder, name):
     assert cosine.mean() > 0.9 and cosine.min() > 0.85
 
 
+@pytest.mark.parametrize("cut", [100, 5000, BLOCK_SAMPLES + 200, 3 * BLOCK_SAMPLES - 700])
+def test_a_peek_is_the_flush_there_and_changes_nothing(encoder, cut):
+    # A tentative end of turn peeks; the caller goes on talking; the turn's features are
+    # what they would have been with no peek, and the peek's are a flush's at the cut.
+    audio = clip("two_turns.wav")
+    chunked = ChunkedEncoder(encoder)
+    before = chunked.push(audio[:cut])
+    peeked = chunked.peek()
+    torch.testing.assert_close(
+        torch.cat([before, peeked]), encode_chunked(encoder, audio[:cut]), **TOLERANCE
+    )
+    rest = stream(chunked, audio[cut:], 1000)
+    torch.testing.assert_close(
+        torch.cat([before, rest]), encode_chunked(encoder, audio), **TOLERANCE
+    )
+
+
 def test_reset_reuses_the_state(encoder):
     audio, chunked = clip("q_story.wav"), ChunkedEncoder(encoder)
     first, kv = stream(chunked, audio, 1000), chunked.kv.data_ptr()

@@ -339,7 +339,8 @@ class ChunkedEncoder:
     """Streaming whisper encoder for one caller; state is allocated once and reset in place.
 
     `push` returns the features of every block its samples complete, possibly none; `flush`
-    ends the utterance and returns the rest, so that `frames_emitted` becomes whisper_frames().
+    ends the utterance and returns the rest, so that `frames_emitted` becomes whisper_frames();
+    `peek` returns what a flush would, and the utterance goes on.
     """
 
     def __init__(self, encoder: AudioEncoder, block_frames: int = BLOCK_FRAMES):
@@ -373,6 +374,23 @@ class ChunkedEncoder:
         frames = whisper_frames(self.mel.num_samples)
         self.mel.flush(min(_mel_span(0, frames)[1], WHISPER_MEL_FRAMES))
         return self._emit(frames, last=frames)
+
+    @torch.inference_mode()
+    def peek(self) -> Tensor:
+        """What `flush` would return now, with the utterance left open: the features (n_rest,
+        C) of the audio since the last whole block, as if it ended here (a tentative end of
+        turn). Later pushes and the flush give what they would have without the peek: the
+        frames it computed past the audio are computed again once the audio exists, and the
+        keys and values it wrote are written again before they are read."""
+        self._check_open()
+        mel, emitted = self.mel, self.frames_emitted
+        mel_frames, tail = mel.num_frames, mel.padded[-HALF_WINDOW:].clone()
+        try:
+            return self.flush()
+        finally:
+            self.flushed, self.frames_emitted = False, emitted
+            mel.num_frames = mel_frames
+            mel.padded[-HALF_WINDOW:] = tail
 
     def _check_open(self) -> None:
         if self.flushed:

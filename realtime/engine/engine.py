@@ -97,11 +97,20 @@ class SessionHandle:
         self._engine._inputs.put((self.id, "audio", np.asarray(samples, np.float32)))
         self._engine._wake.set()
 
-    def end_turn(self, speak: bool | None = None, transcribe: bool | None = None) -> None:
+    def end_turn(
+        self, speak: bool | None = None, transcribe: bool | None = None, tentative: bool = False
+    ) -> None:
         """The caller's turn is over: answer it, aloud or in text only as `speak` says (None:
         as the session's task does), and transcribe it as `transcribe` says (None: as the
-        session's options do)."""
-        self._engine._put_input(self.id, "end_turn", (speak, transcribe))
+        session's options do). `tentative`: the caller has only paused; the answer begins,
+        but its events are held until an end_turn confirms the turn, or dropped by
+        resume_turn (Session.end_turn)."""
+        self._engine._put_input(self.id, "end_turn", (speak, transcribe, tentative))
+
+    def resume_turn(self) -> None:
+        """The caller spoke again after a tentative end_turn: its answer goes, unheard, and
+        the turn continues as if it had not paused."""
+        self._engine._put_input(self.id, "resume", None)
 
     def submit_text(self, text: str, speak: bool | None = None) -> None:
         """A typed turn, answered as end_turn says."""
@@ -163,6 +172,7 @@ class Engine:
         self.fault_hook: Callable[[str, list], None] | None = None
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.steps = 0  # batched decode steps run
+        self.discarded_steps = 0  # steps of early answers that the caller's words overtook
         self.step_log: deque[tuple[int, float]] = deque(maxlen=STEP_LOG)  # (rows, ms) per step
         # s from one step's start to the next's (one that spans an idle spell is an outlier
         # the median ignores, and gone before an answer's first audio, 10 steps in at least)
@@ -377,6 +387,8 @@ class Engine:
             session.feed_audio(payload)
         elif kind == "end_turn":
             session.end_turn(*payload)
+        elif kind == "resume":
+            self.discarded_steps += session.resume_turn()
         elif kind == "text":
             session.start_text(*payload)
         elif kind == "clear":
@@ -520,7 +532,8 @@ class Engine:
         return chunks
 
     def _finish_if_done(self, sessions: list[Session]) -> None:
-        done = [s for s in sessions if s.gen is not None and s.gen.done]
+        # (an early answer that is done waits for its turn to be confirmed: Session.lanes)
+        done = [s for s in sessions if s.gen is not None and s.gen.done and not _early(s)]
         if not done:
             return
         speaking = [s for s in done if s.generation.spec.audio_out]
@@ -544,3 +557,8 @@ def _pick(logits: torch.Tensor, rows: list[tuple[Session, int]], stream: int) ->
         sample(logits[i], s.decoding, s.generation.next_position, stream).tolist()
         for i, (s, _) in enumerate(rows)
     ]
+
+
+def _early(lane) -> bool:
+    """An early answer's session (a transcript is never one)."""
+    return isinstance(lane, Session) and lane.early is not None

@@ -78,6 +78,19 @@ class SessionError(ValueError):
     """Something this session asked for cannot be done; it ends the turn, not the engine."""
 
 
+@dataclass
+class Early:
+    """An answer begun at a pause in the caller's speech, before the turn is known to be over
+    (end_turn's `tentative`): it decodes until its first audio (or text) is ready, then waits;
+    its events are held until the turn is confirmed, and dropped if the caller goes on."""
+
+    speak: bool | None
+    transcribe: bool
+    length: int  # its prompt's positions, earlier turns included
+    frames: int  # the turn's feature frames up to the pause
+    held: list[events.Event] = field(default_factory=list)
+
+
 def check_options(options: SessionOptions) -> None:
     if options.encoder not in ENCODER_MODES:
         raise SessionError(f"unknown encoder mode {options.encoder!r}: {ENCODER_MODES}")
@@ -135,6 +148,7 @@ class Session:
         # This turn's prompt ids (rows, n, 8) and audio features, for its place in the context
         self._prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.discarding = False  # a turn failed midway: drop its audio until its end
+        self.early: Early | None = None  # an answer begun at a pause, held (end_turn)
         self._reset_input()
         self._reset_answer()
 
@@ -178,6 +192,8 @@ class Session:
         answer's first output is out (before that, its row would slow the steps the end of
         the turn waits on); either may be done: the engine finishes those. A transcript that
         waited for the row starts here, once the one before it is over."""
+        if self.early is not None and self._answer_is_out():
+            return []  # ready to play the moment the turn is confirmed: it waits there
         if self.transcripts_waiting and (self.transcript is None or self.transcript.gen is None):
             self._start_transcript(*self.transcripts_waiting.pop(0))
         if self.transcript is None or not self._answer_is_out():
@@ -205,10 +221,13 @@ class Session:
             self._prefill_features()
 
     def clear_input(self) -> None:
-        """Drop a half-heard turn."""
+        """Drop a half-heard turn (and an answer begun early on it)."""
+        self.resume_turn()
         self._reset_input()
 
-    def end_turn(self, speak: bool | None = None, transcribe: bool | None = None) -> None:
+    def end_turn(
+        self, speak: bool | None = None, transcribe: bool | None = None, tentative: bool = False
+    ) -> None:
         """The caller stopped talking: finish the prompt and sample the answer's first step,
         spoken or in text only as `speak` says (None: as the session's task does); transcribe
         the turn too as `transcribe` says (None: as the session's options do).
@@ -216,10 +235,25 @@ class Session:
         A turn that ends while an answer still runs supersedes it (the caller spoke over it).
         A transcript asked for always ends in TranscriptDone or TranscriptFailed, the latter
         also when the turn fails before the transcript begins.
+
+        `tentative`: the caller has only paused; the answer begins (Early) but nothing of it
+        is sent until an end_turn confirms it, and resume_turn drops it as if the pause never
+        happened. A tentative end while an answer runs, or of a turn with no speech, is
+        ignored: its confirmation answers as a plain end_turn does.
         """
-        self.turn += 1
         if transcribe is None:
             transcribe = self.options.transcribe
+        if self.early is not None:
+            if tentative:
+                return
+            if (self.early.speak, self.early.transcribe) == (speak, transcribe):
+                self._confirm()
+                return
+            self.resume_turn()  # asked for another kind of answer: it begins again
+        if tentative:
+            self._answer_early(speak, transcribe)
+            return
+        self.turn += 1
         try:
             self._answer_turn(speak, transcribe)
         finally:
@@ -257,9 +291,70 @@ class Session:
             self._finish_prompt(prompt[:, self.prefilled :], task)
             self._prompt = (prompt, features)
             if transcribe:
-                self._transcribe()
+                self._transcribe(self.base + self.prefilled, self.frames)
         finally:
             self._reset_input()  # the next turn starts from fresh input state
+
+    def _answer_early(self, speak: bool | None, transcribe: bool) -> None:
+        """Begin the answer from the turn so far, leaving the turn open: its last partial
+        block is encoded by a peek, prefilled past the positions the turn holds, and the input
+        state is put back as it was (the caller's next words prefill over those positions)."""
+        if self.generating or self.discarding or self.samples == 0 or not self.spec.audio_in:
+            return
+        task = turn_task(self.options.task, speak)
+        if transcribe and self.transcript_slot is None:
+            return  # (its confirmation fails as a plain end of turn would)
+        context = self.context
+        if self.prefilled and (
+            context.valid < len(context.turns) or self.base != context.positions
+        ):
+            self.prefilled = 0  # the context changed under this turn: both go in again
+        kept = (list(self.features), self.frames, self.prefilled, self.base)
+        self.early = Early(speak, transcribe, 0, 0)
+        self.turn += 1
+        self._emit(events.TurnEnded)
+        try:
+            if self.encoder is not None:
+                self._add_features(self.encoder.peek())
+            else:
+                audio = np.concatenate(self.audio)  # the whole utterance so far
+                self._add_features(encode_exact(self.whisper, audio))
+            self._prefill_features()
+            prompt = build_prompt(task, audio_frames=self.frames).ids
+            self._finish_prompt(prompt[:, self.prefilled :], task)
+            self._prompt = (prompt, torch.cat(self.features))
+            self.early.length, self.early.frames = self.base + self.prefilled, self.frames
+        except Exception:
+            self.resume_turn()
+            raise
+        finally:
+            moved = self.base != kept[3]  # earlier turns left: this turn goes in again
+            self.features, self.frames = kept[0], kept[1]
+            self.prefilled = 0 if moved else kept[2]
+
+    def _confirm(self) -> None:
+        """The turn is over: the early answer's events go out, and those to come follow."""
+        early, self.early = self.early, None
+        assert early is not None
+        if early.transcribe:
+            self._transcribe(early.length, early.frames)
+        self._reset_input()  # (what was heard after the pause is not part of the turn)
+        for event in early.held:
+            self.sink(event)
+
+    def resume_turn(self) -> int:
+        """The caller goes on after a tentative end of turn: its answer and events are dropped,
+        and the turn continues as if the pause had not ended anything. The decode steps thrown
+        away; 0 when there was no early answer."""
+        if self.early is None:
+            return 0
+        steps = self.gen.steps if self.gen is not None else 0
+        self.early = None
+        self.turn -= 1
+        self._prompt = None
+        self._reset_answer()
+        self._prefill_features()  # the blocks heard meanwhile
+        return steps
 
     def start_text(self, text: str, speak: bool | None = None) -> None:
         """A text turn: prefill it whole and sample the answer's first step (`speak` as for
@@ -268,6 +363,7 @@ class Session:
         task = TEXT_TWINS.get(self.options.task) if self.spec.audio_in else self.options.task
         if task is None:
             raise SessionError(f"task {self.options.task} takes audio, not text")
+        self.resume_turn()  # the typed turn goes in place of any half-heard one
         self.turn += 1
         task = turn_task(task, speak)
         prompt = build_prompt(task, text_ids=self.tokenizer.encode(text).ids)
@@ -281,15 +377,15 @@ class Session:
         self._prompt = (prompt.ids, None)
         self._reset_input()
 
-    def _transcribe(self) -> None:
-        """Transcribe the turn just prefilled: at once if the row is free, else once the
-        transcript on it is over (lanes), as long as the answer row keeps this turn's prompt
-        (_forward fails it when the next turn's prefill writes over it)."""
-        length = self.base + self.prefilled  # the answer's prompt, this turn's and before it
+    def _transcribe(self, length: int, frames: int) -> None:
+        """Transcribe the turn just prefilled (its answer's prompt takes `length` positions,
+        earlier turns included; its audio `frames`): at once if the row is free, else once
+        the transcript on it is over (lanes), as long as the answer row keeps this turn's
+        prompt (_forward fails it when the next turn's prefill writes over it)."""
         if self.transcript is not None and self.transcript.gen is not None:
-            self.transcripts_waiting.append((self.turn, length, self.frames))
+            self.transcripts_waiting.append((self.turn, length, frames))
             return
-        self._start_transcript(self.turn, length, self.frames)
+        self._start_transcript(self.turn, length, frames)
 
     def _start_transcript(self, turn: int, length: int, frames: int) -> None:
         """Its asr prompt is the answer's but for the last position, so the answer row's cache
@@ -422,6 +518,7 @@ class Session:
 
     def set_history(self, keep: bool) -> None:
         """Keep earlier turns from now on, or forget them all."""
+        self.resume_turn()  # an early answer read the context as it was: it begins again
         self.keep_history = keep
         if not keep:
             self.context.clear()
@@ -429,6 +526,7 @@ class Session:
     def forget(self, turn: int, prompt: bool = True, answer: bool = True) -> None:
         """Turn `turn`'s prompt, answer or both leave the context (nothing if it is not
         there)."""
+        self.resume_turn()  # an early answer read the context as it was: it begins again
         if prompt and answer:
             self.context.delete(turn)
         elif answer:
@@ -441,6 +539,7 @@ class Session:
         else what was heard since the last turn, if anything) and an answer the owner gives
         (text: fed back as a text-only answer is, its text and _eot with the audio streams
         padded). It takes the next turn number, as an answer would."""
+        self.resume_turn()  # (the turn it would answer is remembered instead)
         if self.generating:
             raise SessionError("a turn can be remembered only between answers")
         self.turn += 1
@@ -477,6 +576,7 @@ class Session:
 
     def truncate(self, turn: int, played_frames: int) -> None:
         """Turn `turn`'s answer was heard only for `played_frames` frames: the rest leaves."""
+        self.resume_turn()  # an early answer read the context as it was: it begins again
         self.context.truncate(turn, heard(played_frames))
 
     # --- decoding -----------------------------------------------------------------------------
@@ -525,7 +625,9 @@ class Session:
         self._prefill_features()  # a next turn heard meanwhile can go in now
 
     def cancel(self, played_frames: int | None = None) -> None:
-        """Barge-in: drop the answer at once; conversation memory keeps what was played."""
+        """Barge-in: drop the answer at once; conversation memory keeps what was played. (An
+        early answer, which nobody has heard of, goes as resume_turn drops it.)"""
+        self.resume_turn()
         steps = self.gen.steps if self.gen is not None else 0
         if self.gen is not None:
             # Tokens of steps 0 .. steps-2 were fed back; frame f needs steps up to f + 7.
@@ -536,7 +638,13 @@ class Session:
         self._prefill_features()
 
     def fail(self, message: str) -> None:
-        """End the turn with an Error; the rest of a half-heard turn is ignored until its end."""
+        """End the turn with an Error; the rest of a half-heard turn is ignored until its end.
+        (An early answer that fails is dropped, the turn kept: its end answers it anew.)"""
+        if self.early is not None:
+            self.resume_turn()
+            self._emit(events.Error, message=f"an early answer failed: {message}")
+            self.context.valid, self.prefilled = 0, 0  # the rows may be half-written: again
+            return
         self._emit(events.Error, message=message)
         self.context.valid = 0  # the cache rows may hold a half-written turn: prefill again
         self._prompt = None
@@ -547,7 +655,11 @@ class Session:
     # --- events -------------------------------------------------------------------------------
 
     def _emit(self, kind, **fields) -> None:
-        self.sink(kind(self.sid, time.monotonic(), self.turn, **fields))
+        event = kind(self.sid, time.monotonic(), self.turn, **fields)
+        if self.early is not None and kind is not events.Forgotten:  # (that one has happened)
+            self.early.held.append(event)
+        else:
+            self.sink(event)
 
     def _mark(self, kind) -> None:
         if kind not in self.marks:
