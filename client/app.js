@@ -20,6 +20,8 @@ $("connect").onclick = () => (pc ? hangUp() : connect().catch(fail));
 $("interrupt").onclick = () => send({ type: "interrupt" });
 $("vad").onchange = () => send({ type: "settings", vad_aggressiveness: Number($("vad").value) });
 $("history").onchange = () => send({ type: "settings", history: $("history").checked });
+$("speech-detector").onchange = () => send({ type: "settings", vad: $("speech-detector").value });
+$("end-of-turn").onchange = () => send({ type: "settings", end_of_turn: $("end-of-turn").value });
 $("max-answer").onchange = () => {
   const seconds = Number($("max-answer").value);
   if (seconds > 0) send({ type: "settings", max_answer_ms: Math.round(seconds * 1000) });
@@ -78,6 +80,11 @@ function hangUp(reason) {
   if (reason) note(reason);
 }
 
+function showSettings(settings) {
+  $("speech-detector").value = settings.vad;
+  $("end-of-turn").value = settings.end_of_turn;
+}
+
 function send(message) {
   if (channel?.readyState === "open") channel.send(JSON.stringify(message));
 }
@@ -87,6 +94,7 @@ const handlers = {
     setState("listening", "listening");
     $("vad").value = String(e.settings.vad_aggressiveness);
     $("history").checked = e.settings.history;
+    showSettings(e.settings);
     note("connected: speak whenever you like");
   },
   "speech.started": (e) => {
@@ -127,7 +135,8 @@ const handlers = {
     $("lat-text").textContent = ms(e.first_text_ms);
     $("lat-audio").textContent = ms(e.first_audio_ms);
   },
-  "settings.updated": () => {},
+  // What the server applied: a detector whose model cannot load is replaced, and shown so.
+  "settings.updated": (e) => showSettings(e.settings),
   "history.forgotten": (e) => note(`the agent's memory was full: it forgot turn${e.turns.length > 1 ? "s" : ""} ${e.turns.join(", ")}`),
   // The server ends the call (shutting down, idle or too long, or its engine is down).
   "session.closing": (e) => hangUp(`the server ended the call: ${e.message}`),

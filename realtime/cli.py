@@ -187,6 +187,7 @@ def _server_options(args: argparse.Namespace):
     """Checked before the model loads, so a wrong flag fails at once."""
     from realtime.server_config import LOCAL_HOSTS, ServerOptions
     from realtime.transports.options import CallOptions
+    from realtime.turns.options import TurnOptions
 
     if args.host not in LOCAL_HOSTS and not args.token:
         raise ValueError(f"--host {args.host} is reachable beyond this machine: set --token")
@@ -204,7 +205,15 @@ def _server_options(args: argparse.Namespace):
     if args.port:
         _check_listen(args.host, args.port)
     decoding = DecodingOptions(max_new_tokens=args.max_new_tokens)
+    turns = TurnOptions(
+        vad=args.vad,
+        end_of_turn=args.end_of_turn,
+        end_of_turn_ms=args.end_of_turn_ms,
+        pause_ms=args.pause_ms,
+        preempt=args.preempt,
+    )
     call = CallOptions(
+        turns=turns,
         decoding=decoding,
         max_answer_ms=args.max_answer_ms,
         transcribe=args.transcribe,

@@ -12,6 +12,7 @@ from realtime.decoding.options import ENCODER_MODES, STEP_PRODUCT_CHOICES, Decod
 from realtime.model.checkpoint import DEFAULT_MODEL, DTYPES, TRY_A_MODEL
 from realtime.model.config import PRESETS
 from realtime.model.prompts import Task
+from realtime.turns.options import END_OF_TURN, SPEECH_DETECTORS, TurnOptions
 
 EXIT_BAD_INPUT = 2
 DESCRIPTION = """\
@@ -268,6 +269,42 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
         help="the most context earlier turns may take, the oldest leaving first (50 positions "
         "a second of the caller's speech, about 12 of an answer's; default: all that leave "
         "room for the next turn)",
+    )
+    turns = p.add_argument_group("turn-taking (docs/turns.md)")
+    turns.add_argument(
+        "--vad",
+        choices=SPEECH_DETECTORS,
+        default=TurnOptions.vad,
+        help="what hears the caller's speech start (and a barge-in): webrtcvad, or Silero VAD "
+        "(fewer false starts in noise and music, about 30 ms later)",
+    )
+    turns.add_argument(
+        "--end-of-turn",
+        choices=END_OF_TURN,
+        default=TurnOptions.end_of_turn,
+        help="what ends a turn: a silence (--end-of-turn-ms), or Smart Turn v3 judging each "
+        "pause (complete: at once; else after 2 s of silence)",
+    )
+    turns.add_argument(
+        "--end-of-turn-ms",
+        type=_positive_int,
+        default=TurnOptions.end_of_turn_ms,
+        metavar="MS",
+        help="the silence that ends a turn (the hangover)",
+    )
+    turns.add_argument(
+        "--pause-ms",
+        type=_positive_int,
+        default=TurnOptions.pause_ms,
+        metavar="MS",
+        help="the silence after which the answer begins early, unheard until the turn is over "
+        "(and Smart Turn judges the turn)",
+    )
+    turns.add_argument(
+        "--no-preempt",
+        dest="preempt",
+        action="store_false",
+        help="begin answers only once the turn is over",
     )
     gpu = p.add_argument_group("the GPU decode step (docs/kernels.md)")
     gpu.add_argument(

@@ -39,7 +39,7 @@ from realtime.engine.engine import Engine, EngineBusy, EngineDown, EngineOptions
 from realtime.engine.session import SessionOptions
 from realtime.model.prompts import Task
 from realtime.server_config import LOCAL_HOSTS, ServerOptions
-from realtime.transports import lifetime
+from realtime.transports import lifetime, turn_taking
 from realtime.transports.lifetime import Clock, Closing
 from realtime.transports.openai.connection import HEARTBEAT_S, MAX_MESSAGE_BYTES, RealtimeConnection
 from realtime.transports.twilio import connection as twilio
@@ -437,6 +437,7 @@ async def serve(runtime: Runtime, options: ServerOptions, ready: Callable[[str],
     )
     engine = (await asyncio.to_thread(Engine, runtime, engine_options)).start()
     log.info("decode step: %s", engine.decode_path)
+    log.info("%s", await asyncio.to_thread(turn_taking.warm_up))
     server = Server(engine, options)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()

@@ -233,10 +233,64 @@ def test_speaking_over_an_answer_cancels_it_and_answers_the_new_turn(server):
     assert late == []
 
 
+def test_semantic_vad_through_the_official_client_answers_the_turn(server):
+    """semantic_vad is taken and echoed; Smart Turn judges the pause (complete: the turn ends
+    there; else after eagerness high's 2 s), and the answer follows as server_vad's does."""
+    detection = {"type": "semantic_vad", "eagerness": "high"}
+
+    async def scenario():
+        async with official(server, ga=True) as connection:
+            await connection.recv()  # session.created
+            update = {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+            await connection.session.update(session=update)
+            updated = await read_until(connection, "session.updated")
+            for audio in pieces(speech(silence_ms=2600)):
+                await connection.input_audio_buffer.append(audio=audio)
+            return updated + await read_until(connection, "response.done")
+
+    received = asyncio.run(within(WAIT_S, scenario()))
+    check_events(received, ga=True)
+    echoed = received[0]["session"]["audio"]["input"]["turn_detection"]
+    assert echoed == detection | {"create_response": True, "interrupt_response": True}
+    assert without_deltas(received)[1:] == GA_TURN
+    stopped = next(e for e in received if e["type"] == "input_audio_buffer.speech_stopped")
+    assert 1500 <= stopped["audio_end_ms"] <= 2300  # the end of the 2 s question, not of the pause
+
+
+def test_an_answer_begun_at_a_pause_is_heard_only_once_the_turn_ends(server):
+    """server_vad with a long hangover: the engine begins the answer at the first 200 ms of
+    silence, but nothing of it reaches the client until the hangover has passed; a pause the
+    caller talks on from gets no answer of its own."""
+    update = {"turn_detection": {"type": "server_vad", "silence_duration_ms": 1500}}
+
+    async def scenario():
+        async with Raw(server) as client:
+            await client.send("session.update", session=update)
+            await client.until("session.updated")
+            await client.say(speech(silence_ms=1000))  # paused, not over
+            with pytest.raises(TimeoutError):  # the early answer is made, and held
+                await asyncio.wait_for(client.until("input_audio_buffer.speech_stopped"), 2.0)
+            held = list(client.received)
+            await client.say(bytes(28_800))  # 600 ms more silence (pcm16, 24 kHz): now it ends
+            await client.until("response.done")
+            first = len(client.received)
+            paused = speech(silence_ms=400) + speech("pcm16", "q_weather.wav", silence_ms=1600)
+            await client.say(paused)  # goes on after a pause: one turn, one answer
+            await client.until("response.done")
+            return held, client.received[:first], client.received[first:]
+
+    held, answered, resumed = asyncio.run(within(WAIT_S, scenario()))
+    assert [e["type"] for e in held][-1] == "input_audio_buffer.speech_started"
+    assert not [e for e in held if e["type"].startswith("response.")]
+    for events in (answered, resumed):
+        check_events(events, ga=True)
+        assert without_deltas(events)[-len(GA_TURN) :] == GA_TURN
+
+
 def test_a_framework_s_usual_session_is_taken_whole_and_the_bot_speaks_first(server):
     """What the voice-agent frameworks send by default: a system prompt, tools, semantic_vad
     and a greeting asked for before the caller said anything. None of it is an error: the
-    session keeps and reports it (server_vad runs for semantic_vad), the greeting's
+    session keeps and reports it (Smart Turn judges semantic_vad's turns), the greeting's
     instructions are answered as a typed turn, and the model is named, not its path."""
 
     async def scenario():
@@ -266,7 +320,9 @@ def test_a_framework_s_usual_session_is_taken_whole_and_the_bot_speaks_first(ser
     assert updated["tools"][0]["name"] == "lookup"
     audio = updated["audio"]["input"]
     assert audio["format"] == {"type": "audio/pcmu"}  # the rest of the update applied
-    assert audio["turn_detection"]["type"] == "server_vad"
+    detection = {"type": "semantic_vad", "eagerness": "auto"}
+    flags = {"create_response": True, "interrupt_response": True}
+    assert audio["turn_detection"] == detection | flags
     assert greeting["status"] in ("completed", "incomplete")
     assert greeting["output"][0]["role"] == "assistant"
     assert any(e["type"] == "response.output_audio.delta" for e in received)

@@ -74,6 +74,63 @@ def test_aggressiveness_is_validated():
         detector.set_aggressiveness(4)
 
 
+def kinds_of(events) -> list[TurnEvent]:
+    return [e.kind for e in events if e.kind is not TurnEvent.AUDIO]
+
+
+def paused_question(pause_s: float) -> np.ndarray:
+    speech = clip("q_capital.wav")
+    return with_silence(np.concatenate([speech, np.zeros(int(pause_s * 16_000)), speech]), 0.5, 1)
+
+
+def test_a_pause_is_announced_then_resumed_within_one_turn():
+    options = TurnOptions(pause_ms=200, end_of_turn_ms=800)
+    events = run(TurnDetector(options), paused_question(0.3))
+    assert kinds_of(events) == [
+        TurnEvent.STARTED, TurnEvent.PAUSED, TurnEvent.RESUMED, TurnEvent.PAUSED, TurnEvent.ENDED
+    ]  # fmt: skip
+    paused = [e for e in events if e.kind is TurnEvent.PAUSED]
+    assert [p.pause for p in paused] == [1, 2]
+    first = paused[0]
+    assert first.t - first.speech_end_t == pytest.approx(0.2, abs=0.03)
+
+
+def test_no_pause_is_announced_when_the_hangover_is_shorter():
+    events = run(TurnDetector(TurnOptions(pause_ms=600, end_of_turn_ms=500)), paused_question(1))
+    assert TurnEvent.PAUSED not in kinds_of(events)
+    assert kinds_of(events).count(TurnEvent.ENDED) == 2
+
+
+def test_a_judged_turn_ends_at_the_pause_only_when_the_model_says_complete():
+    options = TurnOptions(end_of_turn="smart-turn", pause_ms=200, incomplete_ms=1000)
+    detector = TurnDetector(options)
+    events = run(detector, with_silence(clip("q_capital.wav"), 0.5, 0.0))
+    events += [detector.push(np.zeros(VAD_FRAME_SAMPLES, np.int16), 9.0)[0] for _ in range(12)]
+    paused = [e for e in events if e.kind is TurnEvent.PAUSED]
+    assert len(paused) == 1 and detector.paused
+    assert len(detector.turn_audio()) > 16_000  # the turn so far, for the model
+    assert detector.judge(paused[0].pause + 1, True, 9.1) == []  # a stale verdict: ignored
+    assert detector.judge(paused[0].pause, False, 9.1) == []  # incomplete: it waits
+    ended = detector.judge(paused[0].pause, True, 9.2)
+    assert [e.kind for e in ended] == [TurnEvent.ENDED] and not detector.in_turn
+    # judged incomplete, the turn ends after incomplete_ms of silence all the same
+    events = run(TurnDetector(options), with_silence(clip("q_capital.wav"), 0.5, 1.5))
+    ended = [e for e in events if e.kind is TurnEvent.ENDED]
+    assert len(ended) == 1 and ended[0].t - ended[0].speech_end_t == pytest.approx(1.0, abs=0.03)
+
+
+def test_silero_finds_the_same_turn():
+    options = TurnOptions(vad="silero")
+    events = run(TurnDetector(options), with_silence(clip("q_capital.wav"), 1.0, 1.5))
+    assert kinds_of(events) == [TurnEvent.STARTED, TurnEvent.PAUSED, TurnEvent.ENDED]
+
+
+def test_unknown_detectors_are_refused():
+    for bad in (TurnOptions(vad="nope"), TurnOptions(end_of_turn="nope")):
+        with pytest.raises(ValueError, match="unknown"):
+            TurnDetector(bad)
+
+
 def test_framer_turns_48k_stereo_into_16k_mono_20ms_frames():
     framer, out = Framer(), []
     for i in range(50):  # 1 s of what aiortc's opus decoder hands over

@@ -228,8 +228,11 @@ class StubEngine:
     def push_audio(self, pcm) -> None:
         pass
 
-    def end_turn(self, *args) -> None:
-        self.asked.append("end_turn")
+    def end_turn(self, *args, tentative: bool = False) -> None:
+        self.asked.append("early" if tentative else "end_turn")
+
+    def resume_turn(self) -> None:
+        self.asked.append("resume")
 
     def cancel(self, *args) -> None:
         self.asked.append("cancel")
@@ -257,12 +260,12 @@ def test_the_answer_s_length_limit_stops_the_engine_and_a_second_start_keeps_the
         assert call.stream_sid == "MZ0001" and not call.closed
         payload = base64.b64encode(speech("g711_ulaw")).decode()
         call._on_text(json.dumps({"event": "media", "media": {"payload": payload}}))
-        assert engine.asked == ["end_turn"]
+        assert engine.asked == ["early", "end_turn"]  # begun at the pause, then confirmed
         chunk = np.full(tokens.OUTPUT_SAMPLE_RATE_HZ // 25, 0.1, np.float32)  # 40 ms each
         for _ in range(3):  # the third reaches 100 ms
             call._on_engine_event(events.AudioChunk(0, 0.0, 1, chunk))
         await asyncio.sleep(0)  # the outbox writes
-        assert engine.asked == ["end_turn", "cancel"]
+        assert engine.asked == ["early", "end_turn", "cancel"]
         marks = [m["mark"]["name"] for m in wire.sent if m["event"] == "mark"]
         assert marks[-1] == "1:end" and all(m["streamSid"] == "MZ0001" for m in wire.sent)
         assert marks[-2] == f"1:{tokens.OUTPUT_SAMPLE_RATE_HZ // 10}"  # all 100 ms of it

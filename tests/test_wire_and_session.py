@@ -11,6 +11,7 @@ from realtime.audio.io import load_audio
 from realtime.model import tokens
 from realtime.transports.openai.session import (
     ClientError,
+    SemanticVad,
     ServerVad,
     Settings,
     apply_update,
@@ -163,7 +164,7 @@ def test_what_the_model_cannot_use_is_kept_and_reported_and_the_rest_applies():
 
 
 @pytest.mark.parametrize("ga", [False, True])
-def test_semantic_vad_falls_back_to_server_vad_with_its_flags(ga):
+def test_semantic_vad_is_taken_with_its_eagerness_and_flags(ga):
     detection = {"type": "semantic_vad", "eagerness": "high", "interrupt_response": False}
     session = (
         {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
@@ -171,8 +172,13 @@ def test_semantic_vad_falls_back_to_server_vad_with_its_flags(ga):
         else {"turn_detection": detection, "input_audio_format": "g711_ulaw"}
     )
     settings, unused = apply_update(Settings(turn_detection=None), session)
-    assert settings.turn_detection == ServerVad(interrupt_response=False)
-    assert len(unused) == 1 and "semantic_vad" in unused[0]
+    assert settings.turn_detection == SemanticVad(eagerness="high", interrupt_response=False)
+    assert unused == []
+    options = settings.turn_detection.turn_options(TurnOptions())
+    assert options.end_of_turn == "smart-turn" and options.incomplete_ms == 2000
+    described = describe(settings, "sess_1", "mini-omni", ga)
+    echoed = described["audio"]["input"] if ga else described
+    assert echoed["turn_detection"] == {**detection, "create_response": True}
     assert settings.input_format == ("pcm16" if ga else "g711_ulaw")  # the rest applies
     with pytest.raises(ClientError) as refused:
         apply_update(Settings(), {"turn_detection": {"type": "semantic_vad", "eagerness": "x"}})

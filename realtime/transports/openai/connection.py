@@ -131,6 +131,7 @@ class RealtimeConnection(WebSocketDoor):
                     log.info("session %d: %s", self.sid, self.ws.exception())
         finally:
             self.close("the client left")
+            self._input.close()
 
     @property
     def busy(self) -> bool:

@@ -1,7 +1,9 @@
 """The input audio buffer of one OpenAI Realtime connection: the caller's appended audio,
 decoded and resampled to the model's 16 kHz 20 ms frames (wire_audio.InputAudio), the turns
-found in it (server_vad: turns.TurnDetector) or committed by the client, and the audio clock
-that the speech events report (audio_start_ms / audio_end_ms: all the input heard so far).
+found in it (server_vad and semantic_vad: transports.turn_taking) or committed by the client,
+and the audio clock that the speech events report (audio_start_ms / audio_end_ms: all the input
+heard so far). At a pause in the caller's speech the engine begins the answer early, unheard:
+the end of the turn confirms it, more speech drops it (SessionHandle.end_turn's `tentative`).
 
 Audio goes to the engine as it arrives, so the model encodes and prefills it while the caller
 talks. The engine answers everything it heard since its last answer, so audio appended after a
@@ -20,9 +22,10 @@ from realtime.transports.openai.conversation import Conversation
 from realtime.transports.openai.items import Item
 from realtime.transports.openai.link import Link
 from realtime.transports.openai.responses import Responses
-from realtime.transports.openai.session import ClientError, ServerVad, Settings, decode_base64
+from realtime.transports.openai.session import ClientError, Settings, TurnDetection, decode_base64
+from realtime.transports.turn_taking import TurnTaking
 from realtime.transports.wire_audio import FORMATS, InputAudio
-from realtime.turns.detector import VAD_FRAME_MS, TurnDetector, TurnEvent
+from realtime.turns.detector import VAD_FRAME_MS, Turn, TurnEvent
 
 MIN_COMMIT_MS = 100  # OpenAI's smallest commit
 
@@ -47,6 +50,7 @@ class InputBuffer:
         self._buffer_ms = 0  # in the input buffer: appended and not committed
         self._held: list[np.ndarray] = []  # appended after a commit that is not answered yet
         self._rolled_over = False  # the buffer overflowed once (and that was logged)
+        self._early = False  # the engine began an answer at the caller's pause (_answer_early)
 
     @property
     def buffered_ms(self) -> int:
@@ -59,7 +63,7 @@ class InputBuffer:
         if new.input_format != old.input_format:
             self._audio = InputAudio(FORMATS[new.input_format])
         if new.turn_detection != old.turn_detection:
-            self._detector, self._speech_item = self._new_detector(), None
+            self._replace_detector()
 
     # --- the client's events --------------------------------------------------------------------
 
@@ -77,6 +81,9 @@ class InputBuffer:
         if self._conversation.text_waits and not history:
             message = "a typed message waits for its response: send response.create first"
             raise ClientError("conversation_has_pending_text", message)
+        if self._early:  # the client commits more than the pause's answer heard
+            self._early = False
+            self._link.engine.resume_turn()
         if self._detector is not None and self._detector.in_turn:  # the client commits mid-speech
             self._detector.end(time.monotonic())
             item_id, self._speech_item = self._speech_item, None
@@ -104,10 +111,11 @@ class InputBuffer:
     def clear(self, event: dict) -> None:
         """input_audio_buffer.clear: the audio not committed, and the speech in progress, go."""
         self._drop_uncommitted()
-        self._detector, self._speech_item = self._new_detector(), None
+        self._replace_detector()
         self._link.send("input_audio_buffer.cleared")
 
     def _drop_uncommitted(self) -> None:
+        self._early = False  # (clear_input drops the engine's early answer too)
         if self._conversation.waiting:
             self._held.clear()
         else:
@@ -129,9 +137,23 @@ class InputBuffer:
 
     # --- turn detection -------------------------------------------------------------------------
 
-    def _new_detector(self) -> TurnDetector | None:
+    def _new_detector(self) -> TurnTaking | None:
         vad = self._link.settings.turn_detection
-        return None if vad is None else TurnDetector(vad.turn_options(self._link.options.turns))
+        if vad is None:
+            return None
+        return TurnTaking(vad.turn_options(self._link.options.turns), self._on_turn)
+
+    def _replace_detector(self) -> None:
+        """Turn detection from scratch (an early answer of the old detector's pause goes)."""
+        if self._detector is not None:
+            self._detector.close()
+        if self._early:
+            self._link.engine.resume_turn()
+        self._detector, self._speech_item, self._early = self._new_detector(), None, False
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
 
     def _detect(self, frame: np.ndarray) -> None:
         """One 20 ms frame through the turn detector (if the session has one)."""
@@ -139,15 +161,37 @@ class InputBuffer:
         if vad is None or detector is None:  # (both, or neither: a new vad, a new detector)
             self._buffer(frame, roll_over=True)
             return
-        for turn in detector.push(frame, time.monotonic()):
-            if turn.kind is TurnEvent.STARTED:  # its audio: the pre-roll, onset included
-                self._speech_started(vad, 0 if turn.audio is None else len(turn.audio))
-            if turn.audio is not None:
-                self._buffer(turn.audio)
-            if turn.kind is TurnEvent.ENDED:
-                self._speech_stopped(vad)
+        detector.push(frame, time.monotonic())
 
-    def _speech_started(self, vad: ServerVad, preroll_samples: int) -> None:
+    def _on_turn(self, turn: Turn) -> None:
+        vad = self._link.settings.turn_detection
+        if vad is None or self._link.closed:  # (a late verdict of the end-of-turn model)
+            return
+        if turn.kind is TurnEvent.STARTED:  # its audio: the pre-roll, onset included
+            self._speech_started(vad, 0 if turn.audio is None else len(turn.audio))
+        if turn.audio is not None:
+            self._buffer(turn.audio)
+        if turn.kind is TurnEvent.PAUSED:
+            self._answer_early(vad)
+        if turn.kind is TurnEvent.RESUMED and self._early:
+            self._early = False
+            self._link.engine.resume_turn()
+        if turn.kind is TurnEvent.ENDED:
+            self._early = False
+            self._speech_stopped(vad, turn.silence_ms)
+
+    def _answer_early(self, vad: TurnDetection) -> None:
+        """A pause: the engine begins the answer the end of the turn would ask for, held until
+        then, when nothing stands between that end and its response."""
+        conversation, settings = self._conversation, self._link.settings
+        if not (vad.create_response and self._link.options.turns.preempt):
+            return
+        if self._responses.active or conversation.waiting or conversation.text_waits:
+            return
+        self._early = True
+        self._link.engine.end_turn(settings.speak, settings.transcribe, tentative=True)
+
+    def _speech_started(self, vad: TurnDetection, preroll_samples: int) -> None:
         start_ms = self._heard_ms - _ms(preroll_samples, tokens.INPUT_SAMPLE_RATE_HZ)
         self._speech_item = self._link.new_id("item")
         self._link.clock.touch()  # the caller speaks: not idle
@@ -159,9 +203,9 @@ class InputBuffer:
         if self._responses.active and vad.interrupt_response:
             self._responses.cancel("turn_detected")
 
-    def _speech_stopped(self, vad: ServerVad) -> None:
+    def _speech_stopped(self, vad: TurnDetection, silence_ms: int) -> None:
         item_id = self._speech_item
-        end_ms = max(0, self._heard_ms - vad.silence_duration_ms)
+        end_ms = max(0, self._heard_ms - silence_ms)
         self._link.send("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id)
         self.commit(item_id)
         if vad.create_response and not self._responses.active:

@@ -21,6 +21,7 @@ class Link(Protocol):
     names: EventNames  # the events named as this connection's generation names them
     settings: Settings  # the session's, replaced by each session.update
     clock: Clock  # the caller's activity, against the server's idle limit
+    closed: bool  # the connection has ended
 
     @property
     def engine(self) -> SessionHandle:

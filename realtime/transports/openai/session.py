@@ -22,7 +22,7 @@ are.
 
 import base64
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from realtime.model import tokens
 from realtime.transports.wire_audio import FORMATS
@@ -33,7 +33,10 @@ VOICE = "mini-omni"  # the model's one voice
 MAX_SILENCE_MS = 10_000
 MAX_PREFIX_PADDING_MS = 2_000
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
-EAGERNESS = ("low", "medium", "high", "auto")  # semantic_vad's settings
+# semantic_vad's eagerness -> (Smart Turn's P(complete) that ends a turn at a pause, the silence
+# that ends one it judged unfinished). OpenAI's limits for an unfinished turn are 8, 4 and 2 s;
+# auto is medium.
+EAGERNESS = {"low": (0.7, 8000), "medium": (0.5, 4000), "high": (0.3, 2000), "auto": (0.5, 4000)}
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,10 @@ class ClientError(ValueError):
 
 @dataclass(frozen=True)
 class ServerVad:
-    """OpenAI's server_vad settings, carried out by turns.TurnDetector (webrtcvad)."""
+    """OpenAI's server_vad settings, carried out by turns.TurnDetector (webrtcvad): the turn
+    ends after `silence_duration_ms` of silence (its answer begins early, at a pause)."""
+
+    type: ClassVar[str] = "server_vad"
 
     threshold: float = 0.5  # 0..1, mapped onto webrtcvad's aggressiveness 0..3
     prefix_padding_ms: int = 300
@@ -101,10 +107,34 @@ class ServerVad:
 
 
 @dataclass(frozen=True)
+class SemanticVad:
+    """OpenAI's semantic_vad: Smart Turn v3 (turns.smart_turn) judges each pause in the caller's
+    speech; `eagerness` sets how sure it must be that the turn is complete, and how long a
+    turn it judged unfinished may stay silent (EAGERNESS)."""
+
+    type: ClassVar[str] = "semantic_vad"
+    eagerness: str = "auto"
+    create_response: bool = True
+    interrupt_response: bool = True
+
+    def turn_options(self, base: TurnOptions) -> TurnOptions:
+        threshold, unfinished_ms = EAGERNESS[self.eagerness]
+        return replace(
+            base,
+            end_of_turn="smart-turn",
+            complete_threshold=threshold,
+            incomplete_ms=unfinished_ms,
+        )
+
+
+TurnDetection = ServerVad | SemanticVad
+
+
+@dataclass(frozen=True)
 class Settings:
     input_format: str = "pcm16"
     output_format: str = "pcm16"
-    turn_detection: ServerVad | None = ServerVad()
+    turn_detection: TurnDetection | None = ServerVad()
     speak: bool = True  # answers are speech with its transcript; False: text only
     transcribe: bool = False  # the caller's spoken turns are transcribed (the model's asr task)
     # Ours, not OpenAI's: the conversation's items are the model's context (else each turn is
@@ -168,8 +198,6 @@ def _input_settings(session: dict, inputs: dict, ga: bool) -> tuple[dict[str, An
     if "turn_detection" in where:
         detection = where["turn_detection"]
         heard["turn_detection"] = _vad(detection, prefix + "turn_detection")
-        if isinstance(detection, dict) and detection.get("type") == "semantic_vad":
-            unused.append(f"{prefix}turn_detection semantic_vad (server_vad runs)")
     if noise in where:
         heard["noise_reduction"] = _object(where[noise], prefix + noise) or None
         if heard["noise_reduction"] is not None:
@@ -265,27 +293,32 @@ def _format(value: object, param: str) -> str:
     raise ClientError("invalid_value", f"unknown audio format {value!r}; known: {known}", param)
 
 
-def _vad(value: object, param: str) -> ServerVad | None:
+def _vad(value: object, param: str) -> TurnDetection | None:
     if value is None:
         return None
     value = _object(value, param)
     kind = value.get("type", "server_vad")
-    if kind == "semantic_vad":  # server_vad in its place, with its flags (and defaults)
+    flags = {"create_response": (bool, None, None), "interrupt_response": (bool, None, None)}
+    if kind == "semantic_vad":
         eagerness = value.get("eagerness")
-        if eagerness is not None and eagerness not in EAGERNESS:
+        if eagerness is not None and (not isinstance(eagerness, str) or eagerness not in EAGERNESS):
             message = f"eagerness must be one of {', '.join(EAGERNESS)}"
             raise ClientError("invalid_value", message, f"{param}.eagerness")
-        value = {k: value[k] for k in ("create_response", "interrupt_response") if k in value}
-    elif kind != "server_vad":
+        semantic = SemanticVad(eagerness=eagerness or "auto")
+        return _fields(semantic, value, flags, param)
+    if kind != "server_vad":
         raise ClientError("invalid_value", f"unknown turn detection {kind!r}", param)
-    vad = ServerVad()
     fields = {
         "threshold": (float, 0.0, 1.0),
         "prefix_padding_ms": (int, 0, MAX_PREFIX_PADDING_MS),
         "silence_duration_ms": (int, VAD_FRAME_MS, MAX_SILENCE_MS),
-        "create_response": (bool, None, None),
-        "interrupt_response": (bool, None, None),
+        **flags,
     }
+    return _fields(ServerVad(), value, fields, param)
+
+
+def _fields(vad, value: dict, fields: dict, param: str):
+    """`vad` with the `fields` (name: (type, low, high)) that `value` gives, checked."""
     for name, (cast, low, high) in fields.items():
         if value.get(name) is None:
             continue
@@ -306,7 +339,7 @@ def describe(
     """The session object of session.created / session.updated, in the connection's shape.
     `max_steps`: the server's limit on an answer's decode steps (None: none)."""
     vad = settings.turn_detection
-    detection = None if vad is None else {"type": "server_vad", **vad.__dict__}
+    detection = None if vad is None else {"type": vad.type, **vad.__dict__}
     # a step decodes one token in each stream (text + 7 audio layers)
     limit = "inf" if max_steps is None else max_steps * tokens.STREAMS
     common: dict[str, object] = {

@@ -4,7 +4,7 @@ thread.
 
     Twilio ── POST /twilio/voice (the number's voice webhook) ──► TwiML: <Connect><Stream>
     Twilio ══ WS /twilio/media ══► "media" (20 ms of mu-law) ─► InputAudio (16 kHz frames)
-        ─► TurnDetector ─► push_audio / end_turn ─► engine
+        ─► TurnTaking ─► push_audio / end_turn ─► engine
     engine ─sink─► loop ─► OutputAudio (mu-law) ─► "media" + a "mark" per chunk ─► Twilio,
         which buffers and plays it, and echoes each mark once the audio before it has played
     barge-in: speech onset while the answer plays ─► "clear" (Twilio drops what it holds)
@@ -33,9 +33,10 @@ from realtime.audio.io import from_pcm16
 from realtime.engine import events
 from realtime.model import tokens
 from realtime.transports.options import CallOptions
+from realtime.transports.turn_taking import TurnTaking
 from realtime.transports.websocket import WebSocketDoor
 from realtime.transports.wire_audio import FORMATS, InputAudio, OutputAudio
-from realtime.turns.detector import TurnDetector, TurnEvent
+from realtime.turns.detector import TurnEvent
 
 VOICE_PATH, MEDIA_PATH = "/twilio/voice", "/twilio/media"
 MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
@@ -114,7 +115,7 @@ class TwilioCall(WebSocketDoor):
         self.options = options
         self.stream_sid: str | None = None  # from the "start" message
         self._input = InputAudio(FORMATS["g711_ulaw"])
-        self._turns = TurnDetector(options.turns)
+        self._turns = TurnTaking(options.turns, self._on_turn)
         self._engine_turn = 0  # end_turn() calls so far: the number engine events carry
         self._answering = False  # the engine is producing the answer to _engine_turn
         self._output = OutputAudio(FORMATS["g711_ulaw"])
@@ -136,6 +137,7 @@ class TwilioCall(WebSocketDoor):
                     break
         finally:
             self.close("the stream ended")
+            self._turns.close()
         await self.ws.close()
 
     def _send(self, message: dict) -> None:
@@ -188,20 +190,25 @@ class TwilioCall(WebSocketDoor):
             return
         t = time.monotonic()
         for frame in self._input.push(payload):
-            for turn in self._turns.push(frame, t):
-                self._on_turn(turn)
+            self._turns.push(frame, t)
 
     @property
     def busy(self) -> bool:
         return self._answering or self._sent > self._played
 
     def _on_turn(self, turn) -> None:
+        if self.closed:  # (a verdict of the end-of-turn model may come after the end)
+            return
         if turn.kind is TurnEvent.STARTED:
             self.clock.touch()
             if self.busy:
                 self._barge_in()
         if turn.audio is not None:
             self.engine.push_audio(from_pcm16(turn.audio))
+        if self._turns.options.preempt and turn.kind is TurnEvent.PAUSED:
+            self.engine.end_turn(tentative=True)  # held until ENDED confirms it
+        if self._turns.options.preempt and turn.kind is TurnEvent.RESUMED:
+            self.engine.resume_turn()
         if turn.kind is TurnEvent.ENDED:
             self.engine.end_turn()
             self._engine_turn += 1

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
@@ -32,9 +32,11 @@ from realtime.model import tokens
 from realtime.transports.lifetime import DRAIN_S, Clock, Closing
 from realtime.transports.loop import loop_sink
 from realtime.transports.options import CallOptions
+from realtime.transports.turn_taking import TurnTaking
 from realtime.transports.webrtc import protocol
 from realtime.transports.webrtc.playout import AgentAudioTrack, OutputBuffer
-from realtime.turns.detector import Framer, Turn, TurnDetector, TurnEvent
+from realtime.turns.detector import Framer, Turn, TurnEvent
+from realtime.turns.options import TurnOptions
 
 log = logging.getLogger("realtime.server")
 
@@ -87,7 +89,7 @@ class Conversation:
         self.pc = RTCPeerConnection()
         self.buffer = OutputBuffer()
         self.track = AgentAudioTrack(self.buffer, self._on_sent)
-        self.turns = TurnDetector(options.turns)
+        self.turns = TurnTaking(options.turns, self._on_turn)
         self.max_answer_ms = options.max_answer_ms
         self.history = options.history  # the engine session's keep_history, as set
         self.closed = False
@@ -169,6 +171,7 @@ class Conversation:
             self.handle.close()
         self.buffer.flush()
         self.track.stop()
+        self.turns.close()
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -236,6 +239,12 @@ class Conversation:
             self._apply_settings(message)
 
     def _apply_settings(self, settings: protocol.Settings) -> None:
+        now = self.turns.options
+        wanted = replace(
+            now, vad=settings.vad or now.vad, end_of_turn=settings.end_of_turn or now.end_of_turn
+        )
+        if wanted != now:
+            self._detect_turns(wanted)
         if settings.vad_aggressiveness is not None:
             self.turns.set_aggressiveness(settings.vad_aggressiveness)
         if settings.max_answer_ms is not None:
@@ -251,7 +260,20 @@ class Conversation:
             "vad_aggressiveness": self.turns.aggressiveness,
             "max_answer_ms": self.max_answer_ms,
             "history": self.history,
+            "vad": self.turns.options.vad,
+            "end_of_turn": self.turns.options.end_of_turn,
         }
+
+    def _detect_turns(self, options: TurnOptions) -> None:
+        """Turn detection anew (a half-heard turn, and an early answer to it, are dropped).
+        What needs a model that cannot load falls back (turn_taking.usable), as the settings
+        the page gets back show."""
+        level, was_in_turn = self.turns.aggressiveness, self.turns.in_turn
+        self.turns.close()
+        self.turns = TurnTaking(options, self._on_turn)
+        self.turns.set_aggressiveness(level)
+        if was_in_turn:
+            self.engine.clear_input()
 
     # --- the caller's speech ----------------------------------------------------------------
 
@@ -264,8 +286,7 @@ class Conversation:
                 frame = cast(AudioFrame, await asyncio.wait_for(track.recv(), timeout))
                 timeout, t = self.options.input_timeout_s, time.monotonic()
                 for pcm in framer.push(frame):
-                    for turn in self.turns.push(pcm, t):
-                        self._on_turn(turn)
+                    self.turns.push(pcm, t)
         except TimeoutError:
             reason = f"no audio from the client for {timeout:.0f} s"
         except MediaStreamError:
@@ -276,6 +297,8 @@ class Conversation:
         await self.close(reason)
 
     def _on_turn(self, turn: Turn) -> None:
+        if self.closed:  # (a verdict of the end-of-turn model may come after the end)
+            return
         if turn.kind is TurnEvent.STARTED:
             self.clock.touch()
             self._turn += 1
@@ -284,6 +307,10 @@ class Conversation:
             self.send(protocol.message("speech.started", turn=self._turn))
         if turn.audio is not None:
             self.engine.push_audio(from_pcm16(turn.audio))
+        if self.turns.options.preempt and turn.kind is TurnEvent.PAUSED:
+            self.engine.end_turn(tentative=True)  # held until ENDED confirms it
+        if self.turns.options.preempt and turn.kind is TurnEvent.RESUMED:
+            self.engine.resume_turn()
         if turn.kind is TurnEvent.ENDED:
             self.engine.end_turn()
             self._engine_turn += 1

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from realtime.turns.detector import AGGRESSIVENESS_LEVELS
+from realtime.turns.options import END_OF_TURN, SPEECH_DETECTORS
 
 DATA_CHANNEL_LABEL = "events"
 MAX_MESSAGE_BYTES = 64 * 1024  # data channel messages and offer bodies: control, not bulk data
@@ -86,6 +87,8 @@ class Settings:
     vad_aggressiveness: int | None = None
     max_answer_ms: int | None = None
     history: bool | None = None  # the conversation's earlier turns stay in context
+    vad: str | None = None  # turns.options.SPEECH_DETECTORS
+    end_of_turn: str | None = None  # turns.options.END_OF_TURN
 
 
 ClientMessage = Interrupt | Settings
@@ -108,7 +111,8 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
 
 
 def _settings(message: dict) -> Settings:
-    _no_extra_fields("settings", message, {"vad_aggressiveness", "max_answer_ms", "history"})
+    fields = {"vad_aggressiveness", "max_answer_ms", "history", "vad", "end_of_turn"}
+    _no_extra_fields("settings", message, fields)
     vad = message.get("vad_aggressiveness")
     if vad is not None and (not _is_int(vad) or vad not in AGGRESSIVENESS_LEVELS):
         raise ProtocolError("bad_value", f"vad_aggressiveness must be 0..3, got {vad!r}")
@@ -120,7 +124,19 @@ def _settings(message: dict) -> Settings:
     history = message.get("history")
     if history is not None and not isinstance(history, bool):
         raise ProtocolError("bad_value", f"history must be true or false, got {history!r}")
-    return Settings(vad_aggressiveness=vad, max_answer_ms=limit, history=history)
+    choices = {"vad": SPEECH_DETECTORS, "end_of_turn": END_OF_TURN}
+    for name, allowed in choices.items():
+        if message.get(name) is not None and message[name] not in allowed:
+            raise ProtocolError(
+                "bad_value", f"{name} must be one of {', '.join(allowed)}, got {message[name]!r}"
+            )
+    return Settings(
+        vad_aggressiveness=vad,
+        max_answer_ms=limit,
+        history=history,
+        vad=message.get("vad"),
+        end_of_turn=message.get("end_of_turn"),
+    )
 
 
 def _no_extra_fields(kind: str, message: dict, allowed: set[str]) -> None:
