@@ -99,7 +99,8 @@ const handlers = {
   },
   "speech.started": (e) => {
     setState("user", "hearing you");
-    userLines.set(e.turn, addLine("user", "(you spoke)"));
+    // continues: so soon after the last turn that both are answered as one
+    userLines.set(e.turn, addLine("user", e.continues ? "(you went on)" : "(you spoke)"));
   },
   // The caller's words, where the server transcribes them (serve --transcribe).
   "speech.transcript.delta": (e) => {

@@ -1,6 +1,7 @@
 """Early answers (Session.end_turn's `tentative`): begun at a pause in the caller's speech, held
 until the turn is confirmed, and dropped without a trace when the caller goes on."""
 
+import asyncio
 import time
 
 import numpy as np
@@ -141,3 +142,73 @@ def test_a_tentative_end_while_an_answer_runs_waits_for_the_confirmation(runtime
     handle.end_turn()  # a plain end of turn: supersedes it
     done = rec.wait_for(events.Done)[0]
     assert done.turn == 2 and len(rec.of(events.TurnEnded)) == 2
+
+
+def test_a_false_end_of_turn_rejoins_the_turn_and_answers_both_as_one(runtime, engine):
+    """The caller goes on just after the answer began: it is cancelled, and the next answer
+    is to the first part and the rest together, as if the turn had never ended."""
+    first, rest = clip("q_capital.wav"), clip("q_weather.wav")
+    rec = Recorder()
+    handle = engine.open_session(options(), rec)
+    push(handle, first)
+    handle.end_turn()
+    rec.wait_for(events.FirstAudio)
+    handle.cancel(played_frames=2)
+    handle.rejoin_turn()
+    push(handle, rest)
+    handle.end_turn()
+    done = rec.wait_for(events.Done)[0]
+    assert done.turn == 2 and len(rec.of(events.Cancelled)) == 1
+    assert same(done, offline(runtime, Task.A2A, np.concatenate([first, rest]), STEPS))
+
+
+class StubEngine:
+    """An engine session's face to a door: what the door asked of it, in order."""
+
+    id = 0
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def push_audio(self, pcm) -> None:
+        pass
+
+    def end_turn(self, *args, tentative: bool = False) -> None:
+        self.asked.append("early" if tentative else "end_turn")
+
+    def __getattr__(self, name: str):
+        if name in ("resume_turn", "rejoin_turn", "cancel", "close", "clear_input"):
+            return lambda *args: self.asked.append(name)
+        raise AttributeError(name)
+
+
+@pytest.mark.parametrize("gap_s, rejoins", [(0.9, True), (2.5, False)])
+def test_the_page_s_call_begins_early_and_rejoins_a_false_end_of_turn(gap_s, rejoins):
+    """A pause begins the answer early and speech drops it; speech soon after the end of a
+    turn whose answer is playing interrupts it and goes on with that turn."""
+    from realtime.transports.options import CallOptions
+    from realtime.transports.webrtc.connection import Conversation
+    from realtime.turns.detector import Turn, TurnEvent
+
+    async def scenario():
+        call = Conversation(CallOptions(), lambda _: None)
+        call.handle = engine = StubEngine()
+        speech = np.zeros(320, np.int16)
+        for turn in [
+            Turn(TurnEvent.STARTED, 0.0, audio=speech),
+            Turn(TurnEvent.PAUSED, 1.0, speech_end_t=0.8, pause=1),
+            Turn(TurnEvent.RESUMED, 1.1),
+            Turn(TurnEvent.PAUSED, 1.7, speech_end_t=1.5, pause=2),
+            Turn(TurnEvent.ENDED, 2.0, speech_end_t=1.5, silence_ms=500),
+        ]:
+            call._on_turn(turn)
+        call._on_engine_event(events.AudioChunk(0, 2.1, 1, np.zeros(2400, np.float32)))
+        onset_t = 1.5 + gap_s + 0.06  # (STARTED comes speech_start_ms after the onset)
+        call._on_turn(Turn(TurnEvent.STARTED, onset_t, audio=speech))
+        await call.close("done")
+        return engine.asked, [m for m in call._outbox if m["type"] == "speech.started"]
+
+    asked, started = asyncio.run(scenario())
+    expected = ["early", "resume_turn", "early", "end_turn", "cancel"]
+    assert asked[: len(expected) + 1] == expected + (["rejoin_turn"] if rejoins else ["close"])
+    assert started[-1].get("continues") == (1 if rejoins else None)

@@ -234,6 +234,9 @@ class StubEngine:
     def resume_turn(self) -> None:
         self.asked.append("resume")
 
+    def rejoin_turn(self) -> None:
+        self.asked.append("rejoin")
+
     def cancel(self, *args) -> None:
         self.asked.append("cancel")
 

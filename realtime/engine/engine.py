@@ -112,6 +112,11 @@ class SessionHandle:
         the turn continues as if it had not paused."""
         self._engine._put_input(self.id, "resume", None)
 
+    def rejoin_turn(self) -> None:
+        """The caller went on just after their turn ended: cancel() its answer first; the
+        turn's audio then opens the one being heard, and they are answered as one."""
+        self._engine._put_input(self.id, "rejoin", None)
+
     def submit_text(self, text: str, speak: bool | None = None) -> None:
         """A typed turn, answered as end_turn says."""
         self._engine._put_input(self.id, "text", (text, speak))
@@ -387,6 +392,8 @@ class Engine:
             session.feed_audio(payload)
         elif kind == "end_turn":
             session.end_turn(*payload)
+        elif kind == "rejoin":
+            session.rejoin_turn()
         elif kind == "resume":
             self.discarded_steps += session.resume_turn()
         elif kind == "text":

@@ -149,6 +149,8 @@ class Session:
         self._prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.discarding = False  # a turn failed midway: drop its audio until its end
         self.early: Early | None = None  # an answer begun at a pause, held (end_turn)
+        # The last spoken turn answered, and its samples (a false end of turn rejoins them)
+        self._answered: tuple[int, list[np.ndarray]] = (0, [])
         self._reset_input()
         self._reset_answer()
 
@@ -156,7 +158,7 @@ class Session:
 
     def _reset_input(self) -> None:
         """Forget the caller's current turn (its audio, features and prefill progress)."""
-        self.audio: list[np.ndarray] = []  # exact mode's whole utterance
+        self.audio: list[np.ndarray] = []  # the turn's samples (exact mode encodes them whole)
         self.features: list[torch.Tensor] = []  # adapted frames of this turn, (n, C) each
         self.samples = 0  # audio samples heard this turn
         self.frames = 0  # feature frames so far
@@ -213,8 +215,8 @@ class Session:
         if self.discarding:
             return
         self.samples += len(samples)
+        self.audio.append(samples)
         if self.encoder is None:
-            self.audio.append(samples)
             return
         self._add_features(self.encoder.push(samples))
         if not self.generating:  # a running answer owns the KV rows until it ends
@@ -293,6 +295,7 @@ class Session:
             if transcribe:
                 self._transcribe(self.base + self.prefilled, self.frames)
         finally:
+            self._answered = (self.turn, self.audio)
             self._reset_input()  # the next turn starts from fresh input state
 
     def _answer_early(self, speak: bool | None, transcribe: bool) -> None:
@@ -338,9 +341,27 @@ class Session:
         assert early is not None
         if early.transcribe:
             self._transcribe(early.length, early.frames)
+        self._answered = (self.turn, self.audio)
         self._reset_input()  # (what was heard after the pause is not part of the turn)
         for event in early.held:
             self.sink(event)
+
+    def rejoin_turn(self) -> None:
+        """The caller went on just after their turn ended (a false end of turn): the turn
+        answered last comes back as the start of the one being heard, its answer (which the
+        owner cancels first, as for a barge-in) leaves the context, and the next end of turn
+        answers both as one. Nothing happens if a turn came between."""
+        turn, audio = self._answered
+        if turn != self.turn or not audio:
+            return
+        self.resume_turn()
+        if self.generating:
+            self.cancel()
+        self.context.delete(turn)
+        current, self._answered = self.audio, (0, [])
+        self._reset_input()
+        for samples in [*audio, *current]:
+            self.feed_audio(samples)
 
     def resume_turn(self) -> int:
         """The caller goes on after a tentative end of turn: its answer and events are dropped,

@@ -117,6 +117,14 @@ class TurnTaking:
             if turn.kind is TurnEvent.PAUSED and self._model is not None:
                 self._judge_later(turn.pause)
 
+    def rejoins(self, started: Turn, last_speech_end_t: float | None) -> bool:
+        """Whether speech that `started` goes on with the turn whose speech ended at
+        `last_speech_end_t`: its onset came within `rejoin_ms` of that (TurnOptions)."""
+        if last_speech_end_t is None:
+            return False
+        onset_t = started.t - self.options.speech_start_ms / 1000
+        return onset_t - last_speech_end_t <= self.options.rejoin_ms / 1000
+
     def end(self, t: float) -> Turn:
         """End the turn now (the client committed it, or left)."""
         return self.detector.end(t)

@@ -28,3 +28,7 @@ class TurnOptions:
     # ends after `incomplete_ms` of silence, unless the caller goes on.
     complete_threshold: float = 0.5
     incomplete_ms: int = 2000
+    # Speech that starts this soon after the end of the last turn's speech, while its answer
+    # is being made or played, was a false end of turn: the answer stops (a barge-in) and the
+    # caller's words so far are answered as one turn (doors that can: the page and phones).
+    rejoin_ms: int = 1500

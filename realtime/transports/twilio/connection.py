@@ -202,7 +202,11 @@ class TwilioCall(WebSocketDoor):
         if turn.kind is TurnEvent.STARTED:
             self.clock.touch()
             if self.busy:
+                rejoins = self._turns.rejoins(turn, self._speech_end_t or None)
                 self._barge_in()
+                if rejoins:  # a false end of turn: this speech goes on with that turn
+                    log.info("session %d: the caller went on: one turn with the last", self.sid)
+                    self.engine.rejoin_turn()
         if turn.audio is not None:
             self.engine.push_audio(from_pcm16(turn.audio))
         if self._turns.options.preempt and turn.kind is TurnEvent.PAUSED:

@@ -109,6 +109,7 @@ class Conversation:
         self._heard: dict[int, int] = {}  # engine turn -> the caller's turn it transcribes
         self._remembered: dict[int, int] = {}  # engine turn -> caller's turn, with history on
         self._stopping: tuple[float, dict] | None = None  # interrupt waiting for silence
+        self._speech_end_t: float | None = None  # the last voiced frame of the last turn
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -302,9 +303,17 @@ class Conversation:
         if turn.kind is TurnEvent.STARTED:
             self.clock.touch()
             self._turn += 1
+            rejoins = self.turns.rejoins(turn, self._speech_end_t)
             if self.interrupt("speech", turn.t):
                 log.info("session %d: barge-in", self.sid)
-            self.send(protocol.message("speech.started", turn=self._turn))
+            else:
+                rejoins = False  # (its answer was over: the caller answers it)
+            continues = {}
+            if rejoins:  # a false end of turn: this speech goes on with that turn
+                self.engine.rejoin_turn()
+                self._remembered.pop(self._engine_turn, None)
+                continues = {"continues": self._response}
+            self.send(protocol.message("speech.started", turn=self._turn, **continues))
         if turn.audio is not None:
             self.engine.push_audio(from_pcm16(turn.audio))
         if self.turns.options.preempt and turn.kind is TurnEvent.PAUSED:
@@ -320,6 +329,7 @@ class Conversation:
                 self._remembered[self._engine_turn] = self._turn
             self._response = self._turn
             assert turn.speech_end_t is not None  # an ENDED turn carries it
+            self._speech_end_t = turn.speech_end_t
             self._answer = _Answer(self._turn, turn.speech_end_t, turn.t)
             self.send(protocol.message("speech.stopped", turn=self._turn))
 
