@@ -12,7 +12,9 @@ class TurnOptions:
     """When the caller's speech starts, when they pause, and when their turn is over (20 ms
     frames). At a pause an answer may begin early, held until the turn is confirmed."""
 
-    vad: str = "webrtc"  # SPEECH_DETECTORS
+    # SPEECH_DETECTORS: Silero starts far fewer false turns in noise and music than webrtcvad
+    # does at any aggressiveness, about 30 ms later (benchmarks/results/vad_compare.json)
+    vad: str = "silero"
     aggressiveness: int = 2  # webrtcvad 0 (keeps most audio as speech) .. 3 (strictest)
     speech_threshold: float = 0.5  # Silero's P(speech) that counts as speech
     speech_start_ms: int = 60  # this much voiced audio in a row starts a turn (not a click)

@@ -30,6 +30,7 @@ from realtime.turns.detector import AGGRESSIVENESS_LEVELS, VAD_FRAME_MS
 from realtime.turns.options import TurnOptions
 
 VOICE = "mini-omni"  # the model's one voice
+SILERO_THRESHOLD_RANGE = (0.05, 0.95)  # server_vad's threshold, as Silero takes it
 MAX_SILENCE_MS = 10_000
 MAX_PREFIX_PADDING_MS = 2_000
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
@@ -90,7 +91,9 @@ class ServerVad:
 
     type: ClassVar[str] = "server_vad"
 
-    threshold: float = 0.5  # 0..1, mapped onto webrtcvad's aggressiveness 0..3
+    # 0..1: Silero's P(speech) threshold (within SILERO_THRESHOLD_RANGE), or webrtcvad's
+    # aggressiveness 0..3 in four equal steps
+    threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     create_response: bool = True
@@ -101,6 +104,9 @@ class ServerVad:
         return replace(
             base,
             aggressiveness=level,
+            speech_threshold=min(
+                max(self.threshold, SILERO_THRESHOLD_RANGE[0]), SILERO_THRESHOLD_RANGE[1]
+            ),
             preroll_ms=self.prefix_padding_ms,
             end_of_turn_ms=self.silence_duration_ms,
         )
