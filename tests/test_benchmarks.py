@@ -68,3 +68,30 @@ def test_history_cost_runs_on_random_weights(tmp_path):
     turns = result["conversation"]
     assert len(turns) == 3 and turns[0]["positions"] < turns[1]["positions"] < turns[2]["positions"]
     assert result["kv_bytes_per_position"] > 0 and all(t["first_audio_ms"] for t in turns)
+
+
+def test_turn_taking_runs_on_random_weights(tmp_path):
+    """The turn-taking benchmark against a spawned tiny server, one setting, a complete clip
+    and one with a 1.2 s pause that the default 500 ms hangover must take for the turn's end:
+    every field written, the latencies of the complete one, the false end of the paused one."""
+    import json
+
+    out = tmp_path / "turns.json"
+    command = [sys.executable, "-m", "benchmarks.turn_taking", "--settings", "server_vad_500"]
+    command += ["--clips", "complete_rain,paused_moon", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {"machine", "model", "server", "repeat", "clips", "settings"} <= result.keys()
+    setting = result["settings"]["server_vad_500"]
+    assert setting["echoed"]["type"] == "server_vad"
+    assert setting["echoed"]["silence_duration_ms"] == 500
+    assert setting["confirm_ms"]["n"] == setting["first_audio_ms"]["n"] == 1
+    assert setting["false_ends"] == setting["paused_clips"] == 1
+    assert setting["false_ends_by_pause_ms"] == {"1200": 1} and "unsettled" in setting
+    complete, paused = setting["clips"]
+    assert 0 < complete["confirm_ms"] <= complete["first_audio_ms"] and not complete["false_end"]
+    assert complete["vad_end_ms"] is not None and complete["timeline"]
+    assert paused["false_end"] and 0 < paused["false_end_into_pause_ms"] < paused["pause_ms"]
+    assert paused["responses"] >= 1 and isinstance(paused["settled"], bool)
+    assert "| server_vad_500 | server_vad, silence 500 |" in done.stdout
