@@ -417,3 +417,24 @@ def test_first_audio_waits_until_it_outlasts_the_loop_s_period(runtime, monkeypa
     lead = int(realtime.engine.engine.FIRST_AUDIO_PERIODS * 0.06 * tokens.OUTPUT_SAMPLE_RATE_HZ)
     assert unheld[0] < lead <= held[0] < lead + unheld[1]  # it did wait, for just enough
     assert sum(held) == sum(unheld) and same_frames == frames  # (SNAC's noise differs per run)
+
+
+def test_a_cancel_stops_the_answer_it_names_whenever_it_arrives(engine):
+    """A cancel overtakes queued input: one meant for an answer whose end_turn is still queued
+    stops that answer as it begins; one that comes after a newer turn leaves it be (it once
+    cancelled the newer answer, and its client waited for audio forever)."""
+    question = clip("q_capital.wav")
+    rec = Recorder()
+    handle = engine.open_session(SessionOptions(decoding=DecodingOptions(max_new_tokens=30)), rec)
+    handle.cancel(turn=1)  # before turn 1 exists
+    speak(handle, question)
+    speak(handle, question)
+    assert rec.wait_for(events.Done)[0].turn == 2
+    assert [e.turn for e in rec.of(events.Cancelled)] == [1]
+    speak(handle, question)
+    rec.wait_for(events.TurnEnded, 3)
+    speak(handle, question)  # turn 4, while turn 3's answer may still run
+    rec.wait_for(events.TurnEnded, 4)
+    handle.cancel(turn=3)  # late: turn 4 goes on
+    done = rec.wait_for(events.Done, 2)[-1]
+    assert done.turn == 4 and rec.of(events.Cancelled)[-1].turn == 3

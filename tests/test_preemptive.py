@@ -178,7 +178,7 @@ class StubEngine:
 
     def __getattr__(self, name: str):
         if name in ("resume_turn", "rejoin_turn", "cancel", "close", "clear_input"):
-            return lambda *args: self.asked.append(name)
+            return lambda *args, **kwargs: self.asked.append(name)
         raise AttributeError(name)
 
 

@@ -237,7 +237,7 @@ class StubEngine:
     def rejoin_turn(self) -> None:
         self.asked.append("rejoin")
 
-    def cancel(self, *args) -> None:
+    def cancel(self, *args, **kwargs) -> None:
         self.asked.append("cancel")
 
     def close(self) -> None:

@@ -124,9 +124,12 @@ class SessionHandle:
     def clear_input(self) -> None:
         self._engine._put_input(self.id, "clear", None)
 
-    def cancel(self, played_frames: int | None = None) -> None:
-        """Barge-in: stop the answer before the next step; `played_frames` of it were heard."""
-        self._engine._put_control(self.id, "cancel", played_frames)
+    def cancel(self, played_frames: int | None = None, turn: int | None = None) -> None:
+        """Barge-in: stop the answer before the next step; `played_frames` of it were heard.
+        `turn`: the answer meant (the number its events carry; None: whichever runs). A cancel
+        overtakes queued input, so it may arrive before that turn's end_turn (it is stopped as
+        it begins) or after a newer turn's (that newer answer goes on)."""
+        self._engine._put_control(self.id, "cancel", (played_frames, turn))
 
     def set_history(self, keep: bool) -> None:
         """Keep the earlier turns in context from now on (realtime.engine.context), or forget
@@ -381,7 +384,7 @@ class Engine:
 
     def _on_control(self, session: Session, kind: str, payload) -> None:
         if kind == "cancel":
-            session.cancel(payload)
+            session.cancel(*payload)
         elif kind == "close":
             if session.generating:
                 session.cancel()

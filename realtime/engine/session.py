@@ -149,6 +149,7 @@ class Session:
         self._prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.discarding = False  # a turn failed midway: drop its audio until its end
         self.early: Early | None = None  # an answer begun at a pause, held (end_turn)
+        self._cancel_through = 0  # answers up to this turn were cancelled before they began
         # The last spoken turn answered, and its samples (a false end of turn rejoins them)
         self._answered: tuple[int, list[np.ndarray]] = (0, [])
         self._reset_input()
@@ -258,6 +259,7 @@ class Session:
         self.turn += 1
         try:
             self._answer_turn(speak, transcribe)
+            self._cancel_if_asked()
         finally:
             begun = self.transcript is not None and self.transcript.turn == self.turn
             begun = begun or any(turn == self.turn for turn, _, _ in self.transcripts_waiting)
@@ -345,6 +347,12 @@ class Session:
         self._reset_input()  # (what was heard after the pause is not part of the turn)
         for event in early.held:
             self.sink(event)
+        self._cancel_if_asked()
+
+    def _cancel_if_asked(self) -> None:
+        """A cancel that came before this turn's end reached the session stops its answer."""
+        if self.turn <= self._cancel_through and self.generating:
+            self.cancel()
 
     def rejoin_turn(self) -> None:
         """The caller went on just after their turn ended (a false end of turn): the turn
@@ -397,6 +405,7 @@ class Session:
         self._finish_prompt(prompt.ids, task)
         self._prompt = (prompt.ids, None)
         self._reset_input()
+        self._cancel_if_asked()
 
     def _transcribe(self, length: int, frames: int) -> None:
         """Transcribe the turn just prefilled (its answer's prompt takes `length` positions,
@@ -645,9 +654,17 @@ class Session:
         self._reset_answer()
         self._prefill_features()  # a next turn heard meanwhile can go in now
 
-    def cancel(self, played_frames: int | None = None) -> None:
+    def cancel(self, played_frames: int | None = None, turn: int | None = None) -> None:
         """Barge-in: drop the answer at once; conversation memory keeps what was played. (An
-        early answer, which nobody has heard of, goes as resume_turn drops it.)"""
+        early answer, which nobody has heard of, goes as resume_turn drops it.) `turn`: the
+        answer meant, if not the latest: a later one is cancelled as it begins, an earlier
+        one is over already."""
+        if turn is not None and turn != self.turn:
+            if turn > self.turn:  # its end_turn is still queued behind this cancel
+                self._cancel_through = max(self._cancel_through, turn)
+            else:  # superseded by a newer turn, which goes on
+                self.sink(events.Cancelled(self.sid, time.monotonic(), turn, steps=0))
+            return
         self.resume_turn()
         steps = self.gen.steps if self.gen is not None else 0
         if self.gen is not None:

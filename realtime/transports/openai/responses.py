@@ -130,7 +130,7 @@ class Responses:
         """Stop the response in progress on the engine and end it as cancelled."""
         if self._response is None:
             raise RuntimeError("no response is in progress")
-        self._link.engine.cancel()
+        self._link.engine.cancel(turn=self._engine_turn)
         self._finish(self._response, "cancelled", reason)
 
     def _ask(self, turn: Item, speak: bool) -> None:
@@ -204,7 +204,7 @@ class Responses:
         response.item.samples += pcm.size
         self._audio_delta(response, response.output.push(pcm))
         if limit is not None and response.item.samples >= limit:
-            self._link.engine.cancel()
+            self._link.engine.cancel(turn=self._engine_turn)
             self._finish(response, "incomplete", "max_output_tokens")
 
     def _audio_delta(self, response: Response, data: bytes) -> None:

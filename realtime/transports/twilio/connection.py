@@ -225,7 +225,7 @@ class TwilioCall(WebSocketDoor):
         log.info("session %d: barge-in after %d ms of the answer", self.sid, self._heard_ms())
         self._send({"event": "clear"})
         if self._answering:
-            self.engine.cancel(self._played // tokens.FRAME_SAMPLES)
+            self.engine.cancel(self._played // tokens.FRAME_SAMPLES, self._engine_turn)
         self._answering = False
         self._sent = self._played = 0  # marks of the dropped audio echo back: not played
 
@@ -270,7 +270,7 @@ class TwilioCall(WebSocketDoor):
             delay_ms = (time.monotonic() - self._speech_end_t) * 1000
             log.info("session %d: first audio %.0f ms after the end of speech", self.sid, delay_ms)
         if room is not None and pcm.size >= room:
-            self.engine.cancel()
+            self.engine.cancel(turn=self._engine_turn)
             self._end("cut at the answer's length limit")
 
     def _play(self, mulaw: bytes, sent: int) -> None:

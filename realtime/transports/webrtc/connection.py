@@ -353,7 +353,7 @@ class Conversation:
         return True
 
     def _cancel_engine(self, played_frames: int | None = None) -> None:
-        self.engine.cancel(played_frames)
+        self.engine.cancel(played_frames, self._engine_turn)
         self._answer = None  # its events already on their way find no answer to join
 
     # --- the engine's answer ----------------------------------------------------------------
