@@ -7,8 +7,8 @@
             base64 audio both ways, on one engine session
     Twilio ── POST /twilio/voice ─► TwiML; ══ GET /twilio/media (WebSocket) ═► transports/twilio/:
             a phone call's mu-law audio both ways, on one engine session
-    GET /healthz ──► {"ok", "sessions", "max_sessions"} (503 with "error" once the engine is
-            down, or while the server shuts down)
+    GET /healthz ──► {"ok", "sessions", "max_sessions", "decode_steps", ...} (503 with "error"
+            once the engine is down, or while the server shuts down)
 
 The event loop only moves bytes and JSON; the engine's thread runs the model. Each client's bad
 input is answered with a JSON error and costs nobody else anything. Every call, whichever door
@@ -227,6 +227,9 @@ class Server:
             "sessions": len(self.conversations) + len(self.connections),
             "engine_sessions": self.engine.active_sessions,
             "max_sessions": self.options.max_sessions,
+            "decode_steps": self.engine.steps,
+            # early answers begun at a pause and dropped when the caller went on
+            "discarded_steps": self.engine.discarded_steps,
         }
         if down is not None:
             health["error"] = down
@@ -317,8 +320,12 @@ class Server:
         refusal = self._twilio_refusal(request, self._public(request) + request.path_qs, params)
         if refusal is not None:
             return refusal
+        try:
+            chosen = twilio.turn_choices(request.query)
+        except ValueError as exc:
+            return json_error(400, "bad_value", str(exc))
         media_url = twilio.stream_url(self._public(request))
-        return web.Response(text=twilio.twiml(media_url), content_type="text/xml")
+        return web.Response(text=twilio.twiml(media_url, chosen), content_type="text/xml")
 
     async def twilio_media(self, request: web.Request) -> web.StreamResponse:
         """One phone call's Media Streams WebSocket."""

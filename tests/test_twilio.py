@@ -21,6 +21,7 @@ from realtime.transports.twilio.connection import (
     signature,
     signed_by_twilio,
     stream_url,
+    turn_choices,
     twiml,
 )
 from realtime.transports.wire_audio import FORMATS, InputAudio
@@ -62,6 +63,30 @@ def test_twiml_connects_the_call_to_our_stream():
     stream = response.find("Connect/Stream")
     assert response.tag == "Response" and stream is not None
     assert stream.get("url") == "wss://voice.example.com/twilio/media?a=1&b=2"  # escaped, read back
+    chosen = turn_choices({"end_of_turn": "smart-turn", "other": "x"})
+    stream = ElementTree.fromstring(twiml("wss://h/twilio/media", chosen)).find("Connect/Stream")
+    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert parameters == {"end_of_turn": "smart-turn"}
+    with pytest.raises(ValueError, match="vad must be one of webrtc, silero"):
+        turn_choices({"vad": "nope"})
+
+
+def test_a_call_takes_the_turn_detection_its_webhook_chose():
+    async def scenario():
+        call = TwilioCall(Wire(), CallOptions())
+        call.handle = StubEngine()
+        parameters = {"end_of_turn": "smart-turn", "vad": "webrtc"}
+        call._on_text(
+            json.dumps(
+                {**TWILIO_START, "start": TWILIO_START["start"] | {"customParameters": parameters}}
+            )
+        )
+        chosen = call._turns.options
+        call.close("done")
+        return chosen
+
+    chosen = asyncio.run(scenario())
+    assert (chosen.end_of_turn, chosen.vad) == ("smart-turn", "webrtc")
 
 
 class FakeTwilio:

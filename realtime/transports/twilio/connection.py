@@ -23,6 +23,8 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 from xml.etree import ElementTree
 
@@ -37,12 +39,15 @@ from realtime.transports.turn_taking import TurnTaking
 from realtime.transports.websocket import WebSocketDoor
 from realtime.transports.wire_audio import FORMATS, InputAudio, OutputAudio
 from realtime.turns.detector import TurnEvent
+from realtime.turns.options import END_OF_TURN, SPEECH_DETECTORS
 
 VOICE_PATH, MEDIA_PATH = "/twilio/voice", "/twilio/media"
 MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 MAX_MESSAGE_BYTES = 64 * 1024  # a media message carries 20 ms (160 bytes) of audio
 HEARTBEAT_S = 20.0
 DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
+# A phone number's webhook may choose its calls' turn detection: /twilio/voice?end_of_turn=...
+TURN_CHOICES = {"vad": SPEECH_DETECTORS, "end_of_turn": END_OF_TURN}
 
 log = logging.getLogger("realtime.server")
 
@@ -94,12 +99,29 @@ def stream_url(public_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path + MEDIA_PATH, "", ""))
 
 
-def twiml(media_url: str) -> str:
-    """Connect the call to a bidirectional media stream at `media_url`."""
+def twiml(media_url: str, parameters: dict[str, str] | None = None) -> str:
+    """Connect the call to a bidirectional media stream at `media_url`; Twilio hands the
+    `parameters` back in the stream's start message (customParameters)."""
     response = ElementTree.Element("Response")
     connect = ElementTree.SubElement(response, "Connect")
-    ElementTree.SubElement(connect, "Stream", url=media_url)
+    stream = ElementTree.SubElement(connect, "Stream", url=media_url)
+    for name, value in (parameters or {}).items():
+        ElementTree.SubElement(stream, "Parameter", name=name, value=value)
     return ElementTree.tostring(response, encoding="unicode", xml_declaration=True)
+
+
+def turn_choices(given: Mapping[str, object]) -> dict[str, str]:
+    """The turn detection a call asks for (TURN_CHOICES: the voice webhook's query, the stream's
+    customParameters); raises ValueError for a value that is not a choice."""
+    chosen = {}
+    for name, allowed in TURN_CHOICES.items():
+        value = given.get(name)
+        if value is None:
+            continue
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        chosen[name] = str(value)
+    return chosen
 
 
 # --- one call ----------------------------------------------------------------------------------
@@ -179,6 +201,23 @@ class TwilioCall(WebSocketDoor):
             return
         self.stream_sid = stream_sid  # (a repeated start without one keeps the first's)
         log.info("session %d: call %s streaming", self.sid, start.get("callSid"))
+        self._choose_turns(start.get("customParameters"))
+
+    def _choose_turns(self, parameters: object) -> None:
+        """The turn detection the call's webhook chose (turn_choices), before any audio."""
+        if not isinstance(parameters, dict):
+            return
+        try:
+            chosen = turn_choices(parameters)
+        except ValueError as exc:
+            log.info("session %d: ignored a customParameter: %s", self.sid, exc)
+            return
+        now = self._turns.options
+        vad, end_of_turn = chosen.get("vad", now.vad), chosen.get("end_of_turn", now.end_of_turn)
+        options = replace(now, vad=vad, end_of_turn=end_of_turn)
+        if chosen and options != self._turns.options and not self._turns.in_turn:
+            self._turns.close()
+            self._turns = TurnTaking(options, self._on_turn)
 
     def _media(self, media: dict) -> None:
         if media.get("track", "inbound") != "inbound":
