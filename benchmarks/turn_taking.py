@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks.machine import describe, machine_tag
 from benchmarks.random_model import add_model_arguments, temporary_model
-from benchmarks.turn_call import Clip, load_clips, run_clip
+from benchmarks.turn_call import CLIPS_DIR, Clip, load_clips, run_clip
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ANSWER_STEPS = 32  # steps per answer of a spawned server (each is cancelled at its first audio)
@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clips", help="comma-separated clip names (default: all)")
     parser.add_argument("--repeat", type=int, default=1, help="times each clip is said")
     parser.add_argument("--out", type=Path, help="the JSON result")
+    parser.add_argument(
+        "--serve-args",
+        default="",
+        help='more flags for the spawned `realtime serve`, e.g. "--no-preempt --vad webrtc"',
+    )
     add_model_arguments(parser, steps=ANSWER_STEPS)
     parser.set_defaults(preset="tiny", dtype="float32")
     args = parser.parse_args(argv)
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "machine": describe(args.device) | {"tag": machine_tag()},
         "model": model,
-        "server": args.url or f"spawned: {args.device}, {args.dtype}",
+        "server": args.url or f"spawned: {args.device}, {args.dtype} {args.serve_args}".strip(),
+        "smart_turn_ms": smart_turn_cost(clips),
         "repeat": args.repeat,
         "clips": [clip.name for clip in clips],
         "settings": settings,
@@ -96,6 +102,7 @@ def spawned(args: argparse.Namespace, clips: list[Clip]) -> tuple[str, dict]:
 
     model = args.model or Path(temporary_model(args.preset))
     extra = ["--dtype", args.dtype, "--device", args.device, "--max-new-tokens", str(args.steps)]
+    extra += args.serve_args.split()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             server = ServerProcess.start(model, Path(tmp), extra=extra)
@@ -124,6 +131,7 @@ async def one_setting(
 ) -> dict:
     detection = SETTINGS[name]
     echoed, records = None, []
+    steps_before = await engine_steps(http, url)
     for _ in range(repeat):
         for clip in clips:
             result = await run_clip(http, url, token, detection, clip)
@@ -133,7 +141,36 @@ async def one_setting(
             echoed = result["echoed"]
             records.append(result["record"])
             print(f"{name:16} {progress(result['record'])}", file=sys.stderr)
-    return {"asked": detection, "echoed": echoed} | summary(records) | {"clips": records}
+    steps_after = await engine_steps(http, url)
+    steps = {k: steps_after[k] - steps_before[k] for k in steps_before}
+    return {"asked": detection, "echoed": echoed} | summary(records) | steps | {"clips": records}
+
+
+async def engine_steps(http: aiohttp.ClientSession, url: str) -> dict:
+    """The server's decode steps so far, and those of early answers it dropped (/healthz)."""
+    async with http.get(f"{url}/healthz") as response:
+        health = await response.json()
+    return {k: health.get(k, 0) for k in ("decode_steps", "discarded_steps")}
+
+
+def smart_turn_cost(clips: list[Clip]) -> dict | None:
+    """Smart Turn's time per call on this machine (one thread), over the clips: what each pause
+    costs a server that runs it (measured before any server work, alone)."""
+    from realtime.audio.io import load_audio
+    from realtime.turns.models import TurnModelError
+    from realtime.turns.smart_turn import EndOfTurnModel
+
+    try:
+        model = EndOfTurnModel()
+    except TurnModelError:
+        return None
+    times = []
+    for clip in clips:
+        audio = load_audio(CLIPS_DIR / f"{clip.name}.wav")
+        began = time.perf_counter()
+        model.probability(audio)
+        times.append((time.perf_counter() - began) * 1000)
+    return percentiles(times)
 
 
 def progress(record: dict) -> str:
@@ -178,17 +215,18 @@ def table(settings: dict) -> str:
     """The results as a Markdown table."""
     lines = [
         "| setting | echoed turn_detection | confirm p50 / p90 ms | first audio p50 / p90 ms "
-        "| false ends |",
-        "|---|---|---|---|---|",
+        "| false ends | steps discarded / run |",
+        "|---|---|---|---|---|---|",
     ]
     for name, result in settings.items():
         if "refused" in result:
-            lines.append(f"| {name} | refused: {result['refused'].get('code')} | | | |")
+            lines.append(f"| {name} | refused: {result['refused'].get('code')} | | | | |")
             continue
         lines.append(
             f"| {name} | {short(result['echoed'])} | {pair(result['confirm_ms'])} "
             f"| {pair(result['first_audio_ms'])} "
-            f"| {result['false_ends']} / {result['paused_clips']} |"
+            f"| {result['false_ends']} / {result['paused_clips']} "
+            f"| {result['discarded_steps']} / {result['decode_steps']} |"
         )
     return "\n".join(lines)
 

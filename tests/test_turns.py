@@ -142,3 +142,27 @@ def test_framer_turns_48k_stereo_into_16k_mono_20ms_frames():
         out += framer.push(frame)
     assert all(f.shape == (VAD_FRAME_SAMPLES,) and f.dtype == np.int16 for f in out)
     assert 48 <= len(out) <= 50  # the resampler holds back a few samples
+
+
+def test_a_model_that_cannot_load_is_replaced_and_the_log_says_so(monkeypatch, caplog):
+    from realtime.transports import turn_taking
+    from realtime.turns.models import TurnModelError
+
+    def missing(*args, **kwargs):
+        raise TurnModelError("smart-turn.onnx: no such model file (reinstall it: pip ...)")
+
+    monkeypatch.setattr(turn_taking, "EndOfTurnModel", missing)
+    monkeypatch.setattr(turn_taking, "_model", None)
+    monkeypatch.setattr(turn_taking, "_model_error", None)
+    monkeypatch.setattr(turn_taking, "speech_detector", missing)
+    monkeypatch.setattr(turn_taking, "_silero_error", None)
+    with caplog.at_level("WARNING", logger="realtime.server"):
+        taking = turn_taking.TurnTaking(TurnOptions(vad="silero", end_of_turn="smart-turn"), print)
+        again = turn_taking.TurnTaking(TurnOptions(vad="silero", end_of_turn="smart-turn"), print)
+    for options in (taking.options, again.options):
+        assert (options.vad, options.end_of_turn) == ("webrtc", "silence")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2  # once each, not once a call
+    assert "Smart Turn is unavailable (smart-turn.onnx: no such model file" in said[0]
+    assert "Silero VAD is unavailable" in said[1]
+    assert "unavailable" in turn_taking.warm_up()

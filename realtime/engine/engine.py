@@ -361,6 +361,8 @@ class Engine:
                 session = self._sessions.get(sid)
             if session is not None:  # commands for a closed session are dropped
                 self._guarded(session, handle, session, kind, payload)
+                self.discarded_steps += session.discarded_steps
+                session.discarded_steps = 0
 
     def _build(self, sid: int, slots: list[int], options: SessionOptions, sink) -> None:
         rt = self.runtime
@@ -398,7 +400,7 @@ class Engine:
         elif kind == "rejoin":
             session.rejoin_turn()
         elif kind == "resume":
-            self.discarded_steps += session.resume_turn()
+            session.resume_turn()
         elif kind == "text":
             session.start_text(*payload)
         elif kind == "clear":

@@ -150,6 +150,7 @@ class Session:
         self.discarding = False  # a turn failed midway: drop its audio until its end
         self.early: Early | None = None  # an answer begun at a pause, held (end_turn)
         self._cancel_through = 0  # answers up to this turn were cancelled before they began
+        self.discarded_steps = 0  # decode steps of early answers dropped, not yet counted
         # The last spoken turn answered, and its samples (a false end of turn rejoins them)
         self._answered: tuple[int, list[np.ndarray]] = (0, [])
         self._reset_input()
@@ -378,6 +379,7 @@ class Session:
         if self.early is None:
             return 0
         steps = self.gen.steps if self.gen is not None else 0
+        self.discarded_steps += steps
         self.early = None
         self.turn -= 1
         self._prompt = None
