@@ -315,3 +315,20 @@ class _Killed(BaseException):
 
 def _kill(stage: str, lanes: list) -> None:
     raise _Killed("the test killed it")
+
+
+def test_the_server_freezes_its_startup_objects_and_logs_slow_collections(monkeypatch, caplog):
+    import gc
+
+    from realtime import server
+
+    monkeypatch.setattr(server, "SLOW_COLLECTION_S", 0.0)
+    try:
+        server.settle_collector()
+        assert gc.get_freeze_count() > 10_000
+        with caplog.at_level("WARNING", logger="realtime.server"):
+            gc.collect(0)
+        assert "a garbage collection of generation 0 took" in caplog.text
+    finally:
+        gc.callbacks.remove(server._time_collections)
+        gc.unfreeze()
