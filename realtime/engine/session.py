@@ -7,6 +7,7 @@ the last partial block and the two closing prompt positions remain -> step 0 is 
 session joins the engine's batched decode.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from realtime.model import tokens
 from realtime.model.lm import KVCache, OmniLM
 from realtime.model.prompts import PROMPT_HEAD, PROMPT_TAIL, TASKS, Task, build_prompt
 from realtime.model.tokenizer import IncrementalDetokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -330,9 +333,9 @@ class Session:
             self._finish_prompt(prompt[:, self.prefilled :], task)
             self._prompt = (prompt, torch.cat(self.features))
             self.early.length, self.early.frames = self.base + self.prefilled, self.frames
-        except Exception:
-            self.resume_turn()
-            raise
+        except Exception as exc:  # the end of the turn answers it the usual way (and fails
+            self.resume_turn()  # there, with an Error, if it must)
+            log.warning("session %d: an early answer failed: %r", self.sid, exc)
         finally:
             moved = self.base != kept[3]  # earlier turns left: this turn goes in again
             self.features, self.frames = kept[0], kept[1]
