@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--serve-args",
         default="",
-        help='more flags for the spawned `realtime serve`, e.g. "--no-preempt --vad webrtc"',
+        help='more flags for the spawned `realtime serve`, e.g. --serve-args="--no-preempt"',
     )
     add_model_arguments(parser, steps=ANSWER_STEPS)
     parser.set_defaults(preset="tiny", dtype="float32")
