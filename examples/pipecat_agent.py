@@ -48,6 +48,7 @@ from pipecat.frames.frames import (
     LLMRunFrame,
     OutputAudioRawFrame,
     StartFrame,
+    UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -174,7 +175,9 @@ class CallWatcher(BaseObserver):
 
     def __init__(self) -> None:
         super().__init__()
-        self.responding = self.speaking = self._turn_ended = False
+        self.responding = self.speaking = False
+        # the caller began a turn; it ended; the bot began speaking after the caller did
+        self._caller_spoke = self._turn_ended = self._bot_began = False
         self.answers = self.barge_ins = 0
         self.changed = asyncio.Condition()
 
@@ -185,10 +188,14 @@ class CallWatcher(BaseObserver):
         async with self.changed:
             if isinstance(frame, LLMFullResponseStartFrame | LLMFullResponseEndFrame):
                 self.responding = isinstance(frame, LLMFullResponseStartFrame)
+            elif isinstance(frame, UserStartedSpeakingFrame):
+                self._caller_spoke, self._turn_ended, self._bot_began = True, False, False
             elif isinstance(frame, UserStoppedSpeakingFrame):
                 self._turn_ended = True  # the server's VAD ended the caller's turn
+                self._count_answer()
             elif isinstance(frame, BotStartedSpeakingFrame):
                 self.speaking = True
+                self._bot_began = self._caller_spoke
                 self._count_answer()
             elif isinstance(frame, BotStoppedSpeakingFrame):
                 self.speaking = False
@@ -198,8 +205,11 @@ class CallWatcher(BaseObserver):
             self.changed.notify_all()
 
     def _count_answer(self) -> None:
-        if self._turn_ended:
-            self._turn_ended = False
+        """An answer to the caller's turn: the bot began speaking after the caller did, and the
+        turn has ended, in either order (the server's audio may come with its end of turn, as
+        the answer began at the caller's pause, before pipecat resolves the turn's end)."""
+        if self._caller_spoke and self._turn_ended and self._bot_began:
+            self._caller_spoke = self._turn_ended = self._bot_began = False
             self.answers += 1
             print(f"agent answers turn {self.answers}", flush=True)
 

@@ -301,9 +301,7 @@ def test_a_twilio_stream_takes_anything_and_ends_on_stop(open_server, steps):
 
 def test_the_server_is_idle_after_the_sockets(open_server):
     open_server.wait_idle(timeout_s=ABANDONED_S)
-    assert open_server.health() == {
-        "ok": True,
-        "sessions": 0,
-        "engine_sessions": 0,
-        "max_sessions": MAX_SESSIONS,
-    }
+    health = open_server.health()
+    idle = {"ok": True, "sessions": 0, "engine_sessions": 0, "max_sessions": MAX_SESSIONS}
+    assert {k: health[k] for k in idle} == idle
+    assert 0 <= health["discarded_steps"] <= health["decode_steps"]
