@@ -14,6 +14,7 @@ from realtime.engine.session import SessionOptions
 from realtime.model.prompts import Task
 
 from .test_engine import PUSH, Recorder, clip, frames_of, offline
+from .test_twilio import StubEngine
 
 STEPS = 24
 SILENCE = np.zeros(PUSH * 10, np.float32)  # 200 ms: the pause that starts an early answer
@@ -162,26 +163,6 @@ def test_a_false_end_of_turn_rejoins_the_turn_and_answers_both_as_one(runtime, e
     assert same(done, offline(runtime, Task.A2A, np.concatenate([first, rest]), STEPS))
 
 
-class StubEngine:
-    """An engine session's face to a door: what the door asked of it, in order."""
-
-    id = 0
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    def push_audio(self, pcm) -> None:
-        pass
-
-    def end_turn(self, *args, tentative: bool = False) -> None:
-        self.asked.append("early" if tentative else "end_turn")
-
-    def __getattr__(self, name: str):
-        if name in ("resume_turn", "rejoin_turn", "cancel", "close", "clear_input"):
-            return lambda *args, **kwargs: self.asked.append(name)
-        raise AttributeError(name)
-
-
 @pytest.mark.parametrize("gap_s, rejoins", [(0.9, True), (2.5, False)])
 def test_the_page_s_call_begins_early_and_rejoins_a_false_end_of_turn(gap_s, rejoins):
     """A pause begins the answer early and speech drops it; speech soon after the end of a
@@ -209,6 +190,6 @@ def test_the_page_s_call_begins_early_and_rejoins_a_false_end_of_turn(gap_s, rej
         return engine.asked, [m for m in call._outbox if m["type"] == "speech.started"]
 
     asked, started = asyncio.run(scenario())
-    expected = ["early", "resume_turn", "early", "end_turn", "cancel"]
-    assert asked[: len(expected) + 1] == expected + (["rejoin_turn"] if rejoins else ["close"])
+    expected = ["early", "resume", "early", "end_turn", "cancel"]
+    assert asked[: len(expected) + 1] == expected + (["rejoin"] if rejoins else ["close"])
     assert started[-1].get("continues") == (1 if rejoins else None)
