@@ -9,8 +9,10 @@ would log its banner and pull in its framework.
 import importlib.metadata
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnxruntime as ort
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 MODELS_DISTRIBUTION = "pipecat-ai"
 SMART_TURN_FILE = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
@@ -39,7 +41,7 @@ def bundled_model(relative: str) -> Path:
 
 def open_session(
     path: ModelPath, inputs: tuple[str, ...], threads: int = 1
-) -> ort.InferenceSession:
+) -> "ort.InferenceSession":
     """A CPU session for the ONNX model at `path` whose inputs are named `inputs`.
 
     Sequential execution, `threads` intra-op threads and one inter-op thread: the server runs
@@ -48,6 +50,11 @@ def open_session(
     """
     if not Path(path).is_file():
         raise TurnModelError(f"{path}: no such model file (reinstall it: {INSTALL_HINT})")
+    try:  # (imported here: a server without it still serves, on the models that need none)
+        import onnxruntime as ort
+    except ImportError:
+        message = f"{path}: onnxruntime is not installed (pip install onnxruntime)"
+        raise TurnModelError(message) from None
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads

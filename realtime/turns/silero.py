@@ -14,9 +14,9 @@ One session per model file serves every caller (ONNX Runtime's run is thread-saf
 """
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from realtime.audio.io import from_pcm16
 from realtime.model import tokens
@@ -31,11 +31,14 @@ STATE_SHAPE = (2, 1, 128)  # the recurrent state: (layers, batch, units)
 HYSTERESIS = 0.15
 MODEL_INPUTS = ("input", "state", "sr")
 
-_sessions: dict[str, ort.InferenceSession] = {}
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+_sessions: dict[str, "ort.InferenceSession"] = {}
 _sessions_lock = threading.Lock()
 
 
-def shared_session(path: ModelPath) -> ort.InferenceSession:
+def shared_session(path: ModelPath) -> "ort.InferenceSession":
     """The one session for the model at `path`, opened on first use."""
     key = str(path)
     with _sessions_lock:
