@@ -375,20 +375,18 @@ class Session:
         for samples in [*audio, *current]:
             self.feed_audio(samples)
 
-    def resume_turn(self) -> int:
-        """The caller goes on after a tentative end of turn: its answer and events are dropped,
-        and the turn continues as if the pause had not ended anything. The decode steps thrown
-        away; 0 when there was no early answer."""
+    def resume_turn(self) -> None:
+        """The caller goes on after a tentative end of turn: its answer and events are dropped
+        (its steps counted in `discarded_steps`), and the turn continues as if the pause had
+        not ended anything. Nothing happens without an early answer."""
         if self.early is None:
-            return 0
-        steps = self.gen.steps if self.gen is not None else 0
-        self.discarded_steps += steps
+            return
+        self.discarded_steps += self.gen.steps if self.gen is not None else 0
         self.early = None
         self.turn -= 1
         self._prompt = None
         self._reset_answer()
         self._prefill_features()  # the blocks heard meanwhile
-        return steps
 
     def start_text(self, text: str, speak: bool | None = None) -> None:
         """A text turn: prefill it whole and sample the answer's first step (`speak` as for
